@@ -1,0 +1,39 @@
+"""The pure domain: orders, shipments, their lifecycle and validation. No I/O imports here."""
+
+from ordersync.domain.lifecycle import (
+    CANCELABLE,
+    OrderStatus,
+    ShipmentStatus,
+    check_transition,
+)
+from ordersync.domain.orders import (
+    Address,
+    LineItem,
+    NewOrder,
+    Order,
+    OrderPolicy,
+    PickFrom,
+    ValueAddedService,
+)
+from ordersync.domain.shipments import NewShipment, Shipment, ShipmentLine
+from ordersync.domain.timestamps import format_rfc3339, now_ms, parse_rfc3339_ms
+
+__all__ = [
+    "CANCELABLE",
+    "Address",
+    "LineItem",
+    "NewOrder",
+    "NewShipment",
+    "Order",
+    "OrderPolicy",
+    "OrderStatus",
+    "PickFrom",
+    "Shipment",
+    "ShipmentLine",
+    "ShipmentStatus",
+    "ValueAddedService",
+    "check_transition",
+    "format_rfc3339",
+    "now_ms",
+    "parse_rfc3339_ms",
+]

@@ -1,0 +1,105 @@
+"""Orders as seed 001 describes them. Money and quantities are `Decimal`, never float."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from ordersync.domain.lifecycle import OrderStatus
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Address(_Model):
+    """A complete postal address: every line the carrier and the tax engine need."""
+
+    name: Text
+    address1: Text
+    address2: Annotated[str, StringConstraints(max_length=200)] | None = None
+    city: Text
+    state: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)]
+    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20)]
+    country: CountryCode = Field(description="ISO 3166-1 alpha-2 country code, e.g. US")
+
+
+class LineItem(_Model):
+    line_number: int | None = Field(default=None, ge=1)
+    sku_customer_identifier: Text
+    quantity: Decimal = Field(gt=0, max_digits=30, decimal_places=12)
+    unit_price: Decimal = Field(ge=0, max_digits=30, decimal_places=12)
+
+
+class PickFrom(_Model):
+    """An inventory constraint: a hard match must hold, a soft match is a preference."""
+
+    attribute: Text = Field(description="e.g. lot_number, location, expiration_date")
+    value: Text
+    match: Literal["hard", "soft"] = "hard"
+
+
+class OrderPolicy(StrEnum):
+    SINGLE_SHIPMENT = "single_shipment"
+    ALLOW_SPLITS = "allow_splits"
+    MINIMIZE_SPLITS = "minimize_splits"
+
+
+class ValueAddedService(_Model):
+    service: Text = Field(description="e.g. gift_wrap, gift_message, insert")
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+class NewOrder(_Model):
+    """What a client sends to create an order; the hub adds identity, status and timestamps."""
+
+    customer_identifier: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+    ]
+    order_type: Text
+    priority: int = Field(default=0, ge=0, le=1000, description="higher = more urgent")
+    shipping_provider: Text
+    shipper_service_level: Text
+    shipping_address: Address
+    billing_address: Address
+    submitted_at: str = Field(description="RFC 3339 date-time with offset")
+    line_items: list[LineItem] = Field(min_length=1, max_length=500)
+    pick_from: list[PickFrom] = Field(default_factory=list, max_length=20)
+    order_policy: OrderPolicy = OrderPolicy.ALLOW_SPLITS
+    value_added_services: list[ValueAddedService] = Field(default_factory=list, max_length=20)
+
+    @field_validator("submitted_at")
+    @classmethod
+    def _rfc3339(cls, value: str) -> str:
+        from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
+
+        return format_rfc3339(parse_rfc3339_ms(value))
+
+    @field_validator("line_items")
+    @classmethod
+    def _number_lines(cls, items: list[LineItem]) -> list[LineItem]:
+        numbers = [item.line_number for item in items if item.line_number is not None]
+        if len(numbers) != len(set(numbers)):
+            raise ValueError("line_number values must be unique within an order")
+        taken = set(numbers)
+        free = (n for n in range(1, len(items) + len(taken) + 1) if n not in taken)
+        return [
+            item if item.line_number is not None else item.model_copy(update={"line_number": next(free)})
+            for item in items
+        ]
+
+
+class Order(NewOrder):
+    """An order as the hub stores and serves it."""
+
+    id: str
+    status: OrderStatus = OrderStatus.OPEN
+    version: int = 1
+    created_at: str
+    updated_at: str

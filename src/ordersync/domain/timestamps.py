@@ -1,0 +1,56 @@
+"""Timestamps are integer milliseconds since the Unix epoch, UTC, everywhere inside ordersync.
+
+Integers compare exactly, index cheaply on SQLite and PostgreSQL alike, and cannot drift through
+time-zone or float conversions. They become text only at the wire.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def to_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch; a naive datetime is refused rather than guessed."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamp must carry a time zone offset (RFC 3339)")
+    return int(moment.timestamp() * 1000) if moment.microsecond % 1000 == 0 else _exact_ms(moment)
+
+
+def _exact_ms(moment: datetime) -> int:
+    # Truncate sub-millisecond digits instead of rounding: a filter "since T" must never
+    # exclude the record stamped T.
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).replace(microsecond=(ms % 1000) * 1000)
+
+
+def format_rfc3339(ms: int) -> str:
+    """`2024-01-01T10:30:00.123Z`: UTC, always three fractional digits."""
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def parse_rfc3339_ms(text: str) -> int:
+    """Parse an RFC 3339 timestamp with an offset (`Z` or `+02:00`) into epoch milliseconds."""
+    cleaned = text.strip()
+    if cleaned[-1:] in ("z", "Z"):
+        cleaned = cleaned[:-1] + "+00:00"
+    if "T" not in cleaned.upper() and " " not in cleaned:
+        raise ValueError(f"{text!r} is not an RFC 3339 date-time (expected e.g. 2024-01-01T10:30:00Z)")
+    try:
+        moment = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an RFC 3339 date-time (expected e.g. 2024-01-01T10:30:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone offset; add Z or +hh:mm")
+    return _exact_ms(moment)

@@ -1,0 +1,444 @@
+"""The hub's store: every read and write of accounts, orders, shipments and the change feed.
+
+Each write is one transaction that bumps `version`, stamps `updated_at` from the hub clock,
+rewrites the entity's JSON document, appends to `changes` and moves the entity in the
+`update_counts` buckets. A crash at any line leaves either all of that or none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ordersync.domain import (
+    NewOrder,
+    NewShipment,
+    Order,
+    OrderStatus,
+    Shipment,
+    ShipmentStatus,
+    check_transition,
+    format_rfc3339,
+    now_ms,
+)
+from ordersync.errors import AuthenticationFailed, NotFound
+from ordersync.store.counts import MINUTE, CountDeltas, bucket_total_query
+from ordersync.store.engine import DatabaseURL, create_engines, parse_database_url
+from ordersync.store.tables import accounts, changes, connections, orders, shipments
+
+Clock = Callable[[], int]
+TOKEN_PREFIX = "osk_"
+_AUTH_CACHE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a connection (one token) of one account."""
+
+    connection_id: int
+    connection_name: str
+    account_id: int
+    account_name: str
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    ids: tuple[str, ...] = ()
+    since: int | None = None
+    statuses: tuple[str, ...] = ()
+    offset: int = 0
+    limit: int = 30
+
+
+@dataclass(frozen=True)
+class Page:
+    """One listing page: `docs` are JSON documents (detail) or summary dicts, ascending."""
+
+    items: list[Any]
+    total: int
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    customer_identifier: str
+    order: Order | None = None
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def created(self) -> bool:
+        return self.order is not None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    """Async access to the hub database. Build with `await Store.open(url)`."""
+
+    def __init__(
+        self, url: DatabaseURL, reader: AsyncEngine, writer: AsyncEngine, clock: Clock
+    ) -> None:
+        self.url = url
+        self.reader = reader
+        self.writer = writer
+        self.clock = clock
+        self._auth_cache: dict[str, tuple[float, Principal]] = {}
+
+    @classmethod
+    async def open(cls, url: str, *, clock: Clock = now_ms, migrate: bool = True) -> Store:
+        parsed = parse_database_url(url)
+        if migrate:
+            from ordersync.store.migrate import upgrade
+
+            await upgrade(parsed)
+        reader, writer = create_engines(parsed)
+        return cls(parsed, reader, writer, clock)
+
+    async def close(self) -> None:
+        await self.reader.dispose()
+        if self.writer is not self.reader:
+            await self.writer.dispose()
+
+    # -- accounts and tokens ---------------------------------------------------------------
+
+    async def ensure_account(self, name: str, *, timezone: str = "UTC") -> int:
+        async with self.writer.begin() as conn:
+            found = await conn.scalar(select(accounts.c.id).where(accounts.c.name == name))
+            if found is not None:
+                return int(found)
+            result = await conn.execute(
+                insert(accounts).values(name=name, timezone=timezone, created_at=self.clock())
+            )
+            return int(result.inserted_primary_key[0])
+
+    async def create_token(self, account_name: str, connection_name: str) -> str:
+        """Create the account if needed and a connection with a new token; only its hash is kept."""
+        account_id = await self.ensure_account(account_name)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        async with self.writer.begin() as conn:
+            await conn.execute(
+                insert(connections).values(
+                    account_id=account_id,
+                    name=connection_name,
+                    token_hash=hash_token(token),
+                    created_at=self.clock(),
+                )
+            )
+        return token
+
+    async def authenticate(self, token: str) -> Principal:
+        digest = hash_token(token)
+        cached = self._auth_cache.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        async with self.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        connections.c.id, connections.c.name, accounts.c.id, accounts.c.name
+                    )
+                    .join(accounts, accounts.c.id == connections.c.account_id)
+                    .where(connections.c.token_hash == digest, connections.c.revoked_at.is_(None))
+                )
+            ).first()
+        if row is None:
+            raise AuthenticationFailed("unknown or revoked token")
+        principal = Principal(int(row[0]), str(row[1]), int(row[2]), str(row[3]))
+        if len(self._auth_cache) > 4096:
+            self._auth_cache.clear()
+        self._auth_cache[digest] = (time.monotonic() + _AUTH_CACHE_SECONDS, principal)
+        return principal
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get_order_doc(self, account_id: int, order_id: str) -> str:
+        return await self._get_doc(orders, account_id, order_id, "order")
+
+    async def get_shipment_doc(self, account_id: int, shipment_id: str) -> str:
+        return await self._get_doc(shipments, account_id, shipment_id, "shipment")
+
+    async def get_order(self, account_id: int, order_id: str) -> Order:
+        return Order.model_validate_json(await self.get_order_doc(account_id, order_id))
+
+    async def _get_doc(self, table: Any, account_id: int, entity_id: str, kind: str) -> str:
+        async with self.reader.connect() as conn:
+            doc = await conn.scalar(
+                select(table.c.doc).where(table.c.account_id == account_id, table.c.id == entity_id)
+            )
+        if doc is None:
+            raise NotFound(f"no {kind} with id {entity_id}")
+        return str(doc)
+
+    async def list_orders(self, account_id: int, query: ListQuery, *, summary: bool = False) -> Page:
+        return await self._list(orders, "order", account_id, query, summary)
+
+    async def list_shipments(
+        self, account_id: int, query: ListQuery, *, summary: bool = False
+    ) -> Page:
+        return await self._list(shipments, "shipment", account_id, query, summary)
+
+    async def _list(
+        self, table: Any, kind: str, account_id: int, query: ListQuery, summary: bool
+    ) -> Page:
+        c = table.c
+        where = [c.account_id == account_id]
+        if query.ids:
+            where.append(c.id.in_(query.ids))
+        if query.since is not None:
+            where.append(c.updated_at >= query.since)
+        if query.statuses:
+            where.append(c.status.in_(query.statuses))
+        columns = (
+            [c.id, c.status, c.version, c.updated_at, c.doc] if summary and kind == "shipment"
+            else [c.id, c.customer_identifier, c.status, c.version, c.updated_at]
+            if summary
+            else [c.doc]
+        )
+        page_query = (
+            select(*columns)
+            .where(*where)
+            .order_by(c.updated_at, c.id)
+            .limit(query.limit)
+            .offset(query.offset)
+        )
+        async with self.reader.connect() as conn:
+            rows = (await conn.execute(page_query)).all()
+            total = await conn.scalar(self._total_query(table, kind, account_id, query, where))
+        items = [_summary(kind, row) for row in rows] if summary else [row[0] for row in rows]
+        return Page(items, int(total or 0))
+
+    def _total_query(
+        self, table: Any, kind: str, account_id: int, query: ListQuery, where: list[Any]
+    ) -> Any:
+        c = table.c
+        if query.ids:
+            return select(func.count()).select_from(table).where(*where)
+        since = query.since or 0
+        statuses = query.statuses or None
+        partial_minute = (
+            select(func.count())
+            .select_from(table)
+            .where(*where, c.updated_at < (since // MINUTE + 1) * MINUTE)
+            .scalar_subquery()
+        )
+        return select(partial_minute + bucket_total_query(account_id, kind, since, statuses))
+
+    async def ids_in_status(
+        self, account_id: int, status: str, *, limit: int, updated_before: int | None = None
+    ) -> list[str]:
+        """Oldest-first ids of orders in `status` (the warehouse simulator's work queue)."""
+        where = [orders.c.account_id == account_id, orders.c.status == status]
+        if updated_before is not None:
+            where.append(orders.c.updated_at < updated_before)
+        async with self.reader.connect() as conn:
+            rows = await conn.execute(
+                select(orders.c.id).where(*where).order_by(orders.c.updated_at).limit(limit)
+            )
+            return [str(r[0]) for r in rows]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def create_orders(
+        self, principal: Principal, items: Sequence[NewOrder]
+    ) -> list[CreateResult]:
+        """Create each order or refuse it on its own; the created ones commit together."""
+        try:
+            return await self._create_orders_once(principal, items)
+        except IntegrityError:
+            # A concurrent writer took one of the identifiers between our check and our insert
+            # (PostgreSQL only: SQLite writers are serialized by BEGIN IMMEDIATE). The retry's
+            # check sees that commit and refuses just that item.
+            return await self._create_orders_once(principal, items)
+
+    async def _create_orders_once(
+        self, principal: Principal, items: Sequence[NewOrder]
+    ) -> list[CreateResult]:
+        account_id = principal.account_id
+        wanted = [item.customer_identifier for item in items]
+        results: list[CreateResult] = []
+        async with self.writer.begin() as conn:
+            taken = set(
+                (
+                    await conn.scalars(
+                        select(orders.c.customer_identifier).where(
+                            orders.c.account_id == account_id,
+                            orders.c.customer_identifier.in_(set(wanted)),
+                        )
+                    )
+                ).all()
+            )
+            order_rows, change_rows, deltas = [], [], CountDeltas()
+            for item in items:
+                if item.customer_identifier in taken:
+                    results.append(_duplicate(item.customer_identifier))
+                    continue
+                taken.add(item.customer_identifier)
+                stamp = self.clock()
+                order = Order(
+                    **item.model_dump(),
+                    id=str(uuid.uuid4()),
+                    created_at=format_rfc3339(stamp),
+                    updated_at=format_rfc3339(stamp),
+                )
+                order_rows.append(_order_row(order, account_id, stamp, stamp, principal))
+                change_rows.append(_change_row(account_id, "order", order, "order.created",
+                                               principal, stamp))
+                deltas.add(account_id, "order", order.status, stamp, +1)
+                results.append(CreateResult(item.customer_identifier, order))
+            if order_rows:
+                await conn.execute(insert(orders), order_rows)
+                await conn.execute(insert(changes), change_rows)
+                await deltas.apply(conn)
+        return results
+
+    async def transition_order(
+        self, principal: Principal | None, account_id: int, order_id: str, target: OrderStatus
+    ) -> Order:
+        """Move an order to `target`; `InvalidTransition` says why when the lifecycle forbids it."""
+
+        def change(order: Order) -> Order:
+            check_transition(order.status, target)
+            return order.model_copy(update={"status": target})
+
+        return await self.update_order(principal, account_id, order_id, change,
+                                       f"order.{target}")
+
+    async def update_order(
+        self,
+        principal: Principal | None,
+        account_id: int,
+        order_id: str,
+        change: Callable[[Order], Order],
+        event_type: str,
+    ) -> Order:
+        async with self.writer.begin() as conn:
+            row = await _locked_row(conn, orders, account_id, order_id, "order")
+            before = Order.model_validate_json(row.doc)
+            stamp = max(self.clock(), int(row.updated_at))
+            after = change(before).model_copy(
+                update={"version": before.version + 1, "updated_at": format_rfc3339(stamp)}
+            )
+            await conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id)
+                .values(_order_row(after, account_id, int(row.created_at), stamp, principal))
+            )
+            await _record_change(conn, "order", account_id, after, event_type, principal, stamp,
+                                 (str(row.status), int(row.updated_at)))
+        return after
+
+    async def create_shipment(self, principal: Principal | None, account_id: int,
+                              new: NewShipment) -> Shipment:
+        async with self.writer.begin() as conn:
+            order_row = await _locked_row(conn, orders, account_id, new.order_id, "order")
+            stamp = self.clock()
+            shipment = Shipment(
+                **new.model_dump(),
+                id=str(uuid.uuid4()),
+                customer_identifier=str(order_row.customer_identifier),
+                shipped_at=format_rfc3339(stamp),
+                created_at=format_rfc3339(stamp),
+                updated_at=format_rfc3339(stamp),
+            )
+            await conn.execute(insert(shipments).values(
+                _shipment_row(shipment, account_id, stamp, stamp, principal)))
+            await _record_change(conn, "shipment", account_id, shipment, "shipment.created",
+                                 principal, stamp, None)
+        return shipment
+
+    async def transition_shipment(self, principal: Principal | None, account_id: int,
+                                  shipment_id: str, target: ShipmentStatus) -> Shipment:
+        async with self.writer.begin() as conn:
+            row = await _locked_row(conn, shipments, account_id, shipment_id, "shipment")
+            before = Shipment.model_validate_json(row.doc)
+            stamp = max(self.clock(), int(row.updated_at))
+            after = before.model_copy(update={
+                "status": target, "version": before.version + 1,
+                "updated_at": format_rfc3339(stamp)})
+            await conn.execute(update(shipments).where(shipments.c.id == shipment_id).values(
+                _shipment_row(after, account_id, int(row.created_at), stamp, principal)))
+            await _record_change(conn, "shipment", account_id, after, f"shipment.{target}",
+                                 principal, stamp, (str(row.status), int(row.updated_at)))
+        return after
+
+
+def _duplicate(customer_identifier: str) -> CreateResult:
+    return CreateResult(
+        customer_identifier,
+        errors=[("customer_identifier",
+                 f"an order with customer_identifier {customer_identifier!r} already exists")],
+    )
+
+
+def _summary(kind: str, row: Row[Any]) -> dict[str, Any]:
+    if kind == "shipment":
+        doc = orjson.loads(row[4])
+        return {"id": row[0], "order_id": doc["order_id"], "status": row[1], "version": row[2],
+                "tracking_number": doc["tracking_number"], "updated_at": format_rfc3339(row[3])}
+    return {"id": row[0], "customer_identifier": row[1], "status": row[2], "version": row[3],
+            "updated_at": format_rfc3339(row[4])}
+
+
+async def _locked_row(conn: AsyncConnection, table: Any, account_id: int, entity_id: str,
+                      kind: str) -> Row[Any]:
+    row = (await conn.execute(
+        select(table).where(table.c.account_id == account_id, table.c.id == entity_id)
+        .with_for_update()
+    )).first()
+    if row is None:
+        raise NotFound(f"no {kind} with id {entity_id}")
+    return row
+
+
+async def _record_change(conn: AsyncConnection, kind: str, account_id: int,
+                         entity: Order | Shipment, event_type: str, principal: Principal | None,
+                         stamp: int, before: tuple[str, int] | None) -> None:
+    await conn.execute(insert(changes).values(
+        _change_row(account_id, kind, entity, event_type, principal, stamp)))
+    deltas = CountDeltas()
+    if before is None:
+        deltas.add(account_id, kind, entity.status, stamp, +1)
+    else:
+        deltas.move(account_id, kind, before, (entity.status, stamp))
+    await deltas.apply(conn)
+
+
+def _order_row(order: Order, account_id: int, created: int, updated: int,
+               principal: Principal | None) -> dict[str, Any]:
+    return {
+        "id": order.id, "account_id": account_id,
+        "customer_identifier": order.customer_identifier, "status": str(order.status),
+        "version": order.version, "created_at": created, "updated_at": updated,
+        "updated_by": principal.connection_id if principal else None,
+        "doc": order.model_dump_json(),
+    }
+
+
+def _shipment_row(shipment: Shipment, account_id: int, created: int, updated: int,
+                  principal: Principal | None) -> dict[str, Any]:
+    return {
+        "id": shipment.id, "account_id": account_id, "order_id": shipment.order_id,
+        "status": str(shipment.status), "version": shipment.version, "created_at": created,
+        "updated_at": updated, "updated_by": principal.connection_id if principal else None,
+        "doc": shipment.model_dump_json(),
+    }
+
+
+def _change_row(account_id: int, kind: str, entity: Order | Shipment, event_type: str,
+                principal: Principal | None, stamp: int) -> dict[str, Any]:
+    return {
+        "account_id": account_id, "entity_kind": kind, "entity_id": entity.id,
+        "version": entity.version, "event_type": event_type,
+        "connection_id": principal.connection_id if principal else None, "created_at": stamp,
+    }

@@ -1,0 +1,106 @@
+"""The hub's tables, as SQLAlchemy Core. Alembic migrations create them; tests compare the two.
+
+Timestamps are BIGINT epoch milliseconds (see `ordersync.domain.timestamps`). Each order and
+shipment row carries `doc`, its full JSON rendering, rewritten in the same transaction as every
+change: listings then stream stored documents instead of rebuilding them from joins.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("timezone", String(64), nullable=False, server_default="UTC"),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+connections = Table(
+    "connections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("customer_identifier", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", Integer, ForeignKey("connections.id"), nullable=True),
+    Column("doc", Text, nullable=False),
+    UniqueConstraint("account_id", "customer_identifier", name="uq_orders_customer_identifier"),
+    Index("ix_orders_account_updated", "account_id", "updated_at", "id"),
+    Index("ix_orders_account_status_updated", "account_id", "status", "updated_at", "id"),
+)
+
+shipments = Table(
+    "shipments",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("order_id", String(36), ForeignKey("orders.id"), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", Integer, ForeignKey("connections.id"), nullable=True),
+    Column("doc", Text, nullable=False),
+    Index("ix_shipments_account_updated", "account_id", "updated_at", "id"),
+    Index("ix_shipments_account_status_updated", "account_id", "status", "updated_at", "id"),
+    Index("ix_shipments_order", "order_id"),
+)
+
+# The change feed of DESIGN.md: one row per write, in the write's transaction.
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("entity_kind", String(10), nullable=False),
+    Column("entity_id", String(36), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("event_type", String(40), nullable=False),
+    Column("connection_id", Integer, ForeignKey("connections.id"), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_changes_account_seq", "account_id", "seq"),
+)
+
+# Row counts per (kind, status, time bucket), kept in each write's transaction so that the
+# `total` of a listing filtered by `updated_since` costs a few index lookups instead of a scan
+# of every matching row. See `ordersync.store.counts`.
+update_counts = Table(
+    "update_counts",
+    metadata,
+    Column("account_id", Integer, nullable=False, primary_key=True),
+    Column("entity_kind", String(10), nullable=False, primary_key=True),
+    Column("status", String(20), nullable=False, primary_key=True),
+    Column("span", Integer, nullable=False, primary_key=True),
+    Column("bucket", BigInteger, nullable=False, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
