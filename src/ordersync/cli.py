@@ -1,0 +1,115 @@
+"""The `ordersync` command: wiring only. Each command builds settings and hands them over."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ordersync.errors import OrdersyncError
+from ordersync.hub.settings import DEFAULT_DB_URL, HubSettings
+
+app = typer.Typer(
+    help="ordersync: an order platform (hub) and the ERP-side agent that mirrors it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+hub_app = typer.Typer(help="The order platform server.", no_args_is_help=True)
+token_app = typer.Typer(help="Connection tokens.", no_args_is_help=True)
+hub_app.add_typer(token_app, name="token")
+app.add_typer(hub_app, name="hub")
+
+err = Console(stderr=True)
+
+DbOption = Annotated[
+    str,
+    typer.Option("--db", envvar="ORDERSYNC_HUB_DB",
+                 help="Hub database URL: sqlite:///FILE or postgresql://USER@HOST/DB."),
+]
+
+
+def _run(coro: object) -> object:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except OrdersyncError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@token_app.command("create")
+def token_create(
+    account: Annotated[str, typer.Option(help="Account name; created if it does not exist.")],
+    name: Annotated[str, typer.Option(help="Connection name (who uses the token).")],
+    db: DbOption = DEFAULT_DB_URL,
+) -> None:
+    """Create a connection token. It is printed once, alone on the last line; only its hash is kept."""
+    from ordersync.store.store import Store
+
+    async def create() -> str:
+        store = await Store.open(db)
+        try:
+            return await store.create_token(account, name)
+        finally:
+            await store.close()
+
+    token = _run(create())
+    err.print(f"token for connection {name!r} of account {account!r} (shown once):")
+    print(token)
+
+
+@hub_app.command("migrate")
+def hub_migrate(db: DbOption = DEFAULT_DB_URL) -> None:
+    """Create or upgrade the hub's tables (serve does this too)."""
+    from ordersync.store.engine import parse_database_url
+    from ordersync.store.migrate import upgrade
+
+    _run(upgrade(parse_database_url(db)))
+    err.print("database is at the latest schema")
+
+
+@hub_app.command("serve")
+def hub_serve(
+    db: DbOption = DEFAULT_DB_URL,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    simulate: Annotated[
+        float, typer.Option(help="Warehouse simulator: new orders per second (0 = off).")
+    ] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Simulator random seed (deterministic).")] = None,
+    account: Annotated[str, typer.Option(help="Account the simulator writes to.")] = "demo",
+    max_body_bytes: Annotated[
+        int, typer.Option(envvar="ORDERSYNC_HUB_MAX_BODY_BYTES", help="Larger bodies get 413.")
+    ] = 1_048_576,
+    workers: Annotated[int, typer.Option(help="Worker processes (PostgreSQL for more than 1).")]
+    = 1,
+) -> None:
+    """Serve the hub's API (MasonHub dialect under /api/v1; OpenAPI at /openapi.json)."""
+    import uvicorn
+
+    from ordersync.hub.app import create_app
+
+    settings = HubSettings.from_env(
+        db_url=db, host=host, port=port, simulate_rate=simulate, simulate_seed=seed,
+        simulate_account=account, max_body_bytes=max_body_bytes,
+    )
+    if workers > 1 and simulate:
+        err.print("[red]error:[/red] run the simulator in a single-worker hub")
+        raise typer.Exit(2)
+    err.print(f"hub serving {settings.db_url} on http://{host}:{port}/api/v1"
+              + (f" (simulating {simulate} orders/s for account {account!r})" if simulate else ""))
+    if workers > 1:
+        # Each worker process builds its own app from the environment.
+        os.environ["ORDERSYNC_HUB_DB"] = settings.db_url
+        os.environ["ORDERSYNC_HUB_MAX_BODY_BYTES"] = str(settings.max_body_bytes)
+        uvicorn.run("ordersync.hub.asgi:app_factory", factory=True, host=host, port=port,
+                    workers=workers, log_level="warning", access_log=False)
+        return
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+                access_log=False)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""The hub: the order platform server (one domain and store behind three wire dialects)."""

@@ -1,0 +1,55 @@
+"""`create_app(settings, store)` builds the hub: one store behind the dialect routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.responses import Response
+
+from ordersync import __version__
+from ordersync.hub.body_limit import BodySizeLimit
+from ordersync.hub.dialects import masonhub
+from ordersync.hub.errors import install_error_handlers
+from ordersync.hub.settings import HubSettings
+from ordersync.store.store import Store
+
+
+def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
+    """The hub as an ASGI app. Without `store`, it opens (and migrates) `settings.db_url`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = store is None
+        app.state.store = store or await Store.open(settings.db_url)
+        simulator = None
+        if settings.simulate_rate > 0:
+            from ordersync.hub.simulator import Warehouse
+
+            simulator = await Warehouse.start(app.state.store, settings)
+        try:
+            yield
+        finally:
+            if simulator is not None:
+                await simulator.stop()
+            if owned:
+                await app.state.store.close()
+
+    app = FastAPI(
+        title="ordersync hub",
+        version=__version__,
+        lifespan=lifespan,
+        description="An order platform: MasonHub-style API under /api/v1.",
+    )
+    if store is not None:
+        app.state.store = store
+    install_error_handlers(app)
+    app.include_router(masonhub.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,31 @@
+"""The hub's settings: one frozen object, from the CLI or `HubSettings.from_env()`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_DB_URL = "sqlite:///ordersync-hub.db"
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    db_url: str = DEFAULT_DB_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    simulate_rate: float = 0.0
+    simulate_seed: int | None = None
+    simulate_account: str = "demo"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> HubSettings:
+        """Defaults, then `ORDERSYNC_HUB_*` variables, then explicit overrides (the CLI's)."""
+        env = os.environ
+        values: dict[str, object] = {}
+        if "ORDERSYNC_HUB_DB" in env:
+            values["db_url"] = env["ORDERSYNC_HUB_DB"]
+        if "ORDERSYNC_HUB_MAX_BODY_BYTES" in env:
+            values["max_body_bytes"] = int(env["ORDERSYNC_HUB_MAX_BODY_BYTES"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
