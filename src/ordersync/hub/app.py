@@ -12,8 +12,12 @@ from ordersync import __version__
 from ordersync.hub.body_limit import BodySizeLimit
 from ordersync.hub.dialects import masonhub
 from ordersync.hub.errors import install_error_handlers
+from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.settings import HubSettings
 from ordersync.store.store import Store
+
+
+API_PREFIXES = ("/api/",)
 
 
 def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
@@ -23,11 +27,13 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = store is None
         app.state.store = store or await Store.open(settings.db_url)
+        app.state.store.clock = late_commit_clock(app.state.store.clock, settings.faults)
         simulator = None
         if settings.simulate_rate > 0:
             from ordersync.hub.simulator import Warehouse
 
             simulator = await Warehouse.start(app.state.store, settings)
+        app.state.warehouse = simulator
         try:
             yield
         finally:
@@ -51,5 +57,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    if settings.faults.any_http:
+        app.add_middleware(FaultInjector, settings=settings.faults, prefixes=API_PREFIXES)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

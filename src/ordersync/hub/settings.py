@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ordersync.hub.faults import FaultSettings
 
 DEFAULT_DB_URL = "sqlite:///ordersync-hub.db"
 
@@ -17,6 +19,7 @@ class HubSettings:
     simulate_rate: float = 0.0
     simulate_seed: int | None = None
     simulate_account: str = "demo"
+    faults: FaultSettings = field(default_factory=FaultSettings)
 
     @classmethod
     def from_env(cls, **overrides: object) -> HubSettings:
