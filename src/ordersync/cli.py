@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,8 +27,11 @@ err = Console(stderr=True)
 
 DbOption = Annotated[
     str,
-    typer.Option("--db", envvar="ORDERSYNC_HUB_DB",
-                 help="Hub database URL: sqlite:///FILE or postgresql://USER@HOST/DB."),
+    typer.Option(
+        "--db",
+        envvar="ORDERSYNC_HUB_DB",
+        help="Hub database URL: sqlite:///FILE or postgresql://USER@HOST/DB.",
+    ),
 ]
 
 
@@ -45,7 +49,7 @@ def token_create(
     name: Annotated[str, typer.Option(help="Connection name (who uses the token).")],
     db: DbOption = DEFAULT_DB_URL,
 ) -> None:
-    """Create a connection token. It is printed once, alone on the last line; only its hash is kept."""
+    """Create a connection token, printed once alone on the last line; only its hash is kept."""
     from ordersync.store.store import Store
 
     async def create() -> str:
@@ -83,8 +87,9 @@ def hub_serve(
     max_body_bytes: Annotated[
         int, typer.Option(envvar="ORDERSYNC_HUB_MAX_BODY_BYTES", help="Larger bodies get 413.")
     ] = 1_048_576,
-    workers: Annotated[int, typer.Option(help="Worker processes (PostgreSQL for more than 1).")]
-    = 1,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes (PostgreSQL for more than 1).")
+    ] = 1,
 ) -> None:
     """Serve the hub's API (MasonHub dialect under /api/v1; OpenAPI at /openapi.json)."""
     import uvicorn
@@ -92,23 +97,57 @@ def hub_serve(
     from ordersync.hub.app import create_app
 
     settings = HubSettings.from_env(
-        db_url=db, host=host, port=port, simulate_rate=simulate, simulate_seed=seed,
-        simulate_account=account, max_body_bytes=max_body_bytes,
+        db_url=db,
+        host=host,
+        port=port,
+        simulate_rate=simulate,
+        simulate_seed=seed,
+        simulate_account=account,
+        max_body_bytes=max_body_bytes,
     )
     if workers > 1 and simulate:
         err.print("[red]error:[/red] run the simulator in a single-worker hub")
         raise typer.Exit(2)
-    err.print(f"hub serving {settings.db_url} on http://{host}:{port}/api/v1"
-              + (f" (simulating {simulate} orders/s for account {account!r})" if simulate else ""))
+    err.print(
+        f"hub serving {settings.db_url} on http://{host}:{port}/api/v1"
+        + (f" (simulating {simulate} orders/s for account {account!r})" if simulate else "")
+    )
     if workers > 1:
         # Each worker process builds its own app from the environment.
         os.environ["ORDERSYNC_HUB_DB"] = settings.db_url
         os.environ["ORDERSYNC_HUB_MAX_BODY_BYTES"] = str(settings.max_body_bytes)
-        uvicorn.run("ordersync.hub.asgi:app_factory", factory=True, host=host, port=port,
-                    workers=workers, log_level="warning", access_log=False)
+        uvicorn.run(
+            "ordersync.hub.asgi:app_factory",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+        )
         return
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
-                access_log=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command("demo")
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds to run before the proof.")] = 60.0,
+    rate: Annotated[float, typer.Option(help="Simulated new orders per second.")] = 5.0,
+    port: Annotated[int, typer.Option(help="Hub port on 127.0.0.1.")] = 8080,
+    data_dir: Annotated[Path, typer.Option(help="Where the SQLite files go.")] = Path("demo-data"),
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 42,
+    faults: Annotated[
+        bool, typer.Option(help="Inject errors, 429s, latency, resets, late commits.")
+    ] = False,
+) -> None:
+    """Run the hub with its warehouse simulator on embedded SQLite."""
+    from ordersync.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        data_dir=data_dir, port=port, rate=rate, duration=duration, seed=seed, faults=faults
+    )
+    code = _run(run_demo(settings, Console()))
+    raise typer.Exit(int(code))  # type: ignore[call-overload]
 
 
 def main() -> None:

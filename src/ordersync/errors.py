@@ -5,7 +5,7 @@
     │   ├── InvalidTransition       a status move the lifecycle forbids
     │   └── ValidationFailed        field-level problems, as (field, message) pairs
     ├── NotFound                    no such entity in this account
-    ├── Conflict                    a uniqueness rule would be broken (duplicate customer_identifier)
+    ├── Conflict                    a uniqueness rule would break (duplicate customer_identifier)
     ├── AuthenticationFailed        missing or unknown credentials
     └── ConfigurationError          settings or command-line input that cannot work
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ordersync.domain import OrderStatus, check_transition, format_rfc3339, parse_rfc3339_ms
@@ -10,7 +12,7 @@ from ordersync.errors import InvalidTransition
 HAPPY = ["open", "atWarehouse", "inProcess", "packed", "fulfilled", "delivered"]
 
 
-@pytest.mark.parametrize("current,target", list(zip(HAPPY, HAPPY[1:], strict=False)))
+@pytest.mark.parametrize("current,target", list(itertools.pairwise(HAPPY)))
 def test_each_status_moves_to_the_next(current: str, target: str) -> None:
     """open -> atWarehouse -> inProcess -> packed -> fulfilled -> delivered is allowed."""
     check_transition(OrderStatus(current), OrderStatus(target))

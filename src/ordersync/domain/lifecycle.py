@@ -53,4 +53,6 @@ def check_transition(current: OrderStatus, target: OrderStatus) -> None:
     expected = _FORWARD.get(current)
     if expected is None:
         raise InvalidTransition(f"an order in status {current} is final and cannot change status")
-    raise InvalidTransition(f"an order in status {current} can only move to {expected}, not {target}")
+    raise InvalidTransition(
+        f"an order in status {current} can only move to {expected}, not {target}"
+    )

@@ -26,7 +26,9 @@ class Address(_Model):
     address2: Annotated[str, StringConstraints(max_length=200)] | None = None
     city: Text
     state: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)]
-    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20)]
+    postal_code: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20)
+    ]
     country: CountryCode = Field(description="ISO 3166-1 alpha-2 country code, e.g. US")
 
 
@@ -90,7 +92,9 @@ class NewOrder(_Model):
         taken = set(numbers)
         free = (n for n in range(1, len(items) + len(taken) + 1) if n not in taken)
         return [
-            item if item.line_number is not None else item.model_copy(update={"line_number": next(free)})
+            item
+            if item.line_number is not None
+            else item.model_copy(update={"line_number": next(free)})
             for item in items
         ]
 

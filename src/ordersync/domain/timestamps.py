@@ -44,7 +44,9 @@ def parse_rfc3339_ms(text: str) -> int:
     if cleaned[-1:] in ("z", "Z"):
         cleaned = cleaned[:-1] + "+00:00"
     if "T" not in cleaned.upper() and " " not in cleaned:
-        raise ValueError(f"{text!r} is not an RFC 3339 date-time (expected e.g. 2024-01-01T10:30:00Z)")
+        raise ValueError(
+            f"{text!r} is not an RFC 3339 date-time (expected e.g. 2024-01-01T10:30:00Z)"
+        )
     try:
         moment = datetime.fromisoformat(cleaned)
     except ValueError:

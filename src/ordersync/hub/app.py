@@ -16,7 +16,6 @@ from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.settings import HubSettings
 from ordersync.store.store import Store
 
-
 API_PREFIXES = ("/api/",)
 
 

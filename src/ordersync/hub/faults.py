@@ -31,8 +31,15 @@ class FaultSettings:
     @classmethod
     def demo(cls, seed: int | None = None) -> FaultSettings:
         """The profile of `--faults`: frequent enough to see, rare enough to make progress."""
-        return cls(error_rate=0.03, throttle_rate=0.03, latency_ms=150, reset_rate=0.02,
-                   late_commit_rate=0.05, late_commit_ms=1500, seed=seed)
+        return cls(
+            error_rate=0.03,
+            throttle_rate=0.03,
+            latency_ms=150,
+            reset_rate=0.02,
+            late_commit_rate=0.05,
+            late_commit_ms=1500,
+            seed=seed,
+        )
 
     @property
     def any_http(self) -> bool:
@@ -56,15 +63,21 @@ class FaultInjector:
         if s.latency_ms:
             await asyncio.sleep(self.rng.uniform(0, s.latency_ms) / 1000)
         if roll < s.error_rate:
-            await error_response(ApiError(503, "injected fault: service unavailable",
-                                          error_type="service_unavailable",
-                                          headers={"Retry-After": "1"}))(scope, receive, send)
+            await error_response(
+                ApiError(
+                    503,
+                    "injected fault: service unavailable",
+                    error_type="service_unavailable",
+                    headers={"Retry-After": "1"},
+                )
+            )(scope, receive, send)
             return
         roll -= s.error_rate
         if roll < s.throttle_rate:
             retry = str(s.throttle_retry_after)
-            await error_response(ApiError(429, f"injected fault: retry in {retry} s",
-                                          headers={"Retry-After": retry}))(scope, receive, send)
+            await error_response(
+                ApiError(429, f"injected fault: retry in {retry} s", headers={"Retry-After": retry})
+            )(scope, receive, send)
             return
         roll -= s.throttle_rate
         if roll < s.reset_rate:

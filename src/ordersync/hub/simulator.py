@@ -8,6 +8,7 @@ given seed produces the same orders and the same story; only wall-clock timing v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import random
 import string
@@ -44,8 +45,14 @@ STAGE_SECONDS = {
 }
 CANCEL_PROBABILITY = 0.06
 SKUS = [f"SKU-{n:04d}" for n in range(1, 201)]
-CITIES = [("Austin", "TX", "78701"), ("Denver", "CO", "80202"), ("Boston", "MA", "02108"),
-          ("Portland", "OR", "97201"), ("Chicago", "IL", "60601"), ("Miami", "FL", "33101")]
+CITIES = [
+    ("Austin", "TX", "78701"),
+    ("Denver", "CO", "80202"),
+    ("Boston", "MA", "02108"),
+    ("Portland", "OR", "97201"),
+    ("Chicago", "IL", "60601"),
+    ("Miami", "FL", "33101"),
+]
 CARRIERS = [("UPS", "ground"), ("FedEx", "express"), ("USPS", "priority"), ("DHL", "express")]
 
 
@@ -59,8 +66,14 @@ class _Step:
 class Warehouse:
     """Runs as a background task inside the hub. `await Warehouse.start(store, settings)`."""
 
-    def __init__(self, store: Store, principal: Principal, rate: float, seed: int | None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: Store,
+        principal: Principal,
+        rate: float,
+        seed: int | None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.principal = principal
         self.rate = rate
@@ -78,8 +91,9 @@ class Warehouse:
     @classmethod
     async def start(cls, store: Store, settings: HubSettings) -> Warehouse:
         token = await store.create_token(settings.simulate_account, "warehouse-simulator")
-        warehouse = cls(store, await store.authenticate(token), settings.simulate_rate,
-                        settings.simulate_seed)
+        warehouse = cls(
+            store, await store.authenticate(token), settings.simulate_rate, settings.simulate_seed
+        )
         existing = await store.list_orders(warehouse.principal.account_id, ListQuery(limit=1))
         warehouse.created = existing.total
         await warehouse._resume_unfinished()
@@ -93,10 +107,8 @@ class Warehouse:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def _resume_unfinished(self) -> None:
         # Orders left mid-lifecycle by a previous run get fresh plans, or they would stay
@@ -150,7 +162,8 @@ class Warehouse:
             heapq.heappush(self._schedule, _Step(due, order_id, target))
             current = target
         self._tracking[order_id] = "1Z" + "".join(
-            self.rng.choices(string.ascii_uppercase + string.digits, k=16))
+            self.rng.choices(string.ascii_uppercase + string.digits, k=16)
+        )
 
     async def _advance_due(self) -> None:
         now = self.monotonic()
@@ -163,41 +176,65 @@ class Warehouse:
         account = self.principal.account_id
         order = await self.store.transition_order(self.principal, account, order_id, target)
         if target is OrderStatus.PACKED:
-            shipment = await self.store.create_shipment(self.principal, account, NewShipment(
-                order_id=order_id, carrier=order.shipping_provider, service_level=order.shipper_service_level,
-                tracking_number=self._tracking.pop(order_id, f"1Z{order_id[:16].upper()}"),
-                lines=[ShipmentLine(line_number=item.line_number or 1,
-                                    sku_customer_identifier=item.sku_customer_identifier,
-                                    quantity=item.quantity) for item in order.line_items],
-            ))
+            shipment = await self.store.create_shipment(
+                self.principal,
+                account,
+                NewShipment(
+                    order_id=order_id,
+                    carrier=order.shipping_provider,
+                    service_level=order.shipper_service_level,
+                    tracking_number=self._tracking.pop(order_id, f"1Z{order_id[:16].upper()}"),
+                    lines=[
+                        ShipmentLine(
+                            line_number=item.line_number or 1,
+                            sku_customer_identifier=item.sku_customer_identifier,
+                            quantity=item.quantity,
+                        )
+                        for item in order.line_items
+                    ],
+                ),
+            )
             self._shipments[order_id] = shipment.id
         elif target is OrderStatus.FULFILLED and order_id in self._shipments:
-            await self.store.transition_shipment(self.principal, account,
-                                                 self._shipments[order_id],
-                                                 ShipmentStatus.IN_TRANSIT)
+            await self.store.transition_shipment(
+                self.principal, account, self._shipments[order_id], ShipmentStatus.IN_TRANSIT
+            )
         elif target is OrderStatus.DELIVERED and order_id in self._shipments:
-            await self.store.transition_shipment(self.principal, account,
-                                                 self._shipments.pop(order_id),
-                                                 ShipmentStatus.DELIVERED)
+            await self.store.transition_shipment(
+                self.principal, account, self._shipments.pop(order_id), ShipmentStatus.DELIVERED
+            )
 
     def _draft(self, number: int) -> NewOrder:
         rng = self.rng
         city, state, postal = rng.choice(CITIES)
-        address = {"name": f"Customer {number}", "address1": f"{rng.randint(1, 999)} Main St",
-                   "city": city, "state": state, "postal_code": postal, "country": "US"}
+        address = {
+            "name": f"Customer {number}",
+            "address1": f"{rng.randint(1, 999)} Main St",
+            "city": city,
+            "state": state,
+            "postal_code": postal,
+            "country": "US",
+        }
         provider, level = rng.choice(CARRIERS)
         lines = [
-            {"sku_customer_identifier": rng.choice(SKUS),
-             "quantity": str(rng.randint(1, 5)),
-             "unit_price": str(Decimal(rng.randint(99, 19999)) / 100)}
+            {
+                "sku_customer_identifier": rng.choice(SKUS),
+                "quantity": str(rng.randint(1, 5)),
+                "unit_price": str(Decimal(rng.randint(99, 19999)) / 100),
+            }
             for _ in range(rng.randint(1, 4))
         ]
-        return NewOrder.model_validate({
-            "customer_identifier": f"SIM-{number:08d}",
-            "order_type": rng.choice(["customer", "customer", "wholesale"]),
-            "priority": rng.choice([0, 0, 0, 1, 5]),
-            "shipping_provider": provider, "shipper_service_level": level,
-            "shipping_address": address, "billing_address": address,
-            "submitted_at": format_rfc3339(now_ms()), "line_items": lines,
-            "order_policy": rng.choice(["allow_splits", "single_shipment", "minimize_splits"]),
-        })
+        return NewOrder.model_validate(
+            {
+                "customer_identifier": f"SIM-{number:08d}",
+                "order_type": rng.choice(["customer", "customer", "wholesale"]),
+                "priority": rng.choice([0, 0, 0, 1, 5]),
+                "shipping_provider": provider,
+                "shipper_service_level": level,
+                "shipping_address": address,
+                "billing_address": address,
+                "submitted_at": format_rfc3339(now_ms()),
+                "line_items": lines,
+                "order_policy": rng.choice(["allow_splits", "single_shipment", "minimize_splits"]),
+            }
+        )

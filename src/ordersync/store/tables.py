@@ -80,7 +80,9 @@ shipments = Table(
 changes = Table(
     "changes",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
     Column("entity_kind", String(10), nullable=False),
     Column("entity_id", String(36), nullable=False),
