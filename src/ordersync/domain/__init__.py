@@ -11,9 +11,11 @@ from ordersync.domain.orders import (
     LineItem,
     NewOrder,
     Order,
+    OrderLine,
     OrderPolicy,
     PickFrom,
     ValueAddedService,
+    stamp_change,
 )
 from ordersync.domain.shipments import NewShipment, Shipment, ShipmentLine
 from ordersync.domain.timestamps import format_rfc3339, now_ms, parse_rfc3339_ms
@@ -25,6 +27,7 @@ __all__ = [
     "NewOrder",
     "NewShipment",
     "Order",
+    "OrderLine",
     "OrderPolicy",
     "OrderStatus",
     "PickFrom",
@@ -36,4 +39,5 @@ __all__ = [
     "format_rfc3339",
     "now_ms",
     "parse_rfc3339_ms",
+    "stamp_change",
 ]

@@ -39,6 +39,13 @@ class LineItem(_Model):
     unit_price: Decimal = Field(ge=0, max_digits=30, decimal_places=12)
 
 
+class OrderLine(LineItem):
+    """A line as the hub keeps it: with the time it last changed (Tradecloud's line-level
+    `lastUpdatedAt`), so a poller can tell which lines of a changed order actually moved."""
+
+    updated_at: str | None = None
+
+
 class PickFrom(_Model):
     """An inventory constraint: a hard match must hold, a soft match is a preference."""
 
@@ -107,3 +114,34 @@ class Order(NewOrder):
     version: int = 1
     created_at: str
     updated_at: str
+    updated_by: str | None = Field(
+        default=None, description="the connection that made the last change (echo detection)"
+    )
+    line_items: list[OrderLine] = Field(min_length=1, max_length=500)  # type: ignore[assignment]
+
+
+def stamp_change(before: Order | None, after: Order, stamp: str, by: str | None) -> Order:
+    """The bookkeeping of one write: `version` + 1, `updated_at`, `updated_by`, and a new
+    `updated_at` on each line that changed. Line statuses derive from the order's status, so a
+    status change touches every line."""
+    old_lines = {} if before is None else {line.line_number: line for line in before.line_items}
+    status_moved = before is None or before.status != after.status
+
+    def touched(line: OrderLine) -> bool:
+        old = old_lines.get(line.line_number)
+        return status_moved or old is None or old.model_copy(update={"updated_at": None}) != (
+            line.model_copy(update={"updated_at": None})
+        )
+
+    lines = [
+        line.model_copy(update={"updated_at": stamp}) if touched(line) else line
+        for line in after.line_items
+    ]
+    return after.model_copy(
+        update={
+            "version": 1 if before is None else before.version + 1,
+            "updated_at": stamp,
+            "updated_by": by,
+            "line_items": lines,
+        }
+    )

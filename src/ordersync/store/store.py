@@ -30,6 +30,7 @@ from ordersync.domain import (
     check_transition,
     format_rfc3339,
     now_ms,
+    stamp_change,
 )
 from ordersync.errors import AuthenticationFailed, NotFound
 from ordersync.store.counts import MINUTE, CountDeltas, bucket_total_query
@@ -285,12 +286,12 @@ class Store:
                     continue
                 taken.add(item.customer_identifier)
                 stamp = self.clock()
-                order = Order(
+                order = stamp_change(None, Order(
                     **item.model_dump(),
                     id=str(uuid.uuid4()),
                     created_at=format_rfc3339(stamp),
                     updated_at=format_rfc3339(stamp),
-                )
+                ), format_rfc3339(stamp), principal.connection_name)
                 order_rows.append(_order_row(order, account_id, stamp, stamp, principal))
                 change_rows.append(_change_row(account_id, "order", order, "order.created",
                                                principal, stamp))
@@ -326,9 +327,8 @@ class Store:
             row = await _locked_row(conn, orders, account_id, order_id, "order")
             before = Order.model_validate_json(row.doc)
             stamp = max(self.clock(), int(row.updated_at))
-            after = change(before).model_copy(
-                update={"version": before.version + 1, "updated_at": format_rfc3339(stamp)}
-            )
+            after = stamp_change(before, change(before), format_rfc3339(stamp),
+                                 principal.connection_name if principal else None)
             await conn.execute(
                 update(orders)
                 .where(orders.c.id == order_id)
