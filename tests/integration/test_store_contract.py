@@ -153,7 +153,7 @@ async def test_a_refused_transition_changes_nothing(
     path: list[OrderStatus],
     refused: OrderStatus,
 ) -> None:
-    """A move the lifecycle forbids leaves version, document, change feed and counts as they were."""
+    """A move the lifecycle forbids leaves version, document, change feed and counts alone."""
     order = await create_one(store, principal, new_order("C-1"))
     for target in path:
         clock.now += MINUTE
@@ -250,7 +250,7 @@ def next_on_happy_path(status: OrderStatus) -> OrderStatus:
 
 def probe_times(stamps: list[int], rng: random.Random) -> list[int | None]:
     """`since` values that hit every bucket edge: each stamp, its neighbours, span boundaries."""
-    near = [s + d for s in stamps for d in (-1, 0, 1)]
+    near = rng.sample([s + d for s in stamps for d in (-1, 0, 1)], k=min(60, 3 * len(stamps)))
     edges = [EPOCH + k * span + d for span in (MINUTE, HOUR, DAY) for k in range(6)
              for d in (-1, 0, 1)]
     anywhere = [EPOCH - DAY + rng.randrange(7 * DAY) for _ in range(40)]
@@ -258,7 +258,8 @@ def probe_times(stamps: list[int], rng: random.Random) -> list[int | None]:
 
 
 STATUS_FILTERS: list[tuple[str, ...]] = [
-    (), ("open",), ("canceled", "delivered"), ("atWarehouse", "packed", "inProcess"), ("fulfilled",),
+    (), ("open",), ("canceled", "delivered"), ("atWarehouse", "packed", "inProcess"),
+    ("fulfilled",),
 ]
 
 
@@ -346,7 +347,9 @@ async def test_shipments_follow_the_same_version_feed_and_total_rules(
     for i in range(12):
         order = await create_one(store, principal, new_order(f"C-{i}"))
         clock.now = EPOCH + rng.choice([0, MINUTE, HOUR, DAY]) + rng.randrange(3)
-        made.append(await store.create_shipment(principal, principal.account_id, shipment_for(order)))
+        made.append(
+            await store.create_shipment(principal, principal.account_id, shipment_for(order))
+        )
     for shipment in made[::2]:
         clock.now = EPOCH + rng.randrange(2 * DAY)
         moved = await store.transition_shipment(

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ordersync.errors import ConfigurationError
 
 Dialect = Literal["masonhub"]
-STREAMS = ("orders", "shipments")
+Stream = Literal["orders", "shipments"]
+STREAMS: tuple[Stream, ...] = ("orders", "shipments")
 
 
 class _Strict(BaseModel):
@@ -46,7 +47,7 @@ class SourceConfig(_Strict):
     lookback: float = Field(default=120, ge=0, description="seconds re-read before the cursor")
     page_size: int = Field(default=100, ge=1, le=100)
     statuses: list[str] = Field(default_factory=list, description="status-based polling")
-    streams: list[Literal["orders", "shipments"]] = Field(default_factory=lambda: list(STREAMS))
+    streams: list[Stream] = Field(default_factory=lambda: list(STREAMS))
 
     @field_validator("base_url")
     @classmethod
@@ -115,7 +116,7 @@ def parse_config(
 
 
 def _key(loc: tuple[Any, ...], merged: dict[str, Any]) -> str:
-    parts = []
+    parts: list[str] = []
     for i, part in enumerate(loc):
         if isinstance(part, int) and i > 0 and loc[i - 1] == "sources":
             name = (merged.get("sources") or [{}])[part].get("name", part)

@@ -121,7 +121,9 @@ class Store:
             result = await conn.execute(
                 insert(accounts).values(name=name, timezone=timezone, created_at=self.clock())
             )
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
     async def create_token(self, account_name: str, connection_name: str) -> str:
         """Create the account if needed and a connection with a new token; only its hash is kept."""
@@ -381,7 +383,7 @@ def _duplicate(customer_identifier: str) -> CreateResult:
     )
 
 
-def _summary(kind: str, row: Row[Any]) -> dict[str, Any]:
+def _summary(kind: str, row: Sequence[Any]) -> dict[str, Any]:
     if kind == "shipment":
         doc = orjson.loads(row[4])
         return {"id": row[0], "order_id": doc["order_id"], "status": row[1], "version": row[2],
