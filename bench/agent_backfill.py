@@ -155,3 +155,764 @@ def ensure_hub_db(n: int, dialect: str) -> Path:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+async def _create_tokens(path: Path, names: list[str]) -> tuple[int, dict[str, str]]:
+    """New tokens (only hashes are stored, so each run makes its own) and the account id."""
+    from ordersync.store.store import Store
+
+    store = await Store.open(f"sqlite:///{path}")
+    try:
+        tokens = {name: await store.create_token(ACCOUNT, f"bench-{name}") for name in names}
+        account_id = await store.ensure_account(ACCOUNT)
+    finally:
+        await store.close()
+    return account_id, tokens
+
+
+# -- the hub, with a request counter -------------------------------------------------------
+
+
+class CallCounter:
+    """ASGI middleware: counts API requests by method, path and status; GET /__bench/calls
+    returns the counts. A dict increment per request: nothing a client could notice."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.counts: dict[str, int] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            if scope["type"] == "http" and scope["path"] == "/__bench/calls":
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": json.dumps(self.counts).encode()})
+                return
+            await self.app(scope, receive, send)
+            return
+        route = f"{scope['method']} {scope['path']}"
+
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                key = f"{route} {message['status']}"
+                self.counts[key] = self.counts.get(key, 0) + 1
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def _hub_worker(argv: list[str]) -> None:
+    """`ordersync hub serve ARGV`, its app wrapped in `CallCounter` (the hub logs no access)."""
+    import uvicorn
+
+    from ordersync.cli import app
+
+    serve = uvicorn.run
+
+    def counted_run(asgi_app: Any, *args: Any, **kwargs: Any) -> Any:
+        return serve(CallCounter(asgi_app), *args, **kwargs)
+
+    uvicorn.run = counted_run
+    app(["hub", "serve", *argv], prog_name="ordersync")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@dataclass
+class Hub:
+    url: str
+    process: subprocess.Popen[bytes]
+    sampler: RssSampler
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api/v1"
+
+    def calls(self) -> dict[str, int]:
+        return dict(http_json(f"{self.url}/__bench/calls"))
+
+
+@contextlib.contextmanager
+def running_hub(db: Path, workdir: Path) -> Iterator[Hub]:
+    port = free_port()
+    command = [sys.executable, __file__, "_hub", "--db", f"sqlite:///{db}", "--port", str(port)]
+    with open(workdir / "hub.log", "wb") as hub_log:
+        process = subprocess.Popen(
+            command, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    sampler = RssSampler(process.pid)
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"hub exited: {(workdir / 'hub.log').read_text()[-2000:]}")
+            if healthy(f"{url}/healthz"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("hub did not answer /healthz within 60 s")
+            time.sleep(0.1)
+        yield Hub(url, process, sampler)
+    finally:
+        sampler.stop()
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# -- measuring a process -------------------------------------------------------------------
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's resident set (VmRSS) from /proc a few times per second."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.started_at = time.monotonic()
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, MB)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            rss = read_rss_mb(self.pid)
+            if rss is not None:
+                self.samples.append((time.monotonic() - self.started_at, rss))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    @property
+    def peak_mb(self) -> float:
+        return max((mb for _, mb in self.samples), default=0.0)
+
+    def timeline(self, points: int = 11) -> list[list[float]]:
+        """The RSS at evenly spaced moments of the run: [seconds, MB] pairs, for flatness."""
+        if not self.samples:
+            return []
+        step = max(1, len(self.samples) // (points - 1))
+        picked = self.samples[::step]
+        if picked[-1] != self.samples[-1]:
+            picked.append(self.samples[-1])
+        return [[round(t, 1), round(mb, 1)] for t, mb in picked]
+
+
+def read_rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+@dataclass
+class Measured:
+    returncode: int
+    seconds: float
+    peak_rss_mb: float  # the kernel's high-water mark (wait4 ru_maxrss)
+    sampled_peak_rss_mb: float
+    rss_timeline: list[list[float]]
+    stdout: str
+    log_tail: str
+
+
+def run_measured(
+    command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, timeout: float
+) -> Measured:
+    """Run one tool in its own process; its wall time and its own peak RSS (not the hub's)."""
+    stdout_path = log_path.with_suffix(".stdout")
+    with open(stdout_path, "wb") as out, open(log_path, "wb") as err:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            command, stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True
+        )
+    sampler = RssSampler(process.pid)
+    sampler.start()
+    timer = threading.Timer(timeout, lambda: os.killpg(process.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        # wait4, not Popen.wait: it hands back this child's own rusage, whose ru_maxrss is
+        # the kernel's exact peak for the process (RUSAGE_CHILDREN would mix in the hub).
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        timer.cancel()
+        seconds = time.monotonic() - started
+        sampler.stop()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    log_tail = log_path.read_text(errors="replace")[-3000:]
+    return Measured(
+        process.returncode,
+        seconds,
+        usage.ru_maxrss / 1024,
+        sampler.peak_mb,
+        sampler.timeline(),
+        stdout_path.read_text(errors="replace"),
+        log_tail,
+    )
+
+
+# -- dlt -----------------------------------------------------------------------------------
+
+
+DLT_MISSING = (
+    "dlt is not installed: it is a bench-only dependency, not one of ordersync's.\n"
+    "  .venv/bin/pip install -r bench/requirements.txt\n"
+    "or skip the comparison with --dlt-orders 0."
+)
+
+
+def dlt_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("dlt")
+    except Exception:
+        return None
+
+
+def dlt_source_config(api_base: str, token: str) -> dict[str, Any]:
+    """The rest_api source as dlt's documentation writes it for an offset-paged, `updated_since`
+    filtered endpoint: nothing tuned for this bench."""
+    return {
+        "client": {
+            "base_url": api_base + "/",
+            "auth": {"type": "bearer", "token": token},
+            "paginator": {
+                "type": "offset",
+                "limit": PAGE_SIZE,
+                "offset_param": "offset",
+                "limit_param": "limit",
+                "total_path": "total",
+            },
+        },
+        "resource_defaults": {"primary_key": "id", "write_disposition": "merge"},
+        "resources": [
+            {
+                "name": "orders",
+                "endpoint": {
+                    "path": "orders",
+                    "data_selector": "data",
+                    "params": {
+                        "updated_since": {
+                            "type": "incremental",
+                            "cursor_path": "updated_at",
+                            "initial_value": "1970-01-01T00:00:00.000Z",
+                        },
+                    },
+                },
+            }
+        ],
+    }
+
+
+def _dlt_worker(argv: list[str]) -> None:
+    """One dlt pipeline run, in its own process; prints a JSON summary on its last line."""
+    parser = argparse.ArgumentParser(prog="agent_backfill.py _dlt")
+    parser.add_argument("--api", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--dest", required=True, type=Path)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    imported = time.monotonic()
+    pipeline = dlt.pipeline(
+        pipeline_name="bench_orders",
+        destination=dlt.destinations.sqlalchemy(f"sqlite:///{args.dest}"),
+        dataset_name="replica",
+        pipelines_dir=str(args.dest.parent / "dlt-pipelines"),
+    )
+    pipeline.run(rest_api_source(dlt_source_config(args.api, args.token)))
+    steps = {
+        step.step: round((step.finished_at - step.started_at).total_seconds(), 2)
+        for step in pipeline.last_trace.steps
+        if step.finished_at is not None
+    }
+    print(
+        json.dumps(
+            {
+                "import_seconds": round(imported - started, 2),
+                "run_seconds": round(time.monotonic() - imported, 2),
+                "steps": steps,
+            }
+        )
+    )
+
+
+def find_dlt_table(dest_dir: Path) -> tuple[Path, str]:
+    """dlt's sqlalchemy destination on SQLite keeps each dataset in its own file,
+    `<db>__<dataset>.db` (and a `_staging` one for merges): find the final `orders`."""
+    candidates = [p for p in sorted(dest_dir.glob("*.db")) if "_staging" not in p.name]
+    for candidate in candidates:
+        with contextlib.closing(sqlite3.connect(f"file:{candidate}?mode=ro", uri=True)) as conn:
+            found = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'orders'"
+            ).fetchone()
+        if found:
+            return candidate, "orders"
+    raise FileNotFoundError(f"no table `orders` in any SQLite file under {dest_dir}")
+
+
+# -- verification --------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    expected: int
+    rows: int
+    distinct_ids: int
+    missing: int
+    extra: int
+    stale: int
+
+    @property
+    def correct(self) -> bool:
+        return (
+            self.rows == self.distinct_ids == self.expected
+            and self.missing == self.extra == self.stale == 0
+        )
+
+    def describe(self) -> str:
+        if self.correct:
+            return "yes"
+        problems = [f"{self.rows:,} rows / {self.distinct_ids:,} ids for {self.expected:,}"]
+        problems += [
+            f"{v:,} {k}"
+            for k, v in (("missing", self.missing), ("extra", self.extra), ("stale", self.stale))
+            if v
+        ]
+        duplicated = self.rows - self.distinct_ids
+        if duplicated:
+            problems.append(f"{duplicated:,} duplicated")
+        return "NO: " + ", ".join(problems)
+
+
+def verify_replica(
+    hub_db: Path,
+    account_id: int,
+    replica_db: Path,
+    table: str,
+    id_column: str = "id",
+    version_column: str = "version",
+) -> Verdict:
+    """Compare the replica with the hub on (id, version), in SQL: set differences, no dicts."""
+    with contextlib.closing(sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)) as conn:
+        conn.execute("ATTACH DATABASE ? AS replica", (f"file:{replica_db}?mode=ro",))
+        hub = f"SELECT id, version FROM main.orders WHERE account_id = {int(account_id)}"
+        mirror = f'SELECT "{id_column}", "{version_column}" FROM replica."{table}"'
+        hub_ids = f"SELECT id FROM main.orders WHERE account_id = {int(account_id)}"
+        mirror_ids = f'SELECT "{id_column}" FROM replica."{table}"'
+
+        def count(sql: str) -> int:
+            return int(conn.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0])
+
+        expected = count(hub_ids)
+        rows = count(mirror_ids)
+        distinct_ids = count(f"SELECT DISTINCT {mirror_ids[7:]}")
+        missing = count(f"{hub_ids} EXCEPT {mirror_ids}")
+        extra = count(f"{mirror_ids} EXCEPT {hub_ids}")
+        stale = count(f"{hub} EXCEPT {mirror}") - missing
+    return Verdict(expected, rows, distinct_ids, missing, extra, stale)
+
+
+# -- one tool, one size --------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    tool: str
+    n: int
+    seconds: float
+    records_per_s: float
+    api_calls: int
+    calls_per_page: float  # API calls / ceil(N / 100)
+    peak_rss_mb: float
+    correct: bool
+    verdict: str
+    calls_by_route: dict[str, int] = field(default_factory=dict)
+    rss_timeline: list[list[float]] = field(default_factory=list)
+    hub_peak_rss_mb: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def tool_env(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            # dlt: no telemetry call home, no config picked up from the repository
+            "RUNTIME__DLTHUB_TELEMETRY": "false",
+            "RUNTIME__LOG_LEVEL": "WARNING",
+            "DLT_DATA_DIR": str(workdir / "dlt-data"),
+        }
+    )
+    return env
+
+
+def diff_calls(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {
+        k: after.get(k, 0) - before.get(k, 0)
+        for k in sorted(after)
+        if after.get(k, 0) != before.get(k, 0)
+    }
+
+
+def finish(
+    tool: str,
+    n: int,
+    hub: Hub,
+    before: dict[str, int],
+    measured: Measured,
+    verdict: Verdict | None,
+    details: dict[str, Any],
+) -> Result:
+    calls = diff_calls(before, hub.calls())
+    api_calls = sum(calls.values())
+    result = Result(
+        tool=tool,
+        n=n,
+        seconds=round(measured.seconds, 2),
+        records_per_s=round(n / measured.seconds, 1) if measured.returncode == 0 else 0.0,
+        api_calls=api_calls,
+        calls_per_page=round(api_calls / math.ceil(n / PAGE_SIZE), 4),
+        peak_rss_mb=round(measured.peak_rss_mb, 1),
+        correct=verdict is not None and verdict.correct,
+        verdict=verdict.describe() if verdict else f"FAILED (exit {measured.returncode})",
+        calls_by_route=calls,
+        rss_timeline=measured.rss_timeline,
+        hub_peak_rss_mb=round(hub.sampler.peak_mb, 1),
+        details={
+            "sampled_peak_rss_mb": round(measured.sampled_peak_rss_mb, 1),
+            "exit_code": measured.returncode,
+            **details,
+        },
+    )
+    if verdict is not None:
+        result.details["verify"] = asdict(verdict)
+    if measured.returncode != 0:
+        log(f"  {tool} exited {measured.returncode}; last log lines:\n{measured.log_tail}")
+    return result
+
+
+def run_dlt(
+    n: int, hub: Hub, token: str, hub_db: Path, account_id: int, workdir: Path, timeout: float
+) -> Result:
+    dest_dir = workdir / "dlt"
+    dest_dir.mkdir()
+    before = hub.calls()
+    log(f"  dlt rest_api backfill of {n:,} orders ...")
+    measured = run_measured(
+        [
+            sys.executable,
+            __file__,
+            "_dlt",
+            "--api",
+            hub.api,
+            "--token",
+            token,
+            "--dest",
+            str(dest_dir / "replica.db"),
+        ],
+        env=tool_env(workdir),
+        cwd=dest_dir,
+        log_path=workdir / "dlt.log",
+        timeout=timeout,
+    )
+    details: dict[str, Any] = {"dlt_version": dlt_version(), "destination": "sqlalchemy (sqlite)"}
+    lines = measured.stdout.strip().splitlines()
+    with contextlib.suppress(ValueError, IndexError):
+        details.update(json.loads(lines[-1]))
+    verdict = None
+    if measured.returncode == 0:
+        replica, table = find_dlt_table(dest_dir)
+        verdict = verify_replica(hub_db, account_id, replica, table)
+        details["replica_bytes"] = sum(p.stat().st_size for p in dest_dir.glob("*.db"))
+    return finish("dlt rest_api", n, hub, before, measured, verdict, details)
+
+
+# -- the ordersync agent -------------------------------------------------------------------
+
+
+def run_agent(
+    n: int,
+    hub: Hub,
+    token: str,
+    hub_db: Path,
+    account_id: int,
+    workdir: Path,
+    timeout: float,
+    dialect: str,
+) -> Result:
+    raise NotImplementedError("agent driver pending")
+
+
+def _agent_worker(argv: list[str]) -> None:
+    raise NotImplementedError("agent driver pending")
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+COLUMNS = (
+    "tool",
+    "N",
+    "seconds",
+    "records/s",
+    "API calls",
+    "calls/ceil(N/100)",
+    "peak RSS MB",
+    "correct?",
+)
+
+
+def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
+    return [
+        (
+            r.tool,
+            f"{r.n:,}",
+            f"{r.seconds:,.1f}",
+            f"{r.records_per_s:,.0f}",
+            f"{r.api_calls:,}",
+            f"{r.calls_per_page:.3f}",
+            f"{r.peak_rss_mb:,.1f}",
+            r.verdict,
+        )
+        for r in results
+    ]
+
+
+def render_table(results: list[Result]) -> str:
+    rows = [COLUMNS, *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def assess(results: list[Result]) -> dict[str, Any]:
+    """The issue's targets, checked against what ran."""
+    agents = {r.n: r for r in results if r.tool.startswith("ordersync")}
+    dlts = {r.n: r for r in results if r.tool.startswith("dlt")}
+    out: dict[str, Any] = {"ratios": []}
+    for n, agent in sorted(agents.items()):
+        # Same N when dlt ran it; otherwise dlt's largest N (its rate only falls as N grows,
+        # so comparing with a smaller dlt run favours dlt).
+        peer = dlts.get(n) or (dlts[max(dlts)] if dlts else None)
+        if peer is None or not peer.records_per_s:
+            continue
+        out["ratios"].append(
+            {
+                "agent_n": n,
+                "dlt_n": peer.n,
+                "ratio": round(agent.records_per_s / peer.records_per_s, 2),
+            }
+        )
+    checks: dict[str, bool] = {}
+    if out["ratios"]:
+        checks[f"records/s >= {TARGET_SPEEDUP:g}x dlt"] = all(
+            x["ratio"] >= TARGET_SPEEDUP for x in out["ratios"]
+        )
+    if agents:
+        checks[f"API calls <= {TARGET_CALLS_FACTOR} x ceil(N/100)"] = all(
+            a.calls_per_page <= TARGET_CALLS_FACTOR for a in agents.values()
+        )
+        checks[f"peak RSS <= {TARGET_RSS_MB:g} MB"] = all(
+            0 < a.peak_rss_mb <= TARGET_RSS_MB for a in agents.values()
+        )
+        checks["replica == hub"] = all(a.correct for a in agents.values())
+        if len(agents) > 1:
+            low, high = agents[min(agents)], agents[max(agents)]
+            growth = high.peak_rss_mb / low.peak_rss_mb if low.peak_rss_mb else float("inf")
+            out["rss_growth"] = {"from_n": low.n, "to_n": high.n, "factor": round(growth, 3)}
+            # "Flat": 10x or more the orders for at most +25 % of resident memory.
+            checks["peak RSS flat as N grows (<= 1.25x)"] = growth <= 1.25
+    out["checks"] = checks
+    return out
+
+
+def save_results(payload: dict[str, Any], stamp: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"agent_backfill-{stamp}.json"
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def environment() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "ordersync": version("ordersync"),
+        "dlt": dlt_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def sizes(text: str) -> list[int]:
+    values = [int(float(part.replace("_", ""))) for part in text.split(",") if part.strip()]
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("sizes are non-negative integers")
+    return [v for v in values if v > 0]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Full backfill of N hub orders into SQLite: the ordersync agent vs dlt."
+    )
+    parser.add_argument(
+        "--orders",
+        type=sizes,
+        default=[1_000_000],
+        metavar="N[,N...]",
+        help="orders on the hub for the agent runs (default 1000000); "
+        "several sizes show whether peak RSS stays flat",
+    )
+    parser.add_argument(
+        "--dlt-orders",
+        type=sizes,
+        default=None,
+        metavar="N[,N...]",
+        help="sizes for the dlt runs (default: same as --orders; 0 = skip). "
+        "dlt is slow: a smaller N keeps the run short",
+    )
+    parser.add_argument(
+        "--dialect",
+        choices=DIALECTS,
+        default="masonhub",
+        help="the hub dialect both tools read (only masonhub exists yet)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds before one tool's run is killed (default 3600)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the replicas and logs (printed path) instead of deleting",
+    )
+    args = parser.parse_args(argv)
+    if args.dlt_orders is None:
+        args.dlt_orders = list(args.orders)
+    if args.dialect not in IMPLEMENTED_DIALECTS:
+        parser.error(
+            f"--dialect {args.dialect}: the hub serves only "
+            f"{', '.join(IMPLEMENTED_DIALECTS)} so far"
+        )
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.dlt_orders and dlt_version() is None:
+        log(DLT_MISSING)
+        return 2
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    payload: dict[str, Any] = {
+        "bench": "agent_backfill",
+        "started": stamp,
+        "args": {k: v for k, v in vars(args).items()},
+        "environment": environment(),
+        "results": [],
+    }
+    results: list[Result] = []
+    workroot = Path(tempfile.mkdtemp(prefix="agent_backfill-"))
+    try:
+        for n in sorted(set(args.orders) | set(args.dlt_orders)):
+            hub_db = ensure_hub_db(n, args.dialect)
+            account_id, tokens = asyncio.run(_create_tokens(hub_db, ["agent", "dlt"]))
+            workdir = workroot / f"n{n}"
+            workdir.mkdir()
+            with running_hub(hub_db, workdir) as hub:
+                log(f"N = {n:,}: hub at {hub.url} (pid {hub.process.pid})")
+                for tool in ("agent", "dlt"):
+                    if n not in (args.orders if tool == "agent" else args.dlt_orders):
+                        continue
+                    if tool == "agent":
+                        result = run_agent(
+                            n,
+                            hub,
+                            tokens["agent"],
+                            hub_db,
+                            account_id,
+                            workdir,
+                            args.timeout,
+                            args.dialect,
+                        )
+                    else:
+                        result = run_dlt(
+                            n, hub, tokens["dlt"], hub_db, account_id, workdir, args.timeout
+                        )
+                    results.append(result)
+                    log(render_table([result]).splitlines()[-1])
+                    payload["results"] = [asdict(r) for r in results]
+                    save_results(payload, stamp)
+    finally:
+        if args.keep:
+            log(f"replicas and logs kept in {workroot}")
+        else:
+            shutil.rmtree(workroot, ignore_errors=True)
+    payload["assessment"] = assess(results)
+    path = save_results(payload, stamp)
+    print(render_table(results))
+    for ratio in payload["assessment"]["ratios"]:
+        note = "" if ratio["agent_n"] == ratio["dlt_n"] else f" (dlt at N={ratio['dlt_n']:,})"
+        print(f"agent/dlt records/s at N={ratio['agent_n']:,}: {ratio['ratio']:.1f}x{note}")
+    if "rss_growth" in payload["assessment"]:
+        g = payload["assessment"]["rss_growth"]
+        print(f"agent peak RSS N={g['from_n']:,} -> N={g['to_n']:,}: x{g['factor']:.2f}")
+    for check, ok in payload["assessment"]["checks"].items():
+        print(f"[{'PASS' if ok else 'FAIL'}] {check}")
+    print(f"results: {path.relative_to(BENCH_DIR.parent)}")
+    return 0 if all(payload["assessment"]["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    workers = {"_hub": _hub_worker, "_dlt": _dlt_worker, "_agent": _agent_worker}
+    if len(sys.argv) > 1 and sys.argv[1] in workers:
+        workers[sys.argv[1]](sys.argv[2:])
+    else:
+        sys.exit(main(sys.argv[1:]))

@@ -10,13 +10,13 @@ from starlette.responses import Response
 
 from ordersync import __version__
 from ordersync.hub.body_limit import BodySizeLimit
-from ordersync.hub.dialects import masonhub
+from ordersync.hub.dialects import masonhub, tradecloud
 from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.settings import HubSettings
 from ordersync.store.store import Store
 
-API_PREFIXES = ("/api/",)
+API_PREFIXES = ("/api/", "/v2/")
 
 
 def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
@@ -45,12 +45,13 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
         title="ordersync hub",
         version=__version__,
         lifespan=lifespan,
-        description="An order platform: MasonHub-style API under /api/v1.",
+        description="An order platform: MasonHub-style API under /api/v1, Tradecloud-style under /v2.",
     )
     if store is not None:
         app.state.store = store
     install_error_handlers(app)
     app.include_router(masonhub.router)
+    app.include_router(tradecloud.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

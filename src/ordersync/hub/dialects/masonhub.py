@@ -22,6 +22,9 @@ from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.store.store import ListQuery, Page, Principal, Store
 
 MAX_BATCH = 100
+# The largest offset both databases take (a signed 64-bit integer); beyond it SQLite and
+# PostgreSQL fail with an overflow, which would surface as a 500.
+MAX_OFFSET = 2**63 - 1
 
 router = APIRouter(prefix="/api/v1", tags=["masonhub"])
 Caller = Annotated[Principal, Depends(bearer_principal)]
@@ -33,7 +36,7 @@ def _json(body: bytes, status: int = 200) -> Response:
 
 def _list_query(
     id: Annotated[list[UUID] | None, Query(max_length=30, description="1..30 ids")] = None,
-    offset: Annotated[int, Query(ge=0, description="Pagination offset")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Pagination offset")] = 0,
     limit: Annotated[int, Query(ge=1, le=100, description="Number of results")] = 30,
     sdt: Annotated[
         str | None, Query(description="Start date for the updated_at filter (RFC 3339, inclusive)")
@@ -46,7 +49,9 @@ def _list_query(
             continue
         try:
             parsed = parse_rfc3339_ms(value)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
+            # OverflowError: a valid-looking date whose UTC form leaves datetime's range,
+            # e.g. 0001-01-01T00:00:00+01:00.
             raise ApiError(400, "query parameters are invalid", [(name, str(exc))]) from None
         since = parsed if since is None else max(since, parsed)
     ids = tuple(str(i) for i in id or ())
@@ -144,8 +149,12 @@ def _json_array(raw: bytes) -> list[Any]:
         # Decimal for every JSON number with a fraction: a float would turn 0.1 into
         # 0.1000000000000000055511151231257827 before the domain ever saw it.
         parsed = json.loads(raw, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}", [("body", str(exc))]) from None
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: arrays nested thousands deep exhaust the parser's stack; that is a
+        # malformed request, not a server fault. (UnicodeDecodeError is a ValueError.)
+        message = str(exc)
+        raise ApiError(400, f"request body is not valid JSON: {message}", [("body", message)]
+                       ) from None
     if not isinstance(parsed, list):
         raise ApiError(422, "request body must be a JSON array of orders",
                        [("body", "expected an array, e.g. [{...}, {...}]")])

@@ -1,0 +1,267 @@
+"""The Tradecloud dialect under /v2 (seeds 002 and 004): wire shape <-> domain, nothing else.
+
+Polling: `POST /v2/order-search/poll` with `{"filters": {"lastUpdatedAfter": ...}, "offset",
+"limit"}`. `lastUpdatedAfter` is exclusive (the seed: "if there is no data in the response body,
+use the same lastUpdatedAfter again"), results ascend by `lastUpdatedAt`, and the response's
+`lastUpdatedAt` is that of the last order returned. Timestamps are exactly
+`YYYY-MM-DDThh:mm:ss.SSSZ`. Each order names the connection that made its last change
+(`lastUpdatedBy`), so a client can recognise the echo of its own writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from ordersync.domain import parse_rfc3339_ms
+from ordersync.errors import AuthenticationFailed
+from ordersync.hub.errors import ApiError, pydantic_errors
+from ordersync.store.store import ListQuery, Principal, Store
+
+router = APIRouter(prefix="/v2", tags=["tradecloud"])
+
+# Our lifecycle seen through Tradecloud's line status fields.
+_LINE_STATUS: dict[str, dict[str, str | None]] = {
+    "open": {
+        "processStatus": "Issued",
+        "inProgressStatus": "Issued",
+        "logisticsStatus": "Open",
+        "deliveryLineStatus": "NotDelivered",
+    },
+    "atWarehouse": {
+        "processStatus": "InProgress",
+        "inProgressStatus": "Confirmed",
+        "logisticsStatus": "Open",
+        "deliveryLineStatus": "NotDelivered",
+    },
+    "inProcess": {
+        "processStatus": "Confirmed",
+        "inProgressStatus": None,
+        "logisticsStatus": "Produced",
+        "deliveryLineStatus": "NotDelivered",
+    },
+    "packed": {
+        "processStatus": "Confirmed",
+        "inProgressStatus": None,
+        "logisticsStatus": "ReadyToShip",
+        "deliveryLineStatus": "NotDelivered",
+    },
+    "fulfilled": {
+        "processStatus": "Confirmed",
+        "inProgressStatus": None,
+        "logisticsStatus": "Shipped",
+        "deliveryLineStatus": "NotDelivered",
+    },
+    "delivered": {
+        "processStatus": "Completed",
+        "inProgressStatus": None,
+        "logisticsStatus": "Delivered",
+        "deliveryLineStatus": "Delivered",
+    },
+    "canceled": {
+        "processStatus": "Cancelled",
+        "inProgressStatus": None,
+        "logisticsStatus": "Cancelled",
+        "deliveryLineStatus": "NotDelivered",
+    },
+}
+_SHIPMENT_STATUS = {"shipped": "Shipped", "in_transit": "InTransit", "delivered": "Delivered"}
+
+
+async def tradecloud_principal(request: Request) -> Principal:
+    """Bearer token, or HTTP Basic with the connection name as user and the token as password."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    store: Store = request.app.state.store
+    name: str | None = None
+    if scheme.lower() == "basic":
+        try:
+            name, _, token = base64.b64decode(credentials, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ApiError(401, "malformed Basic credentials") from None
+    elif scheme.lower() == "bearer" and credentials.strip():
+        token = credentials.strip()
+    else:
+        raise ApiError(401, "send 'Authorization: Bearer <token>' or Basic <name:token>")
+    try:
+        principal = await store.authenticate(token)
+    except AuthenticationFailed:
+        raise ApiError(401, "the credentials are not valid for this hub") from None
+    if name is not None and name != principal.connection_name:
+        raise ApiError(401, "the credentials are not valid for this hub")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(tradecloud_principal)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Filters(_Strict):
+    lastUpdatedAfter: str | None = None
+    processStatus: list[str] | None = None
+    logisticsStatus: list[str] | None = None
+
+
+class PollRequest(_Strict):
+    filters: Filters = Field(default_factory=Filters)
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=100)
+
+
+async def _poll_request(request: Request) -> tuple[PollRequest, ListQuery]:
+    raw = await request.body()
+    try:
+        poll = PollRequest.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        errors = pydantic_errors(exc.errors())
+        status = 400 if any(e["type"] == "json_invalid" for e in exc.errors()) else 422
+        raise ApiError(status, "request body is invalid", errors) from None
+    since = None
+    if poll.filters.lastUpdatedAfter is not None:
+        try:
+            since = parse_rfc3339_ms(poll.filters.lastUpdatedAfter) + 1  # exclusive
+        except ValueError as exc:
+            raise ApiError(
+                422, "request body is invalid", [("filters.lastUpdatedAfter", str(exc))]
+            ) from None
+    statuses = _matching_statuses(poll.filters)
+    if statuses == ():
+        raise ApiError(
+            422,
+            "request body is invalid",
+            [("filters", "no order status matches these status filters")],
+        )
+    query = ListQuery(since=since, statuses=statuses or (), offset=poll.offset, limit=poll.limit)
+    return poll, query
+
+
+def _matching_statuses(filters: Filters) -> tuple[str, ...] | None:
+    if filters.processStatus is None and filters.logisticsStatus is None:
+        return None
+    return tuple(
+        status
+        for status, fields in _LINE_STATUS.items()
+        if (filters.processStatus is None or fields["processStatus"] in filters.processStatus)
+        and (
+            filters.logisticsStatus is None or fields["logisticsStatus"] in filters.logisticsStatus
+        )
+    )
+
+
+def render_order(doc: dict[str, Any]) -> dict[str, Any]:
+    line_status = _LINE_STATUS[doc["status"]]
+    return {
+        "id": doc["id"],
+        "version": doc["version"],
+        "buyerOrder": {
+            "purchaseOrderNumber": doc["customer_identifier"],
+            "orderType": doc["order_type"],
+            "priority": doc["priority"],
+            "issuedAt": doc["submitted_at"],
+            "shippingProvider": doc["shipping_provider"],
+            "shippingServiceLevel": doc["shipper_service_level"],
+            "deliveryAddress": doc["shipping_address"],
+            "invoiceAddress": doc["billing_address"],
+            "orderPolicy": doc["order_policy"],
+        },
+        "lines": [
+            {
+                "id": f"{doc['id']}:{line['line_number']}",
+                "buyerLine": {
+                    "position": f"{line['line_number']:04d}",
+                    "item": {"number": line["sku_customer_identifier"]},
+                    "quantity": line["quantity"],
+                    "netPrice": line["unit_price"],
+                },
+                "status": line_status,
+                "lastUpdatedAt": line.get("updated_at") or doc["updated_at"],
+            }
+            for line in doc["line_items"]
+        ],
+        "status": {
+            "processStatus": line_status["processStatus"],
+            "logisticsStatus": line_status["logisticsStatus"],
+        },
+        "createdAt": doc["created_at"],
+        "lastUpdatedAt": doc["updated_at"],
+        "lastUpdatedBy": doc.get("updated_by"),
+    }
+
+
+def render_shipment(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": doc["id"],
+        "version": doc["version"],
+        "orderId": doc["order_id"],
+        "purchaseOrderNumber": doc["customer_identifier"],
+        "carrier": doc["carrier"],
+        "serviceLevel": doc["service_level"],
+        "trackingNumber": doc["tracking_number"],
+        "shippedAt": doc["shipped_at"],
+        "lines": [
+            {
+                "position": f"{line['line_number']:04d}",
+                "item": {"number": line["sku_customer_identifier"]},
+                "quantity": line["quantity"],
+                "meta": {"lastUpdatedAt": doc["updated_at"]},
+            }
+            for line in doc["lines"]
+        ],
+        "status": {"logisticsStatus": _SHIPMENT_STATUS.get(doc["status"], doc["status"])},
+        "lastUpdatedAt": doc["updated_at"],
+        "lastUpdatedBy": doc.get("updated_by"),
+    }
+
+
+def _page_body(items: list[dict[str, Any]], total: int) -> Response:
+    body = {
+        "data": items,
+        "total": total,
+        "lastUpdatedAt": items[-1]["lastUpdatedAt"] if items else None,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+async def _orders(request: Request, caller: Principal) -> Response:
+    _, query = await _poll_request(request)
+    store: Store = request.app.state.store
+    page = await store.list_orders(caller.account_id, query)
+    return _page_body([render_order(orjson.loads(d)) for d in page.items], page.total)
+
+
+@router.post("/order-search/poll", summary="Poll orders changed after lastUpdatedAfter")
+async def poll_orders(request: Request, caller: Caller) -> Response:
+    return await _orders(request, caller)
+
+
+@router.post("/order-search/search", summary="Search orders (same filters as poll)")
+async def search_orders(request: Request, caller: Caller) -> Response:
+    return await _orders(request, caller)
+
+
+@router.post("/shipment/poll", summary="Poll shipments changed after lastUpdatedAfter")
+async def poll_shipments(request: Request, caller: Caller) -> Response:
+    _, query = await _poll_request(request)
+    if query.statuses:
+        raise ApiError(
+            422, "request body is invalid", [("filters", "status filters apply to orders only")]
+        )
+    store: Store = request.app.state.store
+    page = await store.list_shipments(caller.account_id, query)
+    return _page_body([render_shipment(orjson.loads(d)) for d in page.items], page.total)
+
+
+@router.get("/order/{order_id}", summary="Get one order (the webhook GET flavour)")
+async def get_order(request: Request, caller: Caller, order_id: str) -> Response:
+    store: Store = request.app.state.store
+    doc = orjson.loads(await store.get_order_doc(caller.account_id, order_id))
+    return Response(orjson.dumps(render_order(doc)), media_type="application/json")
