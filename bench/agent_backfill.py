@@ -253,6 +253,15 @@ class Hub:
     def calls(self) -> dict[str, int]:
         return dict(http_json(f"{self.url}/__bench/calls"))
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the hub process has used so far (from /proc/PID/stat)."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def snapshot(self) -> tuple[dict[str, int], float]:
+        return self.calls(), self.cpu_seconds()
+
 
 @contextlib.contextmanager
 def running_hub(db: Path, workdir: Path) -> Iterator[Hub]:
@@ -343,6 +352,7 @@ class Measured:
     returncode: int
     seconds: float
     peak_rss_mb: float  # the kernel's high-water mark (wait4 ru_maxrss)
+    cpu_seconds: float  # user + system, from the same rusage
     sampled_peak_rss_mb: float
     rss_timeline: list[list[float]]
     stdout: str
@@ -377,6 +387,7 @@ def run_measured(
         process.returncode,
         seconds,
         usage.ru_maxrss / 1024,
+        usage.ru_utime + usage.ru_stime,
         sampler.peak_mb,
         sampler.timeline(),
         stdout_path.read_text(errors="replace"),
@@ -561,6 +572,8 @@ class Result:
     api_calls: int
     calls_per_page: float  # API calls / ceil(N / 100)
     peak_rss_mb: float
+    cpu_seconds: float  # the tool's own user + system CPU
+    hub_cpu_seconds: float  # the hub's, during this tool's run
     correct: bool
     verdict: str
     calls_by_route: dict[str, int] = field(default_factory=dict)
@@ -595,12 +608,13 @@ def finish(
     tool: str,
     n: int,
     hub: Hub,
-    before: dict[str, int],
+    before: tuple[dict[str, int], float],
     measured: Measured,
     verdict: Verdict | None,
     details: dict[str, Any],
 ) -> Result:
-    calls = diff_calls(before, hub.calls())
+    calls = diff_calls(before[0], hub.calls())
+    hub_cpu = hub.cpu_seconds() - before[1]
     api_calls = sum(calls.values())
     result = Result(
         tool=tool,
@@ -610,6 +624,8 @@ def finish(
         api_calls=api_calls,
         calls_per_page=round(api_calls / math.ceil(n / PAGE_SIZE), 4),
         peak_rss_mb=round(measured.peak_rss_mb, 1),
+        cpu_seconds=round(measured.cpu_seconds, 1),
+        hub_cpu_seconds=round(hub_cpu, 1),
         correct=verdict is not None and verdict.correct,
         verdict=verdict.describe() if verdict else f"FAILED (exit {measured.returncode})",
         calls_by_route=calls,
@@ -633,7 +649,7 @@ def run_dlt(
 ) -> Result:
     dest_dir = workdir / "dlt"
     dest_dir.mkdir()
-    before = hub.calls()
+    before = hub.snapshot()
     log(f"  dlt rest_api backfill of {n:,} orders ...")
     measured = run_measured(
         [
@@ -677,11 +693,68 @@ def run_agent(
     timeout: float,
     dialect: str,
 ) -> Result:
-    raise NotImplementedError("agent driver pending")
+    replica = workdir / "agent-replica.db"
+    before = hub.snapshot()
+    log(f"  ordersync agent backfill of {n:,} orders ...")
+    env = tool_env(workdir) | {"BENCH_AGENT_TOKEN": token}
+    measured = run_measured(
+        [
+            sys.executable,
+            __file__,
+            "_agent",
+            "--api",
+            hub.api,
+            "--dialect",
+            dialect,
+            "--replica",
+            str(replica),
+        ],
+        env=env,
+        cwd=workdir,
+        log_path=workdir / "agent.log",
+        timeout=timeout,
+    )
+    details: dict[str, Any] = {"driver": "SyncEngine.run_cycle() (public Python API)"}
+    lines = measured.stdout.strip().splitlines()
+    with contextlib.suppress(ValueError, IndexError):
+        details.update(json.loads(lines[-1]))
+    verdict = None
+    if measured.returncode == 0:
+        verdict = verify_replica(hub_db, account_id, replica, "orders")
+        details["replica_bytes"] = replica.stat().st_size
+    return finish("ordersync agent", n, hub, before, measured, verdict, details)
 
 
 def _agent_worker(argv: list[str]) -> None:
-    raise NotImplementedError("agent driver pending")
+    """One full drain of the orders stream into a fresh SQLite replica, in its own process:
+    the engine, source, client and SQL sink wired the way `ordersync agent run` wires them."""
+    parser = argparse.ArgumentParser(prog="agent_backfill.py _agent")
+    parser.add_argument("--api", required=True)
+    parser.add_argument("--dialect", default="masonhub")
+    parser.add_argument("--replica", required=True, type=Path)
+    args = parser.parse_args(argv)
+    asyncio.run(_agent_backfill(args.api, os.environ["BENCH_AGENT_TOKEN"], args.replica))
+
+
+async def _agent_backfill(api: str, token: str, replica: Path) -> None:
+    import httpx
+
+    from ordersync.agent.client import ApiClient
+    from ordersync.agent.engine import EngineSettings, SyncEngine
+    from ordersync.agent.sinks.sql import SqlSink
+    from ordersync.agent.sources.masonhub import MasonHubSource
+
+    started = time.monotonic()
+    sink = await SqlSink.open(f"sqlite:///{replica}")
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        source = MasonHubSource(ApiClient(http, api, token), name="bench", streams=("orders",))
+        engine = SyncEngine(source, sink, settings=EngineSettings(page_size=PAGE_SIZE))
+        try:
+            counts = await engine.run_cycle()
+        finally:
+            await sink.close()
+    summary = {"run_seconds": round(time.monotonic() - started, 2), **asdict(counts)}
+    print(json.dumps(summary))
 
 
 # -- report --------------------------------------------------------------------------------
@@ -696,6 +769,7 @@ COLUMNS = (
     "calls/ceil(N/100)",
     "peak RSS MB",
     "correct?",
+    "CPU s tool+hub",
 )
 
 
@@ -710,6 +784,7 @@ def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
             f"{r.calls_per_page:.3f}",
             f"{r.peak_rss_mb:,.1f}",
             r.verdict,
+            f"{r.cpu_seconds:,.1f}+{r.hub_cpu_seconds:,.1f}",
         )
         for r in results
     ]

@@ -49,7 +49,7 @@ import orjson
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-CACHE = BENCH / ".cache"
+CACHE = Path(os.environ.get("HUB_POLL_CACHE", BENCH / ".cache"))  # seeded SQLite files
 RESULTS = BENCH / "results"
 VENV_BIN = Path(sys.executable).parent
 SEED_VERSION = 1  # bump when the seeded data changes shape: old cache files are then ignored
@@ -195,14 +195,14 @@ def sqlite_database(n: int, workdir: Path, log: Callable[[str], None],
     CACHE.mkdir(exist_ok=True)
     cached = CACHE / f"hub_poll-sqlite-{n}-v{SEED_VERSION}.db"
     if cached.exists():
-        log(f"sqlite: using cached seed {cached.relative_to(ROOT)} (delete it to reseed)")
+        log(f"sqlite: using cached seed {cached} (delete it to reseed)")
         info["seed_seconds"] = None
         info["seed_cached"] = True
     else:
         building = cached.with_suffix(".building")
         for suffix in ("", "-wal", "-shm"):
             Path(f"{building}{suffix}").unlink(missing_ok=True)
-        log(f"sqlite: seeding {n:,} orders into {building.relative_to(ROOT)} ...")
+        log(f"sqlite: seeding {n:,} orders into {building} ...")
         seconds = asyncio.run(seed(f"sqlite:///{building}", n, log))
         sqlite_checkpoint(building)
         for suffix in ("-wal", "-shm"):
@@ -556,7 +556,7 @@ def hub_server(url: str, workdir: Path, log: Callable[[str], None]) -> Iterator[
         logfile.close()
 
 
-# -- reporting --------------------------------------------------------------------------------------
+# -- reporting ----------------------------------------------------------------------------
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -610,7 +610,7 @@ def targets(rows: list[Row]) -> list[str]:
     return lines
 
 
-# -- main -------------------------------------------------------------------------------------------
+# -- main ---------------------------------------------------------------------------------
 
 
 def bench_backend(backend: str, url: str, n: int, clients: list[int], pages: int | None,
@@ -671,6 +671,8 @@ def main() -> None:
                                                              DEFAULT_PG_ADMIN),
                         help="admin URL of the PostgreSQL server (a database is created there)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    parser.add_argument("--seed-only", action="store_true",
+                        help="only build the SQLite seed cache for --orders, then exit")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
@@ -678,6 +680,11 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
+    if args.seed_only:
+        with tempfile.TemporaryDirectory(prefix="hub_poll-") as tmp, sqlite_database(
+            args.orders, Path(tmp), log, {}
+        ):
+            return
     rows: list[Row] = []
     infos: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="hub_poll-") as tmp:
@@ -702,9 +709,9 @@ def main() -> None:
     print_table(rows)
     print("ratio = HTTP time per page / in-process floor time per page (same concurrency)")
     for backend, info in infos.items():
-        seeded = ("cached" if info.get("seed_cached")
-                  else f"{info['seed_seconds']:,.1f} s ({info['orders'] / info['seed_seconds']:,.0f}"
-                       " orders/s)")
+        secs = info.get("seed_seconds")
+        seeded = ("cached" if secs is None
+                  else f"{secs:,.1f} s ({info['orders'] / secs:,.0f} orders/s)")
         print(f"seed {backend}: {info['orders']:,} orders, {seeded}, "
               f"db {info.get('db_bytes', 0) / 1e6:,.0f} MB")
     for line in targets(rows):

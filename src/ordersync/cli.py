@@ -90,11 +90,33 @@ def hub_serve(
     workers: Annotated[
         int, typer.Option(help="Worker processes (PostgreSQL for more than 1).")
     ] = 1,
+    quota: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="SPEC",
+            help="Per-connection request quota, PREFIX@CLASS=LIMIT/UNIT,... (CLASS all or heavy;"
+            " UNIT second, minute, hour, day or seconds; =off removes one); repeatable, after"
+            " ORDERSYNC_HUB_QUOTAS (';'-separated). Default, HubRise's (seed 003):"
+            " /v1/@all=500/minute,2500/hour,10000/day and /v1/@heavy=10/minute;"
+            " none on /api/v1 and /v2.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the hub's API (MasonHub dialect under /api/v1; OpenAPI at /openapi.json)."""
+    """Serve the hub's API (MasonHub dialect under /api/v1; OpenAPI at /openapi.json).
+
+    Quotas: windows start at the round minute, hour and day (UTC); over quota, 429 + Retry-After.
+    """
     import uvicorn
 
     from ordersync.hub.app import create_app
+    from ordersync.hub.ratelimit import QuotaPolicy
+
+    quota_specs = ";".join([os.environ.get("ORDERSYNC_HUB_QUOTAS", ""), *(quota or [])])
+    try:
+        quotas = QuotaPolicy.from_specs(quota_specs, QuotaPolicy.hubrise_default())
+    except OrdersyncError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
     settings = HubSettings.from_env(
         db_url=db,
@@ -104,6 +126,7 @@ def hub_serve(
         simulate_seed=seed,
         simulate_account=account,
         max_body_bytes=max_body_bytes,
+        quotas=quotas,
     )
     if workers > 1 and simulate:
         err.print("[red]error:[/red] run the simulator in a single-worker hub")
@@ -116,6 +139,7 @@ def hub_serve(
         # Each worker process builds its own app from the environment.
         os.environ["ORDERSYNC_HUB_DB"] = settings.db_url
         os.environ["ORDERSYNC_HUB_MAX_BODY_BYTES"] = str(settings.max_body_bytes)
+        os.environ["ORDERSYNC_HUB_QUOTAS"] = quota_specs
         uvicorn.run(
             "ordersync.hub.asgi:app_factory",
             factory=True,

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from ordersync.domain.lifecycle import OrderStatus
+from ordersync.domain.weekdays import normalize_weekdays
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
@@ -82,6 +83,21 @@ class NewOrder(_Model):
     pick_from: list[PickFrom] = Field(default_factory=list, max_length=20)
     order_policy: OrderPolicy = OrderPolicy.ALLOW_SPLITS
     value_added_services: list[ValueAddedService] = Field(default_factory=list, max_length=20)
+    delivery_days: tuple[int, ...] | None = Field(
+        default=None,
+        description="ISO weekdays (1 = Monday .. 7 = Sunday) the customer accepts delivery on; "
+        "absent = any day",
+    )
+
+    @field_validator("delivery_days")
+    @classmethod
+    def _weekdays(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        days = normalize_weekdays(value)
+        if not days:
+            raise ValueError("must name at least one day; leave it out to accept any day")
+        return days
 
     @field_validator("submitted_at")
     @classmethod

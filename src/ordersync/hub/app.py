@@ -13,6 +13,7 @@ from ordersync.hub.body_limit import BodySizeLimit
 from ordersync.hub.dialects import masonhub, tradecloud
 from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
+from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.store.store import Store
 
@@ -59,5 +60,6 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
 
     if settings.faults.any_http:
         app.add_middleware(FaultInjector, settings=settings.faults, prefixes=API_PREFIXES)
+    install_rate_limits(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

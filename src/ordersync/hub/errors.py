@@ -8,6 +8,7 @@ with a reference the operator can find in the log.
 
 from __future__ import annotations
 
+import traceback
 import uuid
 from typing import Any
 
@@ -117,7 +118,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         reference = uuid.uuid4().hex[:12]
-        log.error("unhandled_error", reference=reference, path=request.url.path, exc_info=exc)
+        # A plain traceback string, not exc_info: structlog's default renderer draws it with
+        # rich, locals included, which took over 10 s for a large request (the client timed
+        # out instead of getting this 500) and itself failed on a RecursionError.
+        log.error("unhandled_error", reference=reference, path=request.url.path,
+                  error=repr(exc), traceback="".join(traceback.format_exception(exc)))
         return error_response(
             ApiError(500, f"internal error; quote reference {reference} to the operator")
         )

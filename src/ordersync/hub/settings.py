@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ordersync.hub.faults import FaultSettings
+from ordersync.hub.ratelimit import QuotaPolicy
 
 DEFAULT_DB_URL = "sqlite:///ordersync-hub.db"
 
@@ -20,6 +23,9 @@ class HubSettings:
     simulate_seed: int | None = None
     simulate_account: str = "demo"
     faults: FaultSettings = field(default_factory=FaultSettings)
+    quotas: QuotaPolicy = field(default_factory=QuotaPolicy.hubrise_default)
+    quota_store: str = "auto"  # auto (memory on SQLite, SQL on PostgreSQL) | memory | sql
+    quota_clock: Callable[[], float] = time.time  # tests cross quota windows without waiting
 
     @classmethod
     def from_env(cls, **overrides: object) -> HubSettings:
@@ -30,5 +36,11 @@ class HubSettings:
             values["db_url"] = env["ORDERSYNC_HUB_DB"]
         if "ORDERSYNC_HUB_MAX_BODY_BYTES" in env:
             values["max_body_bytes"] = int(env["ORDERSYNC_HUB_MAX_BODY_BYTES"])
+        if "ORDERSYNC_HUB_QUOTAS" in env:  # changes to the defaults, as `serve --quota` takes
+            values["quotas"] = QuotaPolicy.from_specs(
+                env["ORDERSYNC_HUB_QUOTAS"], QuotaPolicy.hubrise_default()
+            )
+        if "ORDERSYNC_HUB_QUOTA_STORE" in env:
+            values["quota_store"] = env["ORDERSYNC_HUB_QUOTA_STORE"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -183,7 +183,9 @@ class Store:
             raise NotFound(f"no {kind} with id {entity_id}")
         return str(doc)
 
-    async def list_orders(self, account_id: int, query: ListQuery, *, summary: bool = False) -> Page:
+    async def list_orders(
+        self, account_id: int, query: ListQuery, *, summary: bool = False
+    ) -> Page:
         return await self._list(orders, "order", account_id, query, summary)
 
     async def list_shipments(
@@ -268,7 +270,7 @@ class Store:
         self, principal: Principal, items: Sequence[NewOrder]
     ) -> list[CreateResult]:
         account_id = principal.account_id
-        wanted = [item.customer_identifier for item in items]
+        wanted = [i.customer_identifier for i in items if _storable(i.customer_identifier)]
         results: list[CreateResult] = []
         async with self.writer.begin() as conn:
             taken = set(
@@ -283,6 +285,9 @@ class Store:
             )
             order_rows, change_rows, deltas = [], [], CountDeltas()
             for item in items:
+                if not _storable(item.customer_identifier):
+                    results.append(_unstorable(item.customer_identifier))
+                    continue
                 if item.customer_identifier in taken:
                     results.append(_duplicate(item.customer_identifier))
                     continue
@@ -373,6 +378,19 @@ class Store:
             await _record_change(conn, "shipment", account_id, after, f"shipment.{target}",
                                  principal, stamp, (str(row.status), int(row.updated_at)))
         return after
+
+
+def _storable(customer_identifier: str) -> bool:
+    # PostgreSQL text columns cannot hold NUL, not even as a query parameter; refusing it on
+    # SQLite too keeps both backends answering alike. (Inside `doc` a NUL is JSON-escaped.)
+    return "\x00" not in customer_identifier
+
+
+def _unstorable(customer_identifier: str) -> CreateResult:
+    return CreateResult(
+        customer_identifier,
+        errors=[("customer_identifier", "must not contain NUL (\\u0000) characters")],
+    )
 
 
 def _duplicate(customer_identifier: str) -> CreateResult:

@@ -106,3 +106,16 @@ update_counts = Table(
     Column("bucket", BigInteger, nullable=False, primary_key=True),
     Column("n", BigInteger, nullable=False),
 )
+
+# Requests counted per connection (a token's SHA-256) and quota window, shared by every hub
+# worker on the database; rows of ended windows are deleted now and then. See
+# `ordersync.store.rate_counters`.
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("connection_key", String(64), nullable=False, primary_key=True),
+    Column("bucket_key", String(200), nullable=False, primary_key=True),
+    Column("window_start", BigInteger, nullable=False, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Index("ix_rate_counters_window_start", "window_start"),
+)

@@ -108,6 +108,10 @@ async def create_orders(request: Request, caller: Caller) -> Response:
             valid.append((index, NewOrder.model_validate(item)))
         except ValidationError as exc:
             results[index] = _refused(item, pydantic_errors(exc.errors()))
+        except OverflowError as exc:
+            # pydantic wraps only ValueError; a date such as 0001-01-01T00:00:00+01:00 parses
+            # but overflows when moved to UTC, and must refuse this item, not fail the batch.
+            results[index] = _refused(item, [("body", f"a value is out of range: {exc}")])
     store: Store = request.app.state.store
     created = await store.create_orders(caller, [order for _, order in valid])
     for (index, _), result in zip(valid, created, strict=True):

@@ -1,0 +1,195 @@
+"""The platform API client: retries, rate limits, the server's clock, one log line per call.
+
+It never touches sockets: an injected `httpx.AsyncClient` does (tests pass one built on
+`httpx.ASGITransport` or a fault-injecting transport). Failures of the layer below become
+`ordersync.agent.errors` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from ordersync.agent.errors import (
+    AuthError,
+    ProtocolError,
+    RateLimited,
+    RequestRejected,
+    RetriesExhausted,
+)
+from ordersync.agent.metrics import AgentMetrics
+from ordersync.agent.retry import RetryPolicy, parse_http_date_ms, parse_retry_after
+from ordersync.domain.timestamps import format_rfc3339, now_ms
+
+Sleep = Callable[[float], Awaitable[None]]
+Params = Mapping[str, str | int] | Sequence[tuple[str, str | int]]
+log = structlog.get_logger("ordersync.agent.api")
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    body: dict[str, Any]
+    status: int
+    server_time_ms: int | None  # from the Date header; None when the server sends none
+
+
+class _Transient(Exception):
+    """One failed attempt worth retrying, with the wait the server asked for, if any."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class ApiClient:
+    """GETs JSON from one platform with bearer auth, translating failures and retrying."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        token: str,
+        *,
+        source: str = "masonhub",
+        retry: RetryPolicy = RetryPolicy(),
+        metrics: AgentMetrics | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], int] = now_ms,
+        perf: Callable[[], float] = time.perf_counter,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.source = source
+        self.retry = retry
+        self.metrics = metrics or AgentMetrics()
+        self.sleep = sleep
+        self.clock = clock
+        self.perf = perf
+        self.rng = rng or random.Random()
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self.calls = 0
+        self.last_server_time_ms: int | None = None
+
+    async def get_json(self, endpoint: str, params: Params) -> ApiResponse:
+        failures = rate_limited = 0
+        while True:
+            try:
+                return await self._attempt(endpoint, params, failures + rate_limited + 1)
+            except _Transient as transient:
+                if transient.reason == "rate_limited":
+                    rate_limited += 1
+                    wait = self._rate_limit_wait(transient, rate_limited, endpoint)
+                else:
+                    failures += 1
+                    wait = self._failure_wait(transient, failures, endpoint)
+                self.metrics.retries.labels(self.source, transient.reason).inc()
+                await self.sleep(wait)
+
+    def _rate_limit_wait(self, transient: _Transient, count: int, endpoint: str) -> float:
+        policy = self.retry
+        if count > policy.rate_limit_waits:
+            raise RateLimited(f"{self.source}: {endpoint} still rate limited after {count - 1} "
+                              "waits") from transient
+        if transient.retry_after is None:
+            return policy.backoff(count, self.rng)
+        if transient.retry_after > policy.max_retry_after:
+            raise RateLimited(
+                f"{self.source}: {endpoint} asks to wait {transient.retry_after:.0f} s "
+                f"(Retry-After), more than the policy's {policy.max_retry_after:.0f} s"
+            ) from transient
+        return transient.retry_after  # never less than the server asked
+
+    def _failure_wait(self, transient: _Transient, count: int, endpoint: str) -> float:
+        if count >= self.retry.attempts:
+            raise RetriesExhausted(
+                f"{self.source}: {endpoint} failed {count} times, last: {transient.reason}"
+            ) from transient
+        # A 503 with Retry-After names the earliest useful retry; jitter may only add to it.
+        return max(self.retry.backoff(count, self.rng), transient.retry_after or 0.0)
+
+    async def _attempt(self, endpoint: str, params: Params, attempt: int) -> ApiResponse:
+        started = self.perf()
+        self.calls += 1
+        try:
+            response = await self.http.get(
+                self.base_url + endpoint, params=params, headers=self._headers
+            )
+        except httpx.TransportError as exc:
+            self._observe(endpoint, params, "transport_error", None, started, attempt,
+                          error=f"{type(exc).__name__}: {exc}")
+            raise _Transient(type(exc).__name__) from exc
+        body = _json_body(response)
+        records = body.get("data") if isinstance(body, dict) else None
+        count = len(records) if isinstance(records, list) else None
+        self._observe(endpoint, params, str(response.status_code), count, started, attempt)
+        self.last_server_time_ms = parse_http_date_ms(response.headers.get("date"))
+        return self._interpret(response, body, endpoint)
+
+    def _interpret(self, response: httpx.Response, body: Any, endpoint: str) -> ApiResponse:
+        status = response.status_code
+        if 200 <= status < 300:
+            if not isinstance(body, dict):
+                raise ProtocolError(f"{self.source}: {endpoint} answered {status} without a "
+                                    "JSON object body")
+            return ApiResponse(body, status, self.last_server_time_ms)
+        message = _error_message(body, response)
+        if status in (401, 403):
+            raise AuthError(
+                f"{self.source}: the platform refused the API token ({status}: {message}); "
+                "check the token configured for this source"
+            )
+        retry_after = parse_retry_after(response.headers.get("retry-after"), self.clock())
+        if status == 429:
+            self.metrics.rate_limit_hits.labels(self.source).inc()
+            raise _Transient("rate_limited", retry_after)
+        if status >= 500 or status == 408:
+            raise _Transient(f"http_{status}", retry_after)
+        raise RequestRejected(f"{self.source}: {endpoint} rejected ({status}): {message}", status)
+
+    def _observe(self, endpoint: str, params: Params, code: str, records: int | None,
+                 started: float, attempt: int, error: str | None = None) -> None:
+        elapsed = self.perf() - started
+        self.metrics.request_seconds.labels(self.source, endpoint).observe(elapsed)
+        self.metrics.requests.labels(self.source, endpoint, code).inc()
+        log.info(
+            "api_call", timestamp=format_rfc3339(self.clock()), source=self.source,
+            endpoint=endpoint, query_params=_loggable(params), response_code=code,
+            records_returned=records, processing_time_ms=round(elapsed * 1000, 1),
+            attempt=attempt, **({"error": error} if error else {}),
+        )
+
+
+def _json_body(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _error_message(body: Any, response: httpx.Response) -> str:
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return response.reason_phrase or "no message"
+
+
+def _loggable(params: Params) -> dict[str, Any]:
+    """Query parameters as a dict for the log line; a repeated key becomes a list."""
+    pairs = params.items() if isinstance(params, Mapping) else params
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            previous = out[key]
+            out[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,213 @@
+"""The sync loop (DESIGN.md, "The agent's sync algorithm"), one stream at a time.
+
+Per stream the sink holds a cursor. A cycle asks for `updated_at >= cursor - lookback`, walks
+the listing with `TiePager` (re-anchored per page, never an offset across the moving set),
+applies each page through the sink's version-checked upsert, and commits the page with the
+new cursor. The cursor is the largest `updated_at` drained, capped at the server's clock at the
+start of the drain minus the lookback: a commit that becomes visible late, stamped up to
+`lookback` in the past, is then still above the next cycle's lower bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from ordersync.agent.errors import AgentError, AuthError
+from ordersync.agent.metrics import AgentMetrics
+from ordersync.agent.paging import TiePager
+from ordersync.agent.records import Cursor, Record
+from ordersync.agent.sinks.base import Sink
+from ordersync.agent.sources import Source
+from ordersync.domain.timestamps import now_ms
+
+log = structlog.get_logger("ordersync.agent.engine")
+# Tests crash the engine at "after_fetch" (page read, nothing applied) and "after_commit"
+# (page and cursor committed, engine state not yet updated).
+EngineHook = Callable[[str, str], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    lookback_ms: int = 120_000
+    page_size: int = 100
+
+    def __post_init__(self) -> None:
+        if self.page_size < 2:
+            raise ValueError("page_size must be at least 2")
+        if self.lookback_ms < 0:
+            raise ValueError("lookback_ms must not be negative")
+
+
+@dataclass
+class CycleCounts:
+    fetched: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    pages: int = 0
+    api_calls: int = 0
+
+    def add(self, other: CycleCounts) -> None:
+        for name in ("fetched", "applied", "duplicates", "pages", "api_calls"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class StreamStatus:
+    """What `ordersync agent status` shows per stream."""
+
+    source: str
+    stream: str
+    cursor: Cursor | None = None
+    caught_up: bool = False
+    view_as_of_ms: int | None = None  # server time at the start of the last complete drain
+    lag_ms: int | None = None  # age of that complete view
+    last_error: str | None = None
+    last_success_at_ms: int | None = None
+    stopped: bool = False  # a fatal error (refused token) stopped the source
+    totals: CycleCounts = field(default_factory=CycleCounts)
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        *,
+        settings: EngineSettings = EngineSettings(),
+        metrics: AgentMetrics | None = None,
+        clock: Callable[[], int] = now_ms,
+        hook: EngineHook | None = None,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.settings = settings
+        self.metrics = metrics or AgentMetrics()
+        self.clock = clock
+        self.hook = hook
+        self.page_size = min(settings.page_size, source.max_page_size)
+        self._status = {s: StreamStatus(source.name, s) for s in source.streams}
+
+    def status(self) -> list[StreamStatus]:
+        now = self.clock()
+        for state in self._status.values():
+            if state.view_as_of_ms is not None:
+                state.lag_ms = max(0, now - state.view_as_of_ms)
+        return list(self._status.values())
+
+    async def run(self, interval: float, stop_event: asyncio.Event) -> None:
+        """Cycle every `interval` seconds until `stop_event`; a refused token ends the loop
+        with `AuthError`, any other failure is retried next cycle from the stored cursors."""
+        while not stop_event.is_set():
+            try:
+                await self.run_cycle(stop_event=stop_event)
+            except AuthError:
+                raise
+            except AgentError as exc:
+                log.warning("sync_cycle_failed", source=self.source.name, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_event.wait(), interval)
+
+    async def run_cycle(
+        self, *, max_pages: int | None = None, stop_event: asyncio.Event | None = None
+    ) -> CycleCounts:
+        """Drain every stream until caught up (or `max_pages` pages each, or a stop request
+        between pages). A failing stream does not hold the others back; the first failure is
+        raised once all were tried."""
+        total, failure = CycleCounts(), None
+        for stream in self.source.streams:
+            try:
+                total.add(await self.sync_stream(stream, max_pages=max_pages,
+                                                 stop_event=stop_event))
+            except AuthError:
+                for state in self._status.values():
+                    state.stopped = True
+                raise
+            except AgentError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return total
+
+    async def sync_stream(
+        self, stream: str, *, max_pages: int | None = None,
+        stop_event: asyncio.Event | None = None,
+    ) -> CycleCounts:
+        state = self._status[stream]
+        counts = CycleCounts()
+        calls_before = self.source.api_calls
+        try:
+            await self._drain(stream, state, counts, max_pages, stop_event)
+        except AgentError as exc:
+            state.last_error = str(exc)
+            self.metrics.cycle_failures.labels(self.source.name, stream).inc()
+            raise
+        finally:
+            counts.api_calls = self.source.api_calls - calls_before
+            state.totals.add(counts)
+        return counts
+
+    async def _drain(self, stream: str, state: StreamStatus, counts: CycleCounts,
+                     max_pages: int | None, stop_event: asyncio.Event | None) -> None:
+        cursor = await self.sink.load_cursor(self.source.name, stream)
+        state.cursor, state.caught_up = cursor, False
+        start = 0 if cursor is None else cursor.updated_at_ms - self.settings.lookback_ms
+        pager = TiePager(start, self.page_size)
+        drain_start: int | None = None
+        while not pager.done:
+            if (max_pages is not None and counts.pages >= max_pages) or (
+                    stop_event is not None and stop_event.is_set()):
+                return
+            request = pager.next_request()
+            page = await self.source.fetch_page(stream, request.since_ms, request.offset,
+                                                request.limit)
+            if drain_start is None:
+                drain_start = page.server_time_ms or self.clock()
+            counts.pages += 1
+            counts.fetched += len(page.records)
+            fresh = pager.accept(request, page.records)
+            await self._fire("after_fetch", stream)
+            if fresh:
+                cursor = await self._commit_page(stream, fresh, cursor, drain_start, counts)
+                state.cursor = cursor
+                await self._fire("after_commit", stream)
+        self._caught_up(stream, state, drain_start)
+
+    async def _commit_page(self, stream: str, fresh: list[Record], cursor: Cursor | None,
+                           drain_start: int, counts: CycleCounts) -> Cursor:
+        new_cursor = self.next_cursor(cursor, fresh[-1], drain_start)
+        result = await self.sink.apply_page(self.source.name, stream, fresh, new_cursor)
+        counts.applied += result.applied
+        counts.duplicates += result.duplicates
+        self.metrics.records_applied.labels(self.source.name, stream).inc(result.applied)
+        self.metrics.duplicates_dropped.labels(self.source.name, stream).inc(result.duplicates)
+        return new_cursor
+
+    def next_cursor(self, cursor: Cursor | None, last: Record, drain_start: int) -> Cursor:
+        """The largest updated_at drained, never past (server time - lookback), never back."""
+        ceiling = drain_start - self.settings.lookback_ms
+        candidate = (Cursor(last.updated_at_ms, last.id) if last.updated_at_ms <= ceiling
+                     else Cursor(ceiling, ""))
+        if cursor is not None and cursor.updated_at_ms >= candidate.updated_at_ms:
+            return cursor
+        return candidate
+
+    def _caught_up(self, stream: str, state: StreamStatus, drain_start: int | None) -> None:
+        now = self.clock()
+        state.caught_up, state.last_error, state.last_success_at_ms = True, None, now
+        state.view_as_of_ms = drain_start if drain_start is not None else now
+        state.lag_ms = max(0, now - state.view_as_of_ms)
+        self.metrics.freshness_lag.labels(self.source.name, stream).set(state.lag_ms / 1000)
+        self.metrics.last_success.labels(self.source.name, stream).set(now / 1000)
+
+    async def _fire(self, step: str, stream: str) -> None:
+        if self.hook is None:
+            return
+        outcome = self.hook(step, stream)
+        if inspect.isawaitable(outcome):
+            await outcome

@@ -1,0 +1,48 @@
+"""What the engine needs from a sink: an atomic page apply that also moves the cursor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
+
+# Tests crash a sink at named points of a page apply: "mid_apply" (entities written, the
+# at-most-once ledger not yet), "before_cursor" and "after_cursor" (inside the page's
+# transaction, or around the checkpoint file for file-backed sinks).
+FaultHook = Callable[[str], None]
+
+
+class Sink(Protocol):
+    async def load_cursor(self, source: str, stream: str) -> Cursor | None:
+        """The cursor committed with the last applied page; None before the first."""
+        ...
+
+    async def apply_page(
+        self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
+    ) -> ApplyResult:
+        """Apply each record if newer than what the sink holds, then store `new_cursor`; all
+        or nothing for SQL sinks, cursor strictly after the writes are durable for others."""
+        ...
+
+    async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
+        """id -> version of every entity the sink holds (for verification)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def latest_per_id(records: Sequence[Record]) -> dict[tuple[str, str], Record]:
+    """The highest version of each (kind, id) in a page (a page may repeat an entity)."""
+    latest: dict[tuple[str, str], Record] = {}
+    for record in records:
+        key = (record.kind, record.id)
+        held = latest.get(key)
+        if held is None or record.version > held.version:
+            latest[key] = record
+    return latest
+
+
+def fire(hook: FaultHook | None, step: str) -> None:
+    if hook is not None:
+        hook(step)

@@ -1,0 +1,256 @@
+"""The SQL sink: an ERP replica in SQLite (default, WAL) or PostgreSQL, chosen by URL.
+
+Exactly-once effect: the page's upserts, its `applied_versions` rows and the new cursor commit
+in one transaction. `applied_versions` has (source, kind, id, version) as primary key, so a
+version applied twice would abort the transaction instead of silently happening.
+Decimals are exact: TEXT on SQLite, NUMERIC on PostgreSQL, never float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    delete,
+    insert,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ordersync.agent.errors import SinkError
+from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
+from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
+from ordersync.domain.timestamps import now_ms
+from ordersync.store.engine import create_engines, parse_database_url
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """NUMERIC where the database has an exact one; TEXT (the decimal's string) on SQLite."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric(asdecimal=True))
+        return dialect.type_descriptor(Text())
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
+
+
+metadata = MetaData()
+_ID = 64
+orders = Table(
+    "orders", metadata,
+    Column("source", String(50), primary_key=True),
+    Column("id", String(_ID), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("status", String(30)),
+    Column("customer_identifier", String(100)),
+    Column("data", Text, nullable=False),
+)
+order_lines = Table(
+    "order_lines", metadata,
+    Column("source", String(50), primary_key=True),
+    Column("order_id", String(_ID), primary_key=True),
+    Column("line_number", Integer, primary_key=True),
+    Column("sku", String(200)),
+    Column("quantity", ExactDecimal()),
+    Column("unit_price", ExactDecimal()),
+)
+shipments = Table(
+    "shipments", metadata,
+    Column("source", String(50), primary_key=True),
+    Column("id", String(_ID), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("order_id", String(_ID)),
+    Column("status", String(30)),
+    Column("tracking_number", String(200)),
+    Column("data", Text, nullable=False),
+)
+applied_versions = Table(
+    "applied_versions", metadata,
+    Column("source", String(50), primary_key=True),
+    Column("kind", String(20), primary_key=True),
+    Column("id", String(_ID), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("applied_at_ms", BigInteger, nullable=False),
+)
+checkpoints = Table(
+    "checkpoints", metadata,
+    Column("source", String(50), primary_key=True),
+    Column("stream", String(30), primary_key=True),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("last_id", String(_ID), nullable=False),
+    Column("committed_at_ms", BigInteger, nullable=False),
+)
+TABLES: dict[str, Table] = {"order": orders, "shipment": shipments}
+
+
+class SqlSink:
+    """Build with `await SqlSink.open("sqlite:///replica.db")` or a postgresql:// URL."""
+
+    def __init__(self, url: str, engines: Any, *, fault_hook: FaultHook | None = None) -> None:
+        self.url = url
+        self._reader, self.engine = engines
+        self.backend = self.engine.dialect.name
+        self.fault_hook = fault_hook
+
+    @classmethod
+    async def open(cls, url: str, *, fault_hook: FaultHook | None = None) -> SqlSink:
+        sink = cls(url, create_engines(parse_database_url(url), pool_size=2),
+                   fault_hook=fault_hook)
+        try:
+            async with sink.engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        except SQLAlchemyError as exc:
+            await sink.close()
+            raise SinkError(f"cannot open the replica at {url}: {exc}") from exc
+        return sink
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+        if self._reader is not self.engine:
+            await self._reader.dispose()
+
+    async def load_cursor(self, source: str, stream: str) -> Cursor | None:
+        c = checkpoints.c
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                select(c.updated_at_ms, c.last_id).where(c.source == source, c.stream == stream)
+            )).first()
+        return None if row is None else Cursor(int(row[0]), str(row[1]))
+
+    async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
+        table = TABLES[kind]
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(table.c.id, table.c.version)
+                                      .where(table.c.source == source))
+            return {str(r[0]): int(r[1]) for r in rows}
+
+    async def apply_page(
+        self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
+    ) -> ApplyResult:
+        try:
+            async with self.engine.begin() as conn:
+                applied = 0
+                for kind, group in _by_kind(records).items():
+                    applied += await self._apply_kind(conn, source, kind, group)
+                fire(self.fault_hook, "before_cursor")
+                await self._save_cursor(conn, source, stream, new_cursor)
+                fire(self.fault_hook, "after_cursor")
+        except SQLAlchemyError as exc:
+            raise SinkError(f"the replica refused a page of {source}/{stream}: {exc}") from exc
+        return ApplyResult(applied, len(records) - applied)
+
+    async def _apply_kind(
+        self, conn: AsyncConnection, source: str, kind: Kind, records: list[Record]
+    ) -> int:
+        table = TABLES[kind]
+        latest = latest_per_id(records)
+        ids = [record.id for record in latest.values()]
+        held = dict((await conn.execute(
+            select(table.c.id, table.c.version)
+            .where(table.c.source == source, table.c.id.in_(ids))
+        )).all())
+        newer = [r for r in latest.values() if r.version > held.get(r.id, 0)]
+        if not newer:
+            return 0
+        await conn.execute(self._upsert_if_newer(table), [_row(source, r) for r in newer])
+        if kind == "order":
+            await self._replace_lines(conn, source, newer)
+        fire(self.fault_hook, "mid_apply")
+        stamp = now_ms()
+        await conn.execute(insert(applied_versions), [
+            {"source": source, "kind": kind, "id": r.id, "version": r.version,
+             "applied_at_ms": stamp} for r in newer
+        ])
+        return len(newer)
+
+    def _upsert_if_newer(self, table: Table) -> Any:
+        dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
+        statement = dialect_insert(table)
+        updated = {c.name: statement.excluded[c.name] for c in table.columns
+                   if c.name not in ("source", "id")}
+        return statement.on_conflict_do_update(
+            index_elements=[table.c.source, table.c.id], set_=updated,
+            where=statement.excluded.version > table.c.version,
+        )
+
+    async def _replace_lines(self, conn: AsyncConnection, source: str,
+                             newer: list[Record]) -> None:
+        await conn.execute(delete(order_lines).where(
+            order_lines.c.source == source, order_lines.c.order_id.in_([r.id for r in newer])))
+        lines = [_line_row(source, r.id, item) for r in newer
+                 for item in r.data.get("line_items") or ()]
+        if lines:
+            await conn.execute(insert(order_lines), lines)
+
+    async def _save_cursor(self, conn: AsyncConnection, source: str, stream: str,
+                           cursor: Cursor) -> None:
+        dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
+        values = {"source": source, "stream": stream, "updated_at_ms": cursor.updated_at_ms,
+                  "last_id": cursor.last_id, "committed_at_ms": now_ms()}
+        statement = dialect_insert(checkpoints).values(values)
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=[checkpoints.c.source, checkpoints.c.stream],
+            set_={k: v for k, v in values.items() if k not in ("source", "stream")},
+        ))
+
+
+def _by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
+    groups: dict[Kind, list[Record]] = {}
+    for record in records:
+        groups.setdefault(record.kind, []).append(record)
+    return groups
+
+
+def _row(source: str, record: Record) -> dict[str, Any]:
+    data = record.data
+    row: dict[str, Any] = {
+        "source": source, "id": record.id, "version": record.version,
+        "updated_at_ms": record.updated_at_ms, "status": data.get("status"),
+        "data": orjson.dumps(data).decode(),
+    }
+    if record.kind == "order":
+        row["customer_identifier"] = data.get("customer_identifier")
+    else:
+        row |= {"order_id": data.get("order_id"), "tracking_number": data.get("tracking_number")}
+    return row
+
+
+def _line_row(source: str, order_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "source": source, "order_id": order_id, "line_number": int(item["line_number"]),
+        "sku": item.get("sku_customer_identifier"),
+        "quantity": _decimal(item.get("quantity")), "unit_price": _decimal(item.get("unit_price")),
+    }
+
+
+def _decimal(value: Any) -> Decimal | None:
+    # Decimals arrive as JSON strings; a JSON number would already be a float, so str() of it
+    # is the shortest repr that round-trips, never the binary expansion.
+    return None if value is None else Decimal(str(value))

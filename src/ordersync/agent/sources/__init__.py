@@ -1,0 +1,25 @@
+"""Sources: one per platform dialect; each turns a page request into neutral `Record`s."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ordersync.agent.records import FetchedPage
+
+
+class Source(Protocol):
+    """A platform's change feed, one listing per stream, ascending by (updated_at, id),
+    inclusive `updated_at >= since`, offset within that order."""
+
+    name: str
+    streams: tuple[str, ...]
+    max_page_size: int
+
+    @property
+    def api_calls(self) -> int:
+        """HTTP calls made so far, retries included."""
+        ...
+
+    async def fetch_page(
+        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False
+    ) -> FetchedPage: ...

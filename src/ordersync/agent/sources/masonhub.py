@@ -1,0 +1,72 @@
+"""The MasonHub dialect (seed 000): `GET /orders` and `GET /shipments` with `updated_since`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ordersync.agent.client import ApiClient
+from ordersync.agent.errors import ProtocolError
+from ordersync.agent.records import FetchedPage, Kind, Record
+from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
+
+STREAM_KINDS: dict[str, Kind] = {"orders": "order", "shipments": "shipment"}
+
+
+class MasonHubSource:
+    """Orders and shipments of one MasonHub account; each stream keeps a cursor of its own."""
+
+    max_page_size = 100
+
+    def __init__(
+        self,
+        client: ApiClient,
+        *,
+        name: str = "masonhub",
+        streams: tuple[str, ...] = ("orders", "shipments"),
+        statuses: tuple[str, ...] = (),
+    ) -> None:
+        unknown = set(streams) - STREAM_KINDS.keys()
+        if unknown:
+            raise ValueError(f"unknown MasonHub streams {sorted(unknown)}; use orders, shipments")
+        self.client = client
+        self.name = name
+        self.streams = streams
+        self.statuses = statuses
+
+    @property
+    def api_calls(self) -> int:
+        return self.client.calls
+
+    def page_params(
+        self, since_ms: int, offset: int, limit: int, summary: bool
+    ) -> list[tuple[str, str | int]]:
+        params: list[tuple[str, str | int]] = [
+            ("updated_since", format_rfc3339(max(since_ms, 0))),
+            ("limit", limit),
+            ("offset", offset),
+            ("list_type", "summary" if summary else "detail"),
+        ]
+        params += [("status", status) for status in self.statuses]
+        return params
+
+    async def fetch_page(
+        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False
+    ) -> FetchedPage:
+        kind = STREAM_KINDS[stream]
+        response = await self.client.get_json(
+            f"/{stream}", self.page_params(since_ms, offset, limit, summary)
+        )
+        data = response.body.get("data")
+        if not isinstance(data, list):
+            raise ProtocolError(f"{self.name}: /{stream} answered without a data array")
+        return FetchedPage([parse_record(kind, item) for item in data], response.server_time_ms)
+
+
+def parse_record(kind: Kind, item: Any) -> Record:
+    try:
+        return Record(
+            kind, str(item["id"]), int(item["version"]), parse_rfc3339_ms(item["updated_at"]),
+            item,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"a {kind} without a valid id, version or updated_at: {exc}") from exc

@@ -1,0 +1,41 @@
+"""Agent fixtures: a hub on SQLite with a fake clock, and sinks parametrized over backends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from ordersync.agent.sinks import open_sink
+from ordersync.agent.sinks.base import Sink
+from tests.integration.agent.harness import Hub, open_hub
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    opened = await open_hub(f"sqlite:///{tmp_path}/hub.db")
+    yield opened
+    await opened.store.close()
+
+
+SinkFactory = Callable[..., Awaitable[Sink]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "jsonl"])
+async def sink_factory(request: pytest.FixtureRequest, tmp_path: Path
+                       ) -> AsyncIterator[SinkFactory]:
+    """Opens (and reopens, as a restarted agent would) one replica of the given backend."""
+    url = (request.getfixturevalue("pg_url") if request.param == "postgresql"
+           else f"sqlite:///{tmp_path}/replica.db" if request.param == "sqlite"
+           else f"jsonl://{tmp_path}/replica.jsonl")
+    opened: list[Sink] = []
+
+    async def factory(**kwargs: object) -> Sink:
+        sink = await open_sink(url, **kwargs)  # type: ignore[arg-type]
+        opened.append(sink)
+        return sink
+
+    yield factory
+    for sink in opened:
+        await sink.close()
