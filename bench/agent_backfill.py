@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,10 +357,78 @@ class Measured:
     rss_timeline: list[list[float]]
     stdout: str
     log_tail: str
+    log_path: str
+
+
+PY_SPY: str | None = None  # --py-spy: profile each tool and the hub while it serves it
+
+
+def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
+    if PY_SPY is None:
+        return None
+    command = [
+        PY_SPY,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "50",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_py_spy(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is None:
+        return
+    if profiler.poll() is None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    try:
+        profiler.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, list[list[Any]]]:
+    """The hottest frames of py-spy's collapsed stacks: share of samples, self and inclusive."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            samples, frames = int(count), stack.split(";")
+            total += samples
+            own[frames[-1]] = own.get(frames[-1], 0) + samples
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + samples
+
+    def ranked(counts: dict[str, int], keep: Callable[[str], bool]) -> list[list[Any]]:
+        best = sorted(((n, f) for f, n in counts.items() if keep(f)), reverse=True)[:top]
+        return [[round(n / total, 3), f] for n, f in best]
+
+    if not total:
+        return {}
+    return {
+        "self": ranked(own, lambda f: True),
+        "inclusive_ordersync": ranked(inclusive, lambda f: "ordersync/" in f),
+    }
 
 
 def run_measured(
-    command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, timeout: float
+    command: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+    timeout: float,
+    hub_pid: int | None = None,
 ) -> Measured:
     """Run one tool in its own process; its wall time and its own peak RSS (not the hub's)."""
     stdout_path = log_path.with_suffix(".stdout")
@@ -369,6 +437,9 @@ def run_measured(
         process = subprocess.Popen(
             command, stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True
         )
+    profilers = [start_py_spy(process.pid, log_path.with_suffix(".pyspy"))]
+    if hub_pid is not None:
+        profilers.append(start_py_spy(hub_pid, log_path.with_suffix(".hub.pyspy")))
     sampler = RssSampler(process.pid)
     sampler.start()
     timer = threading.Timer(timeout, lambda: os.killpg(process.pid, signal.SIGKILL))
@@ -381,6 +452,8 @@ def run_measured(
         timer.cancel()
         seconds = time.monotonic() - started
         sampler.stop()
+    for profiler in profilers:
+        stop_py_spy(profiler)
     process.returncode = os.waitstatus_to_exitcode(status)
     log_tail = log_path.read_text(errors="replace")[-3000:]
     return Measured(
@@ -392,6 +465,7 @@ def run_measured(
         sampler.timeline(),
         stdout_path.read_text(errors="replace"),
         log_tail,
+        str(log_path),
     )
 
 
@@ -639,6 +713,11 @@ def finish(
     )
     if verdict is not None:
         result.details["verify"] = asdict(verdict)
+    if PY_SPY is not None:
+        result.details["profiled_with_py_spy"] = True  # slower than an unprofiled run
+        tool_log = Path(measured.log_path)
+        result.details["profile"] = summarize_profile(tool_log.with_suffix(".pyspy"))
+        result.details["hub_profile"] = summarize_profile(tool_log.with_suffix(".hub.pyspy"))
     if measured.returncode != 0:
         log(f"  {tool} exited {measured.returncode}; last log lines:\n{measured.log_tail}")
     return result
@@ -667,6 +746,7 @@ def run_dlt(
         cwd=dest_dir,
         log_path=workdir / "dlt.log",
         timeout=timeout,
+        hub_pid=hub.process.pid,
     )
     details: dict[str, Any] = {"dlt_version": dlt_version(), "destination": "sqlalchemy (sqlite)"}
     lines = measured.stdout.strip().splitlines()
@@ -683,6 +763,38 @@ def run_dlt(
 # -- the ordersync agent -------------------------------------------------------------------
 
 
+AGENT_CONFIG = """\
+# Written by bench/agent_backfill.py: one source, orders only, into a fresh SQLite replica.
+[[sources]]
+name = "bench"
+dialect = "{dialect}"
+base_url = "{api}"
+token_env = "BENCH_AGENT_TOKEN"
+page_size = {page_size}
+streams = ["orders"]
+
+[sink]
+url = "sqlite:///{replica}"
+"""
+
+
+def agent_command(driver: str, config: Path, api: str, dialect: str, replica: Path) -> list[str]:
+    if driver == "cli":
+        ordersync = Path(sys.executable).with_name("ordersync")
+        return [str(ordersync), "agent", "run", "--config", str(config), "--once"]
+    return [
+        sys.executable,
+        __file__,
+        "_agent",
+        "--api",
+        api,
+        "--dialect",
+        dialect,
+        "--replica",
+        str(replica),
+    ]
+
+
 def run_agent(
     n: int,
     hub: Hub,
@@ -692,37 +804,57 @@ def run_agent(
     workdir: Path,
     timeout: float,
     dialect: str,
+    driver: str,
 ) -> Result:
     replica = workdir / "agent-replica.db"
+    config = workdir / "agent.toml"
+    config.write_text(
+        AGENT_CONFIG.format(dialect=dialect, api=hub.api, page_size=PAGE_SIZE, replica=replica)
+    )
     before = hub.snapshot()
-    log(f"  ordersync agent backfill of {n:,} orders ...")
-    env = tool_env(workdir) | {"BENCH_AGENT_TOKEN": token}
+    log(f"  ordersync agent backfill of {n:,} orders ({driver}) ...")
     measured = run_measured(
-        [
-            sys.executable,
-            __file__,
-            "_agent",
-            "--api",
-            hub.api,
-            "--dialect",
-            dialect,
-            "--replica",
-            str(replica),
-        ],
-        env=env,
+        agent_command(driver, config, hub.api, dialect, replica),
+        env=tool_env(workdir) | {"BENCH_AGENT_TOKEN": token},
         cwd=workdir,
         log_path=workdir / "agent.log",
         timeout=timeout,
+        hub_pid=hub.process.pid,
     )
-    details: dict[str, Any] = {"driver": "SyncEngine.run_cycle() (public Python API)"}
+    details: dict[str, Any] = {
+        "driver": "ordersync agent run --once"
+        if driver == "cli"
+        else "SyncEngine.run_cycle() (Python API)",
+    }
     lines = measured.stdout.strip().splitlines()
     with contextlib.suppress(ValueError, IndexError):
         details.update(json.loads(lines[-1]))
+    details.update(agent_log_counts(Path(measured.log_path)))
     verdict = None
     if measured.returncode == 0:
         verdict = verify_replica(hub_db, account_id, replica, "orders")
         details["replica_bytes"] = replica.stat().st_size
     return finish("ordersync agent", n, hub, before, measured, verdict, details)
+
+
+def agent_log_counts(path: Path) -> dict[str, Any]:
+    """What the agent's own JSON log says: API calls (one line each) and records returned."""
+    calls = records = 0
+    events: dict[str, int] = {}
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as lines:
+        for line in lines:
+            if not line.startswith(b"{"):
+                continue
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                event = str(entry.get("event"))
+                events[event] = events.get(event, 0) + 1
+                if event == "api_call":
+                    calls += 1
+                    records += int(entry.get("records_returned") or 0)
+    if not events:
+        return {}
+    return {"logged_api_calls": calls, "logged_records_returned": records, "log_events": events}
 
 
 def _agent_worker(argv: list[str]) -> None:
@@ -743,7 +875,9 @@ async def _agent_backfill(api: str, token: str, replica: Path) -> None:
     from ordersync.agent.engine import EngineSettings, SyncEngine
     from ordersync.agent.sinks.sql import SqlSink
     from ordersync.agent.sources.masonhub import MasonHubSource
+    from ordersync.logs import configure_logging
 
+    configure_logging("json")  # as `ordersync agent run` does: one JSON line per API call
     started = time.monotonic()
     sink = await SqlSink.open(f"sqlite:///{replica}")
     async with httpx.AsyncClient(timeout=30.0) as http:
@@ -814,6 +948,12 @@ def assess(results: list[Result]) -> dict[str, Any]:
                 "agent_n": n,
                 "dlt_n": peer.n,
                 "ratio": round(agent.records_per_s / peer.records_per_s, 2),
+                # Contention-proof: records per CPU second of tool + hub, wall time aside.
+                "cpu_ratio": round(
+                    (agent.n / max(agent.cpu_seconds + agent.hub_cpu_seconds, 1e-9))
+                    / (peer.n / max(peer.cpu_seconds + peer.hub_cpu_seconds, 1e-9)),
+                    2,
+                ),
             }
         )
     checks: dict[str, bool] = {}
@@ -909,6 +1049,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="keep the replicas and logs (printed path) instead of deleting",
     )
+    parser.add_argument(
+        "--agent-driver",
+        choices=("cli", "api"),
+        default="cli",
+        help="cli: `ordersync agent run --config FILE --once` (default); api: the same engine, "
+        "source and SQL sink built in a small Python driver",
+    )
+    parser.add_argument(
+        "--py-spy",
+        metavar="PATH",
+        help="profile each tool and the hub with this py-spy binary (slows the runs: use it "
+        "for a separate profiling run, not for the numbers); with --keep the raw stacks stay",
+    )
     args = parser.parse_args(argv)
     if args.dlt_orders is None:
         args.dlt_orders = list(args.orders)
@@ -922,6 +1075,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    global PY_SPY
+    PY_SPY = args.py_spy
     if args.dlt_orders and dlt_version() is None:
         log(DLT_MISSING)
         return 2
@@ -956,6 +1111,7 @@ def main(argv: list[str]) -> int:
                             workdir,
                             args.timeout,
                             args.dialect,
+                            args.agent_driver,
                         )
                     else:
                         result = run_dlt(
@@ -975,7 +1131,10 @@ def main(argv: list[str]) -> int:
     print(render_table(results))
     for ratio in payload["assessment"]["ratios"]:
         note = "" if ratio["agent_n"] == ratio["dlt_n"] else f" (dlt at N={ratio['dlt_n']:,})"
-        print(f"agent/dlt records/s at N={ratio['agent_n']:,}: {ratio['ratio']:.1f}x{note}")
+        print(
+            f"agent/dlt records/s at N={ratio['agent_n']:,}: {ratio['ratio']:.1f}x{note}; "
+            f"records per CPU second (tool + hub): {ratio['cpu_ratio']:.1f}x"
+        )
     if "rss_growth" in payload["assessment"]:
         g = payload["assessment"]["rss_growth"]
         print(f"agent peak RSS N={g['from_n']:,} -> N={g['to_n']:,}: x{g['factor']:.2f}")

@@ -27,6 +27,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import queue
 import random
 import resource
 import shutil
@@ -422,8 +423,17 @@ def run_http_load(port: int, token: str, plan: list[tuple[str, int | None]], pag
     proc = ctx.Process(target=load_process,
                        args=(port, token, plan, pages, warmup_pages, out), daemon=True)
     proc.start()
+    deadline = time.monotonic() + timeout
     try:
-        kind, payload = out.get(timeout=timeout)
+        while True:
+            try:
+                kind, payload = out.get(timeout=1)
+                break
+            except queue.Empty:
+                if not proc.is_alive():
+                    raise RuntimeError(f"load process died ({proc.exitcode})") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"load process took more than {timeout} s") from None
     finally:
         proc.join(timeout=10)
         if proc.is_alive():

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ordersync.agent.commands import agent_app
 from ordersync.errors import OrdersyncError
 from ordersync.hub.settings import DEFAULT_DB_URL, HubSettings
 
@@ -22,6 +23,7 @@ hub_app = typer.Typer(help="The order platform server.", no_args_is_help=True)
 token_app = typer.Typer(help="Connection tokens.", no_args_is_help=True)
 hub_app.add_typer(token_app, name="token")
 app.add_typer(hub_app, name="hub")
+app.add_typer(agent_app, name="agent")
 
 err = Console(stderr=True)
 
@@ -161,17 +163,21 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="Where the SQLite files go.")] = Path("demo-data"),
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 42,
     faults: Annotated[
-        bool, typer.Option(help="Inject errors, 429s, latency, resets, late commits.")
+        bool, typer.Option(help="Inject errors, 429s, latency, resets and late commits.")
     ] = False,
 ) -> None:
-    """Run the hub with its warehouse simulator on embedded SQLite."""
-    from ordersync.demo import DemoSettings, run_demo
+    """Hub + warehouse simulator + agent on embedded SQLite, then the proof that the replica
+    equals the hub: every (id, version) present, none applied twice."""
+    from ordersync.demo import DemoSettings, main_exit_code
 
-    settings = DemoSettings(
-        data_dir=data_dir, port=port, rate=rate, duration=duration, seed=seed, faults=faults
-    )
-    code = _run(run_demo(settings, Console()))
-    raise typer.Exit(int(code))  # type: ignore[call-overload]
+    settings = DemoSettings(data_dir=data_dir, port=port, rate=rate, duration=duration,
+                            seed=seed, faults=faults)
+    try:
+        code = main_exit_code(settings)
+    except OrdersyncError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -266,6 +266,11 @@ def test_an_unknown_route_is_404_json(tenant: Tenant, method: str, path: str) ->
     assert_error(tenant.api.request(method, path), 404)
 
 
+def test_a_method_the_route_does_not_take_is_405_json(tenant: Tenant) -> None:
+    """DELETE on the orders collection is 405 with a JSON error body, not an HTML page."""
+    assert_error(tenant.api.delete("/api/v1/orders"), 405, "method_not_allowed")
+
+
 SUMMARY_FIELDS = {"id", "customer_identifier", "status", "version", "updated_at"}
 DETAIL_FIELDS = {
     "id", "customer_identifier", "order_type", "priority", "shipping_provider",

@@ -7,6 +7,7 @@ transaction; listings ascend by (updated_at, id) and their `total` equals a plai
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -216,6 +217,41 @@ async def test_customer_identifiers_are_unique_per_account_only(
     other = await store.authenticate(await store.create_token("globex", "erp"))
     await create_one(store, principal, new_order("SAME"))
     await create_one(store, other, new_order("SAME"))
+
+
+async def test_concurrent_batches_with_one_identifier_create_it_once(
+    store: Store, principal: Principal, new_order: NewOrderFactory, clock: FakeClock
+) -> None:
+    """Racing batches that share an identifier: exactly one creates it, the rest refuse it."""
+    batches = [[new_order("RACE"), new_order(f"OWN-{i}")] for i in range(6)]
+    results = await asyncio.gather(*(store.create_orders(principal, b) for b in batches))
+    assert sum(r[0].created for r in results) == 1
+    assert all(r[1].created for r in results)
+    page = await store.list_orders(principal.account_id, ListQuery(since=0))
+    assert page.total == 7
+
+
+async def test_concurrent_moves_keep_versions_feed_and_totals_exact(
+    store: Store, principal: Principal, new_order: NewOrderFactory, clock: FakeClock
+) -> None:
+    """Many writers at once (PostgreSQL really interleaves them) lose no version or count."""
+    made = [await create_one(store, principal, new_order(f"C-{i}")) for i in range(8)]
+
+    async def walk_happy_path(order: Order) -> None:
+        for target in HAPPY_PATH[:3]:
+            await store.transition_order(principal, principal.account_id, order.id, target)
+
+    clock.now += MINUTE
+    await asyncio.gather(*(walk_happy_path(order) for order in made))
+    feed = await change_rows(store)
+    assert len(feed) == 8 * 4
+    page = await store.list_orders(principal.account_id, ListQuery(since=0), summary=True)
+    assert page.total == 8
+    assert {(item["status"], item["version"]) for item in page.items} == {("packed", 4)}
+    for since in (EPOCH, EPOCH + 1, EPOCH + MINUTE, EPOCH + MINUTE + 1):
+        query = ListQuery(since=since, statuses=("packed",))
+        expected = 8 if since <= EPOCH + MINUTE else 0
+        assert (await store.list_orders(principal.account_id, query)).total == expected
 
 
 # -- listings and their total --------------------------------------------------------------------

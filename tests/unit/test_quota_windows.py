@@ -170,3 +170,30 @@ async def test_a_request_refused_by_one_window_is_not_charged_to_the_others() ->
     assert await counters.take("c", [general]) == [3]
     assert await counters.take("other", [general, heavy]) == [1, 1]
     assert await counters.take("c", [Slot("heavy", 60, 60, 2)]) == [1]  # next minute
+
+
+def test_workers_read_quota_changes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORDERSYNC_HUB_QUOTAS changes the defaults (how `serve --workers` passes `--quota` on)."""
+    from ordersync.hub.settings import HubSettings
+
+    monkeypatch.setenv("ORDERSYNC_HUB_QUOTAS", "/api/v1/=40/day")
+    monkeypatch.setenv("ORDERSYNC_HUB_QUOTA_STORE", "sql")
+    settings = HubSettings.from_env()
+    assert settings.quotas.describe() == (
+        "/v1/@all=500/minute,2500/hour,10000/day; /v1/@heavy=10/minute; /api/v1/@all=40/day"
+    )
+    assert settings.quota_store == "sql"
+
+
+def test_serve_help_shows_the_default_quotas_and_a_bad_quota_is_a_clear_error() -> None:
+    """`ordersync hub serve --help` names --quota and HubRise's numbers; a typo exits 2."""
+    from typer.testing import CliRunner
+
+    from ordersync.cli import app
+
+    shown = CliRunner().invoke(app, ["hub", "serve", "--help"], terminal_width=200)
+    assert shown.exit_code == 0
+    for text in ("--quota", "500/minute,2500/hour,10000/day", "/v1/@heavy=10/minute"):
+        assert text in shown.output
+    refused = CliRunner().invoke(app, ["hub", "serve", "--quota", "/api/v1/=5/fortnight"])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output

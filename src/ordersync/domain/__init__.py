@@ -19,6 +19,7 @@ from ordersync.domain.orders import (
 )
 from ordersync.domain.shipments import NewShipment, Shipment, ShipmentLine
 from ordersync.domain.timestamps import format_rfc3339, now_ms, parse_rfc3339_ms
+from ordersync.domain.weekdays import format_dow, normalize_weekdays, parse_dow
 
 __all__ = [
     "CANCELABLE",
@@ -36,8 +37,11 @@ __all__ = [
     "ShipmentStatus",
     "ValueAddedService",
     "check_transition",
+    "format_dow",
     "format_rfc3339",
+    "normalize_weekdays",
     "now_ms",
+    "parse_dow",
     "parse_rfc3339_ms",
     "stamp_change",
 ]

@@ -10,14 +10,14 @@ from starlette.responses import Response
 
 from ordersync import __version__
 from ordersync.hub.body_limit import BodySizeLimit
-from ordersync.hub.dialects import masonhub, tradecloud
+from ordersync.hub.dialects import hubrise, masonhub, tradecloud
 from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.store.store import Store
 
-API_PREFIXES = ("/api/", "/v2/")
+API_PREFIXES = ("/api/", "/v2/", "/v1/")
 
 
 def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
@@ -53,6 +53,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(masonhub.router)
     app.include_router(tradecloud.router)
+    hubrise.install(app)  # router under /v1 and its X-Http-Method-Override middleware
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

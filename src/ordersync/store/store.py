@@ -239,6 +239,15 @@ class Store:
         )
         return select(partial_minute + bucket_total_query(account_id, kind, since, statuses))
 
+    async def versions(self, account_id: int, kind: str) -> dict[str, int]:
+        """Every id of `kind` ("order" or "shipment") in the account with its version: the
+        platform's side of a sync proof."""
+        table = orders if kind == "order" else shipments
+        async with self.reader.connect() as conn:
+            rows = await conn.execute(
+                select(table.c.id, table.c.version).where(table.c.account_id == account_id))
+            return {str(r[0]): int(r[1]) for r in rows}
+
     async def ids_in_status(
         self, account_id: int, status: str, *, limit: int, updated_before: int | None = None
     ) -> list[str]:

@@ -29,6 +29,8 @@ accounts = Table(
     Column("name", String(100), nullable=False, unique=True),
     Column("timezone", String(64), nullable=False, server_default="UTC"),
     Column("created_at", BigInteger, nullable=False),
+    # ISO 4217 code of the account's money (HubRise renders amounts as "8.90 EUR").
+    Column("currency", String(3), nullable=False, server_default="EUR"),
 )
 
 connections = Table(
@@ -57,6 +59,8 @@ orders = Table(
     UniqueConstraint("account_id", "customer_identifier", name="uq_orders_customer_identifier"),
     Index("ix_orders_account_updated", "account_id", "updated_at", "id"),
     Index("ix_orders_account_status_updated", "account_id", "status", "updated_at", "id"),
+    # HubRise lists newest first, paged by the keyset (created_at, id).
+    Index("ix_orders_account_created", "account_id", "created_at", "id"),
 )
 
 shipments = Table(
@@ -118,4 +122,38 @@ rate_counters = Table(
     Column("window_start", BigInteger, nullable=False, primary_key=True),
     Column("n", BigInteger, nullable=False),
     Index("ix_rate_counters_window_start", "window_start"),
+)
+
+# HubRise private refs (seed 003): a connection's own reference on an entity, seen only by it
+# and usable as a lookup key. Not a change of the entity: no version bump, no `changes` row.
+private_refs = Table(
+    "private_refs",
+    metadata,
+    Column("connection_id", Integer, ForeignKey("connections.id"), primary_key=True),
+    Column("entity_kind", String(10), primary_key=True),
+    Column("entity_id", String(36), primary_key=True),
+    Column("ref", String(100), nullable=False),
+    UniqueConstraint("connection_id", "entity_kind", "ref", name="uq_private_refs_ref"),
+)
+
+# HubRise passive callbacks: at most one per connection. Its events are the `changes` rows of
+# other connections with `seq > watermark` that have no row in `callback_acks`; the watermark
+# moves over acknowledged runs, and the ack rows below it are deleted. See
+# `ordersync.store.hubrise`.
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("connection_id", Integer, ForeignKey("connections.id"), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("events", Text, nullable=False),  # JSON, e.g. {"order": ["create", "update"]}
+    Column("watermark", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+callback_acks = Table(
+    "callback_acks",
+    metadata,
+    Column("connection_id", Integer, ForeignKey("connections.id"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
 )

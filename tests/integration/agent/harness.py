@@ -11,6 +11,7 @@ import httpx
 
 from ordersync.agent.client import ApiClient
 from ordersync.agent.engine import EngineHook, EngineSettings, SyncEngine
+from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.retry import RetryPolicy
 from ordersync.agent.sinks.base import Sink
 from ordersync.agent.sources.masonhub import MasonHubSource
@@ -67,13 +68,12 @@ class Hub:
         for _ in range(n):
             self.created += 1
             items.append(NewOrder.model_validate(order_payload(f"C-{self.created:06d}")))
-        if tie:
+        # One transaction either way; without a tie the store's clock ticks per order.
+        self.store.clock = self.clock if tie else self.clock.advance
+        try:
             results = await self.store.create_orders(self.principal, items)
-        else:
-            results = []
-            for item in items:
-                self.clock.advance()
-                results += await self.store.create_orders(self.principal, [item])
+        finally:
+            self.store.clock = self.clock
         return [r.order for r in results if r.order is not None]
 
     async def advance_order(self, order_id: str, *, stamp: int | None = None) -> Order | None:
@@ -157,11 +157,12 @@ def build_engine(hub: Hub, sink: Sink, *, transport: httpx.AsyncBaseTransport | 
                  token: str | None = None, clock: Callable[[], int] | None = None,
                  ) -> SyncEngine:
     http = httpx.AsyncClient(transport=transport or httpx.ASGITransport(app=hub.app))
-    client = ApiClient(http, base_url, token or hub.token, source=SOURCE,
+    metrics = AgentMetrics()
+    client = ApiClient(http, base_url, token or hub.token, source=SOURCE, metrics=metrics,
                        retry=RetryPolicy(attempts=5), sleep=sleep or FakeSleep(hub.clock),
                        clock=clock or hub.clock)
     source = MasonHubSource(client, name=SOURCE)
-    return SyncEngine(source, sink, clock=clock or hub.clock,
+    return SyncEngine(source, sink, clock=clock or hub.clock, metrics=metrics,
                       settings=EngineSettings(lookback_ms=lookback_ms, page_size=page_size),
                       hook=hook)
 

@@ -1,0 +1,124 @@
+"""`ordersync agent ...`: run, status, verify. Wiring only; the work is in runner and engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ordersync.agent.config import AgentConfig, load_config
+from ordersync.errors import OrdersyncError
+from ordersync.logs import LogFormat, configure_logging
+
+agent_app = typer.Typer(help="The ERP-side sync agent.", no_args_is_help=True)
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", envvar="ORDERSYNC_AGENT_CONFIG",
+                 help="Agent TOML file ([[sources]] and [sink]). ORDERSYNC_SINK_URL, "
+                      "ORDERSYNC_AGENT_PORT and ORDERSYNC_SOURCE_<NAME>_<KEY> override it."),
+]
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(2)
+
+
+@agent_app.command("run")
+def run(
+    config: ConfigOption = Path("agent.toml"),
+    once: Annotated[bool, typer.Option(help="Drain every source once, then exit.")] = False,
+    log_format: Annotated[str, typer.Option(help="json or console.")] = "json",
+) -> None:
+    """Sync every configured source into the sink until SIGINT/SIGTERM."""
+    from ordersync.agent.runner import open_runtime, preflight, run_sources, serving_observability
+
+    configure_logging(_log_format(log_format))
+
+    async def main() -> int:
+        settings = load_config(config)
+        runtime = await open_runtime(settings, os.environ)
+        try:
+            await preflight(runtime)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            async with serving_observability(runtime, settings.port):
+                await run_sources(runtime, stop, once=once)
+        finally:
+            await runtime.close()
+        for name, reason in runtime.stopped.items():
+            err.print(f"[red]source {name} stopped:[/red] {reason}")
+        return 3 if runtime.stopped else 0
+
+    try:
+        code = asyncio.run(main())
+    except OrdersyncError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(code)
+
+
+def _log_format(value: str) -> LogFormat:
+    if value not in ("json", "console"):
+        raise typer.BadParameter("use json or console", param_hint="--log-format")
+    return "json" if value == "json" else "console"
+
+
+@agent_app.command("status")
+def status(config: ConfigOption = Path("agent.toml")) -> None:
+    """Each source's cursor, lag and last error: from the running agent's port when it is up,
+    else from the checkpoints stored with the sink."""
+    try:
+        settings = load_config(config)
+        rows = _live_status(settings) or asyncio.run(_stored_status(settings))
+    except OrdersyncError as exc:
+        raise _fail(exc) from None
+    table = Table("source", "stream", "cursor", "lag (s)", "last success", "last error")
+    for row in rows:
+        table.add_row(row["source"], row["stream"], row["cursor"] or "-",
+                      "-" if row.get("lag_seconds") is None else f"{row['lag_seconds']:.1f}",
+                      row.get("last_success_at") or "-", row.get("last_error") or "-")
+    Console().print(table)
+
+
+def _live_status(settings: AgentConfig) -> list[dict[str, Any]] | None:
+    if settings.port is None:
+        return None
+    try:
+        response = httpx.get(f"http://127.0.0.1:{settings.port}/status", timeout=2)
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+async def _stored_status(settings: AgentConfig) -> list[dict[str, Any]]:
+    from ordersync.agent.sinks import open_sink
+    from ordersync.domain.timestamps import format_rfc3339, now_ms
+
+    sink = await open_sink(settings.sink.url, http=httpx.AsyncClient(),
+                           state_path=Path("ordersync-http-sink-state.json"))
+    rows = []
+    try:
+        for source in settings.sources:
+            for stream in source.streams:
+                cursor = await sink.load_cursor(source.name, stream)
+                rows.append({
+                    "source": source.name, "stream": stream,
+                    "cursor": None if cursor is None else format_rfc3339(cursor.updated_at_ms),
+                    "lag_seconds": None if cursor is None
+                    else (now_ms() - cursor.updated_at_ms) / 1000,
+                    "last_error": "agent not running (stored checkpoint shown)",
+                })
+    finally:
+        await sink.close()
+    return rows

@@ -1,0 +1,391 @@
+"""Queries of the HubRise dialect: orders by creation time (keyset), private refs, passive
+callbacks and their events. It reads and writes through the `Store`'s engines and never
+changes an order: private refs and callback bookkeeping are not changes (no version bump, no
+`changes` row), so other connections see nothing of them.
+
+A callback's events are the `changes` rows of its account with `seq > watermark`, made by another
+connection (or by the hub itself, `connection_id` NULL), of a subscribed kind and type, and not
+acknowledged. An acknowledgement is a row in `callback_acks`; the watermark then moves over the
+run of acknowledged events above it and the ack rows below it are deleted, so the anti-join of
+the listing stays as small as the client's out-of-order acks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from ordersync.errors import Conflict, NotFound
+from ordersync.store.store import Principal, Store
+from ordersync.store.tables import (
+    accounts,
+    callback_acks,
+    callbacks,
+    changes,
+    orders,
+    private_refs,
+    shipments,
+)
+
+EVENTS_PAGE = 100
+EVENT_KINDS = ("order", "shipment")
+EVENT_TYPES = ("create", "update")
+# How old an acknowledged change must be before the watermark may pass it. On PostgreSQL a
+# transaction takes its `seq` when it inserts and becomes visible when it commits, so a smaller
+# seq can appear after a larger one was served and acknowledged; a watermark that had already
+# passed it would hide that event for good. Transactions here last milliseconds; a minute is
+# far beyond any of them.
+SETTLE_MS = 60_000
+_LOCATION_CACHE_SECONDS = 10.0
+
+
+class PrivateRefTaken(Conflict):
+    """This connection already uses the ref on another entity of the same kind."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """The account as HubRise renders it: times in its zone, money in its currency."""
+
+    account_id: int
+    name: str
+    timezone: str
+    currency: str
+
+
+@dataclass(frozen=True)
+class OrderQuery:
+    """One page of orders, newest first. `before_key` is the exclusive keyset position
+    (created_at, id) the page starts after; created_from is inclusive, created_before not."""
+
+    count: int = 100
+    before_key: tuple[int, str] | None = None
+    statuses: tuple[str, ...] | None = None
+    private_ref: str | None = None
+    created_from: int | None = None
+    created_before: int | None = None
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    id: str
+    created_at: int
+    doc: str
+    private_ref: str | None
+
+
+@dataclass(frozen=True)
+class Callback:
+    events: dict[str, list[str]]
+    watermark: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    kind: str
+    entity_id: str
+    version: int
+    event_type: str  # "create" | "update"
+    created_at: int
+    doc: str | None  # the entity now; None if it no longer exists
+    private_ref: str | None
+
+
+class HubRiseStore:
+    def __init__(self, store: Store, *, settle_ms: int = SETTLE_MS) -> None:
+        self.store = store
+        self.settle_ms = settle_ms
+        self._locations: dict[int, tuple[float, Location]] = {}
+
+    # -- accounts --------------------------------------------------------------------------
+
+    async def location(self, account_id: int) -> Location:
+        cached = self._locations.get(account_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        async with self.store.reader.connect() as conn:
+            row = (await conn.execute(
+                select(accounts.c.name, accounts.c.timezone, accounts.c.currency)
+                .where(accounts.c.id == account_id)
+            )).first()
+        if row is None:
+            raise NotFound(f"no account with id {account_id}")
+        location = Location(account_id, str(row[0]), str(row[1]), str(row[2]))
+        self._locations[account_id] = (time.monotonic() + _LOCATION_CACHE_SECONDS, location)
+        return location
+
+    # -- orders ----------------------------------------------------------------------------
+
+    async def list_orders(self, principal: Principal, query: OrderQuery) -> list[OrderRow]:
+        """Up to `query.count + 1` rows: one more than the page tells that more exist."""
+        c = orders.c
+        where: list[ColumnElement[bool]] = [c.account_id == principal.account_id]
+        if query.before_key is not None:
+            where.append(tuple_(c.created_at, c.id) < tuple_(*query.before_key))
+        if query.statuses is not None:
+            where.append(c.status.in_(query.statuses))
+        if query.created_from is not None:
+            where.append(c.created_at >= query.created_from)
+        if query.created_before is not None:
+            where.append(c.created_at < query.created_before)
+        refs = _refs_of(principal.connection_id, "order")
+        if query.private_ref is not None:
+            joined = orders.join(refs, and_(refs.c.entity_id == c.id,
+                                            refs.c.ref == query.private_ref))
+        else:
+            joined = orders.outerjoin(refs, refs.c.entity_id == c.id)
+        statement = (
+            select(c.id, c.created_at, c.doc, refs.c.ref)
+            .select_from(joined)
+            .where(*where)
+            .order_by(c.created_at.desc(), c.id.desc())
+            .limit(query.count + 1)
+        )
+        async with self.store.reader.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [OrderRow(str(r[0]), int(r[1]), str(r[2]), r[3]) for r in rows]
+
+    async def get_order(self, principal: Principal, order_id: str) -> OrderRow:
+        c = orders.c
+        refs = _refs_of(principal.connection_id, "order")
+        async with self.store.reader.connect() as conn:
+            row = (await conn.execute(
+                select(c.id, c.created_at, c.doc, refs.c.ref)
+                .select_from(orders.outerjoin(refs, refs.c.entity_id == c.id))
+                .where(c.account_id == principal.account_id, c.id == order_id)
+            )).first()
+        if row is None:
+            raise NotFound(f"no order with id {order_id}")
+        return OrderRow(str(row[0]), int(row[1]), str(row[2]), row[3])
+
+    # -- private refs ----------------------------------------------------------------------
+
+    async def ref_holder(self, principal: Principal, kind: str, ref: str) -> str | None:
+        """The id of the entity on which this connection uses `ref`, if any."""
+        p = private_refs.c
+        async with self.store.reader.connect() as conn:
+            found = await conn.scalar(select(p.entity_id).where(
+                p.connection_id == principal.connection_id, p.entity_kind == kind, p.ref == ref))
+        return None if found is None else str(found)
+
+    async def set_private_ref(
+        self, principal: Principal, kind: str, entity_id: str, ref: str | None
+    ) -> None:
+        """Set (or with None, remove) this connection's ref on an entity of its account."""
+        p = private_refs.c
+        table = orders if kind == "order" else shipments
+        try:
+            async with self.store.writer.begin() as conn:
+                owned = await conn.scalar(select(table.c.id).where(
+                    table.c.account_id == principal.account_id, table.c.id == entity_id))
+                if owned is None:
+                    raise NotFound(f"no {kind} with id {entity_id}")
+                key = and_(p.connection_id == principal.connection_id, p.entity_kind == kind,
+                           p.entity_id == entity_id)
+                if ref is None:
+                    await conn.execute(delete(private_refs).where(key))
+                    return
+                await conn.execute(_upsert(conn, private_refs).values(
+                    connection_id=principal.connection_id, entity_kind=kind,
+                    entity_id=entity_id, ref=ref,
+                ).on_conflict_do_update(
+                    index_elements=["connection_id", "entity_kind", "entity_id"],
+                    set_={"ref": ref},
+                ))
+        except IntegrityError:
+            raise PrivateRefTaken(
+                f"this connection already uses private_ref {ref!r} on another {kind}"
+            ) from None
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    async def get_callback(self, principal: Principal) -> Callback | None:
+        async with self.store.reader.connect() as conn:
+            return await _callback(conn, principal.connection_id)
+
+    async def put_callback(self, principal: Principal, events: Mapping[str, Sequence[str]]
+                           ) -> Callback:
+        """Create the connection's callback, events kept from now on; replacing one changes
+        its subscription only, so events not yet acknowledged survive a client's restart."""
+        subscription = orjson.dumps({k: sorted(set(v)) for k, v in sorted(events.items())})
+        stamp = self.store.clock()
+        async with self.store.writer.begin() as conn:
+            found = await conn.scalar(select(callbacks.c.connection_id).where(
+                callbacks.c.connection_id == principal.connection_id).with_for_update())
+            if found is None:
+                latest = await conn.scalar(select(func.coalesce(func.max(changes.c.seq), 0))
+                                           .where(changes.c.account_id == principal.account_id))
+                await conn.execute(insert(callbacks).values(
+                    connection_id=principal.connection_id, account_id=principal.account_id,
+                    events=subscription.decode(), watermark=int(latest or 0),
+                    created_at=stamp, updated_at=stamp))
+            else:
+                await conn.execute(update(callbacks).where(
+                    callbacks.c.connection_id == principal.connection_id,
+                ).values(events=subscription.decode(), updated_at=stamp))
+            callback = await _callback(conn, principal.connection_id)
+        assert callback is not None
+        return callback
+
+    async def delete_callback(self, principal: Principal) -> bool:
+        async with self.store.writer.begin() as conn:
+            await conn.execute(delete(callback_acks).where(
+                callback_acks.c.connection_id == principal.connection_id))
+            result = await conn.execute(delete(callbacks).where(
+                callbacks.c.connection_id == principal.connection_id))
+        return bool(result.rowcount)
+
+    async def pending_events(self, principal: Principal, limit: int = EVENTS_PAGE) -> list[Event]:
+        """Unacknowledged events, oldest first; NotFound when the connection has no callback."""
+        async with self.store.reader.connect() as conn:
+            callback = await _callback(conn, principal.connection_id)
+            if callback is None:
+                raise NotFound("this connection has no callback; POST /v1/callback first")
+            rows = (await conn.execute(
+                _event_columns().where(*_pending(principal, callback)).order_by(changes.c.seq)
+                .limit(limit)
+            )).all()
+            return await _with_states(conn, principal, rows)
+
+    async def get_event(self, principal: Principal, seq: int) -> Event:
+        async with self.store.reader.connect() as conn:
+            callback = await _callback(conn, principal.connection_id)
+            if callback is None:
+                raise NotFound("this connection has no callback; POST /v1/callback first")
+            rows = (await conn.execute(
+                _event_columns().where(*_pending(principal, callback), changes.c.seq == seq)
+            )).all()
+            if not rows:
+                raise NotFound(f"no pending event with id {seq}")
+            return (await _with_states(conn, principal, rows))[0]
+
+    async def acknowledge(self, principal: Principal, seq: int) -> Event:
+        """Acknowledge one pending event (NotFound if it is not one) and return it."""
+        event = await self.get_event(principal, seq)
+        me = principal.connection_id
+        async with self.store.writer.begin() as conn:
+            # Locking the callback row queues concurrent acks of one callback on PostgreSQL
+            # (SQLite writers are serialized anyway), so the watermark moves one step at a time.
+            callback = await _callback(conn, me, lock=True)
+            if callback is None or seq <= callback.watermark:
+                raise NotFound(f"no pending event with id {seq}")
+            taken = await conn.scalar(select(callback_acks.c.seq).where(
+                callback_acks.c.connection_id == me, callback_acks.c.seq == seq))
+            if taken is not None:
+                raise NotFound(f"no pending event with id {seq}")
+            await conn.execute(insert(callback_acks).values(connection_id=me, seq=seq))
+            await self._advance_watermark(conn, principal, callback)
+        return event
+
+    async def _advance_watermark(self, conn: AsyncConnection, principal: Principal,
+                                 callback: Callback) -> None:
+        c = changes.c
+        first_open = await conn.scalar(
+            select(func.min(c.seq)).where(*_pending(principal, callback)))
+        settled = [c.account_id == principal.account_id, c.seq > callback.watermark,
+                   c.created_at <= self.store.clock() - self.settle_ms]
+        if first_open is not None:
+            settled.append(c.seq < first_open)
+        target = await conn.scalar(select(func.max(c.seq)).where(*settled))
+        if target is None or target <= callback.watermark:
+            return
+        me = principal.connection_id
+        await conn.execute(update(callbacks).where(callbacks.c.connection_id == me)
+                           .values(watermark=int(target)))
+        await conn.execute(delete(callback_acks).where(
+            callback_acks.c.connection_id == me, callback_acks.c.seq <= int(target)))
+
+    async def ack_rows(self, principal: Principal) -> int:
+        """How many ack rows the callback keeps (for monitoring and tests)."""
+        async with self.store.reader.connect() as conn:
+            n = await conn.scalar(select(func.count()).select_from(callback_acks).where(
+                callback_acks.c.connection_id == principal.connection_id))
+        return int(n or 0)
+
+
+def _refs_of(connection_id: int, kind: str) -> Any:
+    p = private_refs
+    return (
+        select(p.c.entity_id, p.c.ref)
+        .where(p.c.connection_id == connection_id, p.c.entity_kind == kind)
+        .subquery("refs")
+    )
+
+
+def _upsert(conn: AsyncConnection, table: Any) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+async def _callback(conn: AsyncConnection, connection_id: int, *, lock: bool = False
+                    ) -> Callback | None:
+    statement = select(callbacks.c.events, callbacks.c.watermark, callbacks.c.created_at).where(
+        callbacks.c.connection_id == connection_id)
+    row = (await conn.execute(statement.with_for_update() if lock else statement)).first()
+    if row is None:
+        return None
+    return Callback(orjson.loads(row[0]), int(row[1]), int(row[2]))
+
+
+def _event_columns() -> Any:
+    c = changes.c
+    return select(c.seq, c.entity_kind, c.entity_id, c.version, c.event_type, c.created_at)
+
+
+def _pending(principal: Principal, callback: Callback) -> list[ColumnElement[bool]]:
+    c = changes.c
+    me = principal.connection_id
+    subscribed = []
+    for kind, types in callback.events.items():
+        created = f"{kind}.created"
+        condition = c.entity_kind == kind
+        if set(types) == {"create"}:
+            condition = and_(condition, c.event_type == created)
+        elif set(types) == {"update"}:
+            condition = and_(condition, c.event_type != created)
+        subscribed.append(condition)
+    acked = exists().where(callback_acks.c.connection_id == me, callback_acks.c.seq == c.seq)
+    return [
+        c.account_id == principal.account_id,
+        c.seq > callback.watermark,
+        or_(c.connection_id.is_(None), c.connection_id != me),
+        or_(*subscribed),
+        ~acked,
+    ]
+
+
+async def _with_states(conn: AsyncConnection, principal: Principal, rows: Sequence[Any]
+                       ) -> list[Event]:
+    ids = {kind: {str(r[2]) for r in rows if r[1] == kind} for kind in EVENT_KINDS}
+    docs: dict[tuple[str, str], tuple[str, str | None]] = {}
+    if ids["order"]:
+        refs = _refs_of(principal.connection_id, "order")
+        found = await conn.execute(
+            select(orders.c.id, orders.c.doc, refs.c.ref)
+            .select_from(orders.outerjoin(refs, refs.c.entity_id == orders.c.id))
+            .where(orders.c.account_id == principal.account_id, orders.c.id.in_(ids["order"])))
+        docs |= {("order", str(r[0])): (str(r[1]), r[2]) for r in found}
+    if ids["shipment"]:
+        found = await conn.execute(
+            select(shipments.c.id, shipments.c.doc)
+            .where(shipments.c.account_id == principal.account_id,
+                   shipments.c.id.in_(ids["shipment"])))
+        docs |= {("shipment", str(r[0])): (str(r[1]), None) for r in found}
+    events = []
+    for seq, kind, entity_id, version, event_type, created_at in rows:
+        doc, ref = docs.get((kind, entity_id), (None, None))
+        events.append(Event(
+            int(seq), str(kind), str(entity_id), int(version),
+            "create" if event_type == f"{kind}.created" else "update", int(created_at), doc, ref,
+        ))
+    return events
