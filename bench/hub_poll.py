@@ -58,6 +58,7 @@ EPOCH_START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 LIMIT = 100
 BATCH = 1000
 ACCOUNT = "bench"
+ANALYZE_AT = {5_000, 20_000, 100_000, 500_000}
 DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -139,12 +140,21 @@ async def seed(url: str, n: int, log: Callable[[str], None]) -> float:
             ]
             results = await store.create_orders(principal, items)
             assert all(r.created for r in results), "seeding refused an order"
+            done = first + len(items)
+            if store.url.backend == "postgresql" and done in ANALYZE_AT:
+                # What autovacuum does during a real load (when it keeps up: on this busy box
+                # it did not). Without it the duplicate check of `create_orders` keeps a plan
+                # made for an empty table, a sequential scan, and seeding goes quadratic.
+                async with store.writer.begin() as conn:
+                    await conn.exec_driver_sql("ANALYZE orders")
+                    await conn.exec_driver_sql("ANALYZE update_counts")
             now = time.perf_counter()
             if now - last_report > 15:
-                done = first + len(items)
                 rate = done / (now - started)
-                log(f"  seeded {done:,}/{n:,} ({rate:,.0f} orders/s, "
-                    f"~{(n - done) / rate:,.0f} s left)")
+                log(
+                    f"  seeded {done:,}/{n:,} ({rate:,.0f} orders/s, "
+                    f"~{(n - done) / rate:,.0f} s left)"
+                )
                 last_report = now
         return time.perf_counter() - started
     finally:
@@ -173,8 +183,9 @@ async def time_range(url: str) -> tuple[int, int, int]:
         async with store.reader.connect() as conn:
             row = (
                 await conn.execute(
-                    select(func.min(orders.c.updated_at), func.max(orders.c.updated_at),
-                           func.count())
+                    select(
+                        func.min(orders.c.updated_at), func.max(orders.c.updated_at), func.count()
+                    )
                 )
             ).one()
         return int(row[0]), int(row[1]), int(row[2])
@@ -190,8 +201,9 @@ def sqlite_checkpoint(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def sqlite_database(n: int, workdir: Path, log: Callable[[str], None],
-                    info: dict[str, Any]) -> Iterator[str]:
+def sqlite_database(
+    n: int, workdir: Path, log: Callable[[str], None], info: dict[str, Any]
+) -> Iterator[str]:
     """A private copy of the cached seeded SQLite file (seeding it first if not cached)."""
     CACHE.mkdir(exist_ok=True)
     cached = CACHE / f"hub_poll-sqlite-{n}-v{SEED_VERSION}.db"
@@ -219,8 +231,9 @@ def sqlite_database(n: int, workdir: Path, log: Callable[[str], None],
 
 
 @contextlib.contextmanager
-def postgresql_database(n: int, admin_url: str, log: Callable[[str], None],
-                        info: dict[str, Any]) -> Iterator[str]:
+def postgresql_database(
+    n: int, admin_url: str, log: Callable[[str], None], info: dict[str, Any]
+) -> Iterator[str]:
     """A fresh database on the local server, seeded, VACUUM ANALYZEd, dropped at the end."""
     import psycopg
 
@@ -312,6 +325,7 @@ class HttpConnection:
         ).encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.reconnects = 0
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(
@@ -323,8 +337,19 @@ class HttpConnection:
 
     async def get(self, target: str) -> tuple[int, bytes]:
         assert self.reader is not None and self.writer is not None
-        self.writer.write(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self.head)
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        request = b"GET " + target.encode() + b" HTTP/1.1\r\n" + self.head
+        self.writer.write(request)
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closed a keep-alive connection that sat idle (uvicorn: 5 s), e.g.
+            # while the other clients finished their warm-up. Reconnect once, as clients do.
+            self.close()
+            await self.connect()
+            self.reconnects += 1
+            assert self.reader is not None and self.writer is not None
+            self.writer.write(request)
+            head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         length, chunked = -1, False
@@ -353,8 +378,9 @@ class HttpConnection:
             self.writer.close()
 
 
-async def http_walk(conn: HttpConnection, since: str, stop: int | None, pages: int,
-                    result: WalkResult) -> None:
+async def http_walk(
+    conn: HttpConnection, since: str, stop: int | None, pages: int, result: WalkResult
+) -> None:
     offset = 0
     clock = time.perf_counter
     for _ in range(pages):
@@ -375,22 +401,38 @@ async def http_walk(conn: HttpConnection, since: str, stop: int | None, pages: i
             return
 
 
-async def http_load(port: int, token: str, plan: list[tuple[str, int | None]], pages: int,
-                    warmup_pages: int) -> dict[str, Any]:
+async def http_load(
+    hub_pid: int,
+    port: int,
+    token: str,
+    plan: list[tuple[str, int | None]],
+    pages: int,
+    warmup_pages: int,
+) -> dict[str, Any]:
     conns = [HttpConnection("127.0.0.1", port, token) for _ in plan]
     for conn in conns:
         await conn.connect()
     try:
         warm = [WalkResult() for _ in plan]
-        await asyncio.gather(*(http_walk(c, since, None, warmup_pages, w)
-                               for c, (since, _), w in zip(conns, plan, warm, strict=True)))
+        await asyncio.gather(
+            *(
+                http_walk(c, since, None, warmup_pages, w)
+                for c, (since, _), w in zip(conns, plan, warm, strict=True)
+            )
+        )
         results = [WalkResult() for _ in plan]
+        hub0 = proc_cpu_seconds(hub_pid)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
-        await asyncio.gather(*(http_walk(c, since, stop, pages, r)
-                               for c, (since, stop), r in zip(conns, plan, results, strict=True)))
+        await asyncio.gather(
+            *(
+                http_walk(c, since, stop, pages, r)
+                for c, (since, stop), r in zip(conns, plan, results, strict=True)
+            )
+        )
         elapsed = time.perf_counter() - started
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        hub_cpu = proc_cpu_seconds(hub_pid) - hub0
     finally:
         for conn in conns:
             conn.close()
@@ -398,30 +440,49 @@ async def http_load(port: int, token: str, plan: list[tuple[str, int | None]], p
     return {
         "elapsed": elapsed,
         "client_cpu": cpu,
+        "hub_cpu": hub_cpu,
+        "reconnects": sum(c.reconnects for c in conns),
         "pages": [r.pages for r in results],
         "orders": [r.orders for r in results],
         "latencies": [x for r in results for x in r.latencies],
     }
 
 
-def load_process(port: int, token: str, plan: list[tuple[str, int | None]], pages: int,
-                 warmup_pages: int, out: Any) -> None:
+def load_process(
+    hub_pid: int,
+    port: int,
+    token: str,
+    plan: list[tuple[str, int | None]],
+    pages: int,
+    warmup_pages: int,
+    out: Any,
+) -> None:
     """Entry point of the load process (multiprocessing, spawn)."""
     import uvloop
 
     try:
-        result = uvloop.run(http_load(port, token, plan, pages, warmup_pages))
+        result = uvloop.run(http_load(hub_pid, port, token, plan, pages, warmup_pages))
         out.put(("ok", result))
     except BaseException as exc:  # report to the parent instead of dying silently
         out.put(("error", repr(exc)))
 
 
-def run_http_load(port: int, token: str, plan: list[tuple[str, int | None]], pages: int,
-                  warmup_pages: int, timeout: float) -> dict[str, Any]:
+def run_http_load(
+    hub_pid: int,
+    port: int,
+    token: str,
+    plan: list[tuple[str, int | None]],
+    pages: int,
+    warmup_pages: int,
+    timeout: float,
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=load_process,
-                       args=(port, token, plan, pages, warmup_pages, out), daemon=True)
+    proc = ctx.Process(
+        target=load_process,
+        args=(hub_pid, port, token, plan, pages, warmup_pages, out),
+        daemon=True,
+    )
     proc.start()
     deadline = time.monotonic() + timeout
     try:
@@ -446,8 +507,9 @@ def run_http_load(port: int, token: str, plan: list[tuple[str, int | None]], pag
 # -- the in-process floor -----------------------------------------------------------------------
 
 
-async def floor_walk(store: Any, account_id: int, since: str, stop: int | None, pages: int,
-                     result: WalkResult) -> None:
+async def floor_walk(
+    store: Any, account_id: int, since: str, stop: int | None, pages: int, result: WalkResult
+) -> None:
     """What the route does per page, minus HTTP: parse `updated_since`, `list_orders`,
     `_envelope`. Re-anchoring parses only the trailing documents (the client's job)."""
     from ordersync.hub.dialects.masonhub import _envelope
@@ -480,22 +542,30 @@ async def floor_walk(store: Any, account_id: int, since: str, stop: int | None, 
             return
 
 
-async def floor_load(url: str, token: str, plan: list[tuple[str, int | None]], pages: int,
-                     warmup_pages: int) -> dict[str, Any]:
+async def floor_load(
+    url: str, token: str, plan: list[tuple[str, int | None]], pages: int, warmup_pages: int
+) -> dict[str, Any]:
     from ordersync.store.store import Store
 
     store = await Store.open(url, migrate=False)
     try:
         principal = await store.authenticate(token)
         warm = [WalkResult() for _ in plan]
-        await asyncio.gather(*(floor_walk(store, principal.account_id, since, None,
-                                          warmup_pages, w)
-                               for (since, _), w in zip(plan, warm, strict=True)))
+        await asyncio.gather(
+            *(
+                floor_walk(store, principal.account_id, since, None, warmup_pages, w)
+                for (since, _), w in zip(plan, warm, strict=True)
+            )
+        )
         results = [WalkResult() for _ in plan]
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
-        await asyncio.gather(*(floor_walk(store, principal.account_id, since, stop, pages, r)
-                               for (since, stop), r in zip(plan, results, strict=True)))
+        await asyncio.gather(
+            *(
+                floor_walk(store, principal.account_id, since, stop, pages, r)
+                for (since, stop), r in zip(plan, results, strict=True)
+            )
+        )
         elapsed = time.perf_counter() - started
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
@@ -510,8 +580,9 @@ async def floor_load(url: str, token: str, plan: list[tuple[str, int | None]], p
     }
 
 
-def run_floor(url: str, token: str, plan: list[tuple[str, int | None]], pages: int,
-              warmup_pages: int) -> dict[str, Any]:
+def run_floor(
+    url: str, token: str, plan: list[tuple[str, int | None]], pages: int, warmup_pages: int
+) -> dict[str, Any]:
     import uvloop
 
     return uvloop.run(floor_load(url, token, plan, pages, warmup_pages))
@@ -543,8 +614,10 @@ def hub_server(url: str, workdir: Path, log: Callable[[str], None]) -> Iterator[
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"hub exited with {proc.returncode}; see {logfile.name}:\n"
-                                   + (workdir / f"hub-{port}.log").read_text()[-2000:])
+                raise RuntimeError(
+                    f"hub exited with {proc.returncode}; see {logfile.name}:\n"
+                    + (workdir / f"hub-{port}.log").read_text()[-2000:]
+                )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
                     if r.status == 200:
@@ -564,6 +637,68 @@ def hub_server(url: str, workdir: Path, log: Callable[[str], None]) -> Iterator[
             proc.kill()
             proc.wait()
         logfile.close()
+
+
+def start_profiler(pid: int, out_dir: Path, backend: str, clients: int) -> tuple[Any, Path]:
+    """py-spy on the hub process (all threads, GIL-holding samples only), collapsed format."""
+    spy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+    if spy is None:
+        raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    out_dir.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    out = out_dir / f"hub_poll-{stamp}-{backend}-c{clients}.pyspy.txt"
+    proc = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "-p",
+            str(pid),
+            "-o",
+            str(out),
+            "-f",
+            "raw",
+            "-r",
+            "250",
+            "--threads",
+            "--gil",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches before the load starts
+    return proc, out
+
+
+def stop_profiler(spy: tuple[Any, Path], log: Callable[[str], None], top: int = 15) -> None:
+    proc, out = spy
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if not out.exists():
+        log("profile: py-spy wrote nothing (ptrace not permitted?)")
+        return
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")[1:]  # drop the thread name
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    log(f"profile: {total} samples holding the GIL -> {out.relative_to(ROOT)}")
+    for title, table in (("self", own), ("inclusive", inclusive)):
+        print(f"  top {title}:", file=sys.stderr)
+        for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"    {100 * n / max(total, 1):5.1f}%  {frame[:120]}", file=sys.stderr)
 
 
 # -- reporting ----------------------------------------------------------------------------
@@ -593,18 +728,27 @@ class Row:
     ratio: float  # HTTP time per page / floor time per page
     server_cpu_pct: float  # of one core, hub process (all threads), during the HTTP run
     client_cpu_pct: float  # of one core, load process, during the HTTP run
+    hub_cpu_ms_per_page: float  # hub process CPU (all threads) per page: robust to noise
+    reconnects: int  # keep-alive connections the hub closed while idle (client reconnected)
+    floor_cpu_ms_per_page: float  # bench process CPU per page in the floor run
     orders_seen: int
 
 
 def print_table(rows: list[Row]) -> None:
-    header = (f"{'backend':<11}{'orders':>10}{'clients':>8}{'pages/s':>10}{'p50 ms':>9}"
-              f"{'p99 ms':>9}{'floor p/s':>11}{'ratio':>7}{'hub cpu':>9}{'load cpu':>10}")
+    header = (
+        f"{'backend':<11}{'orders':>10}{'clients':>8}{'pages/s':>10}{'p50 ms':>9}"
+        f"{'p99 ms':>9}{'floor p/s':>11}{'ratio':>7}{'hub cpu':>9}{'load cpu':>10}"
+        f"{'hub cpu ms/pg':>15}{'floor cpu ms/pg':>17}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r.backend:<11}{r.orders:>10,}{r.clients:>8}{r.pages_per_s:>10,.0f}"
-              f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.floor_pages_per_s:>11,.0f}{r.ratio:>7.2f}"
-              f"{r.server_cpu_pct:>8.0f}%{r.client_cpu_pct:>9.0f}%")
+        print(
+            f"{r.backend:<11}{r.orders:>10,}{r.clients:>8}{r.pages_per_s:>10,.0f}"
+            f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.floor_pages_per_s:>11,.0f}{r.ratio:>7.2f}"
+            f"{r.server_cpu_pct:>8.0f}%{r.client_cpu_pct:>9.0f}%"
+            f"{r.hub_cpu_ms_per_page:>15.2f}{r.floor_cpu_ms_per_page:>17.2f}"
+        )
 
 
 def targets(rows: list[Row]) -> list[str]:
@@ -623,8 +767,17 @@ def targets(rows: list[Row]) -> list[str]:
 # -- main ---------------------------------------------------------------------------------
 
 
-def bench_backend(backend: str, url: str, n: int, clients: list[int], pages: int | None,
-                  warmup: int, workdir: Path, log: Callable[[str], None]) -> list[Row]:
+def bench_backend(
+    backend: str,
+    url: str,
+    n: int,
+    clients: list[int],
+    pages: int | None,
+    warmup: int,
+    workdir: Path,
+    log: Callable[[str], None],
+    profile_dir: Path | None = None,
+) -> list[Row]:
     lo, hi, count = asyncio.run(time_range(url))
     if count != n:
         raise RuntimeError(f"{backend}: expected {n} orders, found {count}")
@@ -637,30 +790,41 @@ def bench_backend(backend: str, url: str, n: int, clients: list[int], pages: int
             log(f"{backend}: {c} client(s), up to {per_client:,} pages each: floor ...")
             floor = run_floor(url, token, plan, per_client, warmup)
             log(f"{backend}: {c} client(s): HTTP ...")
-            cpu0 = proc_cpu_seconds(pid)
-            http = run_http_load(port, token, plan, per_client, warmup, timeout=3600)
-            server_cpu = proc_cpu_seconds(pid) - cpu0
+            spy = start_profiler(pid, profile_dir, backend, c) if profile_dir else None
+            http = run_http_load(pid, port, token, plan, per_client, warmup, timeout=3600)
+            server_cpu = http["hub_cpu"]  # read by the load process around the measured walk
+            if spy is not None:
+                stop_profiler(spy, log)
             http_pages, floor_pages = sum(http["pages"]), sum(floor["pages"])
             http_pps = http_pages / http["elapsed"]
             floor_pps = floor_pages / floor["elapsed"]
             if c == 1 and pages is None and sum(http["orders"]) != n:
                 raise RuntimeError(f"the full walk saw {sum(http['orders'])} orders, not {n}")
             row = Row(
-                backend=backend, orders=n, clients=c, pages=http_pages,
+                backend=backend,
+                orders=n,
+                clients=c,
+                pages=http_pages,
                 pages_per_s=round(http_pps, 1),
                 p50_ms=round(percentile(http["latencies"], 0.50) * 1000, 3),
                 p99_ms=round(percentile(http["latencies"], 0.99) * 1000, 3),
-                floor_pages=floor_pages, floor_pages_per_s=round(floor_pps, 1),
+                floor_pages=floor_pages,
+                floor_pages_per_s=round(floor_pps, 1),
                 floor_p50_ms=round(percentile(floor["latencies"], 0.50) * 1000, 3),
                 floor_p99_ms=round(percentile(floor["latencies"], 0.99) * 1000, 3),
                 ratio=round(floor_pps / http_pps, 3),
                 server_cpu_pct=round(100 * server_cpu / http["elapsed"], 1),
                 client_cpu_pct=round(100 * http["client_cpu"] / http["elapsed"], 1),
+                hub_cpu_ms_per_page=round(1000 * server_cpu / http_pages, 3),
+                reconnects=http["reconnects"],
+                floor_cpu_ms_per_page=round(1000 * floor["cpu"] / floor_pages, 3),
                 orders_seen=sum(http["orders"]),
             )
-            log(f"{backend}: {c} client(s): {http_pps:,.0f} pages/s over HTTP "
+            log(
+                f"{backend}: {c} client(s): {http_pps:,.0f} pages/s over HTTP "
                 f"(p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms), floor {floor_pps:,.0f} "
-                f"pages/s, hub cpu {row.server_cpu_pct:.0f}%, load cpu {row.client_cpu_pct:.0f}%")
+                f"pages/s, hub cpu {row.server_cpu_pct:.0f}%, load cpu {row.client_cpu_pct:.0f}%"
+            )
             rows.append(row)
     return rows
 
@@ -670,19 +834,42 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=1_000_000, help="orders to seed")
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
-    parser.add_argument("--pages", type=int, default=None,
-                        help="pages per client (default: each client walks its 1/C slice of "
-                             "the whole set, so every run reads all N orders once)")
-    parser.add_argument("--warmup", type=int, default=50,
-                        help="pages per client walked before measuring (default 50)")
-    parser.add_argument("--pg-orders", type=int, default=None,
-                        help="orders to seed on PostgreSQL (default: --orders)")
-    parser.add_argument("--pg-admin", default=os.environ.get("ORDERSYNC_TEST_PG",
-                                                             DEFAULT_PG_ADMIN),
-                        help="admin URL of the PostgreSQL server (a database is created there)")
+    parser.add_argument(
+        "--pages",
+        type=int,
+        default=None,
+        help="pages per client (default: each client walks its 1/C slice of "
+        "the whole set, so every run reads all N orders once)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=50,
+        help="pages per client walked before measuring (default 50)",
+    )
+    parser.add_argument(
+        "--pg-orders",
+        type=int,
+        default=None,
+        help="orders to seed on PostgreSQL (default: --orders)",
+    )
+    parser.add_argument(
+        "--pg-admin",
+        default=os.environ.get("ORDERSYNC_TEST_PG", DEFAULT_PG_ADMIN),
+        help="admin URL of the PostgreSQL server (a database is created there)",
+    )
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
-    parser.add_argument("--seed-only", action="store_true",
-                        help="only build the SQLite seed cache for --orders, then exit")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the hub with py-spy during each HTTP run (pip install "
+        "py-spy into the venv); collapsed stacks go to bench/results/",
+    )
+    parser.add_argument(
+        "--seed-only",
+        action="store_true",
+        help="only build the SQLite seed cache for --orders, then exit",
+    )
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
@@ -690,9 +877,12 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    log(f"load average at start: {load_at_start} on {os.cpu_count()} cpus")
     if args.seed_only:
-        with tempfile.TemporaryDirectory(prefix="hub_poll-") as tmp, sqlite_database(
-            args.orders, Path(tmp), log, {}
+        with (
+            tempfile.TemporaryDirectory(prefix="hub_poll-") as tmp,
+            sqlite_database(args.orders, Path(tmp), log, {}),
         ):
             return
     rows: list[Row] = []
@@ -709,21 +899,36 @@ def main() -> None:
                 db = postgresql_database(n, args.pg_admin, log, info)
             with db as url:
                 info["orders"] = n
-                rows += bench_backend(backend, url, n, clients, args.pages, args.warmup,
-                                      workdir, log)
+                rows += bench_backend(
+                    backend,
+                    url,
+                    n,
+                    clients,
+                    args.pages,
+                    args.warmup,
+                    workdir,
+                    log,
+                    RESULTS if args.profile else None,
+                )
             infos[backend] = info
             if backend == "sqlite":
                 (workdir / "hub.db").unlink(missing_ok=True)
 
     print()
     print_table(rows)
-    print("ratio = HTTP time per page / in-process floor time per page (same concurrency)")
+    print(
+        "ratio = HTTP time per page / in-process floor time per page (same concurrency); "
+        "cpu ms/pg = CPU seconds per page (all threads), robust to a noisy box"
+    )
     for backend, info in infos.items():
         secs = info.get("seed_seconds")
-        seeded = ("cached" if secs is None
-                  else f"{secs:,.1f} s ({info['orders'] / secs:,.0f} orders/s)")
-        print(f"seed {backend}: {info['orders']:,} orders, {seeded}, "
-              f"db {info.get('db_bytes', 0) / 1e6:,.0f} MB")
+        seeded = (
+            "cached" if secs is None else f"{secs:,.1f} s ({info['orders'] / secs:,.0f} orders/s)"
+        )
+        print(
+            f"seed {backend}: {info['orders']:,} orders, {seeded}, "
+            f"db {info.get('db_bytes', 0) / 1e6:,.0f} MB"
+        )
     for line in targets(rows):
         print(line)
     if not args.no_save:
@@ -734,7 +939,12 @@ def main() -> None:
             "bench": "hub_poll",
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "argv": sys.argv[1:],
-            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": sys.version.split()[0],
+                "loadavg_at_start": load_at_start,
+                "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            },
             "limit": LIMIT,
             "seed": infos,
             "rows": [asdict(r) for r in rows],

@@ -51,15 +51,20 @@ class Hub:
 async def _seed(db_url: str) -> tuple[dict[str, str], list[str]]:
     store = await Store.open(db_url)
     await store.ensure_account("acme", timezone="Europe/Paris")
-    tokens = {name: await store.create_token("acme", name)
-              for name in ("erp", "other", "watcher", "acker")}
+    tokens = {
+        name: await store.create_token("acme", name)
+        for name in ("erp", "other", "watcher", "acker")
+    }
     principal = await store.authenticate(tokens["erp"])
     ticks = iter(range(SEED_START, SEED_START + 10_000_000, 1000))
     store.clock = lambda: next(ticks)
-    results = await store.create_orders(principal, [
-        NewOrder.model_validate(order_payload(f"PO-{i}", delivery_days=[1, 2, 3, 4, 5]))
-        for i in range(SEEDED)
-    ])
+    results = await store.create_orders(
+        principal,
+        [
+            NewOrder.model_validate(order_payload(f"PO-{i}", delivery_days=[1, 2, 3, 4, 5]))
+            for i in range(SEEDED)
+        ],
+    )
     await store.close()
     return tokens, [r.order.id for r in results if r.order is not None]
 
@@ -90,11 +95,17 @@ def hubrise_order(ref: str, **overrides: Any) -> dict[str, Any]:
         "service_type": "delivery",
         "service_type_ref": "ground",
         "shipping_provider": "UPS",
-        "customer": {"first_name": "Ada", "last_name": "Lovelace",
-                     "address_1": "12 Analytical Row", "city": "London",
-                     "postal_code": "EC1A 1BB", "country": "GB"},
-        "items": [{"product_name": "Widget", "sku_ref": "SKU-1", "price": "9.99 EUR",
-                   "quantity": "2"}],
+        "customer": {
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "address_1": "12 Analytical Row",
+            "city": "London",
+            "postal_code": "EC1A 1BB",
+            "country": "GB",
+        },
+        "items": [
+            {"product_name": "Widget", "sku_ref": "SKU-1", "price": "9.99 EUR", "quantity": "2"}
+        ],
         "delivery_days": "12345--",
     }
     body.update(overrides)
@@ -104,8 +115,9 @@ def hubrise_order(ref: str, **overrides: Any) -> dict[str, Any]:
 def walk(client: httpx.Client, **params: Any) -> list[list[dict[str, Any]]]:
     pages, cursor = [], None
     while True:
-        response = client.get("/v1/location/orders",
-                              params={**params, **({"cursor": cursor} if cursor else {})})
+        response = client.get(
+            "/v1/location/orders", params={**params, **({"cursor": cursor} if cursor else {})}
+        )
         assert response.status_code == 200, response.text
         pages.append(response.json())
         cursor = response.headers.get("X-Cursor-Next")
@@ -126,8 +138,7 @@ def test_a_150_order_walk_returns_100_then_50_and_no_further_cursor(hub: Hub) ->
 
 def test_orders_come_newest_first(hub: Hub) -> None:
     """created_at descending, as HubRise lists them."""
-    page = hub.erp.get("/v1/location/orders",
-                       params={"count": 30, "before": "2024-01-01"}).json()
+    page = hub.erp.get("/v1/location/orders", params={"count": 30, "before": "2024-01-01"}).json()
     assert [o["id"] for o in page] == list(reversed(hub.seeded))[:30]
 
 
@@ -168,6 +179,7 @@ def test_the_cursor_walk_is_stable_while_orders_change(hub: Hub) -> None:
         ({"after": "yesterday"}, "after"),
         ({"before": "2024-13-01T00:00:00Z"}, "before"),
         ({"status": "lost"}, "status"),
+        ({"private_ref": "a\x00b"}, "private_ref"),
     ],
 )
 def test_bad_listing_parameters_are_a_400_naming_the_field(
@@ -188,8 +200,10 @@ def test_count_bounds_1_and_100_are_served(hub: Hub) -> None:
 
 def test_after_and_before_filter_on_creation_time(hub: Hub) -> None:
     """`after` is inclusive, `before` exclusive; a time without offset is the location's."""
-    page = hub.erp.get("/v1/location/orders", params={
-        "after": "2023-11-14T23:13:30", "before": "2023-11-14T23:13:35+01:00"}).json()
+    page = hub.erp.get(
+        "/v1/location/orders",
+        params={"after": "2023-11-14T23:13:30", "before": "2023-11-14T23:13:35+01:00"},
+    ).json()
     assert [o["ref"] for o in page] == [f"PO-{i}" for i in (14, 13, 12, 11, 10)]
 
 
@@ -218,8 +232,10 @@ def test_an_order_has_hubrise_types(hub: Hub) -> None:
 
 
 def test_an_unknown_order_is_404_not_found(hub: Hub) -> None:
-    response = hub.erp.get("/v1/location/orders/nope")
-    assert response.status_code == 404 and response.json()["error_type"] == "not_found"
+    """Any id that names no order, even one no database could store, is a 404."""
+    for order_id in ("nope", "a%00b", "x" * 200):
+        response = hub.erp.get(f"/v1/location/orders/{order_id}")
+        assert response.status_code == 404 and response.json()["error_type"] == "not_found"
 
 
 def test_an_unknown_route_is_a_routing_error(hub: Hub) -> None:
@@ -230,8 +246,9 @@ def test_an_unknown_route_is_a_routing_error(hub: Hub) -> None:
 # -- auth and headers ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers", [{}, {"X-Access-Token": "wrong"},
-                                     {"Authorization": "Bearer wrong"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"X-Access-Token": "wrong"}, {"Authorization": "Bearer wrong"}]
+)
 def test_without_a_valid_access_token_the_answer_is_exactly_unauthorized(
     hub: Hub, headers: dict[str, str]
 ) -> None:
@@ -264,8 +281,11 @@ def test_the_etag_changes_when_the_order_does(hub: Hub) -> None:
 def test_a_post_with_method_override_patch_acts_as_patch(hub: Hub) -> None:
     """POST /location/orders/:id with X-Http-Method-Override: PATCH updates the order."""
     order_id = hub.seeded[6]
-    response = hub.erp.post(f"/v1/location/orders/{order_id}", json={"private_ref": "OVR-1"},
-                            headers={"X-Http-Method-Override": "PATCH"})
+    response = hub.erp.post(
+        f"/v1/location/orders/{order_id}",
+        json={"private_ref": "OVR-1"},
+        headers={"X-Http-Method-Override": "PATCH"},
+    )
     assert response.status_code == 200 and response.json()["private_ref"] == "OVR-1"
 
 
@@ -278,8 +298,11 @@ def test_method_override_is_refused_on_a_get(hub: Hub) -> None:
 
 def test_a_body_that_is_not_json_is_a_415(hub: Hub) -> None:
     """Content-Type other than application/json -> 415 unsupported_media_type."""
-    response = hub.erp.post("/v1/location/orders", content=b"ref=1",
-                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = hub.erp.post(
+        "/v1/location/orders",
+        content=b"ref=1",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 415
     assert response.json()["error_type"] == "unsupported_media_type"
 
@@ -289,8 +312,9 @@ def test_a_body_that_is_not_json_is_a_415(hub: Hub) -> None:
 
 def test_create_maps_a_hubrise_body_to_an_order(hub: Hub) -> None:
     """POST /location/orders creates the order and answers it in HubRise shape, private ref set."""
-    response = hub.erp.post("/v1/location/orders",
-                            json=hubrise_order("HR-1", private_ref="ERP-HR-1", total="19.98 EUR"))
+    response = hub.erp.post(
+        "/v1/location/orders", json=hubrise_order("HR-1", private_ref="ERP-HR-1", total="19.98 EUR")
+    )
     assert response.status_code == 201, response.text
     order = response.json()
     assert (order["ref"], order["status"], order["private_ref"]) == ("HR-1", "new", "ERP-HR-1")
@@ -300,19 +324,34 @@ def test_create_maps_a_hubrise_body_to_an_order(hub: Hub) -> None:
 
 def test_validation_errors_are_a_422_with_a_field_breakdown(hub: Hub) -> None:
     """Every field at fault is named, in HubRise's names, with message "Validation failed"."""
-    body = hubrise_order("HR-BAD", delivery_days="1234567x", customer={
-        "first_name": "Ada", "address_1": "x", "city": "London", "postal_code": "1",
-        "country": "gb"})
-    body["items"] = [{"sku_ref": "S", "price": "abc", "quantity": "1.5.2"},
-                     {"sku_ref": "T", "price": "1.00 USD", "quantity": "1"}]
+    body = hubrise_order(
+        "HR-BAD",
+        delivery_days="1234567x",
+        customer={
+            "first_name": "Ada",
+            "address_1": "x",
+            "city": "London",
+            "postal_code": "1",
+            "country": "gb",
+        },
+    )
+    body["items"] = [
+        {"sku_ref": "S", "price": "abc", "quantity": "1.5.2"},
+        {"sku_ref": "T", "price": "1.00 USD", "quantity": "1"},
+    ]
     response = hub.erp.post("/v1/location/orders", json=body)
     assert response.status_code == 422
     payload = response.json()
     assert payload["error_type"] == "unprocessable_entity"
     assert payload["message"] == "Validation failed"
     fields = {e["field"] for e in payload["errors"]}
-    assert {"delivery_days", "items.0.price", "items.0.quantity", "items.1.price",
-            "customer.country"} <= fields
+    assert {
+        "delivery_days",
+        "items.0.price",
+        "items.0.quantity",
+        "items.1.price",
+        "customer.country",
+    } <= fields
     assert any("'abc' is not a valid monetary amount" in e["message"] for e in payload["errors"])
 
 
@@ -382,7 +421,9 @@ def test_callback_events_list_other_connections_changes_only(hub: Hub) -> None:
     new = hub.other.post("/v1/location/orders", json=hubrise_order("CB-1")).json()
     events = hub.watcher.get("/v1/callback/events").json()
     assert [(e["event_type"], e["order_id"]) for e in events] == [
-        ("update", order_id), ("create", new["id"])]
+        ("update", order_id),
+        ("create", new["id"]),
+    ]
     first = events[0]
     assert first["resource_type"] == "order" and first["version"] == 2
     assert first["new_state"]["status"] == "received" and first["location_id"] == "acme"
@@ -435,11 +476,14 @@ def test_a_callback_can_be_deleted_and_events_need_one(hub: Hub) -> None:
     assert client.get("/v1/callback/events").status_code == 404
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"events": {"order": ["delete"]}}, "events.order"),
-    ({"events": {"catalog": ["update"]}}, "events.catalog"),
-    ({"url": "https://example.com/cb", "events": {"order": ["create"]}}, "url"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"events": {"order": ["delete"]}}, "events.order"),
+        ({"events": {"catalog": ["update"]}}, "events.catalog"),
+        ({"url": "https://example.com/cb", "events": {"order": ["create"]}}, "url"),
+    ],
+)
 def test_bad_callback_bodies_are_a_422(hub: Hub, body: dict[str, Any], field: str) -> None:
     response = hub.other.post("/v1/callback", json=body)
     assert response.status_code == 422
@@ -462,5 +506,4 @@ def test_the_simulators_writes_are_events_too(hub: Hub) -> None:
 
     asyncio.run(warehouse_moves())
     events = client.get("/v1/callback/events").json()
-    assert [(e["order_id"], e["new_state"]["status"]) for e in events] == [
-        (order_id, "received")]
+    assert [(e["order_id"], e["new_state"]["status"]) for e in events] == [(order_id, "received")]

@@ -173,11 +173,12 @@ def test_a_bad_query_parameter_is_400_naming_the_field(
 
 
 def test_limits_at_the_edges_are_accepted(tenant: Tenant) -> None:
-    """limit 1 and 100, offset 0 and 30 ids are all valid."""
+    """limit 1 and 100, offset 0 up to the 64-bit maximum and 30 ids are all valid."""
     ids = "&".join(f"id={uuid.uuid4()}" for _ in range(30))
-    for query in ("limit=1", "limit=100&offset=0", ids):
+    for query in ("limit=1", "limit=100&offset=0", ids, f"offset={2**63 - 1}"):
         response = tenant.api.get(f"/api/v1/orders?{query}")
         assert response.status_code == 200, response.text
+        assert response.json()["data"] == []
 
 
 def test_an_order_id_that_is_not_a_uuid_is_refused(tenant: Tenant) -> None:
@@ -372,7 +373,7 @@ def walk(tenant: Tenant, path: str, since: str, limit: int) -> tuple[list[dict[s
         since = last
 
 
-@pytest.mark.parametrize("limit", [1, 3, 5, 100])
+@pytest.mark.parametrize("limit", [1, 5, 100])
 def test_walking_with_updated_since_and_reanchoring_returns_each_order_once(
     tenant: Tenant, limit: int
 ) -> None:

@@ -132,6 +132,8 @@ def test_a_method_override_is_classified_as_the_method_it_means() -> None:
     headers = [(b"x-http-method-override", b"patch")]
     assert request_method({"method": "POST", "headers": headers}) == "PATCH"
     assert request_method({"method": "GET", "headers": headers}) == "GET"
+    sneaky = [(b"x-http-method-override", b"GET")]  # the dialect refuses it; still a POST here
+    assert request_method({"method": "POST", "headers": sneaky}) == "POST"
 
 
 def test_the_connection_is_the_tokens_hash_whichever_header_carries_it() -> None:

@@ -20,8 +20,8 @@ import structlog
 
 from ordersync.agent.errors import AgentError, AuthError
 from ordersync.agent.metrics import AgentMetrics
-from ordersync.agent.paging import TiePager
-from ordersync.agent.records import Cursor, Record
+from ordersync.agent.paging import PageRequest, TiePager
+from ordersync.agent.records import Cursor, FetchedPage, Record
 from ordersync.agent.sinks.base import Sink
 from ordersync.agent.sources import Source
 from ordersync.domain.timestamps import now_ms
@@ -159,24 +159,43 @@ class SyncEngine:
         start = 0 if cursor is None else cursor.updated_at_ms - self.settings.lookback_ms
         pager = TiePager(start, self.page_size)
         drain_start: int | None = None
-        while not pager.done:
-            if (max_pages is not None and counts.pages >= max_pages) or (
-                    stop_event is not None and stop_event.is_set()):
-                return
-            request = pager.next_request()
-            page = await self.source.fetch_page(stream, request.since_ms, request.offset,
-                                                request.limit)
-            if drain_start is None:
-                drain_start = page.server_time_ms or self.clock()
-            counts.pages += 1
-            counts.fetched += len(page.records)
-            fresh = pager.accept(request, page.records)
-            await self._fire("after_fetch", stream)
-            if fresh:
-                cursor = await self._commit_page(stream, fresh, cursor, drain_start, counts)
-                state.cursor = cursor
-                await self._fire("after_commit", stream)
-        self._caught_up(stream, state, drain_start)
+
+        def may_fetch() -> bool:
+            return not pager.done and not (
+                (max_pages is not None and counts.pages >= max_pages)
+                or (stop_event is not None and stop_event.is_set()))
+
+        ahead = self._fetch_ahead(stream, pager) if may_fetch() else None
+        try:
+            while ahead is not None:
+                request, fetching = ahead
+                page = await fetching
+                if drain_start is None:
+                    drain_start = page.server_time_ms or self.clock()
+                counts.pages += 1
+                counts.fetched += len(page.records)
+                fresh = pager.accept(request, page.records)
+                await self._fire("after_fetch", stream)
+                # Read ahead: the next request depends only on the pager, so it can travel
+                # while this page is written. A crash or stop discards it unapplied.
+                ahead = self._fetch_ahead(stream, pager) if may_fetch() else None
+                if fresh:
+                    cursor = await self._commit_page(stream, fresh, cursor, drain_start, counts)
+                    state.cursor = cursor
+                    await self._fire("after_commit", stream)
+                if stop_event is not None and stop_event.is_set():
+                    return
+        finally:
+            if ahead is not None:
+                await _discard(ahead[1])
+        if pager.done:
+            self._caught_up(stream, state, drain_start)
+
+    def _fetch_ahead(self, stream: str, pager: TiePager
+                     ) -> tuple[PageRequest, asyncio.Task[FetchedPage]]:
+        request = pager.next_request()
+        return request, asyncio.ensure_future(self.source.fetch_page(
+            stream, request.since_ms, request.offset, request.limit))
 
     async def _commit_page(self, stream: str, fresh: list[Record], cursor: Cursor | None,
                            drain_start: int, counts: CycleCounts) -> Cursor:
@@ -211,3 +230,10 @@ class SyncEngine:
         outcome = self.hook(step, stream)
         if inspect.isawaitable(outcome):
             await outcome
+
+
+async def _discard(task: asyncio.Task[FetchedPage]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not warn about it

@@ -46,3 +46,7 @@ class Cursor:
 class ApplyResult:
     applied: int
     duplicates: int
+
+
+# The entity kind each stream carries, across dialects.
+STREAM_KINDS: dict[str, Kind] = {"orders": "order", "shipments": "shipment"}

@@ -39,8 +39,9 @@ def next_status(current: OrderStatus) -> OrderStatus | None:
     return _FORWARD.get(current)
 
 
-def check_transition(current: OrderStatus, target: OrderStatus) -> None:
+def check_transition(current: OrderStatus | str, target: OrderStatus | str) -> None:
     """Raise `InvalidTransition`, with the reason, unless `current -> target` is allowed."""
+    current, target = OrderStatus(current), OrderStatus(target)
     if target is OrderStatus.CANCELED:
         if current in CANCELABLE:
             return

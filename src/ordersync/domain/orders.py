@@ -39,6 +39,12 @@ class LineItem(_Model):
     quantity: Decimal = Field(gt=0, max_digits=30, decimal_places=12)
     unit_price: Decimal = Field(ge=0, max_digits=30, decimal_places=12)
 
+    @field_validator("quantity", "unit_price")
+    @classmethod
+    def _positional(cls, value: Decimal) -> Decimal:
+        # 1E+2 is exact but unreadable on the wire; keep the value, drop the exponent form.
+        return Decimal(format(value, "f")) if value.as_tuple().exponent > 0 else value  # type: ignore[operator]
+
 
 class OrderLine(LineItem):
     """A line as the hub keeps it: with the time it last changed (Tradecloud's line-level

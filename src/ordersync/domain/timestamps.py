@@ -55,4 +55,7 @@ def parse_rfc3339_ms(text: str) -> int:
         ) from None
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone offset; add Z or +hh:mm")
-    return _exact_ms(moment)
+    try:
+        return _exact_ms(moment)
+    except OverflowError:
+        raise ValueError(f"{text!r} is outside the supported range of dates") from None

@@ -1,6 +1,7 @@
 """Every error the hub returns has one shape (seed 003):
 
-    {"error_type": "unprocessable_entity", "message": "...", "errors": [{"field": ..., "message": ...}]}
+    {"error_type": "unprocessable_entity", "message": "...",
+     "errors": [{"field": ..., "message": ...}]}
 
 No request may produce a 500 with a traceback: unexpected exceptions become `internal_error`
 with a reference the operator can find in the log.

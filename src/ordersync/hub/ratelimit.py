@@ -112,11 +112,9 @@ ENDPOINT_CLASSES = {c.name: c for c in (ALL, HEAVY)}
 def request_method(scope: Scope) -> str:
     """The method the request means: HubRise lets a POST say PUT, PATCH or DELETE instead."""
     method = str(scope["method"]).upper()
-    if method == "POST":
-        override = dict(scope["headers"]).get(b"x-http-method-override")
-        if override:
-            return str(override.decode("latin-1")).strip().upper()
-    return method
+    override = dict(scope["headers"]).get(b"x-http-method-override", b"")
+    wanted = str(override.decode("latin-1")).strip().upper()
+    return wanted if method == "POST" and wanted in ("PUT", "PATCH", "DELETE") else method
 
 
 def endpoint_class(method: str, path: str) -> str:

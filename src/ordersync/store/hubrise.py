@@ -115,10 +115,13 @@ class HubRiseStore:
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         async with self.store.reader.connect() as conn:
-            row = (await conn.execute(
-                select(accounts.c.name, accounts.c.timezone, accounts.c.currency)
-                .where(accounts.c.id == account_id)
-            )).first()
+            row = (
+                await conn.execute(
+                    select(accounts.c.name, accounts.c.timezone, accounts.c.currency).where(
+                        accounts.c.id == account_id
+                    )
+                )
+            ).first()
         if row is None:
             raise NotFound(f"no account with id {account_id}")
         location = Location(account_id, str(row[0]), str(row[1]), str(row[2]))
@@ -141,8 +144,9 @@ class HubRiseStore:
             where.append(c.created_at < query.created_before)
         refs = _refs_of(principal.connection_id, "order")
         if query.private_ref is not None:
-            joined = orders.join(refs, and_(refs.c.entity_id == c.id,
-                                            refs.c.ref == query.private_ref))
+            joined = orders.join(
+                refs, and_(refs.c.entity_id == c.id, refs.c.ref == query.private_ref)
+            )
         else:
             joined = orders.outerjoin(refs, refs.c.entity_id == c.id)
         statement = (
@@ -160,11 +164,13 @@ class HubRiseStore:
         c = orders.c
         refs = _refs_of(principal.connection_id, "order")
         async with self.store.reader.connect() as conn:
-            row = (await conn.execute(
-                select(c.id, c.created_at, c.doc, refs.c.ref)
-                .select_from(orders.outerjoin(refs, refs.c.entity_id == c.id))
-                .where(c.account_id == principal.account_id, c.id == order_id)
-            )).first()
+            row = (
+                await conn.execute(
+                    select(c.id, c.created_at, c.doc, refs.c.ref)
+                    .select_from(orders.outerjoin(refs, refs.c.entity_id == c.id))
+                    .where(c.account_id == principal.account_id, c.id == order_id)
+                )
+            ).first()
         if row is None:
             raise NotFound(f"no order with id {order_id}")
         return OrderRow(str(row[0]), int(row[1]), str(row[2]), row[3])
@@ -175,8 +181,11 @@ class HubRiseStore:
         """The id of the entity on which this connection uses `ref`, if any."""
         p = private_refs.c
         async with self.store.reader.connect() as conn:
-            found = await conn.scalar(select(p.entity_id).where(
-                p.connection_id == principal.connection_id, p.entity_kind == kind, p.ref == ref))
+            found = await conn.scalar(
+                select(p.entity_id).where(
+                    p.connection_id == principal.connection_id, p.entity_kind == kind, p.ref == ref
+                )
+            )
         return None if found is None else str(found)
 
     async def set_private_ref(
@@ -187,22 +196,34 @@ class HubRiseStore:
         table = orders if kind == "order" else shipments
         try:
             async with self.store.writer.begin() as conn:
-                owned = await conn.scalar(select(table.c.id).where(
-                    table.c.account_id == principal.account_id, table.c.id == entity_id))
+                owned = await conn.scalar(
+                    select(table.c.id).where(
+                        table.c.account_id == principal.account_id, table.c.id == entity_id
+                    )
+                )
                 if owned is None:
                     raise NotFound(f"no {kind} with id {entity_id}")
-                key = and_(p.connection_id == principal.connection_id, p.entity_kind == kind,
-                           p.entity_id == entity_id)
+                key = and_(
+                    p.connection_id == principal.connection_id,
+                    p.entity_kind == kind,
+                    p.entity_id == entity_id,
+                )
                 if ref is None:
                     await conn.execute(delete(private_refs).where(key))
                     return
-                await conn.execute(_upsert(conn, private_refs).values(
-                    connection_id=principal.connection_id, entity_kind=kind,
-                    entity_id=entity_id, ref=ref,
-                ).on_conflict_do_update(
-                    index_elements=["connection_id", "entity_kind", "entity_id"],
-                    set_={"ref": ref},
-                ))
+                await conn.execute(
+                    _upsert(conn, private_refs)
+                    .values(
+                        connection_id=principal.connection_id,
+                        entity_kind=kind,
+                        entity_id=entity_id,
+                        ref=ref,
+                    )
+                    .on_conflict_do_update(
+                        index_elements=["connection_id", "entity_kind", "entity_id"],
+                        set_={"ref": ref},
+                    )
+                )
         except IntegrityError:
             raise PrivateRefTaken(
                 f"this connection already uses private_ref {ref!r} on another {kind}"
@@ -214,36 +235,50 @@ class HubRiseStore:
         async with self.store.reader.connect() as conn:
             return await _callback(conn, principal.connection_id)
 
-    async def put_callback(self, principal: Principal, events: Mapping[str, Sequence[str]]
-                           ) -> Callback:
+    async def put_callback(
+        self, principal: Principal, events: Mapping[str, Sequence[str]]
+    ) -> Callback:
         """Create the connection's callback, events kept from now on; replacing one changes
         its subscription only, so events not yet acknowledged survive a client's restart."""
         subscription = orjson.dumps({k: sorted(set(v)) for k, v in sorted(events.items())})
         stamp = self.store.clock()
         async with self.store.writer.begin() as conn:
-            found = await conn.scalar(select(callbacks.c.connection_id).where(
-                callbacks.c.connection_id == principal.connection_id).with_for_update())
-            if found is None:
-                latest = await conn.scalar(select(func.coalesce(func.max(changes.c.seq), 0))
-                                           .where(changes.c.account_id == principal.account_id))
-                await conn.execute(insert(callbacks).values(
-                    connection_id=principal.connection_id, account_id=principal.account_id,
-                    events=subscription.decode(), watermark=int(latest or 0),
-                    created_at=stamp, updated_at=stamp))
-            else:
-                await conn.execute(update(callbacks).where(
-                    callbacks.c.connection_id == principal.connection_id,
-                ).values(events=subscription.decode(), updated_at=stamp))
+            latest = await conn.scalar(
+                select(func.coalesce(func.max(changes.c.seq), 0)).where(
+                    changes.c.account_id == principal.account_id
+                )
+            )
+            # One upsert: two concurrent first POSTs cannot both insert, and a replacement
+            # keeps the watermark (and so the pending events) of the callback it replaces.
+            await conn.execute(
+                _upsert(conn, callbacks)
+                .values(
+                    connection_id=principal.connection_id,
+                    account_id=principal.account_id,
+                    events=subscription.decode(),
+                    watermark=int(latest or 0),
+                    created_at=stamp,
+                    updated_at=stamp,
+                )
+                .on_conflict_do_update(
+                    index_elements=["connection_id"],
+                    set_={"events": subscription.decode(), "updated_at": stamp},
+                )
+            )
             callback = await _callback(conn, principal.connection_id)
         assert callback is not None
         return callback
 
     async def delete_callback(self, principal: Principal) -> bool:
         async with self.store.writer.begin() as conn:
-            await conn.execute(delete(callback_acks).where(
-                callback_acks.c.connection_id == principal.connection_id))
-            result = await conn.execute(delete(callbacks).where(
-                callbacks.c.connection_id == principal.connection_id))
+            await conn.execute(
+                delete(callback_acks).where(
+                    callback_acks.c.connection_id == principal.connection_id
+                )
+            )
+            result = await conn.execute(
+                delete(callbacks).where(callbacks.c.connection_id == principal.connection_id)
+            )
         return bool(result.rowcount)
 
     async def pending_events(self, principal: Principal, limit: int = EVENTS_PAGE) -> list[Event]:
@@ -252,10 +287,14 @@ class HubRiseStore:
             callback = await _callback(conn, principal.connection_id)
             if callback is None:
                 raise NotFound("this connection has no callback; POST /v1/callback first")
-            rows = (await conn.execute(
-                _event_columns().where(*_pending(principal, callback)).order_by(changes.c.seq)
-                .limit(limit)
-            )).all()
+            rows = (
+                await conn.execute(
+                    _event_columns()
+                    .where(*_pending(principal, callback))
+                    .order_by(changes.c.seq)
+                    .limit(limit)
+                )
+            ).all()
             return await _with_states(conn, principal, rows)
 
     async def get_event(self, principal: Principal, seq: int) -> Event:
@@ -263,9 +302,11 @@ class HubRiseStore:
             callback = await _callback(conn, principal.connection_id)
             if callback is None:
                 raise NotFound("this connection has no callback; POST /v1/callback first")
-            rows = (await conn.execute(
-                _event_columns().where(*_pending(principal, callback), changes.c.seq == seq)
-            )).all()
+            rows = (
+                await conn.execute(
+                    _event_columns().where(*_pending(principal, callback), changes.c.seq == seq)
+                )
+            ).all()
             if not rows:
                 raise NotFound(f"no pending event with id {seq}")
             return (await _with_states(conn, principal, rows))[0]
@@ -280,37 +321,52 @@ class HubRiseStore:
             callback = await _callback(conn, me, lock=True)
             if callback is None or seq <= callback.watermark:
                 raise NotFound(f"no pending event with id {seq}")
-            taken = await conn.scalar(select(callback_acks.c.seq).where(
-                callback_acks.c.connection_id == me, callback_acks.c.seq == seq))
+            taken = await conn.scalar(
+                select(callback_acks.c.seq).where(
+                    callback_acks.c.connection_id == me, callback_acks.c.seq == seq
+                )
+            )
             if taken is not None:
                 raise NotFound(f"no pending event with id {seq}")
             await conn.execute(insert(callback_acks).values(connection_id=me, seq=seq))
             await self._advance_watermark(conn, principal, callback)
         return event
 
-    async def _advance_watermark(self, conn: AsyncConnection, principal: Principal,
-                                 callback: Callback) -> None:
+    async def _advance_watermark(
+        self, conn: AsyncConnection, principal: Principal, callback: Callback
+    ) -> None:
         c = changes.c
         first_open = await conn.scalar(
-            select(func.min(c.seq)).where(*_pending(principal, callback)))
-        settled = [c.account_id == principal.account_id, c.seq > callback.watermark,
-                   c.created_at <= self.store.clock() - self.settle_ms]
+            select(func.min(c.seq)).where(*_pending(principal, callback))
+        )
+        settled = [
+            c.account_id == principal.account_id,
+            c.seq > callback.watermark,
+            c.created_at <= self.store.clock() - self.settle_ms,
+        ]
         if first_open is not None:
             settled.append(c.seq < first_open)
         target = await conn.scalar(select(func.max(c.seq)).where(*settled))
         if target is None or target <= callback.watermark:
             return
         me = principal.connection_id
-        await conn.execute(update(callbacks).where(callbacks.c.connection_id == me)
-                           .values(watermark=int(target)))
-        await conn.execute(delete(callback_acks).where(
-            callback_acks.c.connection_id == me, callback_acks.c.seq <= int(target)))
+        await conn.execute(
+            update(callbacks).where(callbacks.c.connection_id == me).values(watermark=int(target))
+        )
+        await conn.execute(
+            delete(callback_acks).where(
+                callback_acks.c.connection_id == me, callback_acks.c.seq <= int(target)
+            )
+        )
 
     async def ack_rows(self, principal: Principal) -> int:
         """How many ack rows the callback keeps (for monitoring and tests)."""
         async with self.store.reader.connect() as conn:
-            n = await conn.scalar(select(func.count()).select_from(callback_acks).where(
-                callback_acks.c.connection_id == principal.connection_id))
+            n = await conn.scalar(
+                select(func.count())
+                .select_from(callback_acks)
+                .where(callback_acks.c.connection_id == principal.connection_id)
+            )
         return int(n or 0)
 
 
@@ -327,10 +383,12 @@ def _upsert(conn: AsyncConnection, table: Any) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-async def _callback(conn: AsyncConnection, connection_id: int, *, lock: bool = False
-                    ) -> Callback | None:
+async def _callback(
+    conn: AsyncConnection, connection_id: int, *, lock: bool = False
+) -> Callback | None:
     statement = select(callbacks.c.events, callbacks.c.watermark, callbacks.c.created_at).where(
-        callbacks.c.connection_id == connection_id)
+        callbacks.c.connection_id == connection_id
+    )
     row = (await conn.execute(statement.with_for_update() if lock else statement)).first()
     if row is None:
         return None
@@ -364,8 +422,9 @@ def _pending(principal: Principal, callback: Callback) -> list[ColumnElement[boo
     ]
 
 
-async def _with_states(conn: AsyncConnection, principal: Principal, rows: Sequence[Any]
-                       ) -> list[Event]:
+async def _with_states(
+    conn: AsyncConnection, principal: Principal, rows: Sequence[Any]
+) -> list[Event]:
     ids = {kind: {str(r[2]) for r in rows if r[1] == kind} for kind in EVENT_KINDS}
     docs: dict[tuple[str, str], tuple[str, str | None]] = {}
     if ids["order"]:
@@ -373,19 +432,29 @@ async def _with_states(conn: AsyncConnection, principal: Principal, rows: Sequen
         found = await conn.execute(
             select(orders.c.id, orders.c.doc, refs.c.ref)
             .select_from(orders.outerjoin(refs, refs.c.entity_id == orders.c.id))
-            .where(orders.c.account_id == principal.account_id, orders.c.id.in_(ids["order"])))
+            .where(orders.c.account_id == principal.account_id, orders.c.id.in_(ids["order"]))
+        )
         docs |= {("order", str(r[0])): (str(r[1]), r[2]) for r in found}
     if ids["shipment"]:
         found = await conn.execute(
-            select(shipments.c.id, shipments.c.doc)
-            .where(shipments.c.account_id == principal.account_id,
-                   shipments.c.id.in_(ids["shipment"])))
+            select(shipments.c.id, shipments.c.doc).where(
+                shipments.c.account_id == principal.account_id, shipments.c.id.in_(ids["shipment"])
+            )
+        )
         docs |= {("shipment", str(r[0])): (str(r[1]), None) for r in found}
     events = []
     for seq, kind, entity_id, version, event_type, created_at in rows:
         doc, ref = docs.get((kind, entity_id), (None, None))
-        events.append(Event(
-            int(seq), str(kind), str(entity_id), int(version),
-            "create" if event_type == f"{kind}.created" else "update", int(created_at), doc, ref,
-        ))
+        events.append(
+            Event(
+                int(seq),
+                str(kind),
+                str(entity_id),
+                int(version),
+                "create" if event_type == f"{kind}.created" else "update",
+                int(created_at),
+                doc,
+                ref,
+            )
+        )
     return events

@@ -6,10 +6,8 @@ from typing import Any
 
 from ordersync.agent.client import ApiClient
 from ordersync.agent.errors import ProtocolError
-from ordersync.agent.records import FetchedPage, Kind, Record
+from ordersync.agent.records import STREAM_KINDS, FetchedPage, Kind, Record
 from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
-
-STREAM_KINDS: dict[str, Kind] = {"orders": "order", "shipments": "shipment"}
 
 
 class MasonHubSource:

@@ -21,22 +21,29 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ordersync.domain import NewOrder, OrderStatus, check_transition, format_rfc3339
-from ordersync.domain.timestamps import parse_rfc3339_ms
-from ordersync.domain.weekdays import format_dow, parse_dow
+from ordersync.domain import check_transition
 from ordersync.errors import AuthenticationFailed, InvalidTransition, NotFound, ValidationFailed
+from ordersync.hub.dialects.hubrise_shapes import (
+    STATUS_IN,
+    UNMAPPED_STATUSES,
+    CallbackIn,
+    FieldErrors,
+    OrderIn,
+    OrderPatch,
+    clean_message,
+    errors_of,
+    new_order,
+    render_event,
+    render_row,
+    wire_field,
+)
 from ordersync.hub.dialects.hubrise_types import (
     decode_cursor,
     encode_cursor,
-    format_decimal,
-    format_money,
-    format_time,
-    parse_decimal,
-    parse_money,
     parse_time,
     zone,
 )
@@ -44,11 +51,9 @@ from ordersync.hub.errors import ApiError
 from ordersync.store.hubrise import (
     EVENT_KINDS,
     EVENT_TYPES,
-    Event,
     HubRiseStore,
     Location,
     OrderQuery,
-    OrderRow,
     PrivateRefTaken,
 )
 from ordersync.store.store import Principal, Store
@@ -56,20 +61,6 @@ from ordersync.store.store import Principal, Store
 PREFIX = "/v1"
 MAX_COUNT = 100
 
-STATUS_OUT = {
-    "open": "new",
-    "atWarehouse": "received",
-    "inProcess": "in_preparation",
-    "packed": "awaiting_shipment",
-    "fulfilled": "in_delivery",
-    "delivered": "completed",
-    "canceled": "cancelled",
-}
-STATUS_IN = {wire: OrderStatus(ours) for ours, wire in STATUS_OUT.items()}
-# HubRise statuses our lifecycle has no equivalent for: a valid filter that matches nothing.
-UNMAPPED_STATUSES = frozenset({"accepted", "awaiting_collection", "rejected", "delivery_failed"})
-
-FieldErrors = list[tuple[str, str]]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -81,24 +72,30 @@ def hubrise_error(error: ApiError) -> Response:
     if error.status == 401:
         body = {"error_type": "unauthorized"}
     elif error.status == 422:
-        body = {"message": "Validation failed",
-                "errors": [{"field": f, "message": m} for f, m in error.errors]
-                or [{"field": "base", "message": error.message}],
-                "error_type": "unprocessable_entity"}
+        body = {
+            "message": "Validation failed",
+            "errors": [{"field": f, "message": m} for f, m in error.errors]
+            or [{"field": "base", "message": error.message}],
+            "error_type": "unprocessable_entity",
+        }
     else:
         body = {"error_type": error.error_type, "message": error.message}
         if error.errors:
             body["errors"] = [{"field": f, "message": m} for f, m in error.errors]
-    return Response(orjson.dumps(body), error.status, error.headers,
-                    media_type="application/json")
+    return Response(orjson.dumps(body), error.status, error.headers, media_type="application/json")
 
 
 def _as_api_error(exc: Exception) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, RequestValidationError):
-        errors = [(".".join(str(p) for p in e.get("loc", ())[1:]) or "query",
-                   _clean(str(e.get("msg", "invalid")))) for e in exc.errors()]
+        errors = [
+            (
+                ".".join(str(p) for p in e.get("loc", ())[1:]) or "query",
+                clean_message(str(e.get("msg", "invalid"))),
+            )
+            for e in exc.errors()
+        ]
         return ApiError(400, "request parameters are invalid", errors)
     if isinstance(exc, NotFound):
         return ApiError(404, str(exc))
@@ -150,11 +147,17 @@ class MethodOverride:
             return
         wanted = raw.decode("latin-1").strip().upper()
         if method != "POST":
-            error = ApiError(400, "X-Http-Method-Override is not accepted in a GET request",
-                             [("X-Http-Method-Override", "only a POST can be overridden")])
+            error = ApiError(
+                400,
+                "X-Http-Method-Override is not accepted in a GET request",
+                [("X-Http-Method-Override", "only a POST can be overridden")],
+            )
         elif wanted not in self.ALLOWED:
-            error = ApiError(400, f"cannot override POST with {wanted!r}",
-                             [("X-Http-Method-Override", "must be PATCH, PUT or DELETE")])
+            error = ApiError(
+                400,
+                f"cannot override POST with {wanted!r}",
+                [("X-Http-Method-Override", "must be PATCH, PUT or DELETE")],
+            )
         else:
             await self.app({**scope, "method": wanted}, receive, send)
             return
@@ -201,8 +204,7 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status, media_type="application/json")
 
 
-def _conditional(request: Request, body: bytes, headers: dict[str, str] | None = None
-                 ) -> Response:
+def _conditional(request: Request, body: bytes, headers: dict[str, str] | None = None) -> Response:
     """200 with a weak ETag of the content, or 304 when If-None-Match still names it."""
     headers = dict(headers or {})
     digest = hashlib.blake2b(body, digest_size=12)
@@ -216,214 +218,21 @@ def _conditional(request: Request, body: bytes, headers: dict[str, str] | None =
     return Response(body, 200, headers, media_type="application/json")
 
 
-def _clean(message: str) -> str:
-    return message.removeprefix("Value error, ")
-
-
-# -- rendering ---------------------------------------------------------------------------------
-
-
-def render_order(doc: dict[str, Any], location: Location, private_ref: str | None
-                 ) -> dict[str, Any]:
-    tz, currency = zone(location.timezone), location.currency
-
-    def at(text: str) -> str:
-        return format_time(parse_rfc3339_ms(text), tz)
-
-    items, total = [], Decimal(0)
-    for line in doc["line_items"]:
-        price, quantity = Decimal(line["unit_price"]), Decimal(line["quantity"])
-        subtotal = Decimal(format_money(price * quantity, currency).partition(" ")[0])
-        total += subtotal
-        items.append({
-            "line_number": line["line_number"],
-            "product_name": line["sku_customer_identifier"],
-            "sku_ref": line["sku_customer_identifier"],
-            "price": format_money(price, currency),
-            "quantity": format_decimal(quantity),
-            "subtotal": format_money(subtotal, currency),
-        })
-    days = doc.get("delivery_days")
-    return {
-        "id": doc["id"],
-        "location_id": location.name,
-        "private_ref": private_ref,
-        "ref": doc["customer_identifier"],
-        "status": STATUS_OUT[doc["status"]],
-        "service_type": "delivery",
-        "service_type_ref": doc["shipper_service_level"],
-        "created_at": at(doc["created_at"]),
-        "customer_notes": None,
-        "items": items,
-        "total": format_money(total, currency),
-        "customer": _render_address(doc["shipping_address"]),
-        # Ours, where HubRise has no field.
-        "billing_address": _render_address(doc["billing_address"]),
-        "delivery_days": None if days is None else format_dow(days),
-        "shipping_provider": doc["shipping_provider"],
-        "order_type": doc["order_type"],
-        "priority": doc["priority"],
-        "order_policy": doc["order_policy"],
-        "pick_from": doc["pick_from"],
-        "value_added_services": doc["value_added_services"],
-        "submitted_at": at(doc["submitted_at"]),
-        "version": doc["version"],
-        "updated_at": at(doc["updated_at"]),
-    }
-
-
-def _render_address(address: dict[str, Any]) -> dict[str, Any]:
-    first, _, last = address["name"].partition(" ")
-    return {
-        "first_name": first,
-        "last_name": last or None,
-        "address_1": address["address1"],
-        "address_2": address.get("address2"),
-        "city": address["city"],
-        "state": address["state"] or None,
-        "postal_code": address["postal_code"],
-        "country": address["country"],
-    }
-
-
-def render_shipment(doc: dict[str, Any], location: Location) -> dict[str, Any]:
-    tz = zone(location.timezone)
-    return {
-        "id": doc["id"],
-        "location_id": location.name,
-        "order_id": doc["order_id"],
-        "ref": doc["customer_identifier"],
-        "status": doc["status"],
-        "carrier": doc["carrier"],
-        "service_level": doc["service_level"],
-        "tracking_number": doc["tracking_number"],
-        "shipped_at": format_time(parse_rfc3339_ms(doc["shipped_at"]), tz),
-        "items": [{"line_number": line["line_number"], "sku_ref": line["sku_customer_identifier"],
-                   "quantity": format_decimal(Decimal(line["quantity"]))}
-                  for line in doc["lines"]],
-        "version": doc["version"],
-        "created_at": format_time(parse_rfc3339_ms(doc["created_at"]), tz),
-        "updated_at": format_time(parse_rfc3339_ms(doc["updated_at"]), tz),
-    }
-
-
-def _render_row(row: OrderRow, location: Location) -> dict[str, Any]:
-    return render_order(orjson.loads(row.doc), location, row.private_ref)
-
-
-def render_event(event: Event, location: Location) -> dict[str, Any]:
-    state: dict[str, Any] | None = None
-    order_id = event.entity_id
-    if event.doc is not None:
-        doc = orjson.loads(event.doc)
-        if event.kind == "order":
-            state = render_order(doc, location, event.private_ref)
-        else:
-            state, order_id = render_shipment(doc, location), doc["order_id"]
-    return {
-        "id": str(event.seq),
-        "created_at": format_time(event.created_at, zone(location.timezone)),
-        "resource_type": event.kind,
-        "event_type": event.event_type,
-        "resource_id": event.entity_id,
-        "order_id": order_id,
-        "location_id": location.name,
-        "version": event.version,
-        "new_state": state,
-    }
-
-
-# -- request bodies ----------------------------------------------------------------------------
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CustomerIn(_Wire):
-    first_name: str | None = None
-    last_name: str | None = None
-    address_1: str
-    address_2: str | None = None
-    city: str
-    state: str | None = None
-    postal_code: str
-    country: str
-
-
-class ItemIn(_Wire):
-    line_number: int | None = None
-    product_name: str | None = None  # not kept: the hub knows products by sku_ref
-    sku_ref: str
-    price: str
-    quantity: str | int | Decimal
-    subtotal: str | None = None  # derived; accepted so that a rendered order can be sent back
-
-
-class OrderIn(_Wire):
-    status: str = "new"
-    private_ref: str | None = None
-    ref: str
-    service_type: str | None = None
-    service_type_ref: str
-    customer_notes: None = None
-    customer: CustomerIn
-    items: list[ItemIn]
-    total: str | None = None
-    billing_address: CustomerIn | None = None
-    delivery_days: str | None = None
-    shipping_provider: str
-    order_type: str = "customer"
-    priority: int = 0
-    order_policy: str | None = None
-    pick_from: list[Any] | None = None
-    value_added_services: list[Any] | None = None
-    submitted_at: str | None = None
-
-
-class OrderPatch(_Wire):
-    status: str | None = None
-    private_ref: str | None = None
-
-
-class CallbackIn(_Wire):
-    url: str | None = None
-    events: dict[str, list[str]]
-
-
-_DOMAIN_FIELDS = {
-    "customer_identifier": "ref",
-    "shipper_service_level": "service_type_ref",
-    "shipping_address": "customer",
-    "line_items": "items",
-    "sku_customer_identifier": "sku_ref",
-    "unit_price": "price",
-    "name": "first_name",
-    "address1": "address_1",
-    "address2": "address_2",
-}
-
-
-def _wire_field(loc: tuple[Any, ...]) -> str:
-    return ".".join(_DOMAIN_FIELDS.get(str(part), str(part)) for part in loc) or "base"
-
-
-def _errors(exc: ValidationError, wire: bool = True) -> FieldErrors:
-    return [(".".join(str(p) for p in e["loc"]) if wire else _wire_field(e["loc"]),
-             _clean(e["msg"])) for e in exc.errors()]
-
-
 async def _body(request: Request) -> Any:
     raw = await request.body()
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if raw and media_type != "application/json":
-        raise ApiError(415, "the request body must be JSON (Content-Type: application/json)",
-                       error_type="unsupported_media_type")
+        raise ApiError(
+            415,
+            "the request body must be JSON (Content-Type: application/json)",
+            error_type="unsupported_media_type",
+        )
     try:
         return json.loads(raw or b"{}", parse_float=Decimal)
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}", [("body", str(exc))]
-                       ) from None
+        raise ApiError(
+            400, f"request body is not valid JSON: {exc}", [("body", str(exc))]
+        ) from None
 
 
 def _model(model: type[M], payload: Any) -> M:
@@ -432,94 +241,17 @@ def _model(model: type[M], payload: Any) -> M:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        raise ApiError(422, "request body is invalid", _errors(exc)) from None
+        raise ApiError(422, "request body is invalid", errors_of(exc)) from None
 
 
 def _private_ref(value: str | None) -> str | None:
     if value is not None and (not 0 < len(value) <= 100 or "\x00" in value):
-        raise ApiError(422, "invalid private_ref",
-                       [("private_ref", "must be 1 to 100 characters, without NUL")])
+        raise ApiError(
+            422,
+            "invalid private_ref",
+            [("private_ref", "must be 1 to 100 characters, without NUL")],
+        )
     return value
-
-
-def new_order(body: OrderIn, location: Location, now_ms: int) -> NewOrder:
-    """The domain order a HubRise-shaped body describes; 422 with every field at fault."""
-    tz, errors = zone(location.timezone), []
-
-    def money(value: str, field: str) -> Decimal:
-        try:
-            amount, currency = parse_money(value)
-        except ValueError as exc:
-            errors.append((field, str(exc)))
-            return Decimal(0)
-        if currency != location.currency:
-            errors.append((field, f"must be in {location.currency}, the location's currency"))
-        return amount
-
-    if body.status != "new":
-        errors.append(("status", "an order is created in status new"))
-    if body.service_type not in (None, "delivery"):
-        errors.append(("service_type", "this hub fulfils delivery orders only"))
-    lines = []
-    for i, item in enumerate(body.items):
-        try:
-            quantity: Decimal | str = parse_decimal(item.quantity)
-        except ValueError as exc:
-            errors.append((f"items.{i}.quantity", str(exc)))
-            quantity = "1"
-        price = money(item.price, f"items.{i}.price")
-        lines.append({"line_number": item.line_number, "sku_customer_identifier": item.sku_ref,
-                      "quantity": quantity, "unit_price": price})
-    if body.total is not None:
-        stated = money(body.total, "total")
-        computed = sum((Decimal(format_money(Decimal(line["unit_price"]) * Decimal(
-            line["quantity"]), location.currency).partition(" ")[0]) for line in lines),
-            Decimal(0))
-        if not errors and stated != computed:
-            errors.append(("total", f"must be the sum of the items, "
-                           f"{format_money(computed, location.currency)}"))
-    days = None
-    if body.delivery_days is not None:
-        try:
-            days = parse_dow(body.delivery_days)
-        except ValueError as exc:
-            errors.append(("delivery_days", str(exc)))
-    submitted = now_ms
-    if body.submitted_at is not None:
-        try:
-            submitted = parse_time(body.submitted_at, tz)
-        except ValueError as exc:
-            errors.append(("submitted_at", str(exc)))
-    fields: dict[str, Any] = {
-        "customer_identifier": body.ref,
-        "order_type": body.order_type,
-        "priority": body.priority,
-        "shipping_provider": body.shipping_provider,
-        "shipper_service_level": body.service_type_ref,
-        "shipping_address": _address(body.customer),
-        "billing_address": _address(body.billing_address or body.customer),
-        "submitted_at": format_rfc3339(submitted),
-        "line_items": lines,
-        "delivery_days": days,
-    }
-    for optional in ("order_policy", "pick_from", "value_added_services"):
-        if getattr(body, optional) is not None:
-            fields[optional] = getattr(body, optional)
-    try:
-        order = NewOrder.model_validate(fields)
-    except ValidationError as exc:
-        errors += [e for e in _errors(exc, wire=False) if e[0] not in {f for f, _ in errors}]
-        order = None
-    if errors or order is None:
-        raise ApiError(422, "Validation failed", errors)
-    return order
-
-
-def _address(customer: CustomerIn) -> dict[str, Any]:
-    name = " ".join(p for p in (customer.first_name, customer.last_name) if p and p.strip())
-    return {"name": name, "address1": customer.address_1, "address2": customer.address_2,
-            "city": customer.city, "state": customer.state or "",
-            "postal_code": customer.postal_code, "country": customer.country}
 
 
 # -- orders ------------------------------------------------------------------------------------
@@ -542,13 +274,29 @@ async def list_orders(
     rows = [] if query.statuses == () else await queries.list_orders(caller, query)
     page, more = rows[:count], len(rows) > count
     headers = {"X-Cursor-Next": encode_cursor(page[-1].created_at, page[-1].id)} if more else {}
-    body = orjson.dumps([_render_row(row, location) for row in page])
+    body = orjson.dumps([render_row(row, location) for row in page])
     return _conditional(request, body, headers)
 
 
-def _order_query(location: Location, count: int, cursor: str | None, status: str | None,
-                 private_ref: str | None, after: str | None, before: str | None) -> OrderQuery:
+def _known_id(order_id: str) -> str:
+    # No order has such an id, and PostgreSQL refuses NUL in text parameters (a 500 otherwise).
+    if "\x00" in order_id or len(order_id) > 36:
+        raise NotFound(f"no order with id {order_id!r}")
+    return order_id
+
+
+def _order_query(
+    location: Location,
+    count: int,
+    cursor: str | None,
+    status: str | None,
+    private_ref: str | None,
+    after: str | None,
+    before: str | None,
+) -> OrderQuery:
     errors: FieldErrors = []
+    if private_ref is not None and "\x00" in private_ref:
+        errors.append(("private_ref", "must not contain NUL characters"))
     position = None
     if cursor is not None:
         try:
@@ -562,8 +310,13 @@ def _order_query(location: Location, count: int, cursor: str | None, status: str
         elif status in UNMAPPED_STATUSES:
             statuses = ()
         else:
-            errors.append(("status", f"{status!r} is not an order status; one of "
-                           f"{', '.join([*STATUS_IN, *sorted(UNMAPPED_STATUSES)])}"))
+            errors.append(
+                (
+                    "status",
+                    f"{status!r} is not an order status; one of "
+                    f"{', '.join([*STATUS_IN, *sorted(UNMAPPED_STATUSES)])}",
+                )
+            )
     bounds: dict[str, int | None] = {"after": None, "before": None}
     for name, value in (("after", after), ("before", before)):
         if value is not None:
@@ -580,8 +333,8 @@ def _order_query(location: Location, count: int, cursor: str | None, status: str
 async def get_order(request: Request, caller: Caller, order_id: str) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)
-    row = await queries.get_order(caller, order_id)
-    return _conditional(request, orjson.dumps(_render_row(row, location)))
+    row = await queries.get_order(caller, _known_id(order_id))
+    return _conditional(request, orjson.dumps(render_row(row, location)))
 
 
 @router.post("/location/orders", summary="Create an order", status_code=201)
@@ -595,12 +348,11 @@ async def create_order(request: Request, caller: Caller) -> Response:
         raise PrivateRefTaken(f"this connection already uses private_ref {ref!r} on an order")
     (result,) = await _store(request).create_orders(caller, [order])
     if result.order is None:
-        raise ApiError(422, "Validation failed",
-                       [(_wire_field((f,)), m) for f, m in result.errors])
+        raise ApiError(422, "Validation failed", [(wire_field((f,)), m) for f, m in result.errors])
     if ref is not None:
         await queries.set_private_ref(caller, "order", result.order.id, ref)
     row = await queries.get_order(caller, result.order.id)
-    return _json(_render_row(row, location), 201)
+    return _json(render_row(row, location), 201)
 
 
 @router.patch("/location/orders/{order_id}", summary="Update status and/or private_ref")
@@ -609,27 +361,30 @@ async def patch_order(request: Request, caller: Caller, order_id: str) -> Respon
     patch = _model(OrderPatch, payload)
     queries, store = _hubrise(request), _store(request)
     location = await queries.location(caller.account_id)
-    current = await store.get_order(caller.account_id, order_id)
+    current = await store.get_order(caller.account_id, _known_id(order_id))
     target = None
     if patch.status is not None:
         if patch.status not in STATUS_IN:
-            raise ApiError(422, "Validation failed", [("status", (
-                f"{patch.status!r} has no equivalent on this hub; one of {', '.join(STATUS_IN)}"
-            ))])
+            known = ", ".join(STATUS_IN)
+            message = f"{patch.status!r} has no equivalent on this hub; one of {known}"
+            raise ApiError(422, "Validation failed", [("status", message)])
         target = STATUS_IN[patch.status]
     set_ref = "private_ref" in payload
     ref = _private_ref(patch.private_ref)
     # Check both parts before doing either, so that a refused request changes nothing.
     if target is not None and target != current.status:
         check_transition(current.status, target)
-    if set_ref and ref is not None and await queries.ref_holder(caller, "order", ref) not in (
-            None, order_id):
+    if (
+        set_ref
+        and ref is not None
+        and await queries.ref_holder(caller, "order", ref) not in (None, order_id)
+    ):
         raise PrivateRefTaken(f"this connection already uses private_ref {ref!r} on an order")
     if target is not None and target != current.status:
         await store.transition_order(caller, caller.account_id, order_id, target)
     if set_ref:
         await queries.set_private_ref(caller, "order", order_id, ref)
-    return _json(_render_row(await queries.get_order(caller, order_id), location))
+    return _json(render_row(await queries.get_order(caller, order_id), location))
 
 
 # -- callbacks ---------------------------------------------------------------------------------
@@ -650,8 +405,13 @@ async def put_callback(request: Request, caller: Caller) -> Response:
     body = _model(CallbackIn, await _body(request))
     errors: FieldErrors = []
     if body.url is not None:
-        errors.append(("url", "this hub keeps passive callbacks only: leave url out and poll "
-                       "GET /v1/callback/events"))
+        errors.append(
+            (
+                "url",
+                "this hub keeps passive callbacks only: leave url out and poll "
+                "GET /v1/callback/events",
+            )
+        )
     if not body.events:
         errors.append(("events", 'name at least one, e.g. {"order": ["create", "update"]}'))
     for kind, types in body.events.items():

@@ -79,8 +79,9 @@ def parse_time(text: object, tz: ZoneInfo) -> int:
     """Epoch milliseconds of an ISO 8601 date-time; without an offset (or a plain date, taken
     as its midnight) it is read in the location's time zone, as HubRise renders times there."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{text!r} is not an ISO 8601 time (expected e.g. "
-                         "2020-08-20T06:42:46+02:00)")
+        raise ValueError(
+            f"{text!r} is not an ISO 8601 time (expected e.g. 2020-08-20T06:42:46+02:00)"
+        )
     cleaned = text.strip()
     try:
         if len(cleaned) == 10:
@@ -120,9 +121,14 @@ def decode_cursor(token: str) -> tuple[int, str]:
         created_at, order_id = orjson.loads(payload)
     except (orjson.JSONDecodeError, ValueError, TypeError):
         raise bad from None
-    if (not isinstance(created_at, int) or isinstance(created_at, bool)
-            or not 0 <= created_at <= _MAX_KEY
-            or not isinstance(order_id, str) or not 0 < len(order_id) <= 36):
+    if (
+        not isinstance(created_at, int)
+        or isinstance(created_at, bool)
+        or not 0 <= created_at <= _MAX_KEY
+        or not isinstance(order_id, str)
+        or not 0 < len(order_id) <= 36
+        or "\x00" in order_id
+    ):
         raise bad
     if encode_cursor(created_at, order_id) != token:  # e.g. altered padding bits
         raise bad

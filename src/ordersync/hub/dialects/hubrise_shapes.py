@@ -1,0 +1,354 @@
+"""HubRise shapes of the hub's entities: orders, shipments and callback events rendered for the
+wire, and a HubRise order body mapped to a domain `NewOrder`.
+
+Where HubRise has a field, ours maps onto it (`ref` is our `customer_identifier`, `customer` our
+shipping address, `service_type_ref` our shipper service level, `items` our lines); where it has
+none, our own field is kept under its own name (`billing_address`, `shipping_provider`,
+`delivery_days` as DOW, `version`, `updated_at`, ...), so nothing the domain holds is lost.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ordersync.domain import NewOrder, OrderStatus, format_rfc3339
+from ordersync.domain.timestamps import parse_rfc3339_ms
+from ordersync.domain.weekdays import format_dow, parse_dow
+from ordersync.hub.dialects.hubrise_types import (
+    format_decimal,
+    format_money,
+    format_time,
+    parse_decimal,
+    parse_money,
+    parse_time,
+    zone,
+)
+from ordersync.hub.errors import ApiError
+from ordersync.store.hubrise import Event, Location, OrderRow
+
+STATUS_OUT = {
+    "open": "new",
+    "atWarehouse": "received",
+    "inProcess": "in_preparation",
+    "packed": "awaiting_shipment",
+    "fulfilled": "in_delivery",
+    "delivered": "completed",
+    "canceled": "cancelled",
+}
+STATUS_IN = {wire: OrderStatus(ours) for ours, wire in STATUS_OUT.items()}
+# HubRise statuses our lifecycle has no equivalent for: a valid filter that matches nothing.
+UNMAPPED_STATUSES = frozenset({"accepted", "awaiting_collection", "rejected", "delivery_failed"})
+
+FieldErrors = list[tuple[str, str]]
+
+
+def clean_message(message: str) -> str:
+    """A pydantic message without its "Value error, " prefix."""
+    return message.removeprefix("Value error, ")
+
+
+def render_order(
+    doc: dict[str, Any], location: Location, private_ref: str | None
+) -> dict[str, Any]:
+    tz, currency = zone(location.timezone), location.currency
+
+    def at(text: str) -> str:
+        return format_time(parse_rfc3339_ms(text), tz)
+
+    items, total = [], Decimal(0)
+    for line in doc["line_items"]:
+        price, quantity = Decimal(line["unit_price"]), Decimal(line["quantity"])
+        subtotal = Decimal(format_money(price * quantity, currency).partition(" ")[0])
+        total += subtotal
+        items.append(
+            {
+                "line_number": line["line_number"],
+                "product_name": line["sku_customer_identifier"],
+                "sku_ref": line["sku_customer_identifier"],
+                "price": format_money(price, currency),
+                "quantity": format_decimal(quantity),
+                "subtotal": format_money(subtotal, currency),
+            }
+        )
+    days = doc.get("delivery_days")
+    return {
+        "id": doc["id"],
+        "location_id": location.name,
+        "private_ref": private_ref,
+        "ref": doc["customer_identifier"],
+        "status": STATUS_OUT[doc["status"]],
+        "service_type": "delivery",
+        "service_type_ref": doc["shipper_service_level"],
+        "created_at": at(doc["created_at"]),
+        "customer_notes": None,
+        "items": items,
+        "total": format_money(total, currency),
+        "customer": _render_address(doc["shipping_address"]),
+        # Ours, where HubRise has no field.
+        "billing_address": _render_address(doc["billing_address"]),
+        "delivery_days": None if days is None else format_dow(days),
+        "shipping_provider": doc["shipping_provider"],
+        "order_type": doc["order_type"],
+        "priority": doc["priority"],
+        "order_policy": doc["order_policy"],
+        "pick_from": doc["pick_from"],
+        "value_added_services": doc["value_added_services"],
+        "submitted_at": at(doc["submitted_at"]),
+        "version": doc["version"],
+        "updated_at": at(doc["updated_at"]),
+    }
+
+
+def _render_address(address: dict[str, Any]) -> dict[str, Any]:
+    first, _, last = address["name"].partition(" ")
+    return {
+        "first_name": first,
+        "last_name": last or None,
+        "address_1": address["address1"],
+        "address_2": address.get("address2"),
+        "city": address["city"],
+        "state": address["state"] or None,
+        "postal_code": address["postal_code"],
+        "country": address["country"],
+    }
+
+
+def render_shipment(doc: dict[str, Any], location: Location) -> dict[str, Any]:
+    tz = zone(location.timezone)
+    return {
+        "id": doc["id"],
+        "location_id": location.name,
+        "order_id": doc["order_id"],
+        "ref": doc["customer_identifier"],
+        "status": doc["status"],
+        "carrier": doc["carrier"],
+        "service_level": doc["service_level"],
+        "tracking_number": doc["tracking_number"],
+        "shipped_at": format_time(parse_rfc3339_ms(doc["shipped_at"]), tz),
+        "items": [
+            {
+                "line_number": line["line_number"],
+                "sku_ref": line["sku_customer_identifier"],
+                "quantity": format_decimal(Decimal(line["quantity"])),
+            }
+            for line in doc["lines"]
+        ],
+        "version": doc["version"],
+        "created_at": format_time(parse_rfc3339_ms(doc["created_at"]), tz),
+        "updated_at": format_time(parse_rfc3339_ms(doc["updated_at"]), tz),
+    }
+
+
+def render_row(row: OrderRow, location: Location) -> dict[str, Any]:
+    return render_order(orjson.loads(row.doc), location, row.private_ref)
+
+
+def render_event(event: Event, location: Location) -> dict[str, Any]:
+    state: dict[str, Any] | None = None
+    order_id = event.entity_id
+    if event.doc is not None:
+        doc = orjson.loads(event.doc)
+        if event.kind == "order":
+            state = render_order(doc, location, event.private_ref)
+        else:
+            state, order_id = render_shipment(doc, location), doc["order_id"]
+    return {
+        "id": str(event.seq),
+        "created_at": format_time(event.created_at, zone(location.timezone)),
+        "resource_type": event.kind,
+        "event_type": event.event_type,
+        "resource_id": event.entity_id,
+        "order_id": order_id,
+        "location_id": location.name,
+        "version": event.version,
+        "new_state": state,
+    }
+
+
+# -- request bodies ----------------------------------------------------------------------------
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CustomerIn(_Wire):
+    first_name: str | None = None
+    last_name: str | None = None
+    address_1: str
+    address_2: str | None = None
+    city: str
+    state: str | None = None
+    postal_code: str
+    country: str
+
+
+class ItemIn(_Wire):
+    line_number: int | None = None
+    product_name: str | None = None  # not kept: the hub knows products by sku_ref
+    sku_ref: str
+    price: str
+    quantity: str | int | Decimal
+    subtotal: str | None = None  # derived; accepted so that a rendered order can be sent back
+
+
+class OrderIn(_Wire):
+    status: str = "new"
+    private_ref: str | None = None
+    ref: str
+    service_type: str | None = None
+    service_type_ref: str
+    customer_notes: None = None
+    customer: CustomerIn
+    items: list[ItemIn]
+    total: str | None = None
+    billing_address: CustomerIn | None = None
+    delivery_days: str | None = None
+    shipping_provider: str
+    order_type: str = "customer"
+    priority: int = 0
+    order_policy: str | None = None
+    pick_from: list[Any] | None = None
+    value_added_services: list[Any] | None = None
+    submitted_at: str | None = None
+
+
+class OrderPatch(_Wire):
+    status: str | None = None
+    private_ref: str | None = None
+
+
+class CallbackIn(_Wire):
+    url: str | None = None
+    events: dict[str, list[str]]
+
+
+_DOMAIN_FIELDS = {
+    "customer_identifier": "ref",
+    "shipper_service_level": "service_type_ref",
+    "shipping_address": "customer",
+    "line_items": "items",
+    "sku_customer_identifier": "sku_ref",
+    "unit_price": "price",
+    "name": "first_name",
+    "address1": "address_1",
+    "address2": "address_2",
+}
+
+
+def wire_field(loc: tuple[Any, ...]) -> str:
+    return ".".join(_DOMAIN_FIELDS.get(str(part), str(part)) for part in loc) or "base"
+
+
+def errors_of(exc: ValidationError, wire: bool = True) -> FieldErrors:
+    """(field, message) pairs; `wire=False` renames domain fields to their HubRise names."""
+    name = (lambda loc: ".".join(str(p) for p in loc)) if wire else wire_field
+    return [(name(e["loc"]), clean_message(e["msg"])) for e in exc.errors()]
+
+
+def new_order(body: OrderIn, location: Location, now_ms: int) -> NewOrder:
+    """The domain order a HubRise-shaped body describes; 422 with every field at fault."""
+    tz, errors = zone(location.timezone), []
+
+    def money(value: str, field: str) -> Decimal:
+        try:
+            amount, currency = parse_money(value)
+        except ValueError as exc:
+            errors.append((field, str(exc)))
+            return Decimal(0)
+        if currency != location.currency:
+            errors.append((field, f"must be in {location.currency}, the location's currency"))
+        return amount
+
+    if body.status != "new":
+        errors.append(("status", "an order is created in status new"))
+    if body.service_type not in (None, "delivery"):
+        errors.append(("service_type", "this hub fulfils delivery orders only"))
+    lines: list[dict[str, Any]] = []
+    for i, item in enumerate(body.items):
+        try:
+            quantity: Decimal | str = parse_decimal(item.quantity)
+        except ValueError as exc:
+            errors.append((f"items.{i}.quantity", str(exc)))
+            quantity = "1"
+        price = money(item.price, f"items.{i}.price")
+        lines.append(
+            {
+                "line_number": item.line_number,
+                "sku_customer_identifier": item.sku_ref,
+                "quantity": quantity,
+                "unit_price": price,
+            }
+        )
+    if body.total is not None:
+        stated = money(body.total, "total")
+        computed = sum(
+            (
+                Decimal(
+                    format_money(
+                        Decimal(line["unit_price"]) * Decimal(line["quantity"]), location.currency
+                    ).partition(" ")[0]
+                )
+                for line in lines
+            ),
+            Decimal(0),
+        )
+        if not errors and stated != computed:
+            errors.append(
+                (
+                    "total",
+                    f"must be the sum of the items, {format_money(computed, location.currency)}",
+                )
+            )
+    days = None
+    if body.delivery_days is not None:
+        try:
+            days = parse_dow(body.delivery_days)
+        except ValueError as exc:
+            errors.append(("delivery_days", str(exc)))
+    submitted = now_ms
+    if body.submitted_at is not None:
+        try:
+            submitted = parse_time(body.submitted_at, tz)
+        except ValueError as exc:
+            errors.append(("submitted_at", str(exc)))
+    fields: dict[str, Any] = {
+        "customer_identifier": body.ref,
+        "order_type": body.order_type,
+        "priority": body.priority,
+        "shipping_provider": body.shipping_provider,
+        "shipper_service_level": body.service_type_ref,
+        "shipping_address": _address(body.customer),
+        "billing_address": _address(body.billing_address or body.customer),
+        "submitted_at": format_rfc3339(submitted),
+        "line_items": lines,
+        "delivery_days": days,
+    }
+    for optional in ("order_policy", "pick_from", "value_added_services"):
+        if getattr(body, optional) is not None:
+            fields[optional] = getattr(body, optional)
+    try:
+        order = NewOrder.model_validate(fields)
+    except ValidationError as exc:
+        errors += [e for e in errors_of(exc, wire=False) if e[0] not in {f for f, _ in errors}]
+        order = None
+    if errors or order is None:
+        raise ApiError(422, "Validation failed", errors)
+    return order
+
+
+def _address(customer: CustomerIn) -> dict[str, Any]:
+    name = " ".join(p for p in (customer.first_name, customer.last_name) if p and p.strip())
+    return {
+        "name": name,
+        "address1": customer.address_1,
+        "address2": customer.address_2,
+        "city": customer.city,
+        "state": customer.state or "",
+        "postal_code": customer.postal_code,
+        "country": customer.country,
+    }

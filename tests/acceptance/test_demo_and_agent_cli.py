@@ -1,0 +1,146 @@
+"""The demo and the agent CLI end to end, as a new user runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import free_port
+
+ORDERSYNC = [sys.executable, "-m", "ordersync.cli"]
+PROOF = re.compile(r"proof: hub (\d+) orders / (\d+) shipments; replica (\d+) / (\d+); "
+                   r"versions equal; missed 0; applied twice 0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
+def test_demo_ends_with_the_proof(tmp_path: Path, faults: bool) -> None:
+    """`ordersync demo` mirrors a simulated warehouse and proves replica == hub, even with
+    injected errors, 429s, resets and late commits."""
+    args = [*ORDERSYNC, "demo", "--duration", "8", "--rate", "10", "--port", str(free_port()),
+            "--data-dir", str(tmp_path)] + (["--faults"] if faults else [])
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = PROOF.search(result.stdout)
+    assert match, result.stdout
+    hub_orders, hub_shipments, replica_orders, replica_shipments = map(int, match.groups())
+    assert hub_orders >= 40 and hub_orders == replica_orders
+    assert hub_shipments == replica_shipments
+    assert '"endpoint": "/orders"' in (tmp_path / "demo.log").read_text()
+
+
+def write_config(path: Path, base_url: str, port: int | None = None, **extra: str) -> Path:
+    """An agent.toml; `extra` keys go into the source table."""
+    lines = [f"port = {port}" if port else "", "[[sources]]", 'name = "masonhub"', 'dialect = "masonhub"',
+             f'base_url = "{base_url}"', 'token_env = "MASONHUB_TOKEN"', "interval = 1",
+             "lookback = 5", *[f"{k} = {v}" for k, v in extra.items()],
+             "", "[sink]", f'url = "sqlite:///{path.parent}/replica.db"']
+    path.write_text("\n".join(lines))
+    return path
+
+
+def agent(config: Path, *args: str, token: str | None = "x") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MASONHUB_TOKEN"}
+    if token is not None:
+        env["MASONHUB_TOKEN"] = token
+    return subprocess.run([*ORDERSYNC, "agent", "run", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def test_a_misspelled_config_key_is_named(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "agent.toml", "http://127.0.0.1:9/api/v1",
+                          intervall="5")
+    result = agent(config)
+    assert result.returncode == 2
+    assert "intervall" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_token_variable_says_which(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "agent.toml", "http://127.0.0.1:9/api/v1")
+    result = agent(config, token=None)
+    assert result.returncode == 2 and "MASONHUB_TOKEN" in result.stderr
+
+
+def test_an_unreachable_platform_fails_at_start(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "agent.toml", f"http://127.0.0.1:{free_port()}/api/v1")
+    result = agent(config, "--once")
+    assert result.returncode == 2 and "cannot reach" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def served_hub(tmp_path: Path):  # type: ignore[no-untyped-def]
+    db = f"sqlite:///{tmp_path}/hub.db"
+    token = subprocess.run([*ORDERSYNC, "hub", "token", "create", "--db", db, "--account",
+                            "demo", "--name", "erp"], capture_output=True, text=True,
+                           check=True).stdout.strip().splitlines()[-1]
+    port = free_port()
+    server = subprocess.Popen([*ORDERSYNC, "hub", "serve", "--db", db, "--port", str(port),
+                               "--simulate", "10", "--seed", "5"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield f"{base}/api/v1", token
+    server.terminate()
+    server.wait(timeout=20)
+
+
+def test_a_refused_token_fails_at_start(tmp_path: Path, served_hub: tuple[str, str]) -> None:
+    base_url, _ = served_hub
+    result = agent(write_config(tmp_path / "agent.toml", base_url), "--once", token="wrong")
+    assert result.returncode == 2 and "refused the token" in result.stderr
+
+
+@pytest.mark.slow
+def test_agent_runs_serves_status_and_stops_gracefully_on_sigterm(
+    tmp_path: Path, served_hub: tuple[str, str]
+) -> None:
+    """A running agent logs one JSON line per call, answers /status and /metrics, and exits
+    0 on SIGTERM; `agent status` then shows the stored cursors."""
+    base_url, token = served_hub
+    port = free_port()
+    config = write_config(tmp_path / "agent.toml", base_url, port=port)
+    env = {**os.environ, "MASONHUB_TOKEN": token}
+    process = subprocess.Popen([*ORDERSYNC, "agent", "run", "--config", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    try:
+        status = _wait_for_status(port)
+        assert {row["stream"] for row in status} == {"orders", "shipments"}
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert "ordersync_agent_records_applied_total" in metrics
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert '"processing_time_ms"' in stderr and '"records_returned"' in stderr
+    shown = subprocess.run([*ORDERSYNC, "agent", "status", "--config", str(config)],
+                           capture_output=True, text=True, env=env, check=False)
+    assert shown.returncode == 0 and "orders" in shown.stdout and "20" in shown.stdout
+
+
+def _wait_for_status(port: int) -> list[dict[str, object]]:
+    deadline = time.monotonic() + 120  # generous: shared CI machines can be very busy
+    while time.monotonic() < deadline:
+        try:
+            rows = httpx.get(f"http://127.0.0.1:{port}/status", timeout=1).json()
+            if any(row["stream"] == "orders" and row["cursor"] for row in rows):
+                return list(rows)
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError("agent never reported cursors on /status")
