@@ -39,8 +39,8 @@ def test_demo_ends_with_the_proof(tmp_path: Path, faults: bool) -> None:
 
 def write_config(path: Path, base_url: str, port: int | None = None, **extra: str) -> Path:
     """An agent.toml; `extra` keys go into the source table."""
-    lines = [f"port = {port}" if port else "", "[[sources]]", 'name = "masonhub"', 'dialect = "masonhub"',
-             f'base_url = "{base_url}"', 'token_env = "MASONHUB_TOKEN"', "interval = 1",
+    lines = [f"port = {port}" if port else "", "[[sources]]", 'name = "masonhub"',
+             'dialect = "masonhub"', f'base_url = "{base_url}"', 'token_env = "MASONHUB_TOKEN"', "interval = 1",
              "lookback = 5", *[f"{k} = {v}" for k, v in extra.items()],
              "", "[sink]", f'url = "sqlite:///{path.parent}/replica.db"']
     path.write_text("\n".join(lines))

@@ -122,7 +122,7 @@ class ApiClient:
         self.calls += 1
         try:
             response = await self.http.get(
-                self.base_url + endpoint, params=params, headers=self._headers
+                self.base_url + endpoint, params=_query(params), headers=self._headers
             )
         except httpx.TransportError as exc:
             self._observe(endpoint, params, "transport_error", None, started, attempt,
@@ -180,6 +180,11 @@ def _error_message(body: Any, response: httpx.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])
     return response.reason_phrase or "no message"
+
+
+def _query(params: Params) -> httpx.QueryParams:
+    pairs = params.items() if isinstance(params, Mapping) else params
+    return httpx.QueryParams([(key, str(value)) for key, value in pairs])
 
 
 def _loggable(params: Params) -> dict[str, Any]:

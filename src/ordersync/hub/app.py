@@ -46,7 +46,10 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
         title="ordersync hub",
         version=__version__,
         lifespan=lifespan,
-        description="An order platform: MasonHub-style API under /api/v1, Tradecloud-style under /v2.",
+        description=(
+            "An order platform: MasonHub-style API under /api/v1, Tradecloud-style under /v2, "
+            "HubRise-style under /v1."
+        ),
     )
     if store is not None:
         app.state.store = store

@@ -1,0 +1,88 @@
+"""Sink contracts on real databases and files: exact decimals, upsert-if-newer, atomic pages."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from ordersync.agent.records import Cursor, Record
+from ordersync.agent.sinks.jsonl import JsonlSink
+from ordersync.agent.sinks.sql import SqlSink, order_lines
+from tests.integration.agent.conftest import SinkFactory
+from tests.support import order_payload
+
+
+def order(version: int, *, price: str = "9.99", qty: str = "2", oid: str = "o-1") -> Record:
+    data = order_payload("C-1", line_items=[
+        {"line_number": 1, "sku_customer_identifier": "SKU-1", "quantity": qty,
+         "unit_price": price}])
+    data |= {"id": oid, "version": version, "status": "open",
+             "updated_at": "2024-01-01T00:00:00.000Z"}
+    return Record("order", oid, version, 1_000 + version, data)
+
+
+async def test_older_and_repeated_versions_are_duplicates_not_writes(
+    sink_factory: SinkFactory,
+) -> None:
+    """Upsert if newer: v2 then v1 then v2 again leave v2, counted as duplicates."""
+    sink = await sink_factory()
+    first = await sink.apply_page("s", "orders", [order(2)], Cursor(1_002, "o-1"))
+    again = await sink.apply_page("s", "orders", [order(1), order(2)], Cursor(1_002, "o-1"))
+    assert (first.applied, first.duplicates) == (1, 0)
+    assert (again.applied, again.duplicates) == (0, 2)
+    assert await sink.load_versions("s", "order") == {"o-1": 2}
+    assert await sink.load_cursor("s", "orders") == Cursor(1_002, "o-1")
+
+
+async def test_decimals_are_stored_exactly_never_as_float(sink_factory: SinkFactory) -> None:
+    """TEXT on SQLite, NUMERIC on PostgreSQL: 0.1 and 30 significant digits survive."""
+    sink = await sink_factory()
+    if not isinstance(sink, SqlSink):
+        pytest.skip("decimal columns are a SQL sink matter")
+    price, qty = "0.10", "123456789012345678.000000000001"
+    await sink.apply_page("s", "orders", [order(1, price=price, qty=qty)], Cursor(1, ""))
+    async with sink.engine.connect() as conn:
+        row = (await conn.execute(select(order_lines.c.unit_price, order_lines.c.quantity))).one()
+        kind = (await conn.execute(text(
+            "SELECT typeof(unit_price) FROM order_lines" if sink.backend == "sqlite"
+            else "SELECT pg_typeof(unit_price)::text FROM order_lines"))).scalar_one()
+    assert row == (Decimal(price), Decimal(qty))
+    assert kind in ("text", "numeric")
+
+
+async def test_a_failure_inside_a_page_keeps_neither_its_writes_nor_its_cursor(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SQL sinks: entities, ledger and cursor commit together or not at all (both backends)."""
+    for url in (f"sqlite:///{tmp_path}/r.db", pg_url):
+        def boom(step: str) -> None:
+            if step == "after_cursor":
+                raise RuntimeError("crash")
+
+        sink = await SqlSink.open(url, fault_hook=boom)
+        with pytest.raises(RuntimeError):
+            await sink.apply_page("s", "orders", [order(1)], Cursor(1_001, "o-1"))
+        assert await sink.load_versions("s", "order") == {}
+        assert await sink.load_cursor("s", "orders") is None
+        await sink.close()
+
+
+async def test_jsonl_drops_a_torn_last_line_and_remembers_written_versions(
+    tmp_path: Path,
+) -> None:
+    """A crash mid-line leaves a fragment: it is cut, complete lines still count as applied."""
+    path = tmp_path / "changes.jsonl"
+    sink = await JsonlSink.open(path)
+    await sink.apply_page("s", "orders", [order(1)], Cursor(1_001, "o-1"))
+    await sink.close()
+    with open(path, "ab") as handle:
+        handle.write(b'{"kind":"order","id":"o-1","vers')
+    reopened = await JsonlSink.open(path)
+    assert await reopened.load_versions("s", "order") == {"o-1": 1}
+    result = await reopened.apply_page("s", "orders", [order(1), order(2)], Cursor(1_002, "o-1"))
+    assert (result.applied, result.duplicates) == (1, 1)
+    await reopened.close()
+    assert len(path.read_bytes().splitlines()) == 2
