@@ -144,3 +144,44 @@ def _wait_for_status(port: int) -> list[dict[str, object]]:
             pass
         time.sleep(0.3)
     raise AssertionError("agent never reported cursors on /status")
+
+
+def test_verify_reports_drift_then_sync(tmp_path: Path) -> None:
+    """`agent verify` exits 1 and names missing orders until a sync run, then exits 0."""
+    from tests.support import order_payload
+
+    db = f"sqlite:///{tmp_path}/hub.db"
+    token = subprocess.run([*ORDERSYNC, "hub", "token", "create", "--db", db, "--account",
+                            "acme", "--name", "erp"], capture_output=True, text=True,
+                           check=True).stdout.strip().splitlines()[-1]
+    port = free_port()
+    server = subprocess.Popen([*ORDERSYNC, "hub", "serve", "--db", db, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                httpx.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        headers = {"Authorization": f"Bearer {token}"}
+        created = httpx.post(f"{base}/api/v1/orders", headers=headers,
+                             json=[order_payload(f"V-{i}") for i in range(3)])
+        assert created.status_code == 201
+        config = write_config(tmp_path / "agent.toml", f"{base}/api/v1")
+        env = {**os.environ, "MASONHUB_TOKEN": token}
+
+        def verify() -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*ORDERSYNC, "agent", "verify", "--config", str(config)],
+                                  capture_output=True, text=True, env=env, timeout=60,
+                                  check=False)
+
+        before = verify()
+        assert before.returncode == 1 and "drift" in before.stdout and "3:" in before.stdout
+        assert agent(config, "--once", token=token).returncode == 0
+        after = verify()
+        assert after.returncode == 0 and "in sync" in after.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

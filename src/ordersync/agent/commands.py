@@ -122,3 +122,47 @@ async def _stored_status(settings: AgentConfig) -> list[dict[str, Any]]:
     finally:
         await sink.close()
     return rows
+
+
+@agent_app.command("verify")
+def verify(
+    config: ConfigOption = Path("agent.toml"),
+    show: Annotated[int, typer.Option(help="How many ids to list per problem.")] = 5,
+) -> None:
+    """Compare the replica with the platform (ids and versions from the summary listing) and
+    list missing, stale and extra records. Exit code 1 when they differ."""
+    from ordersync.agent.runner import open_runtime, preflight
+    from ordersync.agent.verify import VerifyReport, verify_replica
+
+    configure_logging("json", level="WARNING")
+
+    async def main() -> list[VerifyReport]:
+        runtime = await open_runtime(load_config(config), os.environ)
+        try:
+            await preflight(runtime)
+            return [await verify_replica(engine.source, runtime.sink)
+                    for engine in runtime.engines.values()]
+        finally:
+            await runtime.close()
+
+    try:
+        reports = asyncio.run(main())
+    except OrdersyncError as exc:
+        raise _fail(exc) from None
+    table = Table("source", "stream", "platform", "replica", "missing", "stale", "extra")
+    for report in reports:
+        for s in report.streams:
+            table.add_row(report.source, s.stream, str(s.platform), str(s.replica),
+                          _ids(s.missing, show), _ids(s.stale, show), _ids(s.extra, show))
+    Console().print(table)
+    drift = not all(report.ok for report in reports)
+    Console().print("[red]drift: the replica differs from the platform[/red]" if drift
+                    else "[green]in sync: every id at the platform's version[/green]")
+    raise typer.Exit(1 if drift else 0)
+
+
+def _ids(ids: list[str], show: int) -> str:
+    if not ids:
+        return "0"
+    more = f" (+{len(ids) - show} more)" if len(ids) > show else ""
+    return f"{len(ids)}: " + ", ".join(i[:8] for i in ids[:show]) + more

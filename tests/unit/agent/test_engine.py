@@ -71,7 +71,7 @@ async def test_the_cursor_never_passes_server_time_minus_lookback() -> None:
 
 async def test_the_cursor_is_the_last_drained_record_when_below_the_cap() -> None:
     """Far from the head the cursor is (updated_at, id) of the last record applied."""
-    source = ListSource([rec(1_000, "a"), rec(2_000, "b")], server_time_ms=100_000)
+    source = ListSource([rec(1_000, "a"), rec(2_000, "b")], server_time_ms=1_000_000)
     sink = MemorySink()
     await SyncEngine(source, sink).run_cycle()
     assert sink.cursor == Cursor(2_000, "b")
@@ -87,11 +87,11 @@ async def test_the_lookback_window_is_reread_and_counted_as_duplicates() -> None
     first = await engine.run_cycle()
     second = await engine.run_cycle()
     assert (first.applied, first.pages, first.api_calls) == (150, 2, 2)
-    assert (second.applied, second.duplicates) == (0, 100)
+    assert (second.applied, second.duplicates) == (0, 101)  # 1049..1149 inclusive
     assert registry.get_sample_value("ordersync_agent_records_applied_total",
                                      {"source": "mem", "stream": "orders"}) == 150
     assert registry.get_sample_value("ordersync_agent_duplicates_dropped_total",
-                                     {"source": "mem", "stream": "orders"}) == 100
+                                     {"source": "mem", "stream": "orders"}) == 101
 
 
 async def test_run_stops_when_asked() -> None:
