@@ -16,8 +16,10 @@ import pytest
 from tests.support import free_port
 
 ORDERSYNC = [sys.executable, "-m", "ordersync.cli"]
-PROOF = re.compile(r"proof: hub (\d+) orders / (\d+) shipments; replica (\d+) / (\d+); "
-                   r"versions equal; missed 0; applied twice 0")
+PROOF = re.compile(
+    r"proof: hub (\d+) orders / (\d+) shipments; replica (\d+) / (\d+); "
+    r"versions equal; missed 0; applied twice 0"
+)
 
 
 @pytest.mark.slow
@@ -25,8 +27,18 @@ PROOF = re.compile(r"proof: hub (\d+) orders / (\d+) shipments; replica (\d+) / 
 def test_demo_ends_with_the_proof(tmp_path: Path, faults: bool) -> None:
     """`ordersync demo` mirrors a simulated warehouse and proves replica == hub, even with
     injected errors, 429s, resets and late commits."""
-    args = [*ORDERSYNC, "demo", "--duration", "8", "--rate", "10", "--port", str(free_port()),
-            "--data-dir", str(tmp_path)] + (["--faults"] if faults else [])
+    args = [
+        *ORDERSYNC,
+        "demo",
+        "--duration",
+        "8",
+        "--rate",
+        "10",
+        "--port",
+        str(free_port()),
+        "--data-dir",
+        str(tmp_path),
+    ] + (["--faults"] if faults else [])
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     match = PROOF.search(result.stdout)
@@ -39,10 +51,20 @@ def test_demo_ends_with_the_proof(tmp_path: Path, faults: bool) -> None:
 
 def write_config(path: Path, base_url: str, port: int | None = None, **extra: str) -> Path:
     """An agent.toml; `extra` keys go into the source table."""
-    lines = [f"port = {port}" if port else "", "[[sources]]", 'name = "masonhub"',
-             'dialect = "masonhub"', f'base_url = "{base_url}"', 'token_env = "MASONHUB_TOKEN"', "interval = 1",
-             "lookback = 5", *[f"{k} = {v}" for k, v in extra.items()],
-             "", "[sink]", f'url = "sqlite:///{path.parent}/replica.db"']
+    lines = [
+        f"port = {port}" if port else "",
+        "[[sources]]",
+        'name = "masonhub"',
+        'dialect = "masonhub"',
+        f'base_url = "{base_url}"',
+        'token_env = "MASONHUB_TOKEN"',
+        "interval = 1",
+        "lookback = 5",
+        *[f"{k} = {v}" for k, v in extra.items()],
+        "",
+        "[sink]",
+        f'url = "sqlite:///{path.parent}/replica.db"',
+    ]
     path.write_text("\n".join(lines))
     return path
 
@@ -51,13 +73,18 @@ def agent(config: Path, *args: str, token: str | None = "x") -> subprocess.Compl
     env = {k: v for k, v in os.environ.items() if k != "MASONHUB_TOKEN"}
     if token is not None:
         env["MASONHUB_TOKEN"] = token
-    return subprocess.run([*ORDERSYNC, "agent", "run", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=60, env=env, check=False)
+    return subprocess.run(
+        [*ORDERSYNC, "agent", "run", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def test_a_misspelled_config_key_is_named(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "agent.toml", "http://127.0.0.1:9/api/v1",
-                          intervall="5")
+    config = write_config(tmp_path / "agent.toml", "http://127.0.0.1:9/api/v1", intervall="5")
     result = agent(config)
     assert result.returncode == 2
     assert "intervall" in result.stderr and "Traceback" not in result.stderr
@@ -79,13 +106,45 @@ def test_an_unreachable_platform_fails_at_start(tmp_path: Path) -> None:
 @pytest.fixture
 def served_hub(tmp_path: Path):  # type: ignore[no-untyped-def]
     db = f"sqlite:///{tmp_path}/hub.db"
-    token = subprocess.run([*ORDERSYNC, "hub", "token", "create", "--db", db, "--account",
-                            "demo", "--name", "erp"], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1]
+    token = (
+        subprocess.run(
+            [
+                *ORDERSYNC,
+                "hub",
+                "token",
+                "create",
+                "--db",
+                db,
+                "--account",
+                "demo",
+                "--name",
+                "erp",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     port = free_port()
-    server = subprocess.Popen([*ORDERSYNC, "hub", "serve", "--db", db, "--port", str(port),
-                               "--simulate", "10", "--seed", "5"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            *ORDERSYNC,
+            "hub",
+            "serve",
+            "--db",
+            db,
+            "--port",
+            str(port),
+            "--simulate",
+            "10",
+            "--seed",
+            "5",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(150):
         try:
@@ -114,9 +173,13 @@ def test_agent_runs_serves_status_and_stops_gracefully_on_sigterm(
     port = free_port()
     config = write_config(tmp_path / "agent.toml", base_url, port=port)
     env = {**os.environ, "MASONHUB_TOKEN": token}
-    process = subprocess.Popen([*ORDERSYNC, "agent", "run", "--config", str(config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env)
+    process = subprocess.Popen(
+        [*ORDERSYNC, "agent", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         status = _wait_for_status(port)
         assert {row["stream"] for row in status} == {"orders", "shipments"}
@@ -128,8 +191,13 @@ def test_agent_runs_serves_status_and_stops_gracefully_on_sigterm(
         process.kill()
     assert process.returncode == 0, stderr
     assert '"processing_time_ms"' in stderr and '"records_returned"' in stderr
-    shown = subprocess.run([*ORDERSYNC, "agent", "status", "--config", str(config)],
-                           capture_output=True, text=True, env=env, check=False)
+    shown = subprocess.run(
+        [*ORDERSYNC, "agent", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert shown.returncode == 0 and "orders" in shown.stdout and "20" in shown.stdout
 
 
@@ -151,12 +219,33 @@ def test_verify_reports_drift_then_sync(tmp_path: Path) -> None:
     from tests.support import order_payload
 
     db = f"sqlite:///{tmp_path}/hub.db"
-    token = subprocess.run([*ORDERSYNC, "hub", "token", "create", "--db", db, "--account",
-                            "acme", "--name", "erp"], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1]
+    token = (
+        subprocess.run(
+            [
+                *ORDERSYNC,
+                "hub",
+                "token",
+                "create",
+                "--db",
+                db,
+                "--account",
+                "acme",
+                "--name",
+                "erp",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     port = free_port()
-    server = subprocess.Popen([*ORDERSYNC, "hub", "serve", "--db", db, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*ORDERSYNC, "hub", "serve", "--db", db, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -166,16 +255,24 @@ def test_verify_reports_drift_then_sync(tmp_path: Path) -> None:
             except httpx.TransportError:
                 time.sleep(0.1)
         headers = {"Authorization": f"Bearer {token}"}
-        created = httpx.post(f"{base}/api/v1/orders", headers=headers,
-                             json=[order_payload(f"V-{i}") for i in range(3)])
+        created = httpx.post(
+            f"{base}/api/v1/orders",
+            headers=headers,
+            json=[order_payload(f"V-{i}") for i in range(3)],
+        )
         assert created.status_code == 201
         config = write_config(tmp_path / "agent.toml", f"{base}/api/v1")
         env = {**os.environ, "MASONHUB_TOKEN": token}
 
         def verify() -> subprocess.CompletedProcess[str]:
-            return subprocess.run([*ORDERSYNC, "agent", "verify", "--config", str(config)],
-                                  capture_output=True, text=True, env=env, timeout=60,
-                                  check=False)
+            return subprocess.run(
+                [*ORDERSYNC, "agent", "verify", "--config", str(config)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+                check=False,
+            )
 
         before = verify()
         assert before.returncode == 1 and "drift" in before.stdout and "3:" in before.stdout

@@ -18,8 +18,9 @@ ORDERSYNC = [sys.executable, "-m", "ordersync.cli"]
 
 
 def run_cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ORDERSYNC, *args], capture_output=True, text=True, timeout=60,
-                          check=False, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(
+        [*ORDERSYNC, *args], capture_output=True, text=True, timeout=60, check=False, **kwargs
+    )  # type: ignore[call-overload]
 
 
 def test_token_create_prints_the_token_alone_on_the_last_line(tmp_path: Path) -> None:
@@ -36,8 +37,9 @@ def test_token_create_prints_the_token_alone_on_the_last_line(tmp_path: Path) ->
 
 def test_a_bad_database_url_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     """An unsupported URL exits 2 with one line saying what to use."""
-    result = run_cli("hub", "token", "create", "--db", "mysql://x/y", "--account", "a",
-                     "--name", "b")
+    result = run_cli(
+        "hub", "token", "create", "--db", "mysql://x/y", "--account", "a", "--name", "b"
+    )
     assert result.returncode == 2
     assert "sqlite:///" in result.stderr and "Traceback" not in result.stderr
 
@@ -55,9 +57,22 @@ def simulated_hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
     token = run_cli("hub", "token", "create", "--db", db, "--account", "demo", "--name", "erp")
     port = free_port()
     server = subprocess.Popen(
-        [*ORDERSYNC, "hub", "serve", "--db", db, "--port", str(port), "--simulate", "20",
-         "--seed", "3"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ},
+        [
+            *ORDERSYNC,
+            "hub",
+            "serve",
+            "--db",
+            db,
+            "--port",
+            str(port),
+            "--simulate",
+            "20",
+            "--seed",
+            "3",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
     )
     base = f"http://127.0.0.1:{port}"
     try:
