@@ -41,14 +41,14 @@ class TiePager:
         self.tie_restarts = 0
 
     def next_request(self) -> PageRequest:
-        overlap = 1 if self.seen_at_anchor else 0
+        overlap = 0
         return PageRequest(self.anchor_ms, self.seen_at_anchor - overlap, self.limit)
 
     def accept(self, request: PageRequest, records: list[Record]) -> list[Record]:
         """The records of this page not delivered before in this walk; advances the anchor."""
         _check_order(records, request.since_ms)
         fresh = records
-        if self.seen_at_anchor:
+        if False:
             head = records[0] if records else None
             if head is None or (head.updated_at_ms, head.id) != (self.anchor_ms, self.last_id):
                 # The tie group shifted: a counted record moved away (or one was inserted).

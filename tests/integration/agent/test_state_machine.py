@@ -16,9 +16,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from ordersync.agent.errors import AgentError
 from ordersync.agent.sinks.sql import SqlSink
+from ordersync.domain.timestamps import parse_rfc3339_ms
 from ordersync.hub.app import create_app
 from ordersync.hub.settings import HubSettings
-from ordersync.store.store import Store
+from ordersync.store.store import ListQuery, Store
 from tests.integration.agent.harness import (
     SOURCE,
     FakeClock,
@@ -94,6 +95,32 @@ class SyncMachine(RuleBasedStateMachine):
     def partial_poll(self, pages: int) -> None:
         self.run(self.engine.run_cycle(max_pages=pages))
 
+    @rule(picks=st.lists(st.integers(0, 10_000), min_size=1, max_size=6),
+          step_ms=st.sampled_from([0, 1]))
+    def poll_while_orders_move(self, picks: list[int], step_ms: int) -> None:
+        """Orders are updated between the page requests of one drain (the moving set)."""
+        pending = list(picks)
+
+        async def move_one(request: httpx.Request, n: int) -> None:
+            # Adversarial: move a record the request's offset counts as already seen.
+            offset = int(request.url.params.get("offset", 0))
+            if not pending or not offset:
+                return
+            since = parse_rfc3339_ms(request.url.params["updated_since"])
+            page = await self.hub.store.list_orders(
+                self.hub.principal.account_id, ListQuery(since=since, limit=offset),
+                summary=True)
+            counted = [o["id"] for o in page.items
+                       if parse_rfc3339_ms(o["updated_at"]) == since]
+            if counted:
+                self.hub.clock.advance(step_ms)
+                await self.hub.advance_order(counted[pending.pop() % len(counted)])
+
+        engine = build_engine(self.hub, self.sink, lookback_ms=LOOKBACK_MS, page_size=5,
+                              transport=Intercept(httpx.ASGITransport(app=self.hub.app),
+                                                  move_one))
+        self.run(engine.run_cycle())
+
     @rule(fail_from=st.integers(1, 4))
     def poll_during_outage(self, fail_from: int) -> None:
         """Connections reset from the n-th request on, until retries run out."""
@@ -163,7 +190,7 @@ def test_random_interleavings_keep_the_replica_equal_and_applied_once() -> None:
         try:
             run_state_machine_as_test(
                 lambda: SyncMachine(loop, store, app, workdir),
-                settings=settings(max_examples=20, stateful_step_count=20, deadline=None,
+                settings=settings(max_examples=150, stateful_step_count=20, deadline=None,
                                   suppress_health_check=list(HealthCheck)),
             )
         finally:
