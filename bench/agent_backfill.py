@@ -915,7 +915,7 @@ def table_rows(results: list[Result]) -> list[tuple[str, ...]]:
             f"{r.seconds:,.1f}",
             f"{r.records_per_s:,.0f}",
             f"{r.api_calls:,}",
-            f"{r.calls_per_page:.3f}",
+            f"{r.calls_per_page:.4f}",
             f"{r.peak_rss_mb:,.1f}",
             r.verdict,
             f"{r.cpu_seconds:,.1f}+{r.hub_cpu_seconds:,.1f}",
@@ -1036,7 +1036,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--dialect",
         choices=DIALECTS,
         default="masonhub",
-        help="the hub dialect both tools read (only masonhub exists yet)",
+        help="the hub dialect both tools read (the agent has only a masonhub source yet)",
     )
     parser.add_argument(
         "--timeout",
@@ -1067,8 +1067,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.dlt_orders = list(args.orders)
     if args.dialect not in IMPLEMENTED_DIALECTS:
         parser.error(
-            f"--dialect {args.dialect}: the hub serves only "
-            f"{', '.join(IMPLEMENTED_DIALECTS)} so far"
+            f"--dialect {args.dialect}: the agent has only a "
+            f"{', '.join(IMPLEMENTED_DIALECTS)} source so far"
         )
     return args
 

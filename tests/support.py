@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -110,3 +112,64 @@ def order_payload(customer_identifier: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+ORDERSYNC_CLI = [sys.executable, "-m", "ordersync.cli"]
+
+
+def cli_token(db_url: str, account: str = "acme", name: str = "erp") -> str:
+    """`ordersync hub token create` through the real CLI; the token is its last line."""
+    result = subprocess.run(
+        [
+            *ORDERSYNC_CLI,
+            "hub",
+            "token",
+            "create",
+            "--db",
+            db_url,
+            "--account",
+            account,
+            "--name",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+@contextlib.contextmanager
+def hub_process(db_url: str, *serve_args: str) -> Iterator[str]:
+    """`ordersync hub serve` as a separate process on a free port; yields its base URL and
+    terminates it afterwards."""
+    port = free_port()
+    server = subprocess.Popen(
+        [*ORDERSYNC_CLI, "hub", "serve", "--db", db_url, "--port", str(port), *serve_args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, server)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_healthy(base: str, server: subprocess.Popen[bytes], seconds: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds  # generous: shared machines can be very busy
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            stderr = server.stderr.read().decode() if server.stderr else ""
+            raise RuntimeError(f"hub exited early: {stderr}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("hub did not become healthy")

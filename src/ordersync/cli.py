@@ -90,7 +90,12 @@ def hub_serve(
         int, typer.Option(envvar="ORDERSYNC_HUB_MAX_BODY_BYTES", help="Larger bodies get 413.")
     ] = 1_048_576,
     workers: Annotated[
-        int, typer.Option(help="Worker processes (PostgreSQL for more than 1).")
+        int,
+        typer.Option(
+            help="Worker processes (without --simulate). On SQLite (WAL: readers in every"
+            " process, one writer at a time), quotas are then counted in the database, not in"
+            " each process's memory.",
+        ),
     ] = 1,
     quota: Annotated[
         list[str] | None,
@@ -138,6 +143,15 @@ def hub_serve(
         + (f" (simulating {simulate} orders/s for account {account!r})" if simulate else "")
     )
     if workers > 1:
+        from ordersync.store.engine import parse_database_url
+        from ordersync.store.migrate import upgrade
+
+        database = parse_database_url(settings.db_url)
+        if database.backend == "sqlite":
+            # Migrate once here: SQLite has no migration lock for workers starting together.
+            _run(upgrade(database))
+            # Memory quota counters would be per process: share them through the database.
+            os.environ.setdefault("ORDERSYNC_HUB_QUOTA_STORE", "sql")
         # Each worker process builds its own app from the environment.
         os.environ["ORDERSYNC_HUB_DB"] = settings.db_url
         os.environ["ORDERSYNC_HUB_MAX_BODY_BYTES"] = str(settings.max_body_bytes)

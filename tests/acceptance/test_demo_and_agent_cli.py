@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import cli_token, free_port, hub_process, order_payload
 
 ORDERSYNC = [sys.executable, "-m", "ordersync.cli"]
 PROOF = re.compile(
@@ -104,57 +105,11 @@ def test_an_unreachable_platform_fails_at_start(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def served_hub(tmp_path: Path):  # type: ignore[no-untyped-def]
+def served_hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
     db = f"sqlite:///{tmp_path}/hub.db"
-    token = (
-        subprocess.run(
-            [
-                *ORDERSYNC,
-                "hub",
-                "token",
-                "create",
-                "--db",
-                db,
-                "--account",
-                "demo",
-                "--name",
-                "erp",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            *ORDERSYNC,
-            "hub",
-            "serve",
-            "--db",
-            db,
-            "--port",
-            str(port),
-            "--simulate",
-            "10",
-            "--seed",
-            "5",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield f"{base}/api/v1", token
-    server.terminate()
-    server.wait(timeout=20)
+    token = cli_token(db, account="demo")
+    with hub_process(db, "--simulate", "10", "--seed", "5") as base:
+        yield f"{base}/api/v1", token
 
 
 def test_a_refused_token_fails_at_start(tmp_path: Path, served_hub: tuple[str, str]) -> None:
@@ -216,48 +171,12 @@ def _wait_for_status(port: int) -> list[dict[str, object]]:
 
 def test_verify_reports_drift_then_sync(tmp_path: Path) -> None:
     """`agent verify` exits 1 and names missing orders until a sync run, then exits 0."""
-    from tests.support import order_payload
-
     db = f"sqlite:///{tmp_path}/hub.db"
-    token = (
-        subprocess.run(
-            [
-                *ORDERSYNC,
-                "hub",
-                "token",
-                "create",
-                "--db",
-                db,
-                "--account",
-                "acme",
-                "--name",
-                "erp",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    port = free_port()
-    server = subprocess.Popen(
-        [*ORDERSYNC, "hub", "serve", "--db", db, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        headers = {"Authorization": f"Bearer {token}"}
+    token = cli_token(db)
+    with hub_process(db) as base:
         created = httpx.post(
             f"{base}/api/v1/orders",
-            headers=headers,
+            headers={"Authorization": f"Bearer {token}"},
             json=[order_payload(f"V-{i}") for i in range(3)],
         )
         assert created.status_code == 201
@@ -270,7 +189,7 @@ def test_verify_reports_drift_then_sync(tmp_path: Path) -> None:
                 capture_output=True,
                 text=True,
                 env=env,
-                timeout=60,
+                timeout=120,
                 check=False,
             )
 
@@ -279,6 +198,3 @@ def test_verify_reports_drift_then_sync(tmp_path: Path) -> None:
         assert agent(config, "--once", token=token).returncode == 0
         after = verify()
         assert after.returncode == 0 and "in sync" in after.stdout
-    finally:
-        server.terminate()
-        server.wait(timeout=20)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import cli_token, hub_process
 
 ORDERSYNC = [sys.executable, "-m", "ordersync.cli"]
 
@@ -54,46 +53,9 @@ def test_serve_help_names_the_options_and_environment() -> None:
 @pytest.fixture
 def simulated_hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
     db = f"sqlite:///{tmp_path}/hub.db"
-    token = run_cli("hub", "token", "create", "--db", db, "--account", "demo", "--name", "erp")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            *ORDERSYNC,
-            "hub",
-            "serve",
-            "--db",
-            db,
-            "--port",
-            str(port),
-            "--simulate",
-            "20",
-            "--seed",
-            "3",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base, server)
-        yield base, token.stdout.strip().splitlines()[-1]
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-
-
-def _wait_healthy(base: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"hub exited: {server.stderr.read() if server.stderr else ''}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("hub did not become healthy")
+    token = cli_token(db, account="demo")
+    with hub_process(db, "--simulate", "20", "--seed", "3") as base:
+        yield base, token
 
 
 @pytest.mark.slow

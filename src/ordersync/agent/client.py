@@ -98,8 +98,9 @@ class ApiClient:
     def _rate_limit_wait(self, transient: _Transient, count: int, endpoint: str) -> float:
         policy = self.retry
         if count > policy.rate_limit_waits:
-            raise RateLimited(f"{self.source}: {endpoint} still rate limited after {count - 1} "
-                              "waits") from transient
+            raise RateLimited(
+                f"{self.source}: {endpoint} still rate limited after {count - 1} waits"
+            ) from transient
         if transient.retry_after is None:
             return policy.backoff(count, self.rng)
         if transient.retry_after > policy.max_retry_after:
@@ -125,8 +126,15 @@ class ApiClient:
                 self.base_url + endpoint, params=_query(params), headers=self._headers
             )
         except httpx.TransportError as exc:
-            self._observe(endpoint, params, "transport_error", None, started, attempt,
-                          error=f"{type(exc).__name__}: {exc}")
+            self._observe(
+                endpoint,
+                params,
+                "transport_error",
+                None,
+                started,
+                attempt,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             raise _Transient(type(exc).__name__) from exc
         body = _json_body(response)
         records = body.get("data") if isinstance(body, dict) else None
@@ -139,8 +147,9 @@ class ApiClient:
         status = response.status_code
         if 200 <= status < 300:
             if not isinstance(body, dict):
-                raise ProtocolError(f"{self.source}: {endpoint} answered {status} without a "
-                                    "JSON object body")
+                raise ProtocolError(
+                    f"{self.source}: {endpoint} answered {status} without a JSON object body"
+                )
             return ApiResponse(body, status, self.last_server_time_ms)
         message = _error_message(body, response)
         if status in (401, 403):
@@ -156,16 +165,30 @@ class ApiClient:
             raise _Transient(f"http_{status}", retry_after)
         raise RequestRejected(f"{self.source}: {endpoint} rejected ({status}): {message}", status)
 
-    def _observe(self, endpoint: str, params: Params, code: str, records: int | None,
-                 started: float, attempt: int, error: str | None = None) -> None:
+    def _observe(
+        self,
+        endpoint: str,
+        params: Params,
+        code: str,
+        records: int | None,
+        started: float,
+        attempt: int,
+        error: str | None = None,
+    ) -> None:
         elapsed = self.perf() - started
         self.metrics.request_seconds.labels(self.source, endpoint).observe(elapsed)
         self.metrics.requests.labels(self.source, endpoint, code).inc()
         log.info(
-            "api_call", timestamp=format_rfc3339(self.clock()), source=self.source,
-            endpoint=endpoint, query_params=_loggable(params), response_code=code,
-            records_returned=records, processing_time_ms=round(elapsed * 1000, 1),
-            attempt=attempt, **({"error": error} if error else {}),
+            "api_call",
+            timestamp=format_rfc3339(self.clock()),
+            source=self.source,
+            endpoint=endpoint,
+            query_params=_loggable(params),
+            response_code=code,
+            records_returned=records,
+            processing_time_ms=round(elapsed * 1000, 1),
+            attempt=attempt,
+            **({"error": error} if error else {}),
         )
 
 

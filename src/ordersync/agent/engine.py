@@ -122,8 +122,9 @@ class SyncEngine:
         total, failure = CycleCounts(), None
         for stream in self.source.streams:
             try:
-                total.add(await self.sync_stream(stream, max_pages=max_pages,
-                                                 stop_event=stop_event))
+                total.add(
+                    await self.sync_stream(stream, max_pages=max_pages, stop_event=stop_event)
+                )
             except AuthError:
                 for state in self._status.values():
                     state.stopped = True
@@ -135,7 +136,10 @@ class SyncEngine:
         return total
 
     async def sync_stream(
-        self, stream: str, *, max_pages: int | None = None,
+        self,
+        stream: str,
+        *,
+        max_pages: int | None = None,
         stop_event: asyncio.Event | None = None,
     ) -> CycleCounts:
         state = self._status[stream]
@@ -152,8 +156,14 @@ class SyncEngine:
             state.totals.add(counts)
         return counts
 
-    async def _drain(self, stream: str, state: StreamStatus, counts: CycleCounts,
-                     max_pages: int | None, stop_event: asyncio.Event | None) -> None:
+    async def _drain(
+        self,
+        stream: str,
+        state: StreamStatus,
+        counts: CycleCounts,
+        max_pages: int | None,
+        stop_event: asyncio.Event | None,
+    ) -> None:
         cursor = await self.sink.load_cursor(self.source.name, stream)
         state.cursor, state.caught_up = cursor, False
         start = 0 if cursor is None else cursor.updated_at_ms - self.settings.lookback_ms
@@ -163,7 +173,8 @@ class SyncEngine:
         def may_fetch() -> bool:
             return not pager.done and not (
                 (max_pages is not None and counts.pages >= max_pages)
-                or (stop_event is not None and stop_event.is_set()))
+                or (stop_event is not None and stop_event.is_set())
+            )
 
         ahead = self._fetch_ahead(stream, pager) if may_fetch() else None
         try:
@@ -191,14 +202,22 @@ class SyncEngine:
         if pager.done:
             self._caught_up(stream, state, drain_start)
 
-    def _fetch_ahead(self, stream: str, pager: TiePager
-                     ) -> tuple[PageRequest, asyncio.Task[FetchedPage]]:
+    def _fetch_ahead(
+        self, stream: str, pager: TiePager
+    ) -> tuple[PageRequest, asyncio.Task[FetchedPage]]:
         request = pager.next_request()
-        return request, asyncio.ensure_future(self.source.fetch_page(
-            stream, request.since_ms, request.offset, request.limit))
+        return request, asyncio.ensure_future(
+            self.source.fetch_page(stream, request.since_ms, request.offset, request.limit)
+        )
 
-    async def _commit_page(self, stream: str, fresh: list[Record], cursor: Cursor | None,
-                           drain_start: int, counts: CycleCounts) -> Cursor:
+    async def _commit_page(
+        self,
+        stream: str,
+        fresh: list[Record],
+        cursor: Cursor | None,
+        drain_start: int,
+        counts: CycleCounts,
+    ) -> Cursor:
         new_cursor = self.next_cursor(cursor, fresh[-1], drain_start)
         result = await self.sink.apply_page(self.source.name, stream, fresh, new_cursor)
         counts.applied += result.applied
@@ -210,8 +229,11 @@ class SyncEngine:
     def next_cursor(self, cursor: Cursor | None, last: Record, drain_start: int) -> Cursor:
         """The largest updated_at drained, never past (server time - lookback), never back."""
         ceiling = drain_start - self.settings.lookback_ms
-        candidate = (Cursor(last.updated_at_ms, last.id) if last.updated_at_ms <= ceiling
-                     else Cursor(ceiling, ""))
+        candidate = (
+            Cursor(last.updated_at_ms, last.id)
+            if last.updated_at_ms <= ceiling
+            else Cursor(ceiling, "")
+        )
         if cursor is not None and cursor.updated_at_ms >= candidate.updated_at_ms:
             return cursor
         return candidate

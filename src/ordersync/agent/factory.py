@@ -1,8 +1,8 @@
 """Wiring for one source: base_url + token + sink URL -> a ready `SyncEngine`.
 
-    async with await open_masonhub_engine(base_url, token, "sqlite:///replica.db") as agent:
-        await agent.engine.run_cycle()
-        agent.engine.status()
+async with await open_masonhub_engine(base_url, token, "sqlite:///replica.db") as agent:
+    await agent.engine.run_cycle()
+    agent.engine.status()
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class OpenedEngine:
     async def __aenter__(self) -> OpenedEngine:
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
 

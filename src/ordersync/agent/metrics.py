@@ -16,39 +16,54 @@ class AgentMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.request_seconds = Histogram(
-            "ordersync_agent_request_seconds", "Latency of platform API calls",
-            ["source", "endpoint"], registry=r, buckets=_LATENCY_BUCKETS,
+            "ordersync_agent_request_seconds",
+            "Latency of platform API calls",
+            ["source", "endpoint"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
         )
         self.requests = Counter(
-            "ordersync_agent_requests", "Platform API calls by response code",
-            ["source", "endpoint", "code"], registry=r,
+            "ordersync_agent_requests",
+            "Platform API calls by response code",
+            ["source", "endpoint", "code"],
+            registry=r,
         )
         self.rate_limit_hits = Counter(
             "ordersync_agent_rate_limit_hits", "429 answers received", ["source"], registry=r
         )
         self.retries = Counter(
-            "ordersync_agent_retries", "Retried API calls by reason", ["source", "reason"],
+            "ordersync_agent_retries",
+            "Retried API calls by reason",
+            ["source", "reason"],
             registry=r,
         )
         self.records_applied = Counter(
-            "ordersync_agent_records_applied", "Record versions applied to the sink",
-            ["source", "stream"], registry=r,
+            "ordersync_agent_records_applied",
+            "Record versions applied to the sink",
+            ["source", "stream"],
+            registry=r,
         )
         self.duplicates_dropped = Counter(
-            "ordersync_agent_duplicates_dropped", "Records already applied (overlap, retries)",
-            ["source", "stream"], registry=r,
+            "ordersync_agent_duplicates_dropped",
+            "Records already applied (overlap, retries)",
+            ["source", "stream"],
+            registry=r,
         )
         self.freshness_lag = Gauge(
             "ordersync_agent_freshness_lag_seconds",
             "Age of the newest complete view of the stream (server time)",
-            ["source", "stream"], registry=r,
+            ["source", "stream"],
+            registry=r,
         )
         self.last_success = Gauge(
             "ordersync_agent_last_success_timestamp_seconds",
-            "Unix time of the last poll that drained the stream", ["source", "stream"],
+            "Unix time of the last poll that drained the stream",
+            ["source", "stream"],
             registry=r,
         )
         self.cycle_failures = Counter(
-            "ordersync_agent_cycle_failures", "Sync cycles that failed", ["source", "stream"],
+            "ordersync_agent_cycle_failures",
+            "Sync cycles that failed",
+            ["source", "stream"],
             registry=r,
         )

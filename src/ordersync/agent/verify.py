@@ -44,8 +44,9 @@ async def platform_versions(source: Source, stream: str, page_size: int = 100) -
     versions: dict[str, int] = {}
     while not pager.done:
         request = pager.next_request()
-        page = await source.fetch_page(stream, request.since_ms, request.offset, request.limit,
-                                       summary=True)
+        page = await source.fetch_page(
+            stream, request.since_ms, request.offset, request.limit, summary=True
+        )
         for record in pager.accept(request, page.records):
             versions[record.id] = max(versions.get(record.id, 0), record.version)
     return versions
@@ -56,10 +57,16 @@ async def verify_replica(source: Source, sink: Sink, *, page_size: int = 100) ->
     for stream in source.streams:
         platform = await platform_versions(source, stream, page_size)
         replica = await sink.load_versions(source.name, STREAM_KINDS[stream])
-        reports.append(StreamReport(
-            stream, len(platform), len(replica),
-            missing=sorted(platform.keys() - replica.keys()),
-            stale=sorted(i for i in platform.keys() & replica.keys() if replica[i] < platform[i]),
-            extra=sorted(replica.keys() - platform.keys()),
-        ))
+        reports.append(
+            StreamReport(
+                stream,
+                len(platform),
+                len(replica),
+                missing=sorted(platform.keys() - replica.keys()),
+                stale=sorted(
+                    i for i in platform.keys() & replica.keys() if replica[i] < platform[i]
+                ),
+                extra=sorted(replica.keys() - platform.keys()),
+            )
+        )
     return VerifyReport(source.name, reports)

@@ -1,17 +1,31 @@
-"""Database URLs and engines: SQLite (embedded default) and PostgreSQL, selected by URL."""
+"""Database URLs and engines: SQLite (embedded default) and PostgreSQL, selected by URL.
+
+On SQLite, the hot listing reads also have a `SqliteReadPool`: plain `sqlite3` connections
+that run a whole read in one thread hop, where aiosqlite hops to its thread and back for every
+DBAPI call.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from ordersync.errors import ConfigurationError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_READ_THREADS = 4
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,3 +96,97 @@ def _install_sqlite_hooks(engine: AsyncEngine, begin_statement: str) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql(begin_statement)
+
+
+class SqliteReadPool:
+    """Read-only `sqlite3` connections, one per thread of a small executor of their own.
+
+    `run(fn)` calls `fn(connection)` in one of the threads: a whole read (statements, fetches)
+    costs one thread hop. Each connection is in autocommit mode (no BEGIN), so every statement
+    is its own read transaction and sees every write committed before it started (WAL: readers
+    neither wait for the writer nor block it). `query_only` makes the read-only use a guarantee.
+
+    `execute` runs a SQLAlchemy Core statement: it is compiled once per statement object (the
+    store caches its statements) and then only its parameters are bound. Bound values must be
+    what `sqlite3` takes as is (int, str, None): no SQLAlchemy type processing happens here, and
+    rows come back as plain tuples.
+    """
+
+    def __init__(self, url: DatabaseURL, dialect: Dialect, size: int = SQLITE_READ_THREADS):
+        database = make_url(url.sync_url).database
+        assert url.backend == "sqlite" and database
+        self._database = database
+        self._dialect = dialect
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._compiled: dict[Any, _CompiledRead] = {}
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=size, thread_name_prefix="ordersync-sqlite-read"
+        )
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def execute(
+        self, connection: sqlite3.Connection, statement: Any, params: Mapping[str, Any]
+    ) -> list[Any]:
+        """Run `statement` with `params` on `connection` (inside `run`), fetching every row."""
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = _CompiledRead(statement, self._dialect)
+        sql, args = compiled.bind(params)
+        return connection.execute(sql, args).fetchall()
+
+    async def close(self) -> None:
+        """Wait for running reads, then close every connection."""
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._connect()
+        return fn(connection)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: autocommit, see the class docstring. check_same_thread=False
+        # only so that `close` may close it from the event loop's thread once its own is done.
+        connection = sqlite3.connect(
+            self._database, isolation_level=None, check_same_thread=False
+        )
+        _sqlite_pragmas(connection, immediate=False)
+        connection.execute("PRAGMA query_only=ON")
+        with self._lock:
+            self._connections.append(connection)
+        return connection
+
+
+class _CompiledRead:
+    """A statement compiled once for `sqlite3`: its SQL and how to order its parameters."""
+
+    def __init__(self, statement: Any, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler) and compiled.positiontup is not None
+        self._compiled = compiled
+        self._sql = compiled.string
+        self._names = tuple(compiled.positiontup)
+        # Values fixed in the statement itself (literals SQLAlchemy binds as parameters).
+        self._defaults = {
+            name: value for name, value in compiled.params.items() if value is not None
+        }
+        # IN (...) lists are rendered per call, one placeholder per value.
+        self._expanding = bool(compiled.post_compile_params)
+
+    def bind(self, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        if self._expanding:
+            state = self._compiled.construct_expanded_state(dict(params))
+            return state.statement, list(state.positional_parameters)
+        defaults = self._defaults
+        return self._sql, [
+            params[name] if name in params else defaults[name] for name in self._names
+        ]

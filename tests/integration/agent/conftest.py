@@ -23,12 +23,17 @@ SinkFactory = Callable[..., Awaitable[Sink]]
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "jsonl"])
-async def sink_factory(request: pytest.FixtureRequest, tmp_path: Path
-                       ) -> AsyncIterator[SinkFactory]:
+async def sink_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SinkFactory]:
     """Opens (and reopens, as a restarted agent would) one replica of the given backend."""
-    url = (request.getfixturevalue("pg_url") if request.param == "postgresql"
-           else f"sqlite:///{tmp_path}/replica.db" if request.param == "sqlite"
-           else f"jsonl://{tmp_path}/replica.jsonl")
+    url = (
+        request.getfixturevalue("pg_url")
+        if request.param == "postgresql"
+        else f"sqlite:///{tmp_path}/replica.db"
+        if request.param == "sqlite"
+        else f"jsonl://{tmp_path}/replica.jsonl"
+    )
     opened: list[Sink] = []
 
     async def factory(**kwargs: object) -> Sink:

@@ -87,32 +87,46 @@ class Hub:
         if stamp is not None:
             self.clock.now = stamp
         try:
-            return await self.store.transition_order(self.principal,
-                                                     self.principal.account_id, order_id, target)
+            return await self.store.transition_order(
+                self.principal, self.principal.account_id, order_id, target
+            )
         finally:
             self.clock.now = max(saved, self.clock.now) if stamp is None else saved
 
     async def ship(self, order: Order) -> Any:
         line = order.line_items[0]
-        return await self.store.create_shipment(self.principal, self.principal.account_id,
-                                                NewShipment(order_id=order.id, carrier="UPS",
-                                                            service_level="ground",
-                                                            tracking_number=f"1Z{order.id[:8]}",
-                                                            lines=[ShipmentLine(
-                                                                line_number=1,
-                                                                sku_customer_identifier=line.sku_customer_identifier,
-                                                                quantity=line.quantity)]))
+        return await self.store.create_shipment(
+            self.principal,
+            self.principal.account_id,
+            NewShipment(
+                order_id=order.id,
+                carrier="UPS",
+                service_level="ground",
+                tracking_number=f"1Z{order.id[:8]}",
+                lines=[
+                    ShipmentLine(
+                        line_number=1,
+                        sku_customer_identifier=line.sku_customer_identifier,
+                        quantity=line.quantity,
+                    )
+                ],
+            ),
+        )
 
     async def versions(self, kind: str) -> dict[str, int]:
         query = ListQuery(limit=1_000_000)
         account = self.principal.account_id
-        page = (await self.store.list_orders(account, query, summary=True) if kind == "order"
-                else await self.store.list_shipments(account, query, summary=True))
+        page = (
+            await self.store.list_orders(account, query, summary=True)
+            if kind == "order"
+            else await self.store.list_shipments(account, query, summary=True)
+        )
         return {item["id"]: int(item["version"]) for item in page.items}
 
     async def order_ids_by_position(self) -> list[str]:
-        page = await self.store.list_orders(self.principal.account_id,
-                                            ListQuery(limit=1_000_000), summary=True)
+        page = await self.store.list_orders(
+            self.principal.account_id, ListQuery(limit=1_000_000), summary=True
+        )
         return [item["id"] for item in page.items]
 
 
@@ -151,20 +165,40 @@ class Intercept(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-def build_engine(hub: Hub, sink: Sink, *, transport: httpx.AsyncBaseTransport | None = None,
-                 lookback_ms: int = 2_000, page_size: int = 100, hook: EngineHook | None = None,
-                 sleep: FakeSleep | None = None, base_url: str = BASE_URL,
-                 token: str | None = None, clock: Callable[[], int] | None = None,
-                 ) -> SyncEngine:
+def build_engine(
+    hub: Hub,
+    sink: Sink,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    lookback_ms: int = 2_000,
+    page_size: int = 100,
+    hook: EngineHook | None = None,
+    sleep: FakeSleep | None = None,
+    base_url: str = BASE_URL,
+    token: str | None = None,
+    clock: Callable[[], int] | None = None,
+) -> SyncEngine:
     http = httpx.AsyncClient(transport=transport or httpx.ASGITransport(app=hub.app))
     metrics = AgentMetrics()
-    client = ApiClient(http, base_url, token or hub.token, source=SOURCE, metrics=metrics,
-                       retry=RetryPolicy(attempts=5), sleep=sleep or FakeSleep(hub.clock),
-                       clock=clock or hub.clock)
+    client = ApiClient(
+        http,
+        base_url,
+        token or hub.token,
+        source=SOURCE,
+        metrics=metrics,
+        retry=RetryPolicy(attempts=5),
+        sleep=sleep or FakeSleep(hub.clock),
+        clock=clock or hub.clock,
+    )
     source = MasonHubSource(client, name=SOURCE)
-    return SyncEngine(source, sink, clock=clock or hub.clock, metrics=metrics,
-                      settings=EngineSettings(lookback_ms=lookback_ms, page_size=page_size),
-                      hook=hook)
+    return SyncEngine(
+        source,
+        sink,
+        clock=clock or hub.clock,
+        metrics=metrics,
+        settings=EngineSettings(lookback_ms=lookback_ms, page_size=page_size),
+        hook=hook,
+    )
 
 
 async def assert_replica_equals_hub(hub: Hub, sink: Sink) -> None:

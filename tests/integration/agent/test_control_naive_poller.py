@@ -14,8 +14,9 @@ from tests.integration.agent.harness import BASE_URL, Hub, Intercept, build_engi
 
 
 class SeedExamplePoller:
-    def __init__(self, hub: Hub, transport: httpx.AsyncBaseTransport | None = None,
-                 paginate: bool = False) -> None:
+    def __init__(
+        self, hub: Hub, transport: httpx.AsyncBaseTransport | None = None, paginate: bool = False
+    ) -> None:
         self.hub = hub
         self.http = httpx.AsyncClient(transport=transport or httpx.ASGITransport(app=hub.app))
         self.paginate = paginate
@@ -27,8 +28,11 @@ class SeedExamplePoller:
         while True:
             response = await self.http.get(
                 f"{BASE_URL}/orders",
-                params={"updated_since": format_rfc3339(self.last_poll), "limit": 100,
-                        "offset": offset},
+                params={
+                    "updated_since": format_rfc3339(self.last_poll),
+                    "limit": 100,
+                    "offset": offset,
+                },
                 headers={"Authorization": f"Bearer {self.hub.token}"},
             )
             response.raise_for_status()
@@ -66,8 +70,9 @@ async def test_control_offset_paging_over_a_moving_set_skips_records(hub: Hub) -
             for order_id in positions[:10]:
                 await hub.advance_order(order_id)
 
-    poller = SeedExamplePoller(hub, Intercept(httpx.ASGITransport(app=hub.app), move_seen),
-                               paginate=True)
+    poller = SeedExamplePoller(
+        hub, Intercept(httpx.ASGITransport(app=hub.app), move_seen), paginate=True
+    )
     for _ in range(3):
         await poller.process_order_updates()
         hub.clock.advance(1_000)
@@ -105,8 +110,9 @@ async def test_the_agent_passes_all_three_control_scenarios_together(hub: Hub, t
                 await hub.advance_order(order_id)
 
     sink = await SqlSink.open(f"sqlite:///{tmp_path}/replica.db")
-    engine = build_engine(hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app),
-                                                         move_seen))
+    engine = build_engine(
+        hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), move_seen)
+    )
     await engine.run_cycle()
     hub.clock.advance(5_000)
     await hub.create_orders(5)

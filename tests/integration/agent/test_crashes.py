@@ -53,8 +53,7 @@ async def test_crash_at_each_step_then_restart_converges(
     await seed(hub)
     hook = crash_on(step, 2)
     sink: Sink = await (sink_factory(fault_hook=hook) if step in SINK_STEPS else sink_factory())
-    engine = build_engine(hub, sink, page_size=50,
-                          hook=hook if step in ENGINE_STEPS else None)
+    engine = build_engine(hub, sink, page_size=50, hook=hook if step in ENGINE_STEPS else None)
     with pytest.raises(SimulatedCrash):
         await engine.run_cycle()
     # More writes land while the agent is down.
@@ -81,7 +80,8 @@ async def test_a_stop_request_between_pages_keeps_committed_pages_and_resumes(
             stop.set()
 
     first = await build_engine(hub, sink, page_size=50, hook=stop_after_first).run_cycle(
-        stop_event=stop)
+        stop_event=stop
+    )
     assert first.pages == 1
     assert first.applied == 50
     second = await build_engine(hub, sink, page_size=50).run_cycle()

@@ -32,8 +32,11 @@ async def sink(tmp_path: Path) -> AsyncIterator[SqlSink]:
 
 
 def error(status: int, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(status, headers=headers or {},
-                          json={"error_type": "x", "message": f"injected {status}", "errors": []})
+    return httpx.Response(
+        status,
+        headers=headers or {},
+        json={"error_type": "x", "message": f"injected {status}", "errors": []},
+    )
 
 
 async def test_5xx_answers_are_retried_with_backoff(hub: Hub, sink: SqlSink) -> None:
@@ -44,13 +47,15 @@ async def test_5xx_answers_are_retried_with_backoff(hub: Hub, sink: SqlSink) -> 
         return error(503 if n < 3 else 502) if n <= 3 else None
 
     sleep = FakeSleep()
-    engine = build_engine(hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app),
-                                                         fail_first), sleep=sleep)
+    engine = build_engine(
+        hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), fail_first), sleep=sleep
+    )
     counts = await engine.run_cycle()
     assert counts.applied == 30
     assert len(sleep.waits) == 3
     assert counts.api_calls == counts.pages + 3
     await assert_replica_equals_hub(hub, sink)
+    await assert_applied_at_most_once(sink, counts.applied)
 
 
 @pytest.mark.parametrize("form", ["seconds", "http-date"])
@@ -67,32 +72,40 @@ async def test_429_waits_at_least_retry_after(hub: Hub, sink: SqlSink, form: str
         return error(429, {"Retry-After": value})
 
     sleep = FakeSleep()
-    engine = build_engine(hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app),
-                                                         throttle_once), sleep=sleep)
-    await engine.run_cycle()
+    engine = build_engine(
+        hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), throttle_once), sleep=sleep
+    )
+    counts = await engine.run_cycle()
     assert sleep.waits and sleep.waits[0] >= expected >= 7
     rate_limited = engine.metrics.registry.get_sample_value(
-        "ordersync_agent_rate_limit_hits_total", {"source": "masonhub"})
+        "ordersync_agent_rate_limit_hits_total", {"source": "masonhub"}
+    )
     assert rate_limited == 1
     await assert_replica_equals_hub(hub, sink)
+    await assert_applied_at_most_once(sink, counts.applied)
 
 
 async def test_connection_resets_and_timeouts_are_retried(hub: Hub, sink: SqlSink) -> None:
     """Connect errors, reads cut mid-response and timeouts are transient."""
     await hub.create_orders(250)
-    faults = {2: httpx.ConnectError("refused"), 4: httpx.ReadError("reset by peer"),
-              5: httpx.ReadTimeout("slow")}
+    faults = {
+        2: httpx.ConnectError("refused"),
+        4: httpx.ReadError("reset by peer"),
+        5: httpx.ReadTimeout("slow"),
+    }
 
     async def break_some(request: httpx.Request, n: int) -> httpx.Response | None:
         if n in faults:
             raise faults[n]
         return None
 
-    engine = build_engine(hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app),
-                                                         break_some))
+    engine = build_engine(
+        hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), break_some)
+    )
     counts = await engine.run_cycle()
     assert counts.applied == 250
     await assert_replica_equals_hub(hub, sink)
+    await assert_applied_at_most_once(sink, counts.applied)
 
 
 async def test_a_failed_cycle_moves_nothing_and_the_next_catches_up(
@@ -105,8 +118,7 @@ async def test_a_failed_cycle_moves_nothing_and_the_next_catches_up(
     async def outage(request: httpx.Request, n: int) -> httpx.Response | None:
         return error(503) if broken["on"] and n >= 2 else None
 
-    engine = build_engine(hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app),
-                                                         outage))
+    engine = build_engine(hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), outage))
     with pytest.raises(RetriesExhausted):
         await engine.run_cycle()
     state = {s.stream: s for s in engine.status()}["orders"]
@@ -119,9 +131,7 @@ async def test_a_failed_cycle_moves_nothing_and_the_next_catches_up(
     await assert_applied_at_most_once(sink, 250)
 
 
-async def test_a_refused_token_stops_the_source_with_a_clear_error(
-    hub: Hub, sink: SqlSink
-) -> None:
+async def test_a_refused_token_stops_the_source_with_a_clear_error(hub: Hub, sink: SqlSink) -> None:
     """401 is fatal: no retry, the run loop ends, status says what to fix."""
     await hub.create_orders(3)
     sleep = FakeSleep()
@@ -132,9 +142,7 @@ async def test_a_refused_token_stops_the_source_with_a_clear_error(
     assert all(s.stopped and "token" in (s.last_error or "") for s in engine.status()[:1])
 
 
-async def test_random_faults_on_every_kind_of_call_still_converge(
-    hub: Hub, sink: SqlSink
-) -> None:
+async def test_random_faults_on_every_kind_of_call_still_converge(hub: Hub, sink: SqlSink) -> None:
     """A seeded mix of 5xx, 429 and resets on a third of the calls, while orders keep moving."""
     orders = await hub.create_orders(150, tie=True)
     await hub.create_orders(150)
@@ -153,8 +161,7 @@ async def test_random_faults_on_every_kind_of_call_still_converge(
             raise httpx.ReadError("reset")
         return None
 
-    engine = build_engine(hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app),
-                                                         chaos))
+    engine = build_engine(hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), chaos))
     applied = 0
     for _ in range(3):
         applied += (await engine.run_cycle()).applied

@@ -34,8 +34,9 @@ class FakeErp:
         for _, changes in self.posts:
             for change in changes:
                 if change["kind"] == kind:
-                    held[str(change["id"])] = max(held.get(str(change["id"]), 0),
-                                                  int(change["version"]))  # type: ignore[call-overload]
+                    held[str(change["id"])] = max(
+                        held.get(str(change["id"]), 0), int(change["version"])
+                    )  # type: ignore[call-overload]
         return held
 
 
@@ -45,8 +46,9 @@ class SimulatedCrash(Exception):
 
 async def open_http_sink(erp: FakeErp, tmp_path: Path, **options: object) -> HttpSink:
     http = httpx.AsyncClient(transport=httpx.MockTransport(erp.handle))
-    return await HttpSink.open(ERP_URL, http, tmp_path / "erp-state.json",
-                               sleep=FakeSleep(), **options)
+    return await HttpSink.open(
+        ERP_URL, http, tmp_path / "erp-state.json", sleep=FakeSleep(), **options
+    )
 
 
 async def test_pages_reach_the_erp_and_a_crash_after_delivery_resends_the_same_key(

@@ -40,7 +40,7 @@ async def test_records_updated_while_paging_through_their_tie_are_neither_lost_n
         if request.url.path.endswith("/orders") and n in (2, 3):
             hub.clock.advance(10)
             # Seen ones (they shift the tie's offset) and unseen ones (they jump ahead).
-            for order_id in positions[(n - 2) * 10:(n - 2) * 10 + 10] + positions[200:203]:
+            for order_id in positions[(n - 2) * 10 : (n - 2) * 10 + 10] + positions[200:203]:
                 await hub.advance_order(order_id)
         return None
 

@@ -53,8 +53,11 @@ class LiveHub:
         from ordersync.store.store import ListQuery
 
         query, account = ListQuery(limit=1_000_000), self.principal.account_id
-        page = (await self.store.list_orders(account, query, summary=True) if kind == "order"
-                else await self.store.list_shipments(account, query, summary=True))
+        page = (
+            await self.store.list_orders(account, query, summary=True)
+            if kind == "order"
+            else await self.store.list_shipments(account, query, summary=True)
+        )
         return {i["id"]: int(i["version"]) for i in page.items}
 
 
@@ -65,8 +68,10 @@ async def live_hub(tmp_path: Path) -> AsyncIterator[LiveHub]:
     token = await store.create_token("acme", "agent")
     principal = await store.authenticate(token)
     for batch in range(12):  # 1,200 orders, many sharing a millisecond
-        await store.create_orders(principal, [
-            NewOrder.model_validate(order_payload(f"L-{batch}-{i}")) for i in range(100)])
+        await store.create_orders(
+            principal,
+            [NewOrder.model_validate(order_payload(f"L-{batch}-{i}")) for i in range(100)],
+        )
     with serve_in_thread(create_app(HubSettings(db_url=db_url))) as base_url:
         yield LiveHub(base_url + "/api/v1", token, store, principal)
     await store.close()
@@ -78,20 +83,38 @@ async def move_some(hub: LiveHub, count: int) -> None:
     for order_id in ids:
         order = await hub.store.get_order(hub.principal.account_id, order_id)
         if order.status is OrderStatus.OPEN:
-            await hub.store.transition_order(hub.principal, hub.principal.account_id, order_id,
-                                             OrderStatus.AT_WAREHOUSE)
-            await hub.store.create_shipment(hub.principal, hub.principal.account_id, NewShipment(
-                order_id=order_id, carrier="UPS", service_level="ground",
-                tracking_number=f"1Z{order_id[:6]}", lines=[ShipmentLine(
-                    line_number=1, sku_customer_identifier="SKU-1", quantity="1")]))
+            await hub.store.transition_order(
+                hub.principal, hub.principal.account_id, order_id, OrderStatus.AT_WAREHOUSE
+            )
+            await hub.store.create_shipment(
+                hub.principal,
+                hub.principal.account_id,
+                NewShipment(
+                    order_id=order_id,
+                    carrier="UPS",
+                    service_level="ground",
+                    tracking_number=f"1Z{order_id[:6]}",
+                    lines=[
+                        ShipmentLine(line_number=1, sku_customer_identifier="SKU-1", quantity="1")
+                    ],
+                ),
+            )
 
 
 async def run_child(hub: LiveHub, sink_url: str, kill_after: int | None) -> str:
     """Run the agent in its own process; SIGKILL it after `kill_after` committed pages."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD, hub.base_url, hub.token, sink_url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env)
+        sys.executable,
+        "-c",
+        CHILD,
+        hub.base_url,
+        hub.token,
+        sink_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
     assert child.stdout is not None
     committed = 0
     async with asyncio.timeout(120):
@@ -131,9 +154,9 @@ async def test_in_process_agent_against_uvicorn_reads_the_date_header_and_verifi
     live_hub: LiveHub, tmp_path: Path
 ) -> None:
     """Over real HTTP the engine takes server time from Date; verify finds nothing amiss."""
-    async with await open_masonhub_engine(live_hub.base_url, live_hub.token,
-                                          f"sqlite:///{tmp_path}/replica.db",
-                                          lookback_s=2) as agent:
+    async with await open_masonhub_engine(
+        live_hub.base_url, live_hub.token, f"sqlite:///{tmp_path}/replica.db", lookback_s=2
+    ) as agent:
         counts = await agent.engine.run_cycle()
         assert counts.applied == 1_200
         assert agent.source.client.last_server_time_ms is not None

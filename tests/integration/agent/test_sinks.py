@@ -16,11 +16,23 @@ from tests.support import order_payload
 
 
 def order(version: int, *, price: str = "9.99", qty: str = "2", oid: str = "o-1") -> Record:
-    data = order_payload("C-1", line_items=[
-        {"line_number": 1, "sku_customer_identifier": "SKU-1", "quantity": qty,
-         "unit_price": price}])
-    data |= {"id": oid, "version": version, "status": "open",
-             "updated_at": "2024-01-01T00:00:00.000Z"}
+    data = order_payload(
+        "C-1",
+        line_items=[
+            {
+                "line_number": 1,
+                "sku_customer_identifier": "SKU-1",
+                "quantity": qty,
+                "unit_price": price,
+            }
+        ],
+    )
+    data |= {
+        "id": oid,
+        "version": version,
+        "status": "open",
+        "updated_at": "2024-01-01T00:00:00.000Z",
+    }
     return Record("order", oid, version, 1_000 + version, data)
 
 
@@ -42,16 +54,21 @@ async def test_decimals_are_stored_exactly_never_as_float(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """TEXT on SQLite, NUMERIC on PostgreSQL: 0.1 and 30 significant digits survive."""
-    url = (f"sqlite:///{tmp_path}/r.db" if backend == "sqlite"
-           else request.getfixturevalue("pg_url"))
+    url = f"sqlite:///{tmp_path}/r.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
     sink = await SqlSink.open(url)
     price, qty = "0.10", "123456789012345678.000000000001"
     await sink.apply_page("s", "orders", [order(1, price=price, qty=qty)], Cursor(1, ""))
     async with sink.engine.connect() as conn:
         row = (await conn.execute(select(order_lines.c.unit_price, order_lines.c.quantity))).one()
-        kind = (await conn.execute(text(
-            "SELECT typeof(unit_price) FROM order_lines" if sink.backend == "sqlite"
-            else "SELECT pg_typeof(unit_price)::text FROM order_lines"))).scalar_one()
+        kind = (
+            await conn.execute(
+                text(
+                    "SELECT typeof(unit_price) FROM order_lines"
+                    if sink.backend == "sqlite"
+                    else "SELECT pg_typeof(unit_price)::text FROM order_lines"
+                )
+            )
+        ).scalar_one()
     await sink.close()
     assert row == (Decimal(price), Decimal(qty))
     assert kind == ("text" if backend == "sqlite" else "numeric")
@@ -62,6 +79,7 @@ async def test_a_failure_inside_a_page_keeps_neither_its_writes_nor_its_cursor(
 ) -> None:
     """SQL sinks: entities, ledger and cursor commit together or not at all (both backends)."""
     for url in (f"sqlite:///{tmp_path}/r.db", pg_url):
+
         def boom(step: str) -> None:
             if step == "after_cursor":
                 raise RuntimeError("crash")

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from ordersync.agent.errors import AgentError
+from ordersync.agent.paging import PageRequest, TiePager
+from ordersync.agent.records import Record
 from ordersync.agent.sinks.sql import SqlSink
 from ordersync.domain.timestamps import parse_rfc3339_ms
 from ordersync.hub.app import create_app
@@ -41,8 +44,9 @@ class Crash(Exception):
 class SyncMachine(RuleBasedStateMachine):
     """The platform is the model: after a full poll the replica must equal it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, store: Store, app: Any,
-                 workdir: Path) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, store: Store, app: Any, workdir: Path
+    ) -> None:
         super().__init__()
         self.loop, self.workdir = loop, workdir
         self.name = f"acct{next(_accounts)}"
@@ -82,8 +86,11 @@ class SyncMachine(RuleBasedStateMachine):
     @rule(pick=st.integers(0, 10_000))
     def ship(self, pick: int) -> None:
         if self.orders:
-            order = self.run(self.hub.store.get_order(self.hub.principal.account_id,
-                                                      self.orders[pick % len(self.orders)]))
+            order = self.run(
+                self.hub.store.get_order(
+                    self.hub.principal.account_id, self.orders[pick % len(self.orders)]
+                )
+            )
             self.hub.clock.advance(1)
             self.run(self.hub.ship(order))
 
@@ -95,8 +102,10 @@ class SyncMachine(RuleBasedStateMachine):
     def partial_poll(self, pages: int) -> None:
         self.run(self.engine.run_cycle(max_pages=pages))
 
-    @rule(picks=st.lists(st.integers(0, 10_000), min_size=1, max_size=6),
-          step_ms=st.sampled_from([0, 1]))
+    @rule(
+        picks=st.lists(st.integers(0, 10_000), min_size=1, max_size=6),
+        step_ms=st.sampled_from([0, 1]),
+    )
     def poll_while_orders_move(self, picks: list[int], step_ms: int) -> None:
         """Orders are updated between the page requests of one drain (the moving set)."""
         pending = list(picks)
@@ -108,17 +117,20 @@ class SyncMachine(RuleBasedStateMachine):
                 return
             since = parse_rfc3339_ms(request.url.params["updated_since"])
             page = await self.hub.store.list_orders(
-                self.hub.principal.account_id, ListQuery(since=since, limit=offset),
-                summary=True)
-            counted = [o["id"] for o in page.items
-                       if parse_rfc3339_ms(o["updated_at"]) == since]
+                self.hub.principal.account_id, ListQuery(since=since, limit=offset), summary=True
+            )
+            counted = [o["id"] for o in page.items if parse_rfc3339_ms(o["updated_at"]) == since]
             if counted:
                 self.hub.clock.advance(step_ms)
                 await self.hub.advance_order(counted[pending.pop() % len(counted)])
 
-        engine = build_engine(self.hub, self.sink, lookback_ms=LOOKBACK_MS, page_size=5,
-                              transport=Intercept(httpx.ASGITransport(app=self.hub.app),
-                                                  move_one))
+        engine = build_engine(
+            self.hub,
+            self.sink,
+            lookback_ms=LOOKBACK_MS,
+            page_size=5,
+            transport=Intercept(httpx.ASGITransport(app=self.hub.app), move_one),
+        )
         self.run(engine.run_cycle())
 
     @rule(fail_from=st.integers(1, 4))
@@ -129,13 +141,20 @@ class SyncMachine(RuleBasedStateMachine):
             if n >= fail_from:
                 raise httpx.ReadError("reset")
 
-        engine = build_engine(self.hub, self.sink, lookback_ms=LOOKBACK_MS, page_size=5,
-                              transport=Intercept(httpx.ASGITransport(app=self.hub.app), outage))
+        engine = build_engine(
+            self.hub,
+            self.sink,
+            lookback_ms=LOOKBACK_MS,
+            page_size=5,
+            transport=Intercept(httpx.ASGITransport(app=self.hub.app), outage),
+        )
         with contextlib.suppress(AgentError):
             self.run(engine.run_cycle())
 
-    @rule(step=st.sampled_from(["mid_apply", "before_cursor", "after_cursor"]),
-          occurrence=st.integers(1, 3))
+    @rule(
+        step=st.sampled_from(["mid_apply", "before_cursor", "after_cursor"]),
+        occurrence=st.integers(1, 3),
+    )
     def crash_and_restart(self, step: str, occurrence: int) -> None:
         seen = itertools.count(1)
 
@@ -190,9 +209,60 @@ def test_random_interleavings_keep_the_replica_equal_and_applied_once() -> None:
         try:
             run_state_machine_as_test(
                 lambda: SyncMachine(loop, store, app, workdir),
-                settings=settings(max_examples=150, stateful_step_count=20, deadline=None,
-                                  suppress_health_check=list(HealthCheck)),
+                settings=settings(
+                    max_examples=20,
+                    stateful_step_count=20,
+                    deadline=None,
+                    suppress_health_check=list(HealthCheck),
+                ),
             )
         finally:
             loop.run_until_complete(store.close())
             loop.close()
+
+
+class _OffsetOnlyPager(TiePager):
+    """The pager without its overlap check: trusts the offset within the tie."""
+
+    def next_request(self) -> PageRequest:
+        return PageRequest(self.anchor_ms, self.seen_at_anchor, self.limit)
+
+    def accept(self, request: PageRequest, records: list[Record]) -> list[Record]:
+        self.done = len(records) < request.limit
+        if records:
+            self._reanchor(request, records)
+        return records
+
+
+def replay_shrunk_counterexample(machine: SyncMachine) -> None:
+    """What the machine found (shrunk) when the pager trusted its offset: an order counted
+    at the anchor is updated between two page requests, and the tie's next record is skipped.
+    The outages only let time pass (their backoff advances the fake clock)."""
+    machine.create_orders(n=12, tie=False)
+    machine.poll_during_outage(fail_from=1)
+    machine.poll_during_outage(fail_from=1)
+    machine.update_order(pick=1, step_ms=0)
+    machine.poll_while_orders_move(picks=[0], step_ms=0)
+    machine.full_poll_equals_platform()
+
+
+@pytest.mark.parametrize("pager", ["tie_pager", "offset_only"])
+def test_shrunk_counterexample_fails_only_without_the_overlap_check(
+    pager: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept as a regression, and as proof the machine's moving-set rule has teeth."""
+    if pager == "offset_only":
+        monkeypatch.setattr("ordersync.agent.engine.TiePager", _OffsetOnlyPager)
+    loop = asyncio.new_event_loop()
+    store = loop.run_until_complete(Store.open(f"sqlite:///{tmp_path}/hub.db"))
+    machine = SyncMachine(loop, store, create_app(HubSettings(), store), tmp_path)
+    try:
+        if pager == "offset_only":
+            with pytest.raises(AssertionError, match="1 missing"):
+                replay_shrunk_counterexample(machine)
+        else:
+            replay_shrunk_counterexample(machine)
+    finally:
+        loop.run_until_complete(machine.sink.close())
+        loop.run_until_complete(store.close())
+        loop.close()

@@ -19,9 +19,15 @@ def make_client(handler, waits: list[float], attempts: int = 3) -> ApiClient:  #
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    return ApiClient(httpx.AsyncClient(transport=httpx.MockTransport(handler)),
-                     "http://hub/api/v1", "tok", retry=RetryPolicy(attempts=attempts),
-                     sleep=sleep, clock=lambda: NOW, rng=random.Random(1))
+    return ApiClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+        "http://hub/api/v1",
+        "tok",
+        retry=RetryPolicy(attempts=attempts),
+        sleep=sleep,
+        clock=lambda: NOW,
+        rng=random.Random(1),
+    )
 
 
 async def test_each_call_logs_the_seed_000_fields() -> None:
@@ -71,7 +77,11 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 
 async def test_the_server_date_header_is_exposed() -> None:
     """The engine caps its cursor with the server's clock."""
-    client = make_client(lambda r: httpx.Response(
-        200, json={"data": []}, headers={"date": "Mon, 01 Jan 2024 00:00:05 GMT"}), [])
+    client = make_client(
+        lambda r: httpx.Response(
+            200, json={"data": []}, headers={"date": "Mon, 01 Jan 2024 00:00:05 GMT"}
+        ),
+        [],
+    )
     response = await client.get_json("/orders", {})
     assert response.server_time_ms == NOW + 5_000

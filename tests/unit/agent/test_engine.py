@@ -26,12 +26,15 @@ class ListSource:
     def api_calls(self) -> int:
         return self.calls
 
-    async def fetch_page(self, stream: str, since_ms: int, offset: int, limit: int, *,
-                         summary: bool = False) -> FetchedPage:
+    async def fetch_page(
+        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False
+    ) -> FetchedPage:
         self.calls += 1
-        chosen = sorted((r for r in self.records if r.updated_at_ms >= since_ms),
-                        key=lambda r: (r.updated_at_ms, r.id))
-        return FetchedPage(chosen[offset:offset + limit], self.server_time_ms)
+        chosen = sorted(
+            (r for r in self.records if r.updated_at_ms >= since_ms),
+            key=lambda r: (r.updated_at_ms, r.id),
+        )
+        return FetchedPage(chosen[offset : offset + limit], self.server_time_ms)
 
 
 class MemorySink:
@@ -42,8 +45,9 @@ class MemorySink:
     async def load_cursor(self, source: str, stream: str) -> Cursor | None:
         return self.cursor
 
-    async def apply_page(self, source: str, stream: str, records: Sequence[Record],
-                         new_cursor: Cursor) -> ApplyResult:
+    async def apply_page(
+        self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
+    ) -> ApplyResult:
         newer = [r for r in records if r.version > self.held.get(r.id, 0)]
         self.held |= {r.id: r.version for r in newer}
         self.cursor = new_cursor
@@ -82,16 +86,25 @@ async def test_the_lookback_window_is_reread_and_counted_as_duplicates() -> None
     source = ListSource([rec(1_000 + i, f"r{i:03d}") for i in range(150)], 500_000)
     sink = MemorySink()
     registry = CollectorRegistry()
-    engine = SyncEngine(source, sink, settings=EngineSettings(lookback_ms=100),
-                        metrics=AgentMetrics(registry))
+    engine = SyncEngine(
+        source, sink, settings=EngineSettings(lookback_ms=100), metrics=AgentMetrics(registry)
+    )
     first = await engine.run_cycle()
     second = await engine.run_cycle()
     assert (first.applied, first.pages, first.api_calls) == (150, 2, 2)
     assert (second.applied, second.duplicates) == (0, 101)  # 1049..1149 inclusive
-    assert registry.get_sample_value("ordersync_agent_records_applied_total",
-                                     {"source": "mem", "stream": "orders"}) == 150
-    assert registry.get_sample_value("ordersync_agent_duplicates_dropped_total",
-                                     {"source": "mem", "stream": "orders"}) == 101
+    assert (
+        registry.get_sample_value(
+            "ordersync_agent_records_applied_total", {"source": "mem", "stream": "orders"}
+        )
+        == 150
+    )
+    assert (
+        registry.get_sample_value(
+            "ordersync_agent_duplicates_dropped_total", {"source": "mem", "stream": "orders"}
+        )
+        == 101
+    )
 
 
 async def test_run_stops_when_asked() -> None:

@@ -21,8 +21,7 @@ def test_first_request_starts_at_since_with_offset_zero() -> None:
 def test_next_request_reanchors_at_the_last_timestamp_with_one_slot_of_overlap() -> None:
     """Two records at the last timestamp: ask from it at offset 1 to re-check the last one."""
     pager = TiePager(0, 4)
-    fresh = pager.accept(pager.next_request(), [rec(1, "a"), rec(2, "b"), rec(5, "c"),
-                                                rec(5, "d")])
+    fresh = pager.accept(pager.next_request(), [rec(1, "a"), rec(2, "b"), rec(5, "c"), rec(5, "d")])
     assert len(fresh) == 4
     assert pager.next_request() == PageRequest(5, 1, 4)
 

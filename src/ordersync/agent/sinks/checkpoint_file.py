@@ -25,8 +25,13 @@ class CheckpointFile:
         return Cursor(int(entry["updated_at_ms"]), str(entry["last_id"]))  # type: ignore[call-overload]
 
     def save(self, source: str, stream: str, cursor: Cursor) -> None:
-        cursors = {**self._cursors, f"{source}/{stream}": {
-            "updated_at_ms": cursor.updated_at_ms, "last_id": cursor.last_id}}
+        cursors = {
+            **self._cursors,
+            f"{source}/{stream}": {
+                "updated_at_ms": cursor.updated_at_ms,
+                "last_id": cursor.last_id,
+            },
+        }
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "wb") as handle:
             handle.write(orjson.dumps(cursors, option=orjson.OPT_INDENT_2))

@@ -35,9 +35,16 @@ def idempotency_key(source: str, stream: str, records: Sequence[Record]) -> str:
 
 
 class HttpSink:
-    def __init__(self, url: str, http: httpx.AsyncClient, state_path: Path, *,
-                 retry: RetryPolicy = RetryPolicy(), fault_hook: FaultHook | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        url: str,
+        http: httpx.AsyncClient,
+        state_path: Path,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        fault_hook: FaultHook | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.url = url
         self.http = http
         self.retry = retry
@@ -49,8 +56,9 @@ class HttpSink:
         self._held: dict[tuple[str, str, str], int] = {}
 
     @classmethod
-    async def open(cls, url: str, http: httpx.AsyncClient, state_path: Path,
-                   **options: Any) -> HttpSink:
+    async def open(
+        cls, url: str, http: httpx.AsyncClient, state_path: Path, **options: Any
+    ) -> HttpSink:
         sink = cls(url, http, state_path, **options)
         if sink.ledger_path.exists():
             for line in sink.ledger_path.read_bytes().splitlines():
@@ -74,8 +82,11 @@ class HttpSink:
     async def apply_page(
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
     ) -> ApplyResult:
-        newer = [r for r in latest_per_id(records).values()
-                 if r.version > self._held.get((source, r.kind, r.id), 0)]
+        newer = [
+            r
+            for r in latest_per_id(records).values()
+            if r.version > self._held.get((source, r.kind, r.id), 0)
+        ]
         if newer:
             await self._deliver(source, stream, newer)
             fire(self.fault_hook, "mid_apply")
@@ -86,21 +97,37 @@ class HttpSink:
         return ApplyResult(len(newer), len(records) - len(newer))
 
     async def _deliver(self, source: str, stream: str, newer: list[Record]) -> None:
-        body = orjson.dumps({"source": source, "stream": stream, "changes": [
-            {"kind": r.kind, "id": r.id, "version": r.version, "idempotency_key": r.key,
-             "updated_at": format_rfc3339(r.updated_at_ms), "data": r.data} for r in newer]})
-        headers = {"Idempotency-Key": idempotency_key(source, stream, newer),
-                   "Content-Type": "application/json"}
+        body = orjson.dumps(
+            {
+                "source": source,
+                "stream": stream,
+                "changes": [
+                    {
+                        "kind": r.kind,
+                        "id": r.id,
+                        "version": r.version,
+                        "idempotency_key": r.key,
+                        "updated_at": format_rfc3339(r.updated_at_ms),
+                        "data": r.data,
+                    }
+                    for r in newer
+                ],
+            }
+        )
+        headers = {
+            "Idempotency-Key": idempotency_key(source, stream, newer),
+            "Content-Type": "application/json",
+        }
         for attempt in range(1, self.retry.attempts + 1):
             wait = await self._post_once(body, headers, attempt)
             if wait is None:
                 return
             await self.sleep(wait)
-        raise SinkError(f"the ERP at {self.url} did not take a page after "
-                        f"{self.retry.attempts} attempts")
+        raise SinkError(
+            f"the ERP at {self.url} did not take a page after {self.retry.attempts} attempts"
+        )
 
-    async def _post_once(self, body: bytes, headers: dict[str, str], attempt: int
-                         ) -> float | None:
+    async def _post_once(self, body: bytes, headers: dict[str, str], attempt: int) -> float | None:
         """None once delivered; else how long to wait before the next attempt."""
         try:
             response = await self.http.post(self.url, content=body, headers=headers)
@@ -111,8 +138,10 @@ class HttpSink:
         retry_after = parse_retry_after(response.headers.get("retry-after"), now_ms())
         if response.status_code == 429 or response.status_code >= 500:
             return max(self.retry.backoff(attempt, self.rng), retry_after or 0.0)
-        raise SinkRejected(f"the ERP at {self.url} refused a page ({response.status_code}): "
-                           f"{response.text[:200]}", response.status_code)
+        raise SinkRejected(
+            f"the ERP at {self.url} refused a page ({response.status_code}): {response.text[:200]}",
+            response.status_code,
+        )
 
     def _remember(self, source: str, newer: list[Record]) -> None:
         lines = "".join(f"{source} {r.kind} {r.id} {r.version}\n" for r in newer).encode()

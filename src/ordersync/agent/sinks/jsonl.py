@@ -74,8 +74,11 @@ class JsonlSink:
     async def apply_page(
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
     ) -> ApplyResult:
-        newer = [r for r in latest_per_id(records).values()
-                 if r.version > self._held.get((source, r.kind, r.id), 0)]
+        newer = [
+            r
+            for r in latest_per_id(records).values()
+            if r.version > self._held.get((source, r.kind, r.id), 0)
+        ]
         try:
             self._append(source, newer)
             fire(self.fault_hook, "before_cursor")
@@ -91,7 +94,7 @@ class JsonlSink:
         assert self._handle is not None, "open the sink with JsonlSink.open"
         pending = memoryview(b"".join(_line(source, r) for r in newer))
         while pending:  # an unbuffered write may be short
-            pending = pending[self._handle.write(pending) or 0:]
+            pending = pending[self._handle.write(pending) or 0 :]
         # The lines are in the file from here on, whatever happens next: remember them now.
         for record in newer:
             self._held[(source, record.kind, record.id)] = record.version
@@ -100,8 +103,16 @@ class JsonlSink:
 
 
 def _line(source: str, record: Record) -> bytes:
-    return orjson.dumps({
-        "kind": record.kind, "id": record.id, "version": record.version,
-        "updated_at": format_rfc3339(record.updated_at_ms), "source": source,
-        "data": record.data,
-    }) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "kind": record.kind,
+                "id": record.id,
+                "version": record.version,
+                "updated_at": format_rfc3339(record.updated_at_ms),
+                "source": source,
+                "data": record.data,
+            }
+        )
+        + b"\n"
+    )

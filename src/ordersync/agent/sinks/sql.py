@@ -62,7 +62,8 @@ class ExactDecimal(TypeDecorator[Decimal]):
 metadata = MetaData()
 _ID = 64
 orders = Table(
-    "orders", metadata,
+    "orders",
+    metadata,
     Column("source", String(50), primary_key=True),
     Column("id", String(_ID), primary_key=True),
     Column("version", Integer, nullable=False),
@@ -72,7 +73,8 @@ orders = Table(
     Column("data", Text, nullable=False),
 )
 order_lines = Table(
-    "order_lines", metadata,
+    "order_lines",
+    metadata,
     Column("source", String(50), primary_key=True),
     Column("order_id", String(_ID), primary_key=True),
     Column("line_number", Integer, primary_key=True),
@@ -81,7 +83,8 @@ order_lines = Table(
     Column("unit_price", ExactDecimal()),
 )
 shipments = Table(
-    "shipments", metadata,
+    "shipments",
+    metadata,
     Column("source", String(50), primary_key=True),
     Column("id", String(_ID), primary_key=True),
     Column("version", Integer, nullable=False),
@@ -92,7 +95,8 @@ shipments = Table(
     Column("data", Text, nullable=False),
 )
 applied_versions = Table(
-    "applied_versions", metadata,
+    "applied_versions",
+    metadata,
     Column("source", String(50), primary_key=True),
     Column("kind", String(20), primary_key=True),
     Column("id", String(_ID), primary_key=True),
@@ -100,7 +104,8 @@ applied_versions = Table(
     Column("applied_at_ms", BigInteger, nullable=False),
 )
 checkpoints = Table(
-    "checkpoints", metadata,
+    "checkpoints",
+    metadata,
     Column("source", String(50), primary_key=True),
     Column("stream", String(30), primary_key=True),
     Column("updated_at_ms", BigInteger, nullable=False),
@@ -121,8 +126,7 @@ class SqlSink:
 
     @classmethod
     async def open(cls, url: str, *, fault_hook: FaultHook | None = None) -> SqlSink:
-        sink = cls(url, create_engines(parse_database_url(url), pool_size=2),
-                   fault_hook=fault_hook)
+        sink = cls(url, create_engines(parse_database_url(url), pool_size=2), fault_hook=fault_hook)
         try:
             async with sink.engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
@@ -139,16 +143,19 @@ class SqlSink:
     async def load_cursor(self, source: str, stream: str) -> Cursor | None:
         c = checkpoints.c
         async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                select(c.updated_at_ms, c.last_id).where(c.source == source, c.stream == stream)
-            )).first()
+            row = (
+                await conn.execute(
+                    select(c.updated_at_ms, c.last_id).where(c.source == source, c.stream == stream)
+                )
+            ).first()
         return None if row is None else Cursor(int(row[0]), str(row[1]))
 
     async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
         table = TABLES[kind]
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(table.c.id, table.c.version)
-                                      .where(table.c.source == source))
+            rows = await conn.execute(
+                select(table.c.id, table.c.version).where(table.c.source == source)
+            )
             return {str(r[0]): int(r[1]) for r in rows}
 
     async def apply_page(
@@ -172,10 +179,15 @@ class SqlSink:
         table = TABLES[kind]
         latest = latest_per_id(records)
         ids = [record.id for record in latest.values()]
-        held = dict((await conn.execute(
-            select(table.c.id, table.c.version)
-            .where(table.c.source == source, table.c.id.in_(ids))
-        )).all())
+        held = dict(
+            (
+                await conn.execute(
+                    select(table.c.id, table.c.version).where(
+                        table.c.source == source, table.c.id.in_(ids)
+                    )
+                )
+            ).all()
+        )
         newer = [r for r in latest.values() if r.version > held.get(r.id, 0)]
         if not newer:
             return 0
@@ -184,41 +196,65 @@ class SqlSink:
             await self._replace_lines(conn, source, newer)
         fire(self.fault_hook, "mid_apply")
         stamp = now_ms()
-        await conn.execute(insert(applied_versions), [
-            {"source": source, "kind": kind, "id": r.id, "version": r.version,
-             "applied_at_ms": stamp} for r in newer
-        ])
+        await conn.execute(
+            insert(applied_versions),
+            [
+                {
+                    "source": source,
+                    "kind": kind,
+                    "id": r.id,
+                    "version": r.version,
+                    "applied_at_ms": stamp,
+                }
+                for r in newer
+            ],
+        )
         return len(newer)
 
     def _upsert_if_newer(self, table: Table) -> Any:
         dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
         statement = dialect_insert(table)
-        updated = {c.name: statement.excluded[c.name] for c in table.columns
-                   if c.name not in ("source", "id")}
+        updated = {
+            c.name: statement.excluded[c.name]
+            for c in table.columns
+            if c.name not in ("source", "id")
+        }
         return statement.on_conflict_do_update(
-            index_elements=[table.c.source, table.c.id], set_=updated,
+            index_elements=[table.c.source, table.c.id],
+            set_=updated,
             where=statement.excluded.version > table.c.version,
         )
 
-    async def _replace_lines(self, conn: AsyncConnection, source: str,
-                             newer: list[Record]) -> None:
-        await conn.execute(delete(order_lines).where(
-            order_lines.c.source == source, order_lines.c.order_id.in_([r.id for r in newer])))
-        lines = [_line_row(source, r.id, item) for r in newer
-                 for item in r.data.get("line_items") or ()]
+    async def _replace_lines(self, conn: AsyncConnection, source: str, newer: list[Record]) -> None:
+        await conn.execute(
+            delete(order_lines).where(
+                order_lines.c.source == source, order_lines.c.order_id.in_([r.id for r in newer])
+            )
+        )
+        lines = [
+            _line_row(source, r.id, item) for r in newer for item in r.data.get("line_items") or ()
+        ]
         if lines:
             await conn.execute(insert(order_lines), lines)
 
-    async def _save_cursor(self, conn: AsyncConnection, source: str, stream: str,
-                           cursor: Cursor) -> None:
+    async def _save_cursor(
+        self, conn: AsyncConnection, source: str, stream: str, cursor: Cursor
+    ) -> None:
         dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
-        values = {"source": source, "stream": stream, "updated_at_ms": cursor.updated_at_ms,
-                  "last_id": cursor.last_id, "committed_at_ms": now_ms()}
+        values = {
+            "source": source,
+            "stream": stream,
+            "updated_at_ms": cursor.updated_at_ms,
+            "last_id": cursor.last_id,
+            "committed_at_ms": now_ms(),
+        }
         statement = dialect_insert(checkpoints).values(values)
-        await conn.execute(statement.on_conflict_do_update(
-            index_elements=[checkpoints.c.source, checkpoints.c.stream],
-            set_={k: v for k, v in values.items() if k not in ("source", "stream")},
-        ))
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[checkpoints.c.source, checkpoints.c.stream],
+                set_={k: v for k, v in values.items() if k not in ("source", "stream")},
+            )
+        )
 
 
 def _by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
@@ -231,8 +267,11 @@ def _by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
 def _row(source: str, record: Record) -> dict[str, Any]:
     data = record.data
     row: dict[str, Any] = {
-        "source": source, "id": record.id, "version": record.version,
-        "updated_at_ms": record.updated_at_ms, "status": data.get("status"),
+        "source": source,
+        "id": record.id,
+        "version": record.version,
+        "updated_at_ms": record.updated_at_ms,
+        "status": data.get("status"),
         "data": orjson.dumps(data).decode(),
     }
     if record.kind == "order":
@@ -244,9 +283,12 @@ def _row(source: str, record: Record) -> dict[str, Any]:
 
 def _line_row(source: str, order_id: str, item: dict[str, Any]) -> dict[str, Any]:
     return {
-        "source": source, "order_id": order_id, "line_number": int(item["line_number"]),
+        "source": source,
+        "order_id": order_id,
+        "line_number": int(item["line_number"]),
         "sku": item.get("sku_customer_identifier"),
-        "quantity": _decimal(item.get("quantity")), "unit_price": _decimal(item.get("unit_price")),
+        "quantity": _decimal(item.get("quantity")),
+        "unit_price": _decimal(item.get("unit_price")),
     }
 
 

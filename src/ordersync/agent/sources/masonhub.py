@@ -63,7 +63,10 @@ class MasonHubSource:
 def parse_record(kind: Kind, item: Any) -> Record:
     try:
         return Record(
-            kind, str(item["id"]), int(item["version"]), parse_rfc3339_ms(item["updated_at"]),
+            kind,
+            str(item["id"]),
+            int(item["version"]),
+            parse_rfc3339_ms(item["updated_at"]),
             item,
         )
     except (KeyError, TypeError, ValueError) as exc:
