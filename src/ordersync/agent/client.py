@@ -8,10 +8,14 @@ It never touches sockets: an injected `httpx.AsyncClient` does (tests pass one b
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -36,9 +40,25 @@ log = structlog.get_logger("ordersync.agent.api")
 
 @dataclass(frozen=True)
 class ApiResponse:
-    body: dict[str, Any]
+    body: Any  # a JSON object, or an array for dialects that answer with one (HubRise)
     status: int
     server_time_ms: int | None  # from the Date header; None when the server sends none
+    headers: httpx.Headers | None = None
+
+
+def auth_headers(scheme: str, token: str, connection_name: str | None = None) -> dict[str, str]:
+    """The credentials header of each dialect: `bearer` (MasonHub, Tradecloud), `basic` with
+    the connection's name as user (Tradecloud) and `access-token` (HubRise)."""
+    if scheme == "bearer":
+        return {"Authorization": f"Bearer {token}"}
+    if scheme == "basic":
+        if not connection_name:
+            raise ValueError("Basic auth needs the connection's name")
+        pair = base64.b64encode(f"{connection_name}:{token}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    if scheme == "access-token":
+        return {"X-Access-Token": token}
+    raise ValueError(f"unknown auth scheme {scheme!r}; use bearer, basic or access-token")
 
 
 class _Transient(Exception):
@@ -51,7 +71,8 @@ class _Transient(Exception):
 
 
 class ApiClient:
-    """GETs JSON from one platform with bearer auth, translating failures and retrying."""
+    """Calls one platform's JSON API (bearer auth unless `auth` says otherwise), translating
+    failures and retrying."""
 
     def __init__(
         self,
@@ -66,6 +87,8 @@ class ApiClient:
         clock: Callable[[], int] = now_ms,
         perf: Callable[[], float] = time.perf_counter,
         rng: random.Random | None = None,
+        auth: Mapping[str, str] | None = None,
+        exact_numbers: bool = False,
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
@@ -76,15 +99,36 @@ class ApiClient:
         self.clock = clock
         self.perf = perf
         self.rng = rng or random.Random()
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._headers = {
+            **(auth if auth is not None else auth_headers("bearer", token)),
+            "Accept": "application/json",
+        }
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        # JSON numbers with a fraction become Decimal, never float (Tradecloud sends quantities
+        # and prices as numbers); slower than orjson, so only for sources that need it.
+        self._decode: Callable[[bytes], Any] = (
+            functools.partial(json.loads, parse_float=Decimal) if exact_numbers else orjson.loads
+        )
         self.calls = 0
         self.last_server_time_ms: int | None = None
 
     async def get_json(self, endpoint: str, params: Params) -> ApiResponse:
+        return await self.request_json("GET", endpoint, params)
+
+    async def post_json(self, endpoint: str, body: Any, params: Params = ()) -> ApiResponse:
+        """A POST with a JSON body; only for requests that are safe to repeat (reads such as
+        Tradecloud's poll, idempotent puts), since a lost answer is retried."""
+        return await self.request_json("POST", endpoint, params, body)
+
+    async def request_json(
+        self, method: str, endpoint: str, params: Params = (), body: Any = None
+    ) -> ApiResponse:
         failures = rate_limited = 0
         while True:
             try:
-                return await self._attempt(endpoint, params, failures + rate_limited + 1)
+                return await self._attempt(
+                    endpoint, params, failures + rate_limited + 1, method, body
+                )
             except _Transient as transient:
                 if transient.reason == "rate_limited":
                     rate_limited += 1
@@ -118,12 +162,18 @@ class ApiClient:
         # A 503 with Retry-After names the earliest useful retry; jitter may only add to it.
         return max(self.retry.backoff(count, self.rng), transient.retry_after or 0.0)
 
-    async def _attempt(self, endpoint: str, params: Params, attempt: int) -> ApiResponse:
+    async def _attempt(
+        self, endpoint: str, params: Params, attempt: int, method: str = "GET", body: Any = None
+    ) -> ApiResponse:
         started = self.perf()
         self.calls += 1
         try:
-            response = await self.http.get(
-                self.base_url + endpoint, params=_query(params), headers=self._headers
+            response = await self.http.request(
+                method,
+                self.base_url + endpoint,
+                params=_query(params),
+                headers=self._headers if body is None else self._json_headers,
+                content=None if body is None else orjson.dumps(body),
             )
         except httpx.TransportError as exc:
             self._observe(
@@ -136,8 +186,8 @@ class ApiClient:
                 error=f"{type(exc).__name__}: {exc}",
             )
             raise _Transient(type(exc).__name__) from exc
-        body = _json_body(response)
-        records = body.get("data") if isinstance(body, dict) else None
+        body = _json_body(response, self._decode)
+        records = body.get("data") if isinstance(body, dict) else body
         count = len(records) if isinstance(records, list) else None
         self._observe(endpoint, params, str(response.status_code), count, started, attempt)
         self.last_server_time_ms = parse_http_date_ms(response.headers.get("date"))
@@ -146,11 +196,11 @@ class ApiClient:
     def _interpret(self, response: httpx.Response, body: Any, endpoint: str) -> ApiResponse:
         status = response.status_code
         if 200 <= status < 300:
-            if not isinstance(body, dict):
+            if not isinstance(body, dict | list):
                 raise ProtocolError(
-                    f"{self.source}: {endpoint} answered {status} without a JSON object body"
+                    f"{self.source}: {endpoint} answered {status} without a JSON body"
                 )
-            return ApiResponse(body, status, self.last_server_time_ms)
+            return ApiResponse(body, status, self.last_server_time_ms, response.headers)
         message = _error_message(body, response)
         if status in (401, 403):
             raise AuthError(
@@ -192,10 +242,10 @@ class ApiClient:
         )
 
 
-def _json_body(response: httpx.Response) -> Any:
+def _json_body(response: httpx.Response, decode: Callable[[bytes], Any] = orjson.loads) -> Any:
     try:
-        return orjson.loads(response.content) if response.content else None
-    except orjson.JSONDecodeError:
+        return decode(response.content) if response.content else None
+    except ValueError:  # orjson.JSONDecodeError and json.JSONDecodeError both are
         return None
 
 

@@ -69,9 +69,10 @@ def _sqlite_pragmas(dbapi_connection: Any, immediate: bool) -> None:
     # "database is locked" when it upgrades from a read lock mid-transaction.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # busy_timeout first: switching a database to WAL takes a lock that a writer may hold.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -102,9 +103,10 @@ class SqliteReadPool:
     """Read-only `sqlite3` connections, one per thread of a small executor of their own.
 
     `run(fn)` calls `fn(connection)` in one of the threads: a whole read (statements, fetches)
-    costs one thread hop. Each connection is in autocommit mode (no BEGIN), so every statement
-    is its own read transaction and sees every write committed before it started (WAL: readers
-    neither wait for the writer nor block it). `query_only` makes the read-only use a guarantee.
+    costs one thread hop; `run(fn, inline=True)` skips even that hop, for small reads. Each
+    connection is in autocommit mode (no BEGIN), so every statement is its own read transaction
+    and sees every write committed before it started (WAL: readers neither wait for the writer
+    nor block it). `query_only` makes the read-only use a guarantee.
 
     `execute` runs a SQLAlchemy Core statement: it is compiled once per statement object (the
     store caches its statements) and then only its parameters are bound. Bound values must be
@@ -125,7 +127,11 @@ class SqliteReadPool:
             max_workers=size, thread_name_prefix="ordersync-sqlite-read"
         )
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
+        """`fn(connection)` in a reader thread; or, with `inline`, right here on the event
+        loop's thread (its own connection), for reads known to be small: see `_list`."""
+        if inline:
+            return self._call(fn)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn)
 

@@ -46,6 +46,9 @@ from ordersync.store.tables import accounts, changes, connections, orders, shipm
 Clock = Callable[[], int]
 TOKEN_PREFIX = "osk_"
 _AUTH_CACHE_SECONDS = 10.0
+# SQLite listings up to this offset and without a status filter run on the event loop's thread
+# (see `_list`); larger ones in a reader thread.
+_SQLITE_INLINE_MAX_OFFSET = 1_000
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,16 @@ class Store:
                     return rows, rows[0][-1]
                 return rows, reads.execute(connection, statements.total, params)[0][0]
 
-            rows, total = await reads.run(read)
+            # A polling read is small and bounded: at most offset + limit index entries, the
+            # documents of one page, an exact count over one second of rows and a few dozen
+            # counter rows; about 0.5 ms of SQLite on a warm cache. Running it right on the
+            # event loop costs less than the hop to a reader thread and back (measured: 1.5-1.8
+            # instead of 2.0-2.1 ms of hub CPU per 100-order page, 8 pollers) and avoids GIL
+            # handoffs. A status filter (it may skip any number of rows of other statuses) or a
+            # large offset can make a read long: those go to a reader thread, so that they
+            # never stall the other requests.
+            inline = not query.statuses and query.offset <= _SQLITE_INLINE_MAX_OFFSET
+            rows, total = await reads.run(read, inline=inline)
         else:
             async with self.reader.connect() as conn:
                 rows = (await conn.execute(statements.page, params)).all()

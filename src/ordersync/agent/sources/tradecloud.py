@@ -1,0 +1,162 @@
+"""The Tradecloud dialect (seeds 002 and 004): `POST /order-search/poll` and `/shipment/poll`.
+
+The poll filter `lastUpdatedAfter` is exclusive and results ascend by `lastUpdatedAt`, so the
+engine's inclusive `updated_at >= since` is asked as `lastUpdatedAfter = since - 1 ms` (the
+timestamps have millisecond precision), with `offset` counted from there: exactly the listing
+`TiePager` walks. Records reach the sink in the neutral shape (the fields the sinks index) with
+the document as received under `wire`; quantities and prices stay exact text, never float.
+
+Echo: each order names the connection that made its last change (`lastUpdatedBy`). With
+`echo="skip"` and our own connection's name, a change we made ourselves is still applied (the
+replica must hold every version) but marked `"echo": true` and counted, not taken for a change
+made by someone else; `echo="apply"` treats it like any other change.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Literal
+
+from ordersync.agent.client import ApiClient
+from ordersync.agent.errors import ProtocolError
+from ordersync.agent.records import STREAM_KINDS, FetchedPage, Kind, Record
+from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
+
+EchoMode = Literal["skip", "apply"]
+_ENDPOINTS = {"orders": "/order-search/poll", "shipments": "/shipment/poll"}
+
+
+class TradecloudSource:
+    """Orders and shipments of one Tradecloud company; each stream keeps a cursor of its own."""
+
+    max_page_size = 100
+
+    def __init__(
+        self,
+        client: ApiClient,
+        *,
+        name: str = "tradecloud",
+        streams: tuple[str, ...] = ("orders", "shipments"),
+        connection_name: str | None = None,
+        echo: EchoMode = "skip",
+    ) -> None:
+        unknown = set(streams) - _ENDPOINTS.keys()
+        if unknown:
+            raise ValueError(f"unknown Tradecloud streams {sorted(unknown)}; use orders, shipments")
+        if echo == "skip" and not connection_name:
+            raise ValueError("echo = 'skip' needs the agent's own connection_name")
+        self.client = client
+        self.name = name
+        self.streams = streams
+        self.connection_name = connection_name
+        self.echo = echo
+        self._echoes: set[str] = set()
+
+    @property
+    def api_calls(self) -> int:
+        return self.client.calls
+
+    @property
+    def echoes_recognised(self) -> int:
+        """Distinct (id, version) changes recognised as our own connection's."""
+        return len(self._echoes)
+
+    def poll_body(self, since_ms: int, offset: int, limit: int) -> dict[str, Any]:
+        # Exclusive on the wire, inclusive for the engine: one millisecond earlier.
+        after = format_rfc3339(max(since_ms - 1, 0))
+        return {"filters": {"lastUpdatedAfter": after}, "offset": offset, "limit": limit}
+
+    async def fetch_page(
+        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False
+    ) -> FetchedPage:
+        kind = STREAM_KINDS[stream]
+        response = await self.client.post_json(
+            _ENDPOINTS[stream], self.poll_body(since_ms, offset, limit)
+        )
+        data = response.body.get("data") if isinstance(response.body, dict) else None
+        if not isinstance(data, list):
+            raise ProtocolError(f"{self.name}: {_ENDPOINTS[stream]} answered without a data array")
+        records = [self._record(kind, item) for item in data]
+        return FetchedPage(records, response.server_time_ms)
+
+    def _record(self, kind: Kind, item: Any) -> Record:
+        try:
+            neutral = neutral_order(item) if kind == "order" else neutral_shipment(item)
+            record = Record(
+                kind,
+                str(item["id"]),
+                int(item["version"]),
+                parse_rfc3339_ms(item["lastUpdatedAt"]),
+                neutral,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(
+                f"a Tradecloud {kind} without a valid id, version or lastUpdatedAt: {exc!r}"
+            ) from exc
+        if self.is_echo(item):
+            neutral["echo"] = True
+            self._echoes.add(record.key)
+        return record
+
+    def is_echo(self, item: dict[str, Any]) -> bool:
+        return (
+            self.echo == "skip"
+            and self.connection_name is not None
+            and item.get("lastUpdatedBy") == self.connection_name
+        )
+
+
+def exact(value: Any) -> str | None:
+    """A quantity or price as exact decimal text; JSON numbers arrive as Decimal (the client
+    decodes with `exact_numbers`), never as float."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        raise ProtocolError(f"decimal {value!r} was decoded as a float; exactness is lost")
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise ProtocolError(f"{value!r} is not a decimal value")
+    return format(Decimal(value), "f")
+
+
+def neutral_order(item: dict[str, Any]) -> dict[str, Any]:
+    status = item.get("status") or {}
+    return {
+        "id": item["id"],
+        "version": item["version"],
+        "updated_at": item["lastUpdatedAt"],
+        "status": f"{status.get('processStatus')}/{status.get('logisticsStatus')}",
+        "customer_identifier": (item.get("buyerOrder") or {}).get("purchaseOrderNumber"),
+        "line_items": [
+            {
+                "line_number": int(line["buyerLine"]["position"]),
+                "sku_customer_identifier": (line["buyerLine"].get("item") or {}).get("number"),
+                "quantity": exact(line["buyerLine"].get("quantity")),
+                "unit_price": exact(line["buyerLine"].get("netPrice")),
+            }
+            for line in item.get("lines") or ()
+        ],
+        "wire": _json_safe(item),
+    }
+
+
+def neutral_shipment(item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": item["id"],
+        "version": item["version"],
+        "updated_at": item["lastUpdatedAt"],
+        "order_id": item.get("orderId"),
+        "status": (item.get("status") or {}).get("logisticsStatus"),
+        "tracking_number": item.get("trackingNumber"),
+        "wire": _json_safe(item),
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """The document with Decimals as exact text, so sinks can serialise it as JSON."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
