@@ -22,6 +22,7 @@ import httpx
 import orjson
 import structlog
 
+from ordersync.agent.budget import Budget
 from ordersync.agent.errors import (
     AuthError,
     ProtocolError,
@@ -89,6 +90,7 @@ class ApiClient:
         rng: random.Random | None = None,
         auth: Mapping[str, str] | None = None,
         exact_numbers: bool = False,
+        budget: Budget | None = None,
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
@@ -109,6 +111,7 @@ class ApiClient:
         self._decode: Callable[[bytes], Any] = (
             functools.partial(json.loads, parse_float=Decimal) if exact_numbers else orjson.loads
         )
+        self.budget = budget  # shared by the sources of one connection (agent/budget.py)
         self.calls = 0
         self.last_server_time_ms: int | None = None
 
@@ -147,6 +150,10 @@ class ApiClient:
             ) from transient
         if transient.retry_after is None:
             return policy.backoff(count, self.rng)
+        if self.budget is not None:
+            # The budget holds the next attempt back until Retry-After has passed (or longer,
+            # until the window reopens), and reports a long pause instead of giving up.
+            return 0.0
         if transient.retry_after > policy.max_retry_after:
             raise RateLimited(
                 f"{self.source}: {endpoint} asks to wait {transient.retry_after:.0f} s "
@@ -165,17 +172,22 @@ class ApiClient:
     async def _attempt(
         self, endpoint: str, params: Params, attempt: int, method: str = "GET", body: Any = None
     ) -> ApiResponse:
+        url = self.base_url + endpoint
+        # Quota first, then the clock: request latency is the platform's, not our pacing.
+        ticket = await self.budget.spend(method, url, self.source) if self.budget else None
         started = self.perf()
         self.calls += 1
         try:
             response = await self.http.request(
                 method,
-                self.base_url + endpoint,
+                url,
                 params=_query(params),
                 headers=self._headers if body is None else self._json_headers,
                 content=None if body is None else orjson.dumps(body),
             )
         except httpx.TransportError as exc:
+            if ticket is not None:
+                ticket.settle(None, None)
             self._observe(
                 endpoint,
                 params,
@@ -186,6 +198,8 @@ class ApiClient:
                 error=f"{type(exc).__name__}: {exc}",
             )
             raise _Transient(type(exc).__name__) from exc
+        if ticket is not None:
+            ticket.settle(response.status_code, response.headers)
         body = _json_body(response, self._decode)
         records = body.get("data") if isinstance(body, dict) else body
         count = len(records) if isinstance(records, list) else None

@@ -83,12 +83,19 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
         rows = _live_status(settings) or asyncio.run(_stored_status(settings))
     except OrdersyncError as exc:
         raise _fail(exc) from None
-    table = Table("source", "stream", "cursor", "lag (s)", "last success", "last error")
+    table = Table("source", "stream", "cursor", "lag (s)", "last success", "last error", "quota")
     for row in rows:
         table.add_row(row["source"], row["stream"], row["cursor"] or "-",
                       "-" if row.get("lag_seconds") is None else f"{row['lag_seconds']:.1f}",
-                      row.get("last_success_at") or "-", row.get("last_error") or "-")
+                      row.get("last_success_at") or "-", row.get("last_error") or "-",
+                      _quota_cell(row))
     Console().print(table)
+
+
+def _quota_cell(row: dict[str, Any]) -> str:
+    """A spent quota the source waits for ("-" when none, or when the agent is not running)."""
+    until = row.get("quota_exhausted_until")
+    return f"{row.get('quota_exhausted_window')} spent, resumes {until}" if until else "-"
 
 
 def _live_status(settings: AgentConfig) -> list[dict[str, Any]] | None:

@@ -9,11 +9,27 @@
     lookback = 120
     page_size = 100
 
+    [[sources]]                      # Tradecloud (/v2): Basic auth as the connection
+    name = "tradecloud"
+    dialect = "tradecloud"
+    base_url = "https://api.accp.tradecloud1.com/v2"
+    token_env = "TRADECLOUD_TOKEN"
+    connection_name = "erp-agent"    # Basic user; also recognises our own changes (echo)
+    echo = "skip"                    # default: mark our own changes as echoes ("apply": don't)
+
+    [[sources]]                      # HubRise (/v1): X-Access-Token, backfill then callback
+    name = "hubrise"
+    dialect = "hubrise"
+    base_url = "https://api.hubrise.com/v1"
+    token_env = "HUBRISE_TOKEN"
+    quota = ["500/minute", "2500/hour", "10000/day", "heavy:10/minute"]  # paced, never a 429
+
     [sink]
     url = "sqlite:///erp-replica.db"
 
 Overrides: ORDERSYNC_SINK_URL, ORDERSYNC_AGENT_PORT, and per source
-ORDERSYNC_SOURCE_<NAME>_<KEY> for BASE_URL, INTERVAL, LOOKBACK, PAGE_SIZE, TOKEN_ENV.
+ORDERSYNC_SOURCE_<NAME>_<KEY> for BASE_URL, INTERVAL, LOOKBACK, PAGE_SIZE, TOKEN_ENV,
+CONNECTION_NAME, ECHO.
 """
 
 from __future__ import annotations
@@ -25,11 +41,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from ordersync.agent.budget import Quota, parse_quotas
 from ordersync.errors import ConfigurationError
 
-Dialect = Literal["masonhub"]
+Dialect = Literal["masonhub", "tradecloud", "hubrise"]
+Auth = Literal["bearer", "basic", "access-token"]
+DEFAULT_AUTH: dict[str, Auth] = {
+    "masonhub": "bearer",
+    "tradecloud": "basic",
+    "hubrise": "access-token",
+}
 Stream = Literal["orders", "shipments"]
 STREAMS: tuple[Stream, ...] = ("orders", "shipments")
 
@@ -48,6 +78,39 @@ class SourceConfig(_Strict):
     page_size: int = Field(default=100, ge=1, le=100)
     statuses: list[str] = Field(default_factory=list, description="status-based polling")
     streams: list[Stream] = Field(default_factory=lambda: list(STREAMS))
+    auth: Auth | None = Field(default=None, description="default: the dialect's own scheme")
+    connection_name: str | None = Field(default=None, description="Basic user; echo detection")
+    echo: Literal["skip", "apply"] = Field(
+        default="skip", description="tradecloud: mark our own connection's changes as echoes"
+    )
+    quota: list[str] = Field(
+        default_factory=list,
+        description='known quotas, [heavy:]LIMIT/PERIOD, e.g. ["500/minute", "heavy:10/minute"]',
+    )
+
+    @property
+    def auth_scheme(self) -> Auth:
+        return self.auth or DEFAULT_AUTH[self.dialect]
+
+    @model_validator(mode="after")
+    def _dialect_options(self) -> SourceConfig:
+        if self.auth_scheme == "basic" and not self.connection_name:
+            raise ValueError("Basic auth needs connection_name (the connection's user name)")
+        if self.dialect == "tradecloud" and self.echo == "skip" and not self.connection_name:
+            raise ValueError("echo = 'skip' needs connection_name to recognise our own changes")
+        if self.statuses and self.dialect != "masonhub":
+            raise ValueError("statuses (status-based polling) is for the masonhub dialect only")
+        return self
+
+    @field_validator("quota")
+    @classmethod
+    def _quota_entries(cls, value: list[str]) -> list[str]:
+        parse_quotas(value)  # a ValueError names the entry and shows an example
+        return value
+
+    @property
+    def quotas(self) -> tuple[Quota, ...]:
+        return parse_quotas(self.quota)
 
     @field_validator("base_url")
     @classmethod
@@ -135,7 +198,8 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         merged["port"] = int(environ["ORDERSYNC_AGENT_PORT"])
     for source in merged["sources"]:
         prefix = f"ORDERSYNC_SOURCE_{str(source.get('name', '')).upper().replace('-', '_')}_"
-        for key in ("base_url", "interval", "lookback", "page_size", "token_env"):
+        for key in ("base_url", "interval", "lookback", "page_size", "token_env",
+                    "connection_name", "echo"):
             if prefix + key.upper() in environ:
                 source[key] = environ[prefix + key.upper()]
     return merged

@@ -67,3 +67,28 @@ class AgentMetrics:
             ["source", "stream"],
             registry=r,
         )
+        # Client-side rate-limit budgets (agent/budget.py): pacing waits, and what is left.
+        self.budget_waits = Counter(
+            "ordersync_agent_budget_waits",
+            "Requests held back by the rate-limit budget, by the window that was full",
+            ["source", "window"],
+            registry=r,
+        )
+        self.budget_wait_seconds = Counter(
+            "ordersync_agent_budget_wait_seconds",
+            "Seconds requests waited for the rate-limit budget",
+            ["source", "window"],
+            registry=r,
+        )
+        self.quota_remaining = Gauge(
+            "ordersync_agent_quota_remaining",
+            "Requests left in the current quota window, as far as the agent knows",
+            ["budget", "window"],
+            registry=r,
+        )
+        self.quota_exhausted_until = Gauge(
+            "ordersync_agent_quota_exhausted_until_seconds",
+            "Unix time at which a spent quota reopens (0: none is spent)",
+            ["budget"],
+            registry=r,
+        )

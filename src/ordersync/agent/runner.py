@@ -23,14 +23,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ordersync.agent.client import ApiClient
+from ordersync.agent.budget import Budget, BudgetBook, BudgetClosed, Pause
+from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
 from ordersync.agent.engine import EngineSettings, StreamStatus, SyncEngine
 from ordersync.agent.errors import AuthError
+from ordersync.agent.hubrise_sync import HubRiseSync
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
+from ordersync.agent.sources.hubrise import HubRiseSource
 from ordersync.agent.sources.masonhub import MasonHubSource
+from ordersync.agent.sources.tradecloud import TradecloudSource
 from ordersync.domain.timestamps import format_rfc3339
 from ordersync.embedded import serving
 from ordersync.errors import ConfigurationError
@@ -47,9 +51,10 @@ class AgentRuntime:
     config: AgentConfig
     sink: Sink
     metrics: AgentMetrics
-    engines: dict[str, SyncEngine] = field(default_factory=dict)
+    engines: dict[str, SyncEngine | HubRiseSync] = field(default_factory=dict)
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     stopped: dict[str, str] = field(default_factory=dict)  # source -> why it stopped
+    budgets: BudgetBook = field(default_factory=BudgetBook)  # rate-limit budgets by connection
 
     async def close(self) -> None:
         for client in self.clients:
@@ -66,6 +71,7 @@ async def open_runtime(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     state_dir: Path = Path("."),
+    budgets: BudgetBook | None = None,
 ) -> AgentRuntime:
     """Open the sink and build one engine per source. Tokens are checked here, before any I/O."""
     tokens = {source.name: source.token(environ) for source in config.sources}
@@ -73,38 +79,61 @@ async def open_runtime(
     sink_http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT)
     sink = await open_sink(config.sink.url, http=sink_http,
                            state_path=state_dir / "ordersync-http-sink-state.json")
-    runtime = AgentRuntime(config, sink, metrics, clients=[sink_http])
+    runtime = AgentRuntime(config, sink, metrics, clients=[sink_http],
+                           budgets=budgets or BudgetBook(metrics))
     for source_config in config.sources:
         http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT, transport=transport)
         runtime.clients.append(http)
+        token = tokens[source_config.name]
+        budget = runtime.budgets.for_source(source_config.name, source_config.base_url, token,
+                                             source_config.quotas)
         runtime.engines[source_config.name] = build_engine(
-            source_config, tokens[source_config.name], http, sink, metrics)
+            source_config, token, http, sink, metrics, budget=budget)
     return runtime
 
 
 def build_engine(source_config: SourceConfig, token: str, http: httpx.AsyncClient, sink: Sink,
-                 metrics: AgentMetrics) -> SyncEngine:
-    client = ApiClient(http, source_config.base_url, token, source=source_config.name,
-                       metrics=metrics)
-    source = MasonHubSource(client, name=source_config.name,
-                            streams=tuple(source_config.streams),
-                            statuses=tuple(source_config.statuses))
-    settings = EngineSettings(lookback_ms=int(source_config.lookback * 1000),
-                              page_size=source_config.page_size)
+                 metrics: AgentMetrics, budget: Budget | None = None) -> SyncEngine | HubRiseSync:
+    """The sync of one source, by dialect: the updated_at engine for MasonHub and Tradecloud,
+    backfill + callback events for HubRise (it has no "changed since" listing)."""
+    c = source_config
+    client = ApiClient(http, c.base_url, token, source=c.name, metrics=metrics,
+                       auth=auth_headers(c.auth_scheme, token, c.connection_name),
+                       exact_numbers=c.dialect == "tradecloud", budget=budget)
+    streams = tuple(c.streams)
+    if c.dialect == "hubrise":
+        return HubRiseSync(HubRiseSource(client, name=c.name, streams=streams), sink,
+                           page_size=c.page_size, metrics=metrics)
+    source: MasonHubSource | TradecloudSource = (
+        TradecloudSource(client, name=c.name, streams=streams,
+                         connection_name=c.connection_name, echo=c.echo)
+        if c.dialect == "tradecloud"
+        else MasonHubSource(client, name=c.name, streams=streams, statuses=tuple(c.statuses)))
+    settings = EngineSettings(lookback_ms=int(c.lookback * 1000), page_size=c.page_size)
     return SyncEngine(source, sink, settings=settings, metrics=metrics)
+
+
+# One cheap read per dialect: (method, path under base_url, query, JSON body).
+_PREFLIGHT: dict[str, tuple[str, str, dict[str, Any], Any]] = {
+    "masonhub": ("GET", "/orders", {"limit": 1, "list_type": "summary"}, None),
+    "tradecloud": ("POST", "/order-search/poll", {}, {"filters": {}, "limit": 1}),
+    "hubrise": ("GET", "/callback", {}, None),
+}
+_API_ROOT = {"masonhub": "/api/v1", "tradecloud": "/v2", "hubrise": "/v1"}
 
 
 async def preflight(runtime: AgentRuntime) -> None:
     """One cheap call per source, so that a wrong URL or token fails at start, clearly,
     instead of as retries in the log."""
     for name, engine in runtime.engines.items():
-        source = engine.source
-        assert isinstance(source, MasonHubSource)
-        client = source.client
-        url = f"{client.base_url}/{source.streams[0]}"
+        client = engine.source.client
+        dialect = next(s.dialect for s in runtime.config.sources if s.name == name)
+        method, path, params, body = _PREFLIGHT[dialect]
+        url = client.base_url + path
         try:
-            response = await client.http.get(url, params={"limit": 1, "list_type": "summary"},
-                                             headers=client._headers)
+            response = await client.http.request(
+                method, url, params=params, json=body,
+                headers=client._headers if body is None else client._json_headers)
         except httpx.TransportError as exc:
             raise ConfigurationError(
                 f"source {name!r}: cannot reach {client.base_url} ({exc.__class__.__name__}: "
@@ -116,7 +145,7 @@ async def preflight(runtime: AgentRuntime) -> None:
         if response.status_code == 404:
             raise ConfigurationError(
                 f"source {name!r}: {url} does not exist (404); base_url should end with the "
-                "API root, e.g. http://127.0.0.1:8080/api/v1")
+                f"API root, e.g. http://127.0.0.1:8080{_API_ROOT[dialect]}")
 
 
 def _token_env(config: AgentConfig, name: str) -> str:
@@ -126,7 +155,7 @@ def _token_env(config: AgentConfig, name: str) -> str:
 async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool = False) -> None:
     """Run every source until `stop` (or one drain each with `once`)."""
 
-    async def run_one(name: str, engine: SyncEngine) -> None:
+    async def run_one(name: str, engine: SyncEngine | HubRiseSync) -> None:
         interval = next(s.interval for s in runtime.config.sources if s.name == name)
         try:
             if once:
@@ -136,15 +165,29 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
         except AuthError as exc:
             runtime.stopped[name] = str(exc)
             log.error("source_stopped", source=name, reason=str(exc))
+        except BudgetClosed:
+            pass  # stopped while waiting for quota: nothing was sent, nothing is lost
 
-    await asyncio.gather(*(run_one(n, e) for n, e in runtime.engines.items()))
+    async def release_quota_waits() -> None:
+        # A spent daily quota can hold a request back for hours: stopping must not wait.
+        await stop.wait()
+        runtime.budgets.close()
+
+    releasing = asyncio.ensure_future(release_quota_waits())
+    try:
+        await asyncio.gather(*(run_one(n, e) for n, e in runtime.engines.items()))
+    finally:
+        releasing.cancel()
 
 
 def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:
-    return [status_row(state, runtime.stopped.get(state.source)) for state in runtime.status()]
+    return [status_row(state, runtime.stopped.get(state.source),
+                       runtime.budgets.exhausted(state.source))
+            for state in runtime.status()]
 
 
-def status_row(state: StreamStatus, stopped_reason: str | None = None) -> dict[str, Any]:
+def status_row(state: StreamStatus, stopped_reason: str | None = None,
+               quota_pause: Pause | None = None) -> dict[str, Any]:
     cursor = state.cursor
     return {
         "source": state.source,
@@ -160,6 +203,8 @@ def status_row(state: StreamStatus, stopped_reason: str | None = None) -> dict[s
         "applied": state.totals.applied,
         "duplicates": state.totals.duplicates,
         "api_calls": state.totals.api_calls,
+        "quota_exhausted_window": None if quota_pause is None else quota_pause.window,
+        "quota_exhausted_until": None if quota_pause is None else quota_pause.until_rfc3339,
     }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
-from tests.integration.agent.harness import Hub, open_hub
+from tests.integration.agent.harness import DIALECTS, Hub, open_hub
 
 
 @pytest.fixture
@@ -22,11 +22,23 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
 SinkFactory = Callable[..., Awaitable[Sink]]
 
 
+@pytest.fixture(params=DIALECTS)
+def dialect(request: pytest.FixtureRequest) -> str:
+    """The wire dialect the agent syncs through: MasonHub, Tradecloud or HubRise."""
+    return str(request.param)
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "jsonl"])
 async def sink_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[SinkFactory]:
     """Opens (and reopens, as a restarted agent would) one replica of the given backend."""
+    if (
+        request.param == "jsonl"
+        and "dialect" in request.fixturenames
+        and request.getfixturevalue("dialect") != "masonhub"
+    ):
+        pytest.skip("the JSONL sink is covered through the masonhub dialect")
     url = (
         request.getfixturevalue("pg_url")
         if request.param == "postgresql"

@@ -8,9 +8,10 @@ Decimals are exact: TEXT on SQLite, NUMERIC on PostgreSQL, never float.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import (
@@ -37,6 +38,9 @@ from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
 from ordersync.domain.timestamps import now_ms
 from ordersync.store.engine import create_engines, parse_database_url
+
+if TYPE_CHECKING:
+    from ordersync.agent.sinks.sqlite_fast import SqliteWriter
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -123,6 +127,7 @@ class SqlSink:
         self._reader, self.engine = engines
         self.backend = self.engine.dialect.name
         self.fault_hook = fault_hook
+        self._fast: SqliteWriter | None = None
 
     @classmethod
     async def open(cls, url: str, *, fault_hook: FaultHook | None = None) -> SqlSink:
@@ -133,9 +138,16 @@ class SqlSink:
         except SQLAlchemyError as exc:
             await sink.close()
             raise SinkError(f"cannot open the replica at {url}: {exc}") from exc
+        if sink.backend == "sqlite":
+            from ordersync.agent.sinks.sqlite_fast import SqliteWriter
+
+            database = parse_database_url(url).sync_url.removeprefix("sqlite:///")
+            sink._fast = SqliteWriter(database)
         return sink
 
     async def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         await self.engine.dispose()
         if self._reader is not self.engine:
             await self._reader.dispose()
@@ -161,6 +173,12 @@ class SqlSink:
     async def apply_page(
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
     ) -> ApplyResult:
+        if self._fast is not None:
+            try:
+                return await self._fast.apply_page(source, stream, records, new_cursor,
+                                                   self.fault_hook)
+            except sqlite3.Error as exc:
+                raise SinkError(f"the replica refused a page of {source}/{stream}: {exc}") from exc
         try:
             async with self.engine.begin() as conn:
                 applied = 0
