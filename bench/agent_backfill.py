@@ -53,7 +53,9 @@ SEED_SCHEME = "v1"  # bump when the seeded data changes shape: cached hub files 
 SEED_BATCH = 1000
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00.000Z
 DIALECTS = ("masonhub", "tradecloud", "hubrise")
-IMPLEMENTED_DIALECTS = ("masonhub",)
+API_ROOTS = {"masonhub": "/api/v1", "tradecloud": "/v2", "hubrise": "/v1"}
+# dlt's rest_api source is configured for the MasonHub listing only.
+DLT_DIALECTS = ("masonhub",)
 TARGET_SPEEDUP = 10.0
 TARGET_CALLS_FACTOR = 1.01
 TARGET_RSS_MB = 200.0
@@ -182,7 +184,7 @@ class CallCounter:
         self.counts: dict[str, int] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        if scope["type"] != "http" or not scope["path"].startswith(("/api/", "/v1/", "/v2/")):
             if scope["type"] == "http" and scope["path"] == "/__bench/calls":
                 await send(
                     {
@@ -245,10 +247,11 @@ class Hub:
     url: str
     process: subprocess.Popen[bytes]
     sampler: RssSampler
+    dialect: str = "masonhub"
 
     @property
     def api(self) -> str:
-        return f"{self.url}/api/v1"
+        return self.url + API_ROOTS[self.dialect]
 
     def calls(self) -> dict[str, int]:
         return dict(http_json(f"{self.url}/__bench/calls"))
@@ -264,9 +267,11 @@ class Hub:
 
 
 @contextlib.contextmanager
-def running_hub(db: Path, workdir: Path) -> Iterator[Hub]:
+def running_hub(db: Path, workdir: Path, dialect: str = "masonhub") -> Iterator[Hub]:
     port = free_port()
     command = [sys.executable, __file__, "_hub", "--db", f"sqlite:///{db}", "--port", str(port)]
+    # HubRise's quotas (10 listing pages a minute) would measure the quota, not the agent.
+    command += ["--quota", "/v1/@heavy=off", "--quota", "/v1/@all=off"]
     with open(workdir / "hub.log", "wb") as hub_log:
         process = subprocess.Popen(
             command, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True
@@ -284,7 +289,7 @@ def running_hub(db: Path, workdir: Path) -> Iterator[Hub]:
             if time.monotonic() > deadline:
                 raise RuntimeError("hub did not answer /healthz within 60 s")
             time.sleep(0.1)
-        yield Hub(url, process, sampler)
+        yield Hub(url, process, sampler, dialect)
     finally:
         sampler.stop()
         if process.poll() is None:
@@ -770,6 +775,7 @@ name = "bench"
 dialect = "{dialect}"
 base_url = "{api}"
 token_env = "BENCH_AGENT_TOKEN"
+connection_name = "bench-agent"
 page_size = {page_size}
 streams = ["orders"]
 
@@ -824,7 +830,7 @@ def run_agent(
     details: dict[str, Any] = {
         "driver": "ordersync agent run --once"
         if driver == "cli"
-        else "SyncEngine.run_cycle() (Python API)",
+        else "runner.build_engine(...).run_cycle() (Python API)",
     }
     lines = measured.stdout.strip().splitlines()
     with contextlib.suppress(ValueError, IndexError):
@@ -865,24 +871,34 @@ def _agent_worker(argv: list[str]) -> None:
     parser.add_argument("--dialect", default="masonhub")
     parser.add_argument("--replica", required=True, type=Path)
     args = parser.parse_args(argv)
-    asyncio.run(_agent_backfill(args.api, os.environ["BENCH_AGENT_TOKEN"], args.replica))
+    asyncio.run(
+        _agent_backfill(args.api, os.environ["BENCH_AGENT_TOKEN"], args.replica, args.dialect)
+    )
 
 
-async def _agent_backfill(api: str, token: str, replica: Path) -> None:
+async def _agent_backfill(api: str, token: str, replica: Path, dialect: str) -> None:
     import httpx
 
-    from ordersync.agent.client import ApiClient
-    from ordersync.agent.engine import EngineSettings, SyncEngine
+    from ordersync.agent.config import SourceConfig
+    from ordersync.agent.metrics import AgentMetrics
+    from ordersync.agent.runner import build_engine
     from ordersync.agent.sinks.sql import SqlSink
-    from ordersync.agent.sources.masonhub import MasonHubSource
     from ordersync.logs import configure_logging
 
     configure_logging("json")  # as `ordersync agent run` does: one JSON line per API call
     started = time.monotonic()
     sink = await SqlSink.open(f"sqlite:///{replica}")
+    config = SourceConfig(
+        name="bench",
+        dialect=dialect,  # type: ignore[arg-type]
+        base_url=api,
+        token_env="BENCH_AGENT_TOKEN",
+        connection_name="bench-agent",
+        page_size=PAGE_SIZE,
+        streams=["orders"],
+    )
     async with httpx.AsyncClient(timeout=30.0) as http:
-        source = MasonHubSource(ApiClient(http, api, token), name="bench", streams=("orders",))
-        engine = SyncEngine(source, sink, settings=EngineSettings(page_size=PAGE_SIZE))
+        engine = build_engine(config, token, http, sink, AgentMetrics())
         try:
             counts = await engine.run_cycle()
         finally:
@@ -1036,7 +1052,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--dialect",
         choices=DIALECTS,
         default="masonhub",
-        help="the hub dialect both tools read (the agent has only a masonhub source yet)",
+        help="the hub dialect the agent reads: masonhub (/api/v1), tradecloud (/v2) or "
+        "hubrise (/v1, backfill + callback; the hub's quotas are turned off); dlt runs on "
+        "masonhub only",
     )
     parser.add_argument(
         "--timeout",
@@ -1064,12 +1082,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.dlt_orders is None:
-        args.dlt_orders = list(args.orders)
-    if args.dialect not in IMPLEMENTED_DIALECTS:
-        parser.error(
-            f"--dialect {args.dialect}: the agent has only a "
-            f"{', '.join(IMPLEMENTED_DIALECTS)} source so far"
-        )
+        args.dlt_orders = list(args.orders) if args.dialect in DLT_DIALECTS else []
+    if args.dlt_orders and args.dialect not in DLT_DIALECTS:
+        parser.error(f"--dialect {args.dialect}: dlt runs on masonhub only; add --dlt-orders 0")
     return args
 
 
@@ -1096,7 +1111,7 @@ def main(argv: list[str]) -> int:
             account_id, tokens = asyncio.run(_create_tokens(hub_db, ["agent", "dlt"]))
             workdir = workroot / f"n{n}"
             workdir.mkdir()
-            with running_hub(hub_db, workdir) as hub:
+            with running_hub(hub_db, workdir, args.dialect) as hub:
                 log(f"N = {n:,}: hub at {hub.url} (pid {hub.process.pid})")
                 for tool in ("agent", "dlt"):
                     if n not in (args.orders if tool == "agent" else args.dlt_orders):

@@ -612,17 +612,30 @@ def free_port() -> int:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc."""
+    """utime + stime of a process (all its threads) and of its live descendants (the worker
+    processes of `hub serve --workers N`), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(c) for c in (task / "children").read_text().split()]
+    total = own
+    for child in children:
+        with contextlib.suppress(OSError, ValueError):
+            total += proc_cpu_seconds(child)
+    return total
 
 
 @contextlib.contextmanager
-def hub_server(url: str, workdir: Path, log: Callable[[str], None]) -> Iterator[tuple[int, int]]:
+def hub_server(
+    url: str, workdir: Path, log: Callable[[str], None], workers: int = 1
+) -> Iterator[tuple[int, int]]:
     """`ordersync hub serve` in its own process; yields (port, pid) once /healthz answers."""
     port = free_port()
     logfile = (workdir / f"hub-{port}.log").open("wb")
-    cmd = [str(VENV_BIN / "ordersync"), "hub", "serve", "--db", url, "--port", str(port)]
+    cmd = [str(VENV_BIN / "ordersync"), "hub", "serve", "--db", url, "--port", str(port),
+           "--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, cwd=workdir)
     try:
         deadline = time.monotonic() + 60
@@ -641,7 +654,8 @@ def hub_server(url: str, workdir: Path, log: Callable[[str], None]) -> Iterator[
             if time.monotonic() > deadline:
                 raise RuntimeError("hub did not answer /healthz within 60 s")
             time.sleep(0.1)
-        log(f"hub: pid {proc.pid} serving on port {port} (uvicorn, uvloop + httptools)")
+        log(f"hub: pid {proc.pid} serving on port {port} (uvicorn, uvloop + httptools, "
+            f"{workers} worker{'s' if workers > 1 else ''})")
         yield port, proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
@@ -653,7 +667,9 @@ def hub_server(url: str, workdir: Path, log: Callable[[str], None]) -> Iterator[
         logfile.close()
 
 
-def start_profiler(pid: int, out_dir: Path, backend: str, clients: int) -> tuple[Any, Path]:
+def start_profiler(
+    pid: int, out_dir: Path, backend: str, clients: int, workers: int = 1
+) -> tuple[Any, Path]:
     """py-spy on the hub process (all threads, GIL-holding samples only), collapsed format."""
     spy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
     if spy is None:
@@ -676,6 +692,7 @@ def start_profiler(pid: int, out_dir: Path, backend: str, clients: int) -> tuple
             "--threads",
             "--gil",
             "--nonblocking",
+            *(["--subprocesses"] if workers > 1 else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -746,6 +763,7 @@ class Row:
     reconnects: int  # keep-alive connections the hub closed while idle (client reconnected)
     floor_cpu_ms_per_page: float  # bench process CPU per page in the floor run
     orders_seen: int
+    hub_workers: int = 1  # `hub serve --workers`; hub CPU sums every worker process
 
 
 def print_table(rows: list[Row]) -> None:
@@ -757,8 +775,9 @@ def print_table(rows: list[Row]) -> None:
     print(header)
     print("-" * len(header))
     for r in rows:
+        backend = r.backend if r.hub_workers == 1 else f"{r.backend} x{r.hub_workers}"
         print(
-            f"{r.backend:<11}{r.orders:>10,}{r.clients:>8}{r.pages_per_s:>10,.0f}"
+            f"{backend:<11}{r.orders:>10,}{r.clients:>8}{r.pages_per_s:>10,.0f}"
             f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.floor_pages_per_s:>11,.0f}{r.ratio:>7.2f}"
             f"{r.server_cpu_pct:>8.0f}%{r.client_cpu_pct:>9.0f}%"
             f"{r.hub_cpu_ms_per_page:>15.2f}{r.floor_cpu_ms_per_page:>17.2f}"
@@ -791,20 +810,23 @@ def bench_backend(
     workdir: Path,
     log: Callable[[str], None],
     profile_dir: Path | None = None,
+    hub_workers: int = 1,
 ) -> list[Row]:
     lo, hi, count = asyncio.run(time_range(url))
     if count != n:
         raise RuntimeError(f"{backend}: expected {n} orders, found {count}")
     token = asyncio.run(new_token(url))
     rows = []
-    with hub_server(url, workdir, log) as (port, pid):
+    with hub_server(url, workdir, log, hub_workers) as (port, pid):
         for c in clients:
             plan = slices(lo, hi, c)
             per_client = pages if pages is not None else math.ceil(n / LIMIT / c) + 1
             log(f"{backend}: {c} client(s), up to {per_client:,} pages each: floor ...")
             floor = run_floor(url, token, plan, per_client, warmup)
             log(f"{backend}: {c} client(s): HTTP ...")
-            spy = start_profiler(pid, profile_dir, backend, c) if profile_dir else None
+            spy = (
+                start_profiler(pid, profile_dir, backend, c, hub_workers) if profile_dir else None
+            )
             http = run_http_load(pid, port, token, plan, per_client, warmup, timeout=3600)
             server_cpu = http["hub_cpu"]  # read by the load process around the measured walk
             if spy is not None:
@@ -833,6 +855,7 @@ def bench_backend(
                 reconnects=http["reconnects"],
                 floor_cpu_ms_per_page=round(1000 * floor["cpu"] / floor_pages, 3),
                 orders_seen=sum(http["orders"]),
+                hub_workers=hub_workers,
             )
             log(
                 f"{backend}: {c} client(s): {http_pps:,.0f} pages/s over HTTP "
@@ -871,6 +894,12 @@ def main() -> None:
         "--pg-admin",
         default=os.environ.get("ORDERSYNC_TEST_PG", DEFAULT_PG_ADMIN),
         help="admin URL of the PostgreSQL server (a database is created there)",
+    )
+    parser.add_argument(
+        "--hub-workers",
+        type=int,
+        default=1,
+        help="hub worker processes (`hub serve --workers`, default 1)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
     parser.add_argument(
@@ -923,6 +952,7 @@ def main() -> None:
                     workdir,
                     log,
                     RESULTS if args.profile else None,
+                    args.hub_workers,
                 )
             infos[backend] = info
             if backend == "sqlite":

@@ -310,9 +310,11 @@ class Budget:
         self._learn_standing(ticket, headers.get("ratelimit"), now)
         if status == 429:
             wait = parse_retry_after(headers.get("retry-after"), int(now * 1000))
-            if wait is not None:
-                cls = ticket.endpoint_class
-                self.not_before[cls] = max(self.not_before.get(cls, 0.0), now + wait)
+            # A refused general request means a general window is full, and those windows
+            # count the heavy listings too; a refused listing holds back listings only.
+            held = CLASSES if ticket.endpoint_class == ALL else (ticket.endpoint_class,)
+            for cls in held if wait is not None else ():
+                self.not_before[cls] = max(self.not_before.get(cls, 0.0), now + (wait or 0.0))
         for name in self.members[ticket.endpoint_class]:
             self._gauge(self.windows[name])
 

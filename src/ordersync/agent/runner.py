@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ async def open_runtime(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     state_dir: Path = Path("."),
-    budgets: BudgetBook | None = None,
+    budgets: Callable[[AgentMetrics], BudgetBook] = BudgetBook,
 ) -> AgentRuntime:
     """Open the sink and build one engine per source. Tokens are checked here, before any I/O."""
     tokens = {source.name: source.token(environ) for source in config.sources}
@@ -80,7 +80,7 @@ async def open_runtime(
     sink = await open_sink(config.sink.url, http=sink_http,
                            state_path=state_dir / "ordersync-http-sink-state.json")
     runtime = AgentRuntime(config, sink, metrics, clients=[sink_http],
-                           budgets=budgets or BudgetBook(metrics))
+                           budgets=budgets(metrics))
     for source_config in config.sources:
         http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT, transport=transport)
         runtime.clients.append(http)
@@ -126,7 +126,9 @@ async def preflight(runtime: AgentRuntime) -> None:
     """One cheap call per source, so that a wrong URL or token fails at start, clearly,
     instead of as retries in the log."""
     for name, engine in runtime.engines.items():
-        client = engine.source.client
+        source = engine.source
+        assert isinstance(source, MasonHubSource | TradecloudSource | HubRiseSource)
+        client = source.client
         dialect = next(s.dialect for s in runtime.config.sources if s.name == name)
         method, path, params, body = _PREFLIGHT[dialect]
         url = client.base_url + path

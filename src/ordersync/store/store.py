@@ -104,7 +104,7 @@ class Store:
         self.writer = writer
         self.clock = clock
         self._auth_cache: dict[str, tuple[float, Principal]] = {}
-        # SQLite: listings read through plain sqlite3 connections, one thread hop per page.
+        # SQLite: listings read through plain sqlite3 connections, at most one thread hop.
         self._sqlite_reads = (
             SqliteReadPool(url, reader.dialect) if url.backend == "sqlite" else None
         )
@@ -238,6 +238,9 @@ class Store:
             rows, total = await reads.run(read, inline=inline)
         else:
             async with self.reader.connect() as conn:
+                # Autocommit: the statement is its own transaction, without the BEGIN and the
+                # ROLLBACK (when the pool takes the connection back) that cost a round trip each.
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
                 rows = (await conn.execute(statements.page, params)).all()
                 total = rows[0][-1] if rows else await conn.scalar(statements.total, params)
         items = [_summary(kind, row) for row in rows] if summary else [row[0] for row in rows]

@@ -149,8 +149,10 @@ def _next_status(status: OrderStatus) -> OrderStatus | None:
 async def open_hub(db_url: str) -> Hub:
     clock = FakeClock()
     store = await Store.open(db_url, clock=clock)
-    token = await store.create_token("acme", "agent")
-    principal = await store.authenticate(token)
+    token = await store.create_token("acme", CONNECTION)
+    # The platform's own writes come from another connection of the account (as a warehouse's
+    # would): HubRise shows a connection the changes of the others only.
+    principal = await store.authenticate(await store.create_token("acme", "warehouse"))
     # No quota: the guarantee tests are about correctness; the budget has its own tests.
     app = create_app(HubSettings(quotas=QuotaPolicy()), store)
     return Hub(store, principal, token, clock, app)

@@ -1,4 +1,5 @@
-"""A crash after each step of a cycle, then a restart from stored state: nothing lost or doubled."""
+"""A crash after each step of a cycle, then a restart from stored state: nothing lost or doubled,
+through each dialect (for HubRise the steps are those of its backfill)."""
 
 from __future__ import annotations
 
@@ -47,26 +48,28 @@ SINK_STEPS = ("mid_apply", "before_cursor", "after_cursor")
 
 @pytest.mark.parametrize("step", ENGINE_STEPS + SINK_STEPS)
 async def test_crash_at_each_step_then_restart_converges(
-    hub: Hub, sink_factory: SinkFactory, step: str
+    hub: Hub, sink_factory: SinkFactory, step: str, dialect: str
 ) -> None:
     """Crash on the second page at `step`; a restarted agent ends equal to the hub."""
     await seed(hub)
     hook = crash_on(step, 2)
     sink: Sink = await (sink_factory(fault_hook=hook) if step in SINK_STEPS else sink_factory())
-    engine = build_engine(hub, sink, page_size=50, hook=hook if step in ENGINE_STEPS else None)
+    engine = build_engine(
+        hub, sink, page_size=50, hook=hook if step in ENGINE_STEPS else None, dialect=dialect
+    )
     with pytest.raises(SimulatedCrash):
         await engine.run_cycle()
     # More writes land while the agent is down.
     hub.clock.advance(50)
     await hub.create_orders(10, tie=True)
     restarted_sink = await sink_factory()
-    await build_engine(hub, restarted_sink, page_size=50).run_cycle()
-    await assert_replica_equals_hub(hub, restarted_sink)
+    await build_engine(hub, restarted_sink, page_size=50, dialect=dialect).run_cycle()
+    await assert_replica_equals_hub(hub, restarted_sink, dialect)
     await assert_applied_at_most_once(restarted_sink)
 
 
 async def test_a_stop_request_between_pages_keeps_committed_pages_and_resumes(
-    hub: Hub, sink_factory: SinkFactory
+    hub: Hub, sink_factory: SinkFactory, dialect: str
 ) -> None:
     """Stopping mid-drain leaves whole pages only; the next run picks up from the cursor."""
     import asyncio
@@ -79,11 +82,11 @@ async def test_a_stop_request_between_pages_keeps_committed_pages_and_resumes(
         if name == "after_commit":
             stop.set()
 
-    first = await build_engine(hub, sink, page_size=50, hook=stop_after_first).run_cycle(
-        stop_event=stop
-    )
+    first = await build_engine(
+        hub, sink, page_size=50, hook=stop_after_first, dialect=dialect
+    ).run_cycle(stop_event=stop)
     assert first.pages == 1
     assert first.applied == 50
-    second = await build_engine(hub, sink, page_size=50).run_cycle()
-    await assert_replica_equals_hub(hub, sink)
+    second = await build_engine(hub, sink, page_size=50, dialect=dialect).run_cycle()
+    await assert_replica_equals_hub(hub, sink, dialect)
     await assert_applied_at_most_once(sink, first.applied + second.applied)

@@ -85,7 +85,9 @@ async def test_429_waits_at_least_retry_after(hub: Hub, sink: SqlSink, form: str
     await assert_applied_at_most_once(sink, counts.applied)
 
 
-async def test_connection_resets_and_timeouts_are_retried(hub: Hub, sink: SqlSink) -> None:
+async def test_connection_resets_and_timeouts_are_retried(
+    hub: Hub, sink: SqlSink, dialect: str
+) -> None:
     """Connect errors, reads cut mid-response and timeouts are transient."""
     await hub.create_orders(250)
     faults = {
@@ -100,11 +102,12 @@ async def test_connection_resets_and_timeouts_are_retried(hub: Hub, sink: SqlSin
         return None
 
     engine = build_engine(
-        hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), break_some)
+        hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), break_some),
+        dialect=dialect,
     )
     counts = await engine.run_cycle()
     assert counts.applied == 250
-    await assert_replica_equals_hub(hub, sink)
+    await assert_replica_equals_hub(hub, sink, dialect)
     await assert_applied_at_most_once(sink, counts.applied)
 
 
@@ -142,7 +145,9 @@ async def test_a_refused_token_stops_the_source_with_a_clear_error(hub: Hub, sin
     assert all(s.stopped and "token" in (s.last_error or "") for s in engine.status()[:1])
 
 
-async def test_random_faults_on_every_kind_of_call_still_converge(hub: Hub, sink: SqlSink) -> None:
+async def test_random_faults_on_every_kind_of_call_still_converge(
+    hub: Hub, sink: SqlSink, dialect: str
+) -> None:
     """A seeded mix of 5xx, 429 and resets on a third of the calls, while orders keep moving."""
     orders = await hub.create_orders(150, tie=True)
     await hub.create_orders(150)
@@ -161,9 +166,11 @@ async def test_random_faults_on_every_kind_of_call_still_converge(hub: Hub, sink
             raise httpx.ReadError("reset")
         return None
 
-    engine = build_engine(hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), chaos))
+    engine = build_engine(
+        hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), chaos), dialect=dialect
+    )
     applied = 0
     for _ in range(3):
         applied += (await engine.run_cycle()).applied
-    await assert_replica_equals_hub(hub, sink)
+    await assert_replica_equals_hub(hub, sink, dialect)
     await assert_applied_at_most_once(sink, applied)

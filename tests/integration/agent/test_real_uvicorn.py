@@ -17,6 +17,7 @@ from ordersync.agent.sinks.sql import SqlSink
 from ordersync.agent.verify import verify_replica
 from ordersync.domain import NewOrder, NewShipment, OrderStatus, ShipmentLine
 from ordersync.hub.app import create_app
+from ordersync.hub.ratelimit import QuotaPolicy
 from ordersync.hub.settings import HubSettings
 from ordersync.store.store import Principal, Store
 from tests.integration.agent.harness import applied_changes
@@ -26,25 +27,35 @@ pytestmark = pytest.mark.slow
 
 CHILD = """
 import asyncio, sys
-from ordersync.agent.factory import open_masonhub_engine
+import httpx
+from ordersync.agent.config import SourceConfig
+from ordersync.agent.metrics import AgentMetrics
+from ordersync.agent.runner import build_engine
+from ordersync.agent.sinks import open_sink
 
 def progress(step, stream):
     if step == "after_commit":
         print("committed", stream, flush=True)
 
-async def main(base_url, token, sink_url):
-    async with await open_masonhub_engine(base_url, token, sink_url, page_size=25,
-                                          lookback_s=2, hook=progress) as agent:
-        await agent.engine.run_cycle()
+async def main(dialect, base_url, token, sink_url):
+    config = SourceConfig(name=dialect, dialect=dialect, base_url=base_url, token_env="T",
+                          connection_name="agent", page_size=25, lookback=2)
+    sink = await open_sink(sink_url)
+    async with httpx.AsyncClient() as http:
+        engine = build_engine(config, token, http, sink, AgentMetrics())
+        engine.hook = progress
+        await engine.run_cycle()
+    await sink.close()
     print("done", flush=True)
 
 asyncio.run(main(*sys.argv[1:]))
 """
+ROOTS = {"masonhub": "/api/v1", "tradecloud": "/v2", "hubrise": "/v1"}
 
 
 @dataclass
 class LiveHub:
-    base_url: str
+    root: str  # http://127.0.0.1:PORT
     token: str
     store: Store  # a second store on the hub's database, as another hub worker would be
     principal: Principal
@@ -66,14 +77,16 @@ async def live_hub(tmp_path: Path) -> AsyncIterator[LiveHub]:
     db_url = f"sqlite:///{tmp_path}/hub.db"
     store = await Store.open(db_url)
     token = await store.create_token("acme", "agent")
-    principal = await store.authenticate(token)
+    # Writes come from another connection: HubRise shows a connection the others' changes.
+    principal = await store.authenticate(await store.create_token("acme", "warehouse"))
     for batch in range(12):  # 1,200 orders, many sharing a millisecond
         await store.create_orders(
             principal,
             [NewOrder.model_validate(order_payload(f"L-{batch}-{i}")) for i in range(100)],
         )
-    with serve_in_thread(create_app(HubSettings(db_url=db_url))) as base_url:
-        yield LiveHub(base_url + "/api/v1", token, store, principal)
+    app = create_app(HubSettings(db_url=db_url, quotas=QuotaPolicy()))
+    with serve_in_thread(app) as root:
+        yield LiveHub(root, token, store, principal)
     await store.close()
 
 
@@ -101,14 +114,15 @@ async def move_some(hub: LiveHub, count: int) -> None:
             )
 
 
-async def run_child(hub: LiveHub, sink_url: str, kill_after: int | None) -> str:
+async def run_child(hub: LiveHub, sink_url: str, kill_after: int | None, dialect: str) -> str:
     """Run the agent in its own process; SIGKILL it after `kill_after` committed pages."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         CHILD,
-        hub.base_url,
+        dialect,
+        hub.root + ROOTS[dialect],
         hub.token,
         sink_url,
         stdout=asyncio.subprocess.PIPE,
@@ -131,19 +145,20 @@ async def run_child(hub: LiveHub, sink_url: str, kill_after: int | None) -> str:
     return "done"
 
 
+@pytest.mark.parametrize("dialect", ["masonhub", "tradecloud", "hubrise"])
 async def test_an_agent_killed_with_sigkill_mid_backfill_resumes_without_loss_or_repeat(
-    live_hub: LiveHub, tmp_path: Path
+    live_hub: LiveHub, tmp_path: Path, dialect: str
 ) -> None:
     """kill -9 after 12 pages of a backfill, writes meanwhile, a rerun: replica == hub."""
     sink_url = f"sqlite:///{tmp_path}/replica.db"
-    assert await run_child(live_hub, sink_url, kill_after=12) == "killed"
+    assert await run_child(live_hub, sink_url, 12, dialect) == "killed"
     await move_some(live_hub, 40)
-    assert await run_child(live_hub, sink_url, kill_after=None) == "done"
+    assert await run_child(live_hub, sink_url, None, dialect) == "done"
 
     sink = await SqlSink.open(sink_url)
     try:
         for kind in ("order", "shipment"):
-            assert await sink.load_versions("masonhub", kind) == await live_hub.versions(kind)
+            assert await sink.load_versions(dialect, kind) == await live_hub.versions(kind)
         changes = await applied_changes(sink)
         assert len(changes) == len(set(changes))
     finally:
@@ -155,7 +170,7 @@ async def test_in_process_agent_against_uvicorn_reads_the_date_header_and_verifi
 ) -> None:
     """Over real HTTP the engine takes server time from Date; verify finds nothing amiss."""
     async with await open_masonhub_engine(
-        live_hub.base_url, live_hub.token, f"sqlite:///{tmp_path}/replica.db", lookback_s=2
+        live_hub.root + "/api/v1", live_hub.token, f"sqlite:///{tmp_path}/replica.db", lookback_s=2
     ) as agent:
         counts = await agent.engine.run_cycle()
         assert counts.applied == 1_200

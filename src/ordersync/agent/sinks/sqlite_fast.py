@@ -45,7 +45,7 @@ class CompiledStatement:
     def __init__(self, statement: ClauseElement) -> None:
         compiled = statement.compile(dialect=_DIALECT)
         self.sql = str(compiled)
-        self.keys = list(compiled.positiontup or ())
+        self.keys = list(getattr(compiled, "positiontup", None) or ())
 
     def rows(self, values: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
         return [tuple(_bindable(row[key]) for key in self.keys) for row in values]
