@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Integer, Row, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, Integer, Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -68,6 +68,9 @@ class ListQuery:
     statuses: tuple[str, ...] = ()
     offset: int = 0
     limit: int = 30
+    # Keyset continuation (an ordersync extension): with `since`, only rows after
+    # (since, after_id) in the listing's (updated_at, id) order. `total` is unaffected.
+    after_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,8 @@ class Store:
         self, table: Any, kind: str, account_id: int, query: ListQuery, summary: bool
     ) -> Page:
         statements = _list_statements(
-            table, kind, summary, bool(query.ids), query.since is not None, bool(query.statuses)
+            table, kind, summary, bool(query.ids), query.since is not None, bool(query.statuses),
+            query.since is not None and query.after_id is not None,
         )
         params = _list_params(account_id, query)
         # One round trip: `total` is the last column of every row. Only an empty page (past the
@@ -404,7 +408,8 @@ class _ListStatements:
 
 @functools.cache
 def _list_statements(
-    table: Any, kind: str, summary: bool, has_ids: bool, has_since: bool, has_statuses: bool
+    table: Any, kind: str, summary: bool, has_ids: bool, has_since: bool, has_statuses: bool,
+    has_after: bool = False,
 ) -> _ListStatements:
     """A listing's statements, built once per shape; `_list_params` gives their values.
 
@@ -438,9 +443,13 @@ def _list_statements(
         else [c.doc]
     )
     # `total` is uncorrelated: SQLite and PostgreSQL evaluate it once per statement, not per row.
+    page_where = list(where)
+    if has_after:  # the keyset continuation skips the anchor's rows up to after_id
+        page_where.append(or_(c.updated_at > bindparam("since"),
+                              c.id > bindparam("after_id")))
     page = (
         select(*columns, total.label("total"))
-        .where(*where)
+        .where(*page_where)
         .order_by(c.updated_at, c.id)
         .limit(bindparam("limit", type_=Integer))
         .offset(bindparam("offset", type_=BigInteger))
@@ -456,6 +465,8 @@ def _list_params(account_id: int, query: ListQuery) -> dict[str, Any]:
         params["ids"] = list(query.ids)
     if query.since is not None:
         params["since"] = query.since
+        if query.after_id is not None:
+            params["after_id"] = query.after_id
     if query.statuses:
         params["statuses"] = list(query.statuses)
     if not query.ids:

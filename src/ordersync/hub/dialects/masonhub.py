@@ -7,6 +7,7 @@ front of their FastAPI routes (see `_LeanListing`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,14 @@ def _json(body: bytes, status: int = 200) -> Response:
     return Response(body, status, media_type="application/json")
 
 
+# Listings tell clients they may continue with `after_id` instead of an offset in a tie group.
+KEYSET_HEADER = {"X-Ordersync-Keyset": "after_id"}
+
+
+def _listing(body: bytes) -> Response:
+    return Response(body, 200, KEYSET_HEADER, media_type="application/json")
+
+
 # An async dependency: a plain `def` one would cost a thread-pool hop per request.
 async def _list_query(
     id: Annotated[list[UUID] | None, Query(max_length=30, description="1..30 ids")] = None,
@@ -50,10 +59,20 @@ async def _list_query(
         str | None, Query(description="Start date for the updated_at filter (RFC 3339, inclusive)")
     ] = None,
     updated_since: Annotated[str | None, Query(description="Same as sdt")] = None,
+    after_id: Annotated[
+        UUID | None,
+        Query(description="ordersync extension (keyset continuation): with sdt/updated_since, "
+                          "only records after (updated_since, after_id) in (updated_at, id) "
+                          "order; listings advertise it with `X-Ordersync-Keyset: after_id`"),
+    ] = None,
 ) -> ListQuery:
     since = _since(sdt, updated_since)
+    if after_id is not None and since is None:
+        raise ApiError(400, "query parameters are invalid",
+                       [("after_id", "after_id continues an updated_since listing; send both")])
     ids = tuple(str(i) for i in id or ())
-    return ListQuery(ids=ids, since=since, offset=offset, limit=limit)
+    return ListQuery(ids=ids, since=since, offset=offset, limit=limit,
+                     after_id=None if after_id is None else str(after_id))
 
 
 def _since(sdt: str | None, updated_since: str | None) -> int | None:
@@ -97,7 +116,7 @@ async def list_orders(
     query = _with_statuses(listing, status)
     summary = list_type == "summary"
     page = await store.list_orders(caller.account_id, query, summary=summary)
-    return _json(_envelope(page, query, summary))
+    return _listing(_envelope(page, query, summary))
 
 
 @router.get("/orders/{order_id}", summary="Get one order")
@@ -193,7 +212,7 @@ async def list_shipments(
     query = _with_statuses(listing, status)
     summary = list_type == "summary"
     page = await store.list_shipments(caller.account_id, query, summary=summary)
-    return _json(_envelope(page, query, summary))
+    return _listing(_envelope(page, query, summary))
 
 
 @router.get("/shipments/{shipment_id}", summary="Get one shipment")
@@ -205,8 +224,7 @@ async def get_shipment(request: Request, caller: Caller, shipment_id: UUID) -> R
 def _with_statuses(query: ListQuery, statuses: list[Any] | None) -> ListQuery:
     if not statuses:
         return query
-    return ListQuery(query.ids, query.since, tuple(str(s) for s in statuses), query.offset,
-                     query.limit)
+    return dataclasses.replace(query, statuses=tuple(str(s) for s in statuses))
 
 
 # -- lean listing routes ----------------------------------------------------------------------
@@ -220,7 +238,7 @@ def _with_statuses(query: ListQuery, statuses: list[Any] | None) -> ListQuery:
 # keep exactly FastAPI's shapes, and the OpenAPI description still comes from the FastAPI route.
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_SINGLE = frozenset({"offset", "limit", "sdt", "updated_since", "list_type"})
+_SINGLE = frozenset({"offset", "limit", "sdt", "updated_since", "list_type", "after_id"})
 
 
 def _plain_listing(
@@ -256,7 +274,11 @@ def _plain_listing(
         since = _since(single.get("sdt"), single.get("updated_since"))
     except ApiError:
         return None
-    return ListQuery(tuple(ids), since, tuple(wanted), offset, limit), list_type == "summary"
+    after_id = single.get("after_id")
+    if after_id is not None and (since is None or not _UUID.fullmatch(after_id)):
+        return None
+    query = ListQuery(tuple(ids), since, tuple(wanted), offset, limit, after_id)
+    return query, list_type == "summary"
 
 
 def _plain_int(value: str, low: int, high: int) -> int | None:
@@ -295,7 +317,7 @@ class _LeanListing:
         # exception handlers render it.
         caller = await bearer_principal(request)
         page = await self.list_page(request.app.state.store, caller.account_id, query, summary)
-        await _json(_envelope(page, query, summary))(scope, receive, send)
+        await _listing(_envelope(page, query, summary))(scope, receive, send)
 
 
 def _install_lean_listing(
