@@ -292,8 +292,12 @@ class Budget:
         return pause if pause is not None and pause.until > self.clock() else None
 
     def close(self) -> None:
-        """Wake every waiter with `BudgetClosed`: the agent is stopping."""
+        """Wake every waiter with `BudgetClosed`, and refuse to wait until `reopen()`: the
+        agent is stopping."""
         self._closed.set()
+
+    def reopen(self) -> None:
+        self._closed.clear()
 
     # -- after a request ----------------------------------------------------------------------
 
@@ -425,3 +429,7 @@ class BudgetBook:
     def close(self) -> None:
         for budget in self.by_connection.values():
             budget.close()
+
+    def reopen(self) -> None:
+        for budget in self.by_connection.values():
+            budget.reopen()

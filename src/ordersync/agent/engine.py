@@ -181,6 +181,7 @@ class SyncEngine:
             while ahead is not None:
                 request, fetching = ahead
                 page = await fetching
+                pager.keyset = pager.keyset or page.keyset
                 if drain_start is None:
                     drain_start = page.server_time_ms or self.clock()
                 counts.pages += 1
@@ -207,7 +208,8 @@ class SyncEngine:
     ) -> tuple[PageRequest, asyncio.Task[FetchedPage]]:
         request = pager.next_request()
         return request, asyncio.ensure_future(
-            self.source.fetch_page(stream, request.since_ms, request.offset, request.limit)
+            self.source.fetch_page(stream, request.since_ms, request.offset, request.limit,
+                                   **({"after_id": request.after_id} if request.after_id else {}))
         )
 
     async def _commit_page(

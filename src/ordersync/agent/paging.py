@@ -15,6 +15,11 @@ Cost: the re-checked slot makes every anchored page bring limit - 1 new records,
 of N records takes about N / 99 calls at limit 100 (+1 %). Cheaper schemes (trusting the offset
 and detecting moved records when they reappear) break when a crash lands between the skip and
 its detection, so the slot stays.
+
+Where the server offers a keyset continuation (the hub advertises `after_id` on its listings),
+the pager uses it instead: the next page is "after (anchor, last id)", which no update can
+shift, so there is no offset, no re-checked slot and no restart, and every call brings `limit`
+new records. A server that does not advertise it (MasonHub itself) keeps the scheme above.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class PageRequest:
     since_ms: int
     offset: int
     limit: int
+    after_id: str | None = None
 
 
 class TiePager:
@@ -44,8 +50,11 @@ class TiePager:
         self.last_id = ""
         self.done = False
         self.tie_restarts = 0
+        self.keyset = False  # set once the server advertises the after_id continuation
 
     def next_request(self) -> PageRequest:
+        if self.keyset and self.seen_at_anchor:
+            return PageRequest(self.anchor_ms, 0, self.limit, after_id=self.last_id)
         overlap = 1 if self.seen_at_anchor else 0
         return PageRequest(self.anchor_ms, self.seen_at_anchor - overlap, self.limit)
 
@@ -53,6 +62,12 @@ class TiePager:
         """The records of this page not delivered before in this walk; advances the anchor."""
         _check_order(records, request.since_ms)
         fresh = records
+        if request.after_id is not None:  # keyset: everything after the anchor is new
+            self.done = len(records) < request.limit
+            if records:
+                last = records[-1]
+                self.anchor_ms, self.last_id, self.seen_at_anchor = last.updated_at_ms, last.id, 1
+            return records
         if self.seen_at_anchor:
             head = records[0] if records else None
             if head is None or (head.updated_at_ms, head.id) != (self.anchor_ms, self.last_id):

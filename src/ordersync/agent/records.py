@@ -31,6 +31,7 @@ class FetchedPage:
 
     records: list[Record]
     server_time_ms: int | None
+    keyset: bool = False  # the server continues listings with `after_id` (see paging.py)
 
 
 @dataclass(frozen=True, slots=True)

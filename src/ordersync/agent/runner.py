@@ -180,6 +180,7 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
         await asyncio.gather(*(run_one(n, e) for n, e in runtime.engines.items()))
     finally:
         releasing.cancel()
+        runtime.budgets.reopen()  # the runtime may run again (the demo drains after its loop)
 
 
 def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:

@@ -302,3 +302,87 @@ async def test_sources_on_one_connection_share_one_budget() -> None:
     assert a is b and a.windows["minute"].limit == 400
     assert len({id(a), id(c), id(d)}) == 3
     assert book.exhausted("a") is None and book.exhausted("nope") is None
+
+
+async def test_a_refused_general_request_holds_the_listings_back_too() -> None:
+    """The general windows count the listings as well: a 429 on any request blocks both."""
+    time = Time(at("2024-03-05T10:00:00"))
+    b = budget(["heavy:10/minute"], time)
+    ticket = await b.spend("GET", ONE_ORDER)
+    ticket.settle(429, {"retry-after": "20"})
+    await b.spend("GET", ORDERS)
+    assert time.sleeps == [20.0]
+
+
+async def test_the_client_leaves_a_long_retry_after_to_its_budget_and_goes_on() -> None:
+    """Without a budget a Retry-After past the policy's maximum raises RateLimited; with one,
+    the next attempt waits in the budget (a reported pause) and the call succeeds."""
+    import httpx
+
+    from ordersync.agent.client import ApiClient
+    from ordersync.agent.retry import RetryPolicy
+
+    time = Time(at("2024-03-05T10:00:00"))
+    b = budget([], time)
+    answers = iter([
+        httpx.Response(429, headers={"Retry-After": "3600"}, json={"message": "spent"}),
+        httpx.Response(200, json={"data": []}),
+    ])
+    client_waits: list[float] = []
+
+    async def client_sleep(seconds: float) -> None:
+        client_waits.append(seconds)
+
+    client = ApiClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(lambda r: next(answers))),
+        "http://hub/api/v1", "tok", retry=RetryPolicy(max_retry_after=600), budget=b,
+        sleep=client_sleep, clock=lambda: int(time.now * 1000),
+    )
+    with structlog.testing.capture_logs() as logs:
+        response = await client.get_json("/orders", {})
+    assert response.status == 200 and client.calls == 2
+    assert client_waits == [0.0] and time.sleeps == [3600.0]
+    assert [e["event"] for e in logs if e["event"].startswith("quota_")] == [
+        "quota_exhausted", "quota_resumed"]
+
+
+def test_status_shows_a_spent_quota_per_source() -> None:
+    """`/status` rows carry the pause; `agent status` renders it in its quota column."""
+    from ordersync.agent.budget import Pause
+    from ordersync.agent.commands import _quota_cell
+    from ordersync.agent.engine import StreamStatus
+    from ordersync.agent.runner import status_row
+
+    pause = Pause("day", at("2024-03-06T00:00:00"))
+    row = status_row(StreamStatus("hubrise", "orders"), None, pause)
+    assert row["quota_exhausted_window"] == "day"
+    assert row["quota_exhausted_until"] == "2024-03-06T00:00:00.000Z"
+    assert _quota_cell(row) == "day spent, resumes 2024-03-06T00:00:00.000Z"
+    assert _quota_cell(status_row(StreamStatus("hubrise", "orders"))) == "-"
+
+
+async def test_stopping_run_sources_releases_a_quota_wait_and_reopens_after() -> None:
+    """A source waiting for tomorrow's quota lets the agent stop at once; the budgets then
+    take requests again, for a later run of the same runtime."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from ordersync.agent.runner import run_sources
+
+    book = BudgetBook(AgentMetrics())
+    b = book.for_source("hubrise", "https://api.hubrise.com/v1", "tok", parse_quotas(["1/day"]))
+    await b.spend("GET", ONE_ORDER)
+
+    class Waiting:
+        async def run(self, interval: float, stop: asyncio.Event) -> None:
+            await b.spend("GET", ONE_ORDER)
+
+    config = SimpleNamespace(sources=[SimpleNamespace(name="hubrise", interval=1.0)])
+    runtime: Any = SimpleNamespace(config=config, engines={"hubrise": Waiting()}, stopped={},
+                                   budgets=book)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(run_sources(cast(Any, runtime), stop))
+    await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(running, 1)
+    assert runtime.stopped == {} and not b._closed.is_set()

@@ -36,7 +36,7 @@ class MasonHubSource:
         return self.client.calls
 
     def page_params(
-        self, since_ms: int, offset: int, limit: int, summary: bool
+        self, since_ms: int, offset: int, limit: int, summary: bool, after_id: str | None = None
     ) -> list[tuple[str, str | int]]:
         params: list[tuple[str, str | int]] = [
             ("updated_since", format_rfc3339(max(since_ms, 0))),
@@ -44,20 +44,26 @@ class MasonHubSource:
             ("offset", offset),
             ("list_type", "summary" if summary else "detail"),
         ]
+        if after_id is not None:
+            params.append(("after_id", after_id))
         params += [("status", status) for status in self.statuses]
         return params
 
     async def fetch_page(
-        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False
+        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False,
+        after_id: str | None = None,
     ) -> FetchedPage:
         kind = STREAM_KINDS[stream]
         response = await self.client.get_json(
-            f"/{stream}", self.page_params(since_ms, offset, limit, summary)
+            f"/{stream}", self.page_params(since_ms, offset, limit, summary, after_id)
         )
         data = response.body.get("data")
         if not isinstance(data, list):
             raise ProtocolError(f"{self.name}: /{stream} answered without a data array")
-        return FetchedPage([parse_record(kind, item) for item in data], response.server_time_ms)
+        headers = response.headers or {}
+        keyset = headers.get("x-ordersync-keyset", "") == "after_id"
+        return FetchedPage([parse_record(kind, item) for item in data],
+                           response.server_time_ms, keyset)
 
 
 def parse_record(kind: Kind, item: Any) -> Record:
