@@ -142,6 +142,7 @@ class _Window:
     start: float = -math.inf
     used: int = 0  # the platform's count, ours included, as best we know
     spent: int = 0  # our own requests counted in this window
+    configured: int | None = None  # the config's limit: a reserve it keeps is kept
 
     def roll(self, now: float) -> None:
         start = math.floor(now / self.seconds) * self.seconds
@@ -167,7 +168,8 @@ class Ticket:
     marks: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     def settle(self, status: int | None, headers: Mapping[str, str] | None) -> None:
-        """Tell the budget how the request ended (None: no answer, e.g. a reset)."""
+        """Tell the budget how the request ended (None: no answer, e.g. a reset). `headers`:
+        `httpx.Headers`, or a mapping with lower-case names."""
         self.budget.settle(self, status, headers or {})
 
 
@@ -201,9 +203,9 @@ class Budget:
         for quota in quotas:
             window = self.windows.get(quota.name)
             if window is None:
-                self.windows[quota.name] = _Window(quota.name, quota.seconds, quota.limit)
-            else:
-                window.limit = min(window.limit, quota.limit)
+                window = self.windows[quota.name] = _Window(quota.name, quota.seconds, quota.limit)
+            window.configured = min(window.configured or quota.limit, quota.limit)
+            window.limit = min(window.limit, window.configured)
             for cls in CLASSES if quota.endpoint_class == ALL else (quota.endpoint_class,):
                 self.members[cls].add(quota.name)
 
@@ -312,18 +314,19 @@ class Budget:
                 window.used += 1
         self._learn_policy(ticket.endpoint_class, headers.get("ratelimit-policy"))
         self._learn_standing(ticket, headers.get("ratelimit"), now)
-        if status == 429:
-            wait = parse_retry_after(headers.get("retry-after"), int(now * 1000))
+        wait = parse_retry_after(headers.get("retry-after"), int(now * 1000))
+        if status == 429 and wait is not None:
             # A refused general request means a general window is full, and those windows
             # count the heavy listings too; a refused listing holds back listings only.
             held = CLASSES if ticket.endpoint_class == ALL else (ticket.endpoint_class,)
-            for cls in held if wait is not None else ():
-                self.not_before[cls] = max(self.not_before.get(cls, 0.0), now + (wait or 0.0))
+            for cls in held:
+                self.not_before[cls] = max(self.not_before.get(cls, 0.0), now + wait)
         for name in self.members[ticket.endpoint_class]:
             self._gauge(self.windows[name])
 
     def _learn_policy(self, cls: str, value: str | None) -> None:
-        """Windows the platform says apply to this class; its numbers replace ours."""
+        """Windows the platform says apply to this class; its numbers replace ours, except
+        that a smaller configured limit stays (a reserve for other clients)."""
         for name, params in parse_structured_list(value):
             q, w = params.get("q"), params.get("w")
             if q is None or w is None or q < 1 or w < 1:
@@ -331,7 +334,7 @@ class Budget:
             window = self.windows.get(name) or self._same_window(cls, w, q)
             if window is None:
                 window = self.windows[name] = _Window(name, w, q)
-            window.limit, window.seconds = q, w
+            window.limit, window.seconds = min(q, window.configured or q), w
             self.members[cls].add(window.name)
 
     def _same_window(self, cls: str, seconds: int, limit: int) -> _Window | None:

@@ -209,7 +209,7 @@ class SyncEngine:
         request = pager.next_request()
         return request, asyncio.ensure_future(
             self.source.fetch_page(stream, request.since_ms, request.offset, request.limit,
-                                   **({"after_id": request.after_id} if request.after_id else {}))
+                                   after_id=request.after_id)
         )
 
     async def _commit_page(

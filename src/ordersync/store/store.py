@@ -245,7 +245,7 @@ class Store:
                 # Autocommit: the statement is its own transaction, without the BEGIN and the
                 # ROLLBACK (when the pool takes the connection back) that cost a round trip each.
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
-                rows = (await conn.execute(statements.page, params)).all()
+                rows = list((await conn.execute(statements.page, params)).all())
                 total = rows[0][-1] if rows else await conn.scalar(statements.total, params)
         items = [_summary(kind, row) for row in rows] if summary else [row[0] for row in rows]
         return Page(items, int(total or 0))

@@ -106,8 +106,9 @@ class Agent:
     @property
     def listings(self) -> int:
         """Requests of the heavy class (the listings) the agent sent."""
-        return sum(1 for r in self.transport.requests
-                   if endpoint_class(r.method, str(r.url)) == "heavy")
+        return sum(
+            1 for r in self.transport.requests if endpoint_class(r.method, str(r.url)) == "heavy"
+        )
 
 
 async def open_agent(
@@ -119,13 +120,27 @@ async def open_agent(
     **source: Any,
 ) -> Agent:
     raw = {
-        "sources": [{"name": dialect, "dialect": dialect, "base_url": DIALECTS[dialect].base_url,
-                     "token_env": "HUB_TOKEN", "lookback": 2, "quota": quota, **source}],
+        "sources": [
+            {
+                "name": dialect,
+                "dialect": dialect,
+                "base_url": DIALECTS[dialect].base_url,
+                "token_env": "HUB_TOKEN",
+                "lookback": 2,
+                "quota": quota,
+                **source,
+            }
+        ],
         "sink": {"url": f"sqlite:///{tmp_path}/replica.db"},
     }
     transport = Intercept(httpx.ASGITransport(app=hub.app))
-    runtime = await open_runtime(parse_config(raw, {}), {"HUB_TOKEN": hub.token},
-                                 transport=transport, state_dir=tmp_path, budgets=budgets)
+    runtime = await open_runtime(
+        parse_config(raw, {}),
+        {"HUB_TOKEN": hub.token},
+        transport=transport,
+        state_dir=tmp_path,
+        budgets=budgets,
+    )
     return Agent(runtime, transport)
 
 
@@ -144,22 +159,26 @@ async def test_a_paced_backfill_gets_no_429_and_ends_within_1_1x_of_the_quota_mi
     one 429, in at most 1.1x the time the quota forces."""
     await hub.create_orders(180)
     with_quotas(hub, DIALECTS[dialect].hub_quotas)
-    agent = await open_agent(hub, tmp_path, DIALECTS[dialect].quota, dialect=dialect,
-                             page_size=10)
+    agent = await open_agent(hub, tmp_path, DIALECTS[dialect].quota, dialect=dialect, page_size=10)
     try:
         start = await start_of_next_window()
         await run_sources(agent.runtime, asyncio.Event(), once=True)
         elapsed = time.time() - start
         n = agent.listings
         minimum = (math.ceil(n / HEAVY_LIMIT) - 1) * WINDOW
-        print(f"\n{dialect} paced backfill: {n} listings at {HEAVY_LIMIT}/{WINDOW}s in "
-              f"{elapsed:.2f} s; quota minimum {minimum} s; ratio {elapsed / minimum:.3f}")
+        print(
+            f"\n{dialect} paced backfill: {n} listings at {HEAVY_LIMIT}/{WINDOW}s in "
+            f"{elapsed:.2f} s; quota minimum {minimum} s; ratio {elapsed / minimum:.3f}"
+        )
         assert n >= 18 and agent.rate_limit_hits(dialect) == 0
         assert minimum <= elapsed <= 1.1 * minimum
         await assert_replica_equals_hub(hub, agent.runtime.sink, dialect)
         await assert_applied_at_most_once(agent.runtime.sink, 180)
-        waits = agent.sample("ordersync_agent_budget_waits_total", source=dialect,
-                             window=window_name("heavy", WINDOW))
+        waits = agent.sample(
+            "ordersync_agent_budget_waits_total",
+            source=dialect,
+            window=window_name("heavy", WINDOW),
+        )
         assert waits is not None and waits >= math.ceil(n / HEAVY_LIMIT) - 1
     finally:
         await agent.runtime.close()
@@ -173,10 +192,12 @@ async def spend_half_of_each_window(hub: Hub, dialect: Dialect, stop: asyncio.Ev
         auth = {dialect.auth: dialect.auth_value(hub.token)}
         while not stop.is_set():
             await start_of_next_window()
-            answers = await asyncio.gather(*(
-                client.get(dialect.base_url + dialect.listing, headers=auth)
-                for _ in range(HEAVY_LIMIT // 2)
-            ))
+            answers = await asyncio.gather(
+                *(
+                    client.get(dialect.base_url + dialect.listing, headers=auth)
+                    for _ in range(HEAVY_LIMIT // 2)
+                )
+            )
             codes += [answer.status_code for answer in answers]
     return codes
 
@@ -190,8 +211,7 @@ async def test_with_another_client_spending_half_the_quota_the_agent_adapts(
     the quota allows."""
     await hub.create_orders(80)
     with_quotas(hub, DIALECTS[dialect].hub_quotas)
-    agent = await open_agent(hub, tmp_path, DIALECTS[dialect].quota, dialect=dialect,
-                             page_size=10)
+    agent = await open_agent(hub, tmp_path, DIALECTS[dialect].quota, dialect=dialect, page_size=10)
     stop = asyncio.Event()
     other = asyncio.ensure_future(spend_half_of_each_window(hub, DIALECTS[dialect], stop))
     try:
@@ -203,9 +223,11 @@ async def test_with_another_client_spending_half_the_quota_the_agent_adapts(
         n = agent.listings
         half_quota_minimum = (math.ceil(n / (HEAVY_LIMIT // 2)) - 1) * WINDOW
         hits = agent.rate_limit_hits(dialect)
-        print(f"\n{dialect} shared quota: {n} agent listings ({hits:.0f} refused) and "
-              f"{len(others)} others' ({others.count(429)} refused) in {elapsed:.2f} s; "
-              f"half-quota minimum {half_quota_minimum} s")
+        print(
+            f"\n{dialect} shared quota: {n} agent listings ({hits:.0f} refused) and "
+            f"{len(others)} others' ({others.count(429)} refused) in {elapsed:.2f} s; "
+            f"half-quota minimum {half_quota_minimum} s"
+        )
         await assert_replica_equals_hub(hub, agent.runtime.sink, dialect)
         await assert_applied_at_most_once(agent.runtime.sink, 80)
         assert 429 not in others  # the agent never took the other client's share
@@ -236,8 +258,9 @@ async def test_a_429_after_another_clients_spending_is_waited_out_for_its_retry_
         sent.append((now, ordinal))
         if ordinal == 3:
             for _ in range(HEAVY_LIMIT // 2):
-                await other.get(f"{BASE_URL}/orders?limit=1",
-                                headers={"Authorization": f"Bearer {hub.token}"})
+                await other.get(
+                    f"{BASE_URL}/orders?limit=1", headers={"Authorization": f"Bearer {hub.token}"}
+                )
         return None
 
     agent = await open_agent(hub, tmp_path, DIALECTS["masonhub"].quota, page_size=10)
@@ -300,12 +323,19 @@ async def test_a_spent_daily_quota_is_logged_once_shown_and_resumes_at_midnight(
     seen: list[tuple[list[dict[str, Any]], float | None]] = []
 
     async def sleep_and_look(seconds: float) -> None:
-        seen.append((status_payload(agent.runtime), agent.sample(
-            "ordersync_agent_quota_exhausted_until_seconds", budget=SOURCE)))
+        seen.append(
+            (
+                status_payload(agent.runtime),
+                agent.sample("ordersync_agent_quota_exhausted_until_seconds", budget=SOURCE),
+            )
+        )
         await clock.sleep(seconds)
 
     agent = await open_agent(
-        hub, tmp_path, ["6/day"] if case == "configured" else [], page_size=10,
+        hub,
+        tmp_path,
+        ["6/day"] if case == "configured" else [],
+        page_size=10,
         budgets=lambda metrics: BudgetBook(metrics, clock=clock, sleep=sleep_and_look),
     )
     try:

@@ -51,7 +51,11 @@ def budget(
 ) -> Budget:
     settings = BudgetSettings(report_pause_over=report_pause_over)
     return Budget(
-        name, parse_quotas(specs), settings=settings, clock=time, sleep=time.sleep,
+        name,
+        parse_quotas(specs),
+        settings=settings,
+        clock=time,
+        sleep=time.sleep,
         metrics=AgentMetrics(),
     )
 
@@ -167,10 +171,13 @@ async def test_policy_headers_teach_windows_the_config_did_not_name() -> None:
     time = Time(at("2024-03-05T10:00:10"))
     b = budget([], time)
     ticket = await b.spend("GET", ORDERS)
-    ticket.settle(200, {
-        "ratelimit-policy": '"minute";q=500;w=60, "heavy-minute";q=3;w=60',
-        "ratelimit": '"heavy-minute";r=2;t=50',
-    })
+    ticket.settle(
+        200,
+        {
+            "ratelimit-policy": '"minute";q=500;w=60, "heavy-minute";q=3;w=60',
+            "ratelimit": '"heavy-minute";r=2;t=50',
+        },
+    )
     assert b.remaining() == {"heavy-minute": 2, "minute": 500}
     for _ in range(2):
         await b.spend("GET", ORDERS)
@@ -246,8 +253,14 @@ async def test_a_spent_daily_quota_is_logged_once_shown_and_resumes_by_itself() 
     seen = []
 
     async def sleep(seconds: float) -> None:
-        seen.append((b.exhausted(), b.metrics.registry.get_sample_value(
-            "ordersync_agent_quota_exhausted_until_seconds", {"budget": "hubrise"})))
+        seen.append(
+            (
+                b.exhausted(),
+                b.metrics.registry.get_sample_value(
+                    "ordersync_agent_quota_exhausted_until_seconds", {"budget": "hubrise"}
+                ),
+            )
+        )
         await time.sleep(seconds)
 
     b.sleep = sleep
@@ -262,8 +275,12 @@ async def test_a_spent_daily_quota_is_logged_once_shown_and_resumes_by_itself() 
     assert pause is not None and pause.until == midnight + 0.5 and gauge == midnight + 0.5
     assert [entry["event"] for entry in logs].count("quota_resumed") == 1
     assert b.exhausted() is None
-    assert b.metrics.registry.get_sample_value(
-        "ordersync_agent_quota_exhausted_until_seconds", {"budget": "hubrise"}) == 0
+    assert (
+        b.metrics.registry.get_sample_value(
+            "ordersync_agent_quota_exhausted_until_seconds", {"budget": "hubrise"}
+        )
+        == 0
+    )
 
 
 async def test_waits_and_remaining_budget_are_metrics() -> None:
@@ -324,10 +341,12 @@ async def test_the_client_leaves_a_long_retry_after_to_its_budget_and_goes_on() 
 
     time = Time(at("2024-03-05T10:00:00"))
     b = budget([], time)
-    answers = iter([
-        httpx.Response(429, headers={"Retry-After": "3600"}, json={"message": "spent"}),
-        httpx.Response(200, json={"data": []}),
-    ])
+    answers = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "3600"}, json={"message": "spent"}),
+            httpx.Response(200, json={"data": []}),
+        ]
+    )
     client_waits: list[float] = []
 
     async def client_sleep(seconds: float) -> None:
@@ -335,15 +354,21 @@ async def test_the_client_leaves_a_long_retry_after_to_its_budget_and_goes_on() 
 
     client = ApiClient(
         httpx.AsyncClient(transport=httpx.MockTransport(lambda r: next(answers))),
-        "http://hub/api/v1", "tok", retry=RetryPolicy(max_retry_after=600), budget=b,
-        sleep=client_sleep, clock=lambda: int(time.now * 1000),
+        "http://hub/api/v1",
+        "tok",
+        retry=RetryPolicy(max_retry_after=600),
+        budget=b,
+        sleep=client_sleep,
+        clock=lambda: int(time.now * 1000),
     )
     with structlog.testing.capture_logs() as logs:
         response = await client.get_json("/orders", {})
     assert response.status == 200 and client.calls == 2
     assert client_waits == [0.0] and time.sleeps == [3600.0]
     assert [e["event"] for e in logs if e["event"].startswith("quota_")] == [
-        "quota_exhausted", "quota_resumed"]
+        "quota_exhausted",
+        "quota_resumed",
+    ]
 
 
 def test_status_shows_a_spent_quota_per_source() -> None:
@@ -378,11 +403,22 @@ async def test_stopping_run_sources_releases_a_quota_wait_and_reopens_after() ->
             await b.spend("GET", ONE_ORDER)
 
     config = SimpleNamespace(sources=[SimpleNamespace(name="hubrise", interval=1.0)])
-    runtime: Any = SimpleNamespace(config=config, engines={"hubrise": Waiting()}, stopped={},
-                                   budgets=book)
+    runtime: Any = SimpleNamespace(
+        config=config, engines={"hubrise": Waiting()}, stopped={}, budgets=book
+    )
     stop = asyncio.Event()
     running = asyncio.ensure_future(run_sources(cast(Any, runtime), stop))
     await asyncio.sleep(0.01)
     stop.set()
     await asyncio.wait_for(running, 1)
     assert runtime.stopped == {} and not b._closed.is_set()
+
+
+async def test_the_platforms_numbers_win_unless_the_config_keeps_a_reserve() -> None:
+    """Config 600/minute, platform 500: 500. Config 400 (leaving 100 to others): 400."""
+    time = Time(at("2024-03-05T10:00:00"))
+    policy = {"ratelimit-policy": '"minute";q=500;w=60'}
+    for configured, expected in ((600, 500), (400, 400)):
+        b = budget([f"{configured}/minute"], time)
+        (await b.spend("GET", ONE_ORDER)).settle(200, policy)
+        assert b.windows["minute"].limit == expected

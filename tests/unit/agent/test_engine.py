@@ -27,7 +27,8 @@ class ListSource:
         return self.calls
 
     async def fetch_page(
-        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False
+        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False,
+        after_id: str | None = None,
     ) -> FetchedPage:
         self.calls += 1
         chosen = sorted(

@@ -60,8 +60,10 @@ class MasonHubSource:
         data = response.body.get("data")
         if not isinstance(data, list):
             raise ProtocolError(f"{self.name}: /{stream} answered without a data array")
-        headers = response.headers or {}
-        keyset = headers.get("x-ordersync-keyset", "") == "after_id"
+        keyset = (
+            response.headers is not None
+            and response.headers.get("x-ordersync-keyset", "") == "after_id"
+        )
         return FetchedPage([parse_record(kind, item) for item in data],
                            response.server_time_ms, keyset)
 
