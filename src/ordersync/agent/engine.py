@@ -32,6 +32,26 @@ log = structlog.get_logger("ordersync.agent.engine")
 EngineHook = Callable[[str, str], Awaitable[None] | None]
 
 
+async def run_every(
+    source: str,
+    cycle: Callable[..., Awaitable[object]],
+    interval: float,
+    stop_event: asyncio.Event,
+) -> None:
+    """Call `cycle(stop_event=...)` every `interval` seconds until `stop_event`. A refused
+    token ends the loop with `AuthError`; any other failure is logged and retried next cycle
+    from the stored cursors."""
+    while not stop_event.is_set():
+        try:
+            await cycle(stop_event=stop_event)
+        except AuthError:
+            raise
+        except AgentError as exc:
+            log.warning("sync_cycle_failed", source=source, error=str(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop_event.wait(), interval)
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     lookback_ms: int = 120_000
@@ -101,17 +121,8 @@ class SyncEngine:
         return list(self._status.values())
 
     async def run(self, interval: float, stop_event: asyncio.Event) -> None:
-        """Cycle every `interval` seconds until `stop_event`; a refused token ends the loop
-        with `AuthError`, any other failure is retried next cycle from the stored cursors."""
-        while not stop_event.is_set():
-            try:
-                await self.run_cycle(stop_event=stop_event)
-            except AuthError:
-                raise
-            except AgentError as exc:
-                log.warning("sync_cycle_failed", source=self.source.name, error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop_event.wait(), interval)
+        """Cycle every `interval` seconds until `stop_event` (see `run_every`)."""
+        await run_every(self.source.name, self.run_cycle, interval, stop_event)
 
     async def run_cycle(
         self, *, max_pages: int | None = None, stop_event: asyncio.Event | None = None

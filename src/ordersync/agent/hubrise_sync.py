@@ -23,13 +23,12 @@ It offers what the runner and the demo use of `SyncEngine`: `run_cycle`, `run`, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 
 import structlog
 
-from ordersync.agent.engine import CycleCounts, EngineHook, StreamStatus
+from ordersync.agent.engine import CycleCounts, EngineHook, StreamStatus, run_every
 from ordersync.agent.errors import AgentError, AuthError
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.records import Cursor, Record
@@ -76,15 +75,7 @@ class HubRiseSync:
 
     async def run(self, interval: float, stop_event: asyncio.Event) -> None:
         """Cycle every `interval` seconds until `stop_event`; as `SyncEngine.run`."""
-        while not stop_event.is_set():
-            try:
-                await self.run_cycle(stop_event=stop_event)
-            except AuthError:
-                raise
-            except AgentError as exc:
-                log.warning("sync_cycle_failed", source=self.source.name, error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop_event.wait(), interval)
+        await run_every(self.source.name, self.run_cycle, interval, stop_event)
 
     async def run_cycle(
         self, *, max_pages: int | None = None, stop_event: asyncio.Event | None = None

@@ -175,8 +175,9 @@ class SqlSink:
     ) -> ApplyResult:
         if self._fast is not None:
             try:
-                return await self._fast.apply_page(source, stream, records, new_cursor,
-                                                   self.fault_hook)
+                return await self._fast.apply_page(
+                    source, stream, records, new_cursor, self.fault_hook
+                )
             except sqlite3.Error as exc:
                 raise SinkError(f"the replica refused a page of {source}/{stream}: {exc}") from exc
         try:
@@ -230,18 +231,7 @@ class SqlSink:
         return len(newer)
 
     def _upsert_if_newer(self, table: Table) -> Any:
-        dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
-        statement = dialect_insert(table)
-        updated = {
-            c.name: statement.excluded[c.name]
-            for c in table.columns
-            if c.name not in ("source", "id")
-        }
-        return statement.on_conflict_do_update(
-            index_elements=[table.c.source, table.c.id],
-            set_=updated,
-            where=statement.excluded.version > table.c.version,
-        )
+        return upsert_if_newer(table, self.backend)
 
     async def _replace_lines(self, conn: AsyncConnection, source: str, newer: list[Record]) -> None:
         await conn.execute(
@@ -273,6 +263,20 @@ class SqlSink:
                 set_={k: v for k, v in values.items() if k not in ("source", "stream")},
             )
         )
+
+
+def upsert_if_newer(table: Table, backend: str) -> Any:
+    """INSERT, or UPDATE the held row only when the incoming version is newer."""
+    dialect_insert = postgresql.insert if backend == "postgresql" else sqlite.insert
+    statement = dialect_insert(table)
+    updated = {
+        c.name: statement.excluded[c.name] for c in table.columns if c.name not in ("source", "id")
+    }
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.source, table.c.id],
+        set_=updated,
+        where=statement.excluded.version > table.c.version,
+    )
 
 
 def _by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:

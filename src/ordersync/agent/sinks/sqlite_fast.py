@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import insert
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql import ClauseElement
 
@@ -32,6 +32,7 @@ from ordersync.agent.sinks.sql import (
     applied_versions,
     checkpoints,
     order_lines,
+    upsert_if_newer,
 )
 from ordersync.domain.timestamps import now_ms
 from ordersync.store.engine import SQLITE_BUSY_TIMEOUT_MS
@@ -69,7 +70,9 @@ class SqliteWriter:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
-        self._upserts = {kind: CompiledStatement(_upsert_if_newer(t)) for kind, t in TABLES.items()}
+        self._upserts = {
+            kind: CompiledStatement(upsert_if_newer(t, "sqlite")) for kind, t in TABLES.items()
+        }
         self._lines = CompiledStatement(insert(order_lines))
         self._applied = CompiledStatement(insert(applied_versions))
         cursor = sqlite.insert(checkpoints)
@@ -187,17 +190,3 @@ class SqliteWriter:
             ),
         )
         return len(newer)
-
-
-def _upsert_if_newer(table: Table) -> ClauseElement:
-    """The same upsert-if-newer as `SqlSink._upsert_if_newer` on SQLite."""
-    statement = sqlite.insert(table)
-    return statement.on_conflict_do_update(
-        index_elements=[table.c.source, table.c.id],
-        set_={
-            c.name: statement.excluded[c.name]
-            for c in table.columns
-            if c.name not in ("source", "id")
-        },
-        where=statement.excluded.version > table.c.version,
-    )
