@@ -260,7 +260,8 @@ async def assert_replica_equals_hub(hub: Hub, sink: Sink, source: str = SOURCE) 
         stale = {i for i in expected.keys() & held.keys() if held[i] != expected[i]}
         extra = held.keys() - expected.keys()
         assert not (missing or stale or extra), (
-            f"{kind}: {len(missing)} missing, {len(stale)} stale, {len(extra)} extra"
+            f"{kind}: {len(missing)} missing, {len(stale)} stale, {len(extra)} extra; "
+            f"stale (id: replica -> hub): {[(i, held[i], expected[i]) for i in sorted(stale)][:5]}"
         )
 
 
