@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -30,6 +30,15 @@ log = structlog.get_logger("ordersync.agent.engine")
 # Tests crash the engine at "after_fetch" (page read, nothing applied) and "after_commit"
 # (page and cursor committed, engine state not yet updated).
 EngineHook = Callable[[str, str], Awaitable[None] | None]
+
+
+def with_lags(states: Iterable[StreamStatus], now_ms: int) -> list[StreamStatus]:
+    """The streams' states with `lag_ms` brought up to `now_ms`."""
+    result = list(states)
+    for state in result:
+        if state.view_as_of_ms is not None:
+            state.lag_ms = max(0, now_ms - state.view_as_of_ms)
+    return result
 
 
 async def run_every(
@@ -114,11 +123,7 @@ class SyncEngine:
         self._status = {s: StreamStatus(source.name, s) for s in source.streams}
 
     def status(self) -> list[StreamStatus]:
-        now = self.clock()
-        for state in self._status.values():
-            if state.view_as_of_ms is not None:
-                state.lag_ms = max(0, now - state.view_as_of_ms)
-        return list(self._status.values())
+        return with_lags(self._status.values(), self.clock())
 
     async def run(self, interval: float, stop_event: asyncio.Event) -> None:
         """Cycle every `interval` seconds until `stop_event` (see `run_every`)."""
@@ -219,8 +224,9 @@ class SyncEngine:
     ) -> tuple[PageRequest, asyncio.Task[FetchedPage]]:
         request = pager.next_request()
         return request, asyncio.ensure_future(
-            self.source.fetch_page(stream, request.since_ms, request.offset, request.limit,
-                                   after_id=request.after_id)
+            self.source.fetch_page(
+                stream, request.since_ms, request.offset, request.limit, after_id=request.after_id
+            )
         )
 
     async def _commit_page(

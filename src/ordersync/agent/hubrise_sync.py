@@ -28,7 +28,13 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from ordersync.agent.engine import CycleCounts, EngineHook, StreamStatus, run_every
+from ordersync.agent.engine import (
+    CycleCounts,
+    EngineHook,
+    StreamStatus,
+    run_every,
+    with_lags,
+)
 from ordersync.agent.errors import AgentError, AuthError
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.records import Cursor, Record
@@ -41,9 +47,7 @@ BACKFILL = "orders-backfill"
 EVENTS = "events"
 BACKFILL_DONE = Cursor(0, "")  # the walk reached the oldest order
 # One phase of a cycle: (its status, counts, max_pages, stop) -> whether it caught up.
-Phase = Callable[
-    [StreamStatus, CycleCounts, int | None, asyncio.Event | None], Awaitable[bool]
-]
+Phase = Callable[[StreamStatus, CycleCounts, int | None, asyncio.Event | None], Awaitable[bool]]
 
 
 class HubRiseSync:
@@ -67,11 +71,7 @@ class HubRiseSync:
         self._status = {s: StreamStatus(source.name, s) for s in source.streams}
 
     def status(self) -> list[StreamStatus]:
-        now = self.clock()
-        for state in self._status.values():
-            if state.view_as_of_ms is not None:
-                state.lag_ms = max(0, now - state.view_as_of_ms)
-        return list(self._status.values())
+        return with_lags(self._status.values(), self.clock())
 
     async def run(self, interval: float, stop_event: asyncio.Event) -> None:
         """Cycle every `interval` seconds until `stop_event`; as `SyncEngine.run`."""

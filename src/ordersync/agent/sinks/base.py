@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
+
+if TYPE_CHECKING:
+    from ordersync.agent.sinks.checkpoint_file import CheckpointFile
 
 # Tests crash a sink at named points of a page apply: "mid_apply" (entities written, the
 # at-most-once ledger not yet), "before_cursor" and "after_cursor" (inside the page's
@@ -46,3 +49,25 @@ def latest_per_id(records: Sequence[Record]) -> dict[tuple[str, str], Record]:
 def fire(hook: FaultHook | None, step: str) -> None:
     if hook is not None:
         hook(step)
+
+
+class HeldVersions:
+    """For sinks that remember, per (source, kind, id), the newest version they delivered and
+    keep their cursors in a checkpoint file (JSONL, HTTP): the shared bookkeeping."""
+
+    checkpoints: CheckpointFile
+    _held: dict[tuple[str, str, str], int]
+
+    async def load_cursor(self, source: str, stream: str) -> Cursor | None:
+        return self.checkpoints.load(source, stream)
+
+    async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
+        return {i: v for (s, k, i), v in self._held.items() if s == source and k == kind}
+
+    def newer_than_held(self, source: str, records: Sequence[Record]) -> list[Record]:
+        """The latest version of each entity of the page, when newer than what was delivered."""
+        return [
+            r
+            for r in latest_per_id(records).values()
+            if r.version > self._held.get((source, r.kind, r.id), 0)
+        ]

@@ -21,9 +21,9 @@ import httpx
 import orjson
 
 from ordersync.agent.errors import SinkError, SinkRejected
-from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
+from ordersync.agent.records import ApplyResult, Cursor, Record
 from ordersync.agent.retry import RetryPolicy, parse_retry_after
-from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
+from ordersync.agent.sinks.base import FaultHook, HeldVersions, fire
 from ordersync.agent.sinks.checkpoint_file import CheckpointFile
 from ordersync.domain.timestamps import format_rfc3339, now_ms
 
@@ -34,7 +34,7 @@ def idempotency_key(source: str, stream: str, records: Sequence[Record]) -> str:
     return digest.hexdigest()
 
 
-class HttpSink:
+class HttpSink(HeldVersions):
     def __init__(
         self,
         url: str,
@@ -73,20 +73,10 @@ class HttpSink:
     async def close(self) -> None:
         """The http client belongs to the caller."""
 
-    async def load_cursor(self, source: str, stream: str) -> Cursor | None:
-        return self.checkpoints.load(source, stream)
-
-    async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
-        return {i: v for (s, k, i), v in self._held.items() if s == source and k == kind}
-
     async def apply_page(
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
     ) -> ApplyResult:
-        newer = [
-            r
-            for r in latest_per_id(records).values()
-            if r.version > self._held.get((source, r.kind, r.id), 0)
-        ]
+        newer = self.newer_than_held(source, records)
         if newer:
             await self._deliver(source, stream, newer)
             fire(self.fault_hook, "mid_apply")

@@ -18,15 +18,15 @@ from typing import BinaryIO
 import orjson
 
 from ordersync.agent.errors import SinkError
-from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
-from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
+from ordersync.agent.records import ApplyResult, Cursor, Record
+from ordersync.agent.sinks.base import FaultHook, HeldVersions, fire
 from ordersync.agent.sinks.checkpoint_file import CheckpointFile
 from ordersync.domain.timestamps import format_rfc3339
 
 HeldKey = tuple[str, str, str]  # (source, kind, id)
 
 
-class JsonlSink:
+class JsonlSink(HeldVersions):
     def __init__(self, path: Path, *, fault_hook: FaultHook | None = None) -> None:
         self.path = path
         self.fault_hook = fault_hook
@@ -65,20 +65,10 @@ class JsonlSink:
             self._handle.close()
             self._handle = None
 
-    async def load_cursor(self, source: str, stream: str) -> Cursor | None:
-        return self.checkpoints.load(source, stream)
-
-    async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
-        return {i: v for (s, k, i), v in self._held.items() if s == source and k == kind}
-
     async def apply_page(
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
     ) -> ApplyResult:
-        newer = [
-            r
-            for r in latest_per_id(records).values()
-            if r.version > self._held.get((source, r.kind, r.id), 0)
-        ]
+        newer = self.newer_than_held(source, records)
         try:
             self._append(source, newer)
             fire(self.fault_hook, "before_cursor")
