@@ -215,19 +215,7 @@ class SqlSink:
             await self._replace_lines(conn, source, newer)
         fire(self.fault_hook, "mid_apply")
         stamp = now_ms()
-        await conn.execute(
-            insert(applied_versions),
-            [
-                {
-                    "source": source,
-                    "kind": kind,
-                    "id": r.id,
-                    "version": r.version,
-                    "applied_at_ms": stamp,
-                }
-                for r in newer
-            ],
-        )
+        await conn.execute(insert(applied_versions), applied_rows(source, kind, newer, stamp))
         return len(newer)
 
     def _upsert_if_newer(self, table: Table) -> Any:
@@ -263,6 +251,16 @@ class SqlSink:
                 set_={k: v for k, v in values.items() if k not in ("source", "stream")},
             )
         )
+
+
+def applied_rows(
+    source: str, kind: Kind, newer: Sequence[Record], stamp: int
+) -> list[dict[str, Any]]:
+    """The `applied_versions` rows of one page: one per (id, version) applied."""
+    return [
+        {"source": source, "kind": kind, "id": r.id, "version": r.version, "applied_at_ms": stamp}
+        for r in newer
+    ]
 
 
 def upsert_if_newer(table: Table, backend: str) -> Any:

@@ -29,6 +29,7 @@ from ordersync.agent.sinks.sql import (
     _by_kind,
     _line_row,
     _row,
+    applied_rows,
     applied_versions,
     checkpoints,
     order_lines,
@@ -176,17 +177,6 @@ class SqliteWriter:
         stamp = now_ms()
         db.executemany(
             self._applied.sql,
-            self._applied.rows(
-                [
-                    {
-                        "source": source,
-                        "kind": kind,
-                        "id": r.id,
-                        "version": r.version,
-                        "applied_at_ms": stamp,
-                    }
-                    for r in newer
-                ]
-            ),
+            self._applied.rows(applied_rows(source, kind, newer, stamp)),
         )
         return len(newer)
