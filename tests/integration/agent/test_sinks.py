@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
+from sqlalchemy.exc import IntegrityError
 
+from ordersync.agent.errors import SinkError
 from ordersync.agent.records import Cursor, Record
 from ordersync.agent.sinks.jsonl import JsonlSink
-from ordersync.agent.sinks.sql import SqlSink, order_lines
+from ordersync.agent.sinks.sql import SqlSink, applied_versions, order_lines, orders
 from tests.integration.agent.conftest import SinkFactory
 from tests.support import order_payload
 
@@ -90,6 +93,62 @@ async def test_a_failure_inside_a_page_keeps_neither_its_writes_nor_its_cursor(
         assert await sink.load_versions("s", "order") == {}
         assert await sink.load_cursor("s", "orders") is None
         await sink.close()
+
+
+def two_line_order(version: int, oid: str, skus: tuple[str, ...]) -> Record:
+    record = order(version, oid=oid)
+    record.data["line_items"] = [
+        {"line_number": n, "sku_customer_identifier": sku, "quantity": "1", "unit_price": "2.50"}
+        for n, sku in enumerate(skus, start=1)
+    ]
+    return record
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_newer_version_replaces_the_lines_of_its_order_only(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Lines hang off their order by `order_seq`; an update swaps that order's lines, and a
+    second application of a version is refused by the ledger's key, not only by the check."""
+    url = f"sqlite:///{tmp_path}/r.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    sink = await SqlSink.open(url)
+    await sink.apply_page(
+        "s", "orders",
+        [two_line_order(1, "o-1", ("A", "B")), two_line_order(1, "o-2", ("C", "D"))],
+        Cursor(1, ""),
+    )
+    await sink.apply_page("s", "orders", [two_line_order(2, "o-1", ("E",))], Cursor(2, ""))
+    join = (
+        select(orders.c.id, order_lines.c.sku)
+        .join(order_lines, order_lines.c.order_seq == orders.c.seq)
+        .order_by(orders.c.id, order_lines.c.line_number)
+    )
+    async with sink.engine.connect() as conn:
+        lines = [tuple(r) for r in await conn.execute(join)]
+    assert lines == [("o-1", "E"), ("o-2", "C"), ("o-2", "D")]
+    async with sink.engine.connect() as conn:
+        ledger = (await conn.execute(select(applied_versions))).mappings().first()
+        assert ledger is not None
+        with pytest.raises(IntegrityError):
+            await conn.execute(insert(applied_versions).values(**ledger))
+    await sink.close()
+
+
+async def test_a_replica_of_the_older_layout_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """A replica written before lines and the ledger were keyed by `seq`: a clear error naming
+    the way out, nothing written to it."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE orders (source VARCHAR(50), id VARCHAR(64), version INTEGER, "
+            "updated_at_ms BIGINT, status VARCHAR(30), customer_identifier VARCHAR(100), "
+            "data TEXT, PRIMARY KEY (source, id))"
+        )
+    with pytest.raises(SinkError, match=r"older ordersync.*new replica"):
+        await SqlSink.open(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"orders"}
 
 
 async def test_jsonl_drops_a_torn_last_line_and_remembers_written_versions(

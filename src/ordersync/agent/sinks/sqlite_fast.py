@@ -12,26 +12,27 @@ at the same steps.
 from __future__ import annotations
 
 import asyncio
+import operator
 import sqlite3
 import threading
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.dml import Insert
 
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
 from ordersync.agent.sinks.sql import (
     TABLES,
+    ExactDecimal,
     _by_kind,
-    _line_row,
     _row,
     applied_rows,
     applied_versions,
     checkpoints,
+    line_rows,
     order_lines,
     upsert_if_newer,
 )
@@ -42,20 +43,35 @@ _DIALECT = sqlite.dialect()
 
 
 class CompiledStatement:
-    """A Core statement as SQLite text plus the order of its parameters."""
+    """A Core insert as SQLite text, and its rows as the positional tuples `sqlite3` binds."""
 
-    def __init__(self, statement: ClauseElement) -> None:
-        compiled = statement.compile(dialect=_DIALECT)
+    def __init__(self, statement: Insert) -> None:
+        # Every column but the local sequence number, which SQLite assigns.
+        columns = [c.name for c in statement.table.c if c.name != "seq"]
+        compiled = statement.compile(dialect=_DIALECT, column_keys=columns)
         self.sql = str(compiled)
-        self.keys = list(getattr(compiled, "positiontup", None) or ())
+        keys = list(getattr(compiled, "positiontup", None) or ())
+        self._pick = operator.itemgetter(*keys)
+        # ExactDecimal stores the decimal's string on SQLite; sqlite3 cannot bind Decimal.
+        self._exact = [
+            i for i, key in enumerate(keys)
+            if isinstance(statement.table.c[key].type, ExactDecimal)
+        ]
+        if len(keys) < 2:
+            raise ValueError("a compiled insert binds at least two columns")
 
     def rows(self, values: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return [tuple(_bindable(row[key]) for key in self.keys) for row in values]
-
-
-def _bindable(value: Any) -> Any:
-    # ExactDecimal stores the decimal's string on SQLite; sqlite3 cannot bind Decimal itself.
-    return str(value) if isinstance(value, Decimal) else value
+        pick = self._pick
+        if not self._exact:
+            return [pick(row) for row in values]
+        rows = []
+        for row in values:
+            bound = list(pick(row))
+            for i in self._exact:
+                if bound[i] is not None:
+                    bound[i] = str(bound[i])
+            rows.append(tuple(bound))
+        return rows
 
 
 class SqliteWriter:
@@ -148,35 +164,40 @@ class SqliteWriter:
     ) -> int:
         table = TABLES[kind].name
         latest = list(latest_per_id(records).values())
-        marks = ",".join("?" * len(latest))
-        held = dict(
-            db.execute(
-                f"SELECT id, version FROM {table} WHERE source = ? AND id IN ({marks})",
-                [source, *(r.id for r in latest)],
-            ).fetchall()
-        )
-        newer = [r for r in latest if r.version > held.get(r.id, 0)]
+        held = _held(db, table, source, [r.id for r in latest])
+        newer = [r for r in latest if r.version > held.get(r.id, (0, 0))[0]]
         if not newer:
             return 0
         upsert = self._upserts[kind]
         db.executemany(upsert.sql, upsert.rows([_row(source, r) for r in newer]))
+        seqs = {i: seq for i, (_, seq) in held.items()}
+        first_seen = [r.id for r in newer if r.id not in seqs]
+        if first_seen:
+            seqs |= {i: seq for i, (_, seq) in _held(db, table, source, first_seen).items()}
         if kind == "order":
-            ids = [r.id for r in newer]
-            db.execute(
-                f"DELETE FROM order_lines WHERE source = ? AND order_id IN "
-                f"({','.join('?' * len(ids))})",
-                [source, *ids],
-            )
-            lines = [
-                _line_row(source, r.id, item)
-                for r in newer
-                for item in r.data.get("line_items") or ()
-            ]
-            db.executemany(self._lines.sql, self._lines.rows(lines))
+            replaced = [seqs[r.id] for r in newer if r.id in held]
+            if replaced:
+                db.execute(
+                    f"DELETE FROM order_lines WHERE order_seq IN ({','.join('?' * len(replaced))})",
+                    replaced,
+                )
+            db.executemany(self._lines.sql, self._lines.rows(line_rows(source, newer, seqs)))
         fire(hook, "mid_apply")
         stamp = now_ms()
         db.executemany(
             self._applied.sql,
-            self._applied.rows(applied_rows(source, kind, newer, stamp)),
+            self._applied.rows(applied_rows(source, kind, newer, seqs, stamp)),
         )
         return len(newer)
+
+
+def _held(
+    db: sqlite3.Connection, table: str, source: str, ids: list[str]
+) -> dict[str, tuple[int, int]]:
+    """id -> (version, seq) of the rows the replica holds among `ids`."""
+    marks = ",".join("?" * len(ids))
+    rows = db.execute(
+        f"SELECT id, version, seq FROM {table} WHERE source = ? AND id IN ({marks})",
+        [source, *ids],
+    )
+    return {i: (version, seq) for i, version, seq in rows}
