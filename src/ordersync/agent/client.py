@@ -14,6 +14,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,10 @@ from ordersync.agent.retry import RetryPolicy, parse_http_date_ms, parse_retry_a
 from ordersync.domain.timestamps import format_rfc3339, now_ms
 
 Sleep = Callable[[float], Awaitable[None]]
+# Set by the engine around a read-ahead fetch: set once that request's bytes are on the wire, so
+# that the engine writes the current page (SQLite's sink does it on the event loop) only after
+# the next request has left and the platform works on it meanwhile.
+request_sent: ContextVar[asyncio.Event | None] = ContextVar("request_sent", default=None)
 Params = Mapping[str, str | int] | Sequence[tuple[str, str | int]]
 log = structlog.get_logger("ordersync.agent.api")
 
@@ -184,6 +189,7 @@ class ApiClient:
                 params=_query(params),
                 headers=self._headers if body is None else self._json_headers,
                 content=None if body is None else orjson.dumps(body),
+                extensions={"trace": _trace},
             )
         except httpx.TransportError as exc:
             if ticket is not None:
@@ -254,6 +260,14 @@ class ApiClient:
             attempt=attempt,
             **({"error": error} if error else {}),
         )
+
+
+async def _trace(event: str, info: Mapping[str, Any]) -> None:
+    # httpcore's trace events; transports without them (ASGITransport) simply never call this.
+    if event.endswith(".send_request_body.complete"):
+        sent = request_sent.get()
+        if sent is not None:
+            sent.set()
 
 
 def _json_body(response: httpx.Response, decode: Callable[[bytes], Any] = orjson.loads) -> Any:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
 
+from ordersync.agent.client import request_sent
 from ordersync.agent.errors import AgentError, AuthError
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.paging import PageRequest, TiePager
@@ -195,7 +197,7 @@ class SyncEngine:
         ahead = self._fetch_ahead(stream, pager) if may_fetch() else None
         try:
             while ahead is not None:
-                request, fetching = ahead
+                request, fetching, _ = ahead
                 page = await fetching
                 pager.keyset = pager.keyset or page.keyset
                 if drain_start is None:
@@ -207,6 +209,8 @@ class SyncEngine:
                 # Read ahead: the next request depends only on the pager, so it can travel
                 # while this page is written. A crash or stop discards it unapplied.
                 ahead = self._fetch_ahead(stream, pager) if may_fetch() else None
+                if ahead is not None:
+                    await _until_sent(*ahead[1:])
                 if fresh:
                     cursor = await self._commit_page(stream, fresh, cursor, drain_start, counts)
                     state.cursor = cursor
@@ -221,13 +225,18 @@ class SyncEngine:
 
     def _fetch_ahead(
         self, stream: str, pager: TiePager
-    ) -> tuple[PageRequest, asyncio.Task[FetchedPage]]:
+    ) -> tuple[PageRequest, asyncio.Task[FetchedPage], asyncio.Event]:
         request = pager.next_request()
-        return request, asyncio.ensure_future(
+        sent = asyncio.Event()
+        context = contextvars.copy_context()
+        context.run(request_sent.set, sent)
+        fetching = asyncio.get_running_loop().create_task(
             self.source.fetch_page(
                 stream, request.since_ms, request.offset, request.limit, after_id=request.after_id
-            )
+            ),
+            context=context,
         )
+        return request, fetching, sent
 
     async def _commit_page(
         self,
@@ -271,6 +280,13 @@ class SyncEngine:
         outcome = self.hook(step, stream)
         if inspect.isawaitable(outcome):
             await outcome
+
+
+async def _until_sent(fetching: asyncio.Task[FetchedPage], sent: asyncio.Event) -> None:
+    """Until the read-ahead request is on the wire (or already answered or failed)."""
+    waiting = asyncio.ensure_future(sent.wait())
+    await asyncio.wait([waiting, fetching], return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
 
 
 async def _discard(task: asyncio.Task[FetchedPage]) -> None:

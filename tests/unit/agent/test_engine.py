@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
+from ordersync.agent.client import request_sent
 from ordersync.agent.engine import EngineSettings, SyncEngine
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.records import ApplyResult, Cursor, FetchedPage, Kind, Record
@@ -117,3 +118,56 @@ async def test_run_stops_when_asked() -> None:
     stop.set()
     await asyncio.wait_for(task, 1)
     assert engine.status()[0].caught_up
+
+
+class WireSource(ListSource):
+    """Each fetch 'sends' its request (as httpx's trace reports it), then waits for the answer."""
+
+    def __init__(self, records: list[Record], server_time_ms: int, events: list[str]) -> None:
+        super().__init__(records, server_time_ms)
+        self.events = events
+
+    async def fetch_page(
+        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False,
+        after_id: str | None = None,
+    ) -> FetchedPage:
+        number = self.calls + 1
+        self.events.append(f"sent {number}")
+        sent = request_sent.get()
+        if sent is not None:
+            sent.set()
+        await asyncio.sleep(0.005)  # the platform works on it
+        return await super().fetch_page(stream, since_ms, offset, limit, summary=summary)
+
+
+class BlockingSink(MemorySink):
+    """Writes without ever yielding to the event loop, as the SQLite sink does."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+        self.pages = 0
+
+    async def apply_page(
+        self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
+    ) -> ApplyResult:
+        self.pages += 1
+        self.events.append(f"apply {self.pages}")
+        return await super().apply_page(source, stream, records, new_cursor)
+
+
+async def test_the_next_request_is_on_the_wire_before_a_page_is_written() -> None:
+    """Read-ahead: page k is written only once request k+1 has left, so the platform prepares
+    the next page while a sink that blocks the loop writes this one."""
+    events: list[str] = []
+    records = [rec(1_000 + i, f"r{i:03}") for i in range(25)]
+    engine = SyncEngine(
+        WireSource(records, server_time_ms=100_000, events=events),
+        BlockingSink(events),
+        settings=EngineSettings(lookback_ms=0, page_size=10),
+        metrics=AgentMetrics(CollectorRegistry()),
+    )
+    await engine.run_cycle()
+    assert events == [
+        "sent 1", "sent 2", "apply 1", "sent 3", "apply 2", "apply 3",
+    ]
