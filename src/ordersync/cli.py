@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ordersync.agent.commands import agent_app
 from ordersync.errors import OrdersyncError
-from ordersync.hub.settings import DEFAULT_DB_URL, HubSettings
+from ordersync.hub import DEFAULT_DB_URL
 
 app = typer.Typer(
     help="ordersync: an order platform (hub) and the ERP-side agent that mirrors it.",
@@ -117,6 +117,7 @@ def hub_serve(
 
     from ordersync.hub.app import create_app
     from ordersync.hub.ratelimit import QuotaPolicy
+    from ordersync.hub.settings import HubSettings
 
     quota_specs = ";".join([os.environ.get("ORDERSYNC_HUB_QUOTAS", ""), *(quota or [])])
     try:

@@ -7,10 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ordersync.hub import DEFAULT_DB_URL
 from ordersync.hub.faults import FaultSettings
 from ordersync.hub.ratelimit import QuotaPolicy
-
-DEFAULT_DB_URL = "sqlite:///ordersync-hub.db"
 
 
 @dataclass(frozen=True)
