@@ -142,7 +142,7 @@ replica_meta = Table(
     Column("name", String(50), primary_key=True),
     Column("value", String(200), nullable=False),
 )
-TABLES: dict[str, Table] = {"order": orders, "shipment": shipments}
+TABLES: dict[Kind, Table] = {"order": orders, "shipment": shipments}
 
 
 class SqlSink:

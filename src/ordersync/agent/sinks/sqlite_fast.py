@@ -2,79 +2,96 @@
 
 Through aiosqlite every statement, every fetch, the BEGIN and the COMMIT each cross to the
 driver's thread and back, and SQLAlchemy processes the parameters of every row: a page of 100
-orders cost ~16 ms of CPU, four times what SQLite itself needs. Here the same Core statements
-are compiled once to SQL text, and a whole page (read held versions, upsert, lines, applied
-log, cursor) runs as one plain `sqlite3` transaction, called on the event loop.
-The semantics are those of `SqlSink.apply_page`, statement for statement; the fault hooks fire
-at the same steps.
+orders cost ~16 ms of CPU, four times what SQLite itself needs. Here a whole page (read held
+versions, insert or update, lines, applied ledger, cursor) runs as one plain `sqlite3`
+transaction, called on the event loop, with rows built as tuples straight from the records.
+The tables are `sql.py`'s (checked column for column when the writer opens); the semantics
+are those of `SqlSink.apply_page`, and the fault hooks fire at the same steps.
+
+The page's transaction starts with BEGIN IMMEDIATE, so this connection is the replica's only
+writer until COMMIT: an entity the held-versions read did not find cannot appear before the
+insert, and new rows take their `seq` from `max(seq) + 1` onwards without a read-back.
 """
 
 from __future__ import annotations
 
-import operator
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.dialects import sqlite
-from sqlalchemy.sql.dml import Insert
+import orjson
+from sqlalchemy import Table
 
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
 from ordersync.agent.sinks.sql import (
     TABLES,
-    ExactDecimal,
     _by_kind,
-    _row,
-    applied_rows,
     applied_versions,
     checkpoints,
-    line_rows,
     order_lines,
-    upsert_if_newer,
 )
 from ordersync.domain.timestamps import now_ms
 from ordersync.store.engine import SQLITE_BUSY_TIMEOUT_MS
 
-_DIALECT = sqlite.dialect()
+Values = tuple[Any, ...]
 
 
-class CompiledStatement:
-    """A Core insert as SQLite text, and its rows as the positional tuples `sqlite3` binds."""
+def _order_values(seq: int, source: str, r: Record) -> Values:
+    data = r.data
+    return (
+        seq, source, r.id, r.version, r.updated_at_ms,
+        data.get("status"), data.get("customer_identifier"), orjson.dumps(data).decode(),
+    )
 
-    def __init__(self, statement: Insert) -> None:
-        # Every column but the local sequence number, which SQLite assigns.
-        columns = [c.name for c in statement.table.c if c.name != "seq"]
-        compiled = statement.compile(dialect=_DIALECT, column_keys=columns)
-        self.sql = str(compiled)
-        keys = list(getattr(compiled, "positiontup", None) or ())
-        self._pick = operator.itemgetter(*keys)
-        # ExactDecimal stores the decimal's string on SQLite; sqlite3 cannot bind Decimal.
-        self._exact = [
-            i for i, key in enumerate(keys)
-            if isinstance(statement.table.c[key].type, ExactDecimal)
-        ]
-        if len(keys) < 2:
-            raise ValueError("a compiled insert binds at least two columns")
 
-    def rows(self, values: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        pick = self._pick
-        if not self._exact:
-            return [pick(row) for row in values]
-        rows = []
-        for row in values:
-            bound = list(pick(row))
-            for i in self._exact:
-                if bound[i] is not None:
-                    bound[i] = str(bound[i])
-            rows.append(tuple(bound))
-        return rows
+def _shipment_values(seq: int, source: str, r: Record) -> Values:
+    data = r.data
+    return (
+        seq, source, r.id, r.version, r.updated_at_ms,
+        data.get("order_id"), data.get("status"), data.get("tracking_number"),
+        orjson.dumps(data).decode(),
+    )
+
+
+# Per kind: the tuple of one entity row, in these columns (checked against sql.py's tables).
+ENTITY_COLUMNS: dict[Kind, tuple[str, ...]] = {
+    "order": (
+        "seq", "source", "id", "version", "updated_at_ms", "status", "customer_identifier",
+        "data",
+    ),
+    "shipment": (
+        "seq", "source", "id", "version", "updated_at_ms", "order_id", "status",
+        "tracking_number", "data",
+    ),
+}
+ENTITY_VALUES: dict[Kind, Callable[[int, str, Record], Values]] = {
+    "order": _order_values,
+    "shipment": _shipment_values,
+}
+LINE_COLUMNS = (
+    "order_seq", "line_number", "source", "order_id", "sku", "quantity", "unit_price"
+)
+APPLIED_COLUMNS = ("kind", "entity_seq", "version", "source", "id", "applied_at_ms")
+CURSOR_COLUMNS = ("source", "stream", "updated_at_ms", "last_id", "committed_at_ms")
+
+
+def _exact(value: Any) -> str | None:
+    # ExactDecimal's form on SQLite: the decimal's string. Decimal() refuses what is no number.
+    return None if value is None else str(Decimal(str(value)))
+
+
+def _insert(table: Table, columns: Sequence[str]) -> str:
+    if tuple(c.name for c in table.columns) != tuple(columns):
+        raise RuntimeError(f"{table.name}: columns {table.columns.keys()} != {columns}")
+    marks = ", ".join("?" * len(columns))
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
 
 
 class SqliteWriter:
-    """Applies pages to a SQLite replica file. Thread-safe: one page at a time."""
+    """Applies pages to a SQLite replica file, one page at a time."""
 
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(
@@ -86,19 +103,21 @@ class SqliteWriter:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
-        self._upserts = {
-            kind: CompiledStatement(upsert_if_newer(t, "sqlite")) for kind, t in TABLES.items()
-        }
-        self._lines = CompiledStatement(insert(order_lines))
-        self._applied = CompiledStatement(insert(applied_versions))
-        cursor = sqlite.insert(checkpoints)
-        self._cursor = CompiledStatement(
-            cursor.on_conflict_do_update(
-                index_elements=[checkpoints.c.source, checkpoints.c.stream],
-                set_={
-                    c: cursor.excluded[c] for c in ("updated_at_ms", "last_id", "committed_at_ms")
-                },
+        self._inserts: dict[Kind, str] = {}
+        self._updates: dict[Kind, str] = {}
+        for kind, table in TABLES.items():
+            columns = ENTITY_COLUMNS[kind]
+            self._inserts[kind] = _insert(table, columns)
+            # Same values as the insert, then seq last; never moves a version back.
+            assigned = ", ".join(f"{c} = ?{i}" for i, c in enumerate(columns, 1) if c != "seq")
+            self._updates[kind] = (
+                f"UPDATE {table.name} SET {assigned} WHERE seq = ?1 AND version < ?4"
             )
+        self._lines = _insert(order_lines, LINE_COLUMNS)
+        self._applied = _insert(applied_versions, APPLIED_COLUMNS)
+        self._cursor = _insert(checkpoints, CURSOR_COLUMNS) + (
+            " ON CONFLICT (source, stream) DO UPDATE SET updated_at_ms = excluded.updated_at_ms,"
+            " last_id = excluded.last_id, committed_at_ms = excluded.committed_at_ms"
         )
 
     def close(self) -> None:
@@ -136,18 +155,8 @@ class SqliteWriter:
                     applied += self._apply_kind(db, source, kind, group, hook)
                 fire(hook, "before_cursor")
                 db.execute(
-                    self._cursor.sql,
-                    self._cursor.rows(
-                        [
-                            {
-                                "source": source,
-                                "stream": stream,
-                                "updated_at_ms": cursor.updated_at_ms,
-                                "last_id": cursor.last_id,
-                                "committed_at_ms": now_ms(),
-                            }
-                        ]
-                    )[0],
+                    self._cursor,
+                    (source, stream, cursor.updated_at_ms, cursor.last_id, now_ms()),
                 )
                 fire(hook, "after_cursor")
                 db.execute("COMMIT")
@@ -170,25 +179,40 @@ class SqliteWriter:
         newer = [r for r in latest if r.version > held.get(r.id, (0, 0))[0]]
         if not newer:
             return 0
-        upsert = self._upserts[kind]
-        db.executemany(upsert.sql, upsert.rows([_row(source, r) for r in newer]))
+        values = ENTITY_VALUES[kind]
         seqs = {i: seq for i, (_, seq) in held.items()}
-        first_seen = [r.id for r in newer if r.id not in seqs]
+        first_seen = [r for r in newer if r.id not in held]
         if first_seen:
-            seqs |= {i: seq for i, (_, seq) in _held(db, table, source, first_seen).items()}
+            (top,) = db.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()
+            seqs |= {r.id: top + n for n, r in enumerate(first_seen, 1)}
+            db.executemany(self._inserts[kind], [values(seqs[r.id], source, r) for r in first_seen])
+        replaced = [r for r in newer if r.id in held]
+        if replaced:
+            db.executemany(self._updates[kind], [values(seqs[r.id], source, r) for r in replaced])
         if kind == "order":
-            replaced = [seqs[r.id] for r in newer if r.id in held]
             if replaced:
+                marks = ",".join("?" * len(replaced))
                 db.execute(
-                    f"DELETE FROM order_lines WHERE order_seq IN ({','.join('?' * len(replaced))})",
-                    replaced,
+                    f"DELETE FROM order_lines WHERE order_seq IN ({marks})",
+                    [seqs[r.id] for r in replaced],
                 )
-            db.executemany(self._lines.sql, self._lines.rows(line_rows(source, newer, seqs)))
+            db.executemany(
+                self._lines,
+                [
+                    (
+                        seqs[r.id], int(item["line_number"]), source, r.id,
+                        item.get("sku_customer_identifier"),
+                        _exact(item.get("quantity")), _exact(item.get("unit_price")),
+                    )
+                    for r in newer
+                    for item in r.data.get("line_items") or ()
+                ],
+            )
         fire(hook, "mid_apply")
         stamp = now_ms()
         db.executemany(
-            self._applied.sql,
-            self._applied.rows(applied_rows(source, kind, newer, seqs, stamp)),
+            self._applied,
+            [(kind, seqs[r.id], r.version, source, r.id, stamp) for r in newer],
         )
         return len(newer)
 
