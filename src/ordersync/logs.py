@@ -18,15 +18,17 @@ def configure_logging(
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
     )
+    # One logger for the process (its file and lock), not a new one per call: the agent writes a
+    # line per API call. configure() again replaces it, so tests and the demo can redirect.
+    printer = structlog.PrintLogger(file=file or sys.stderr)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=file or sys.stderr),
+        logger_factory=lambda *args: printer,
         cache_logger_on_first_use=False,
     )
