@@ -282,10 +282,18 @@ class SyncEngine:
             await outcome
 
 
+# How long a page's write waits for the read-ahead request to leave. Sending takes microseconds;
+# a request held back longer is paced by the quota budget or waiting out a retry's backoff, and
+# the page already read must not wait for that.
+READ_AHEAD_SEND_WAIT = 0.05
+
+
 async def _until_sent(fetching: asyncio.Task[FetchedPage], sent: asyncio.Event) -> None:
-    """Until the read-ahead request is on the wire (or already answered or failed)."""
+    """Until the read-ahead request is on the wire, answered or failed, or briefly held back."""
     waiting = asyncio.ensure_future(sent.wait())
-    await asyncio.wait([waiting, fetching], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        [waiting, fetching], timeout=READ_AHEAD_SEND_WAIT, return_when=asyncio.FIRST_COMPLETED
+    )
     waiting.cancel()
 
 

@@ -123,15 +123,20 @@ async def test_run_stops_when_asked() -> None:
 class WireSource(ListSource):
     """Each fetch 'sends' its request (as httpx's trace reports it), then waits for the answer."""
 
-    def __init__(self, records: list[Record], server_time_ms: int, events: list[str]) -> None:
+    def __init__(
+        self, records: list[Record], server_time_ms: int, events: list[str], held: float = 0.0
+    ) -> None:
         super().__init__(records, server_time_ms)
         self.events = events
+        self.held = held  # seconds a request waits before it is sent (a quota budget's pacing)
 
     async def fetch_page(
         self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False,
         after_id: str | None = None,
     ) -> FetchedPage:
         number = self.calls + 1
+        if number > 1:
+            await asyncio.sleep(self.held)
         self.events.append(f"sent {number}")
         sent = request_sent.get()
         if sent is not None:
@@ -171,3 +176,18 @@ async def test_the_next_request_is_on_the_wire_before_a_page_is_written() -> Non
     assert events == [
         "sent 1", "sent 2", "apply 1", "sent 3", "apply 2", "apply 3",
     ]
+
+
+async def test_a_page_is_not_held_back_while_the_next_request_waits_for_quota() -> None:
+    """The write waits for the read-ahead request only while it is being sent: a request that
+    the budget holds back for a second does not delay committing the page already read."""
+    events: list[str] = []
+    records = [rec(1_000 + i, f"r{i:03}") for i in range(15)]
+    engine = SyncEngine(
+        WireSource(records, server_time_ms=100_000, events=events, held=1.0),
+        BlockingSink(events),
+        settings=EngineSettings(lookback_ms=0, page_size=10),
+        metrics=AgentMetrics(CollectorRegistry()),
+    )
+    await engine.run_cycle()
+    assert events == ["sent 1", "apply 1", "sent 2", "apply 2"]
