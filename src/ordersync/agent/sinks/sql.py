@@ -314,7 +314,7 @@ def line_rows(source: str, newer: Sequence[Record], seqs: dict[str, int]) -> lis
     return [
         _line_row(source, seqs[r.id], r.id, item)
         for r in newer
-        for item in r.data.get("line_items") or ()
+        for item in line_items(r)
     ]
 
 
@@ -381,16 +381,49 @@ def _row(source: str, record: Record) -> dict[str, Any]:
 def _line_row(source: str, order_seq: int, order_id: str, item: dict[str, Any]) -> dict[str, Any]:
     return {
         "order_seq": order_seq,
-        "line_number": int(item["line_number"]),
+        "line_number": line_number(item, order_id),
         "source": source,
         "order_id": order_id,
         "sku": item.get("sku_customer_identifier"),
-        "quantity": _decimal(item.get("quantity")),
-        "unit_price": _decimal(item.get("unit_price")),
+        "quantity": exact_decimal(item.get("quantity"), order_id, "quantity"),
+        "unit_price": exact_decimal(item.get("unit_price"), order_id, "unit_price"),
     }
 
 
-def _decimal(value: Any) -> Decimal | None:
+def line_items(record: Record) -> list[dict[str, Any]]:
+    """An order's lines; SinkError (the page is not applied) if they are not a list of objects."""
+    items = record.data.get("line_items") or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise SinkError(
+            f"order {record.id}: line_items is not a list of lines; the page was not applied"
+        )
+    return items
+
+
+def line_number(item: dict[str, Any], order_id: str) -> int:
+    try:
+        return int(item["line_number"])
+    except (KeyError, TypeError, ValueError):
+        raise SinkError(
+            f"order {order_id}: a line without a valid line_number "
+            f"({item.get('line_number')!r}); the page was not applied"
+        ) from None
+
+
+def exact_decimal(value: Any, order_id: str, field: str) -> Decimal | None:
+    """A line amount as an exact Decimal; SinkError (the page is not applied) for anything that
+    is not a finite decimal number."""
     # Decimals arrive as JSON strings; a JSON number would already be a float, so str() of it
     # is the shortest repr that round-trips, never the binary expansion.
-    return None if value is None else Decimal(str(value))
+    if value is None:
+        return None
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:  # decimal.InvalidOperation
+        amount = None
+    if amount is None or not amount.is_finite():
+        raise SinkError(
+            f"order {order_id}: line {field} {value!r} is not a decimal amount; "
+            "the page was not applied"
+        )
+    return amount

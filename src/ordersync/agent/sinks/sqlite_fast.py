@@ -18,7 +18,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -31,6 +30,9 @@ from ordersync.agent.sinks.sql import (
     _by_kind,
     applied_versions,
     checkpoints,
+    exact_decimal,
+    line_items,
+    line_number,
     order_lines,
 )
 from ordersync.domain.timestamps import now_ms
@@ -78,9 +80,14 @@ APPLIED_COLUMNS = ("kind", "entity_seq", "version", "source", "id", "applied_at_
 CURSOR_COLUMNS = ("source", "stream", "updated_at_ms", "last_id", "committed_at_ms")
 
 
-def _exact(value: Any) -> str | None:
-    # ExactDecimal's form on SQLite: the decimal's string. Decimal() refuses what is no number.
-    return None if value is None else str(Decimal(str(value)))
+def _line_values(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values:
+    # Amounts in ExactDecimal's form on SQLite: the decimal's string.
+    quantity = exact_decimal(item.get("quantity"), r.id, "quantity")
+    price = exact_decimal(item.get("unit_price"), r.id, "unit_price")
+    return (
+        seq, line_number(item, r.id), source, r.id, item.get("sku_customer_identifier"),
+        None if quantity is None else str(quantity), None if price is None else str(price),
+    )
 
 
 def _insert(table: Table, columns: Sequence[str]) -> str:
@@ -199,13 +206,9 @@ class SqliteWriter:
             db.executemany(
                 self._lines,
                 [
-                    (
-                        seqs[r.id], int(item["line_number"]), source, r.id,
-                        item.get("sku_customer_identifier"),
-                        _exact(item.get("quantity")), _exact(item.get("unit_price")),
-                    )
+                    _line_values(seqs[r.id], source, r, item)
                     for r in newer
-                    for item in r.data.get("line_items") or ()
+                    for item in line_items(r)
                 ],
             )
         fire(hook, "mid_apply")
