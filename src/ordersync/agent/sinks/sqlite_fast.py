@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -97,6 +98,53 @@ def _insert(table: Table, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
 
 
+# Checkpoints: the writer only appends commits to the WAL; a thread of its own copies them back
+# into the database file (and fsyncs it), so a page's COMMIT never waits for that. Past this
+# many WAL pages (~40 MB) the writer checkpoints itself as SQLite normally would, so the WAL stays
+# bounded even if the thread falls behind.
+FALLBACK_AUTOCHECKPOINT_PAGES = 10_000
+CHECKPOINT_GATHER_SECONDS = 0.05  # commits to gather before a checkpoint runs
+
+
+class Checkpointer(threading.Thread):
+    """Runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection after commits."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(name="ordersync-sqlite-checkpoint", daemon=True)
+        self._path = path
+        self._committed = threading.Event()
+        self._closing = False
+        self.failures = 0
+
+    def committed(self) -> None:
+        self._committed.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._committed.set()
+        self.join()
+
+    def run(self) -> None:
+        db = sqlite3.connect(
+            self._path, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+        )
+        try:
+            # close() sets `_closing` before it wakes the thread, and the flag is read after
+            # every wait and every checkpoint: a wake-up cleared meanwhile cannot be missed.
+            while not self._closing:
+                self._committed.wait()
+                if self._closing:
+                    return
+                time.sleep(CHECKPOINT_GATHER_SECONDS)
+                self._committed.clear()
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    self.failures += 1  # the writer's fallback checkpoint still bounds the WAL
+        finally:
+            db.close()
+
+
 class SqliteWriter:
     """Applies pages to a SQLite replica file, one page at a time."""
 
@@ -109,13 +157,15 @@ class SqliteWriter:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT_PAGES}")
+        self._checkpointer = Checkpointer(path)
         self._lock = threading.Lock()
         self._inserts: dict[Kind, str] = {}
         self._updates: dict[Kind, str] = {}
         for kind, table in TABLES.items():
             columns = ENTITY_COLUMNS[kind]
             self._inserts[kind] = _insert(table, columns)
-            # Same values as the insert, then seq last; never moves a version back.
+            # The insert's values: seq (?1) picks the row, version (?4) never moves it back.
             assigned = ", ".join(f"{c} = ?{i}" for i, c in enumerate(columns, 1) if c != "seq")
             self._updates[kind] = (
                 f"UPDATE {table.name} SET {assigned} WHERE seq = ?1 AND version < ?4"
@@ -126,10 +176,12 @@ class SqliteWriter:
             " ON CONFLICT (source, stream) DO UPDATE SET updated_at_ms = excluded.updated_at_ms,"
             " last_id = excluded.last_id, committed_at_ms = excluded.committed_at_ms"
         )
+        self._checkpointer.start()
 
     def close(self) -> None:
+        self._checkpointer.close()
         with self._lock:
-            self._db.close()
+            self._db.close()  # the last connection to close checkpoints the rest
 
     async def apply_page(
         self,
@@ -167,6 +219,7 @@ class SqliteWriter:
                 )
                 fire(hook, "after_cursor")
                 db.execute("COMMIT")
+                self._checkpointer.committed()
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
