@@ -161,10 +161,11 @@ class SqlSink:
         try:
             async with sink.engine.begin() as conn:
                 await conn.run_sync(_prepare_layout, url)
-        except (SQLAlchemyError, SinkError) as exc:
+        except SinkError:
             await sink.close()
-            if isinstance(exc, SinkError):
-                raise
+            raise
+        except SQLAlchemyError as exc:
+            await sink.close()
             raise SinkError(f"cannot open the replica at {url}: {exc}") from exc
         if sink.backend == "sqlite":
             from ordersync.agent.sinks.sqlite_fast import SqliteWriter
@@ -230,7 +231,11 @@ class SqlSink:
         newer = [r for r in latest.values() if r.version > held.get(r.id, (0, 0))[0]]
         if not newer:
             return 0
-        await conn.execute(self._upsert_if_newer(table), [_row(source, r) for r in newer])
+        columns = ENTITY_COLUMNS[kind][1:]  # seq is given by the database
+        await conn.execute(
+            self._upsert_if_newer(table),
+            [dict(zip(columns, entity_values(None, source, r)[1:], strict=True)) for r in newer],
+        )
         seqs = {i: seq for i, (_, seq) in held.items()}
         first_seen = [r.id for r in newer if r.id not in seqs]
         if first_seen:
@@ -240,7 +245,14 @@ class SqlSink:
             await self._replace_lines(conn, source, newer, seqs, held)
         fire(self.fault_hook, "mid_apply")
         stamp = now_ms()
-        await conn.execute(insert(applied_versions), applied_rows(source, kind, newer, seqs, stamp))
+        await conn.execute(
+            insert(applied_versions),
+            [
+                dict(zip(APPLIED_COLUMNS, applied_values(kind, seqs[r.id], source, r, stamp),
+                         strict=True))
+                for r in newer
+            ],
+        )
         return len(newer)
 
     @staticmethod
@@ -268,7 +280,11 @@ class SqlSink:
         replaced = [seqs[r.id] for r in newer if r.id in held]
         if replaced:
             await conn.execute(delete(order_lines).where(order_lines.c.order_seq.in_(replaced)))
-        lines = line_rows(source, newer, seqs)
+        lines = [
+            dict(zip(LINE_COLUMNS, line_values(seqs[r.id], source, r, item), strict=True))
+            for r in newer
+            for item in line_items(r)
+        ]
         if lines:
             await conn.execute(insert(order_lines), lines)
 
@@ -292,30 +308,53 @@ class SqlSink:
         )
 
 
-def applied_rows(
-    source: str, kind: Kind, newer: Sequence[Record], seqs: dict[str, int], stamp: int
-) -> list[dict[str, Any]]:
-    """The `applied_versions` rows of one page: one per (entity, version) applied."""
-    return [
-        {
-            "kind": kind,
-            "entity_seq": seqs[r.id],
-            "version": r.version,
-            "source": source,
-            "id": r.id,
-            "applied_at_ms": stamp,
-        }
-        for r in newer
-    ]
+# The rows of the replica, one definition for both write paths: tuples in these columns. The
+# SQLite path binds them as they are (amounts as text); this module zips them into dicts for
+# SQLAlchemy. The columns are checked against the tables when the SQLite writer opens.
+ENTITY_COLUMNS: dict[Kind, tuple[str, ...]] = {
+    "order": (
+        "seq", "source", "id", "version", "updated_at_ms", "status", "customer_identifier",
+        "data",
+    ),
+    "shipment": (
+        "seq", "source", "id", "version", "updated_at_ms", "order_id", "status",
+        "tracking_number", "data",
+    ),
+}
+LINE_COLUMNS = (
+    "order_seq", "line_number", "source", "order_id", "sku", "quantity", "unit_price"
+)
+APPLIED_COLUMNS = ("kind", "entity_seq", "version", "source", "id", "applied_at_ms")
+Values = tuple[Any, ...]
 
 
-def line_rows(source: str, newer: Sequence[Record], seqs: dict[str, int]) -> list[dict[str, Any]]:
-    """The `order_lines` rows of the orders of a page."""
-    return [
-        _line_row(source, seqs[r.id], r.id, item)
-        for r in newer
-        for item in line_items(r)
-    ]
+def entity_values(seq: int | None, source: str, r: Record) -> Values:
+    """One `orders` or `shipments` row (ENTITY_COLUMNS[r.kind]); seq None: not yet given."""
+    data = r.data
+    document = orjson.dumps(data).decode()
+    if r.kind == "order":
+        return (
+            seq, source, r.id, r.version, r.updated_at_ms,
+            data.get("status"), data.get("customer_identifier"), document,
+        )
+    return (
+        seq, source, r.id, r.version, r.updated_at_ms,
+        data.get("order_id"), data.get("status"), data.get("tracking_number"), document,
+    )
+
+
+def line_values(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values:
+    """One `order_lines` row (LINE_COLUMNS), amounts as exact Decimals."""
+    return (
+        seq, line_number(item, r.id), source, r.id, item.get("sku_customer_identifier"),
+        exact_decimal(item.get("quantity"), r.id, "quantity"),
+        exact_decimal(item.get("unit_price"), r.id, "unit_price"),
+    )
+
+
+def applied_values(kind: Kind, seq: int, source: str, r: Record, stamp: int) -> Values:
+    """One `applied_versions` row (APPLIED_COLUMNS): this version of this entity, applied."""
+    return (kind, seq, r.version, source, r.id, stamp)
 
 
 def _prepare_layout(conn: Connection, url: str) -> None:
@@ -359,35 +398,6 @@ def _by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
     for record in records:
         groups.setdefault(record.kind, []).append(record)
     return groups
-
-
-def _row(source: str, record: Record) -> dict[str, Any]:
-    data = record.data
-    row: dict[str, Any] = {
-        "source": source,
-        "id": record.id,
-        "version": record.version,
-        "updated_at_ms": record.updated_at_ms,
-        "status": data.get("status"),
-        "data": orjson.dumps(data).decode(),
-    }
-    if record.kind == "order":
-        row["customer_identifier"] = data.get("customer_identifier")
-    else:
-        row |= {"order_id": data.get("order_id"), "tracking_number": data.get("tracking_number")}
-    return row
-
-
-def _line_row(source: str, order_seq: int, order_id: str, item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "order_seq": order_seq,
-        "line_number": line_number(item, order_id),
-        "source": source,
-        "order_id": order_id,
-        "sku": item.get("sku_customer_identifier"),
-        "quantity": exact_decimal(item.get("quantity"), order_id, "quantity"),
-        "unit_price": exact_decimal(item.get("unit_price"), order_id, "unit_price"),
-    }
 
 
 def line_items(record: Record) -> list[dict[str, Any]]:

@@ -18,76 +18,42 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import orjson
+import structlog
 from sqlalchemy import Table
 
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
 from ordersync.agent.sinks.sql import (
+    APPLIED_COLUMNS,
+    ENTITY_COLUMNS,
+    LINE_COLUMNS,
     TABLES,
+    Values,
     _by_kind,
+    applied_values,
     applied_versions,
     checkpoints,
-    exact_decimal,
+    entity_values,
     line_items,
-    line_number,
+    line_values,
     order_lines,
 )
 from ordersync.domain.timestamps import now_ms
 from ordersync.store.engine import SQLITE_BUSY_TIMEOUT_MS
 
-Values = tuple[Any, ...]
-
-
-def _order_values(seq: int, source: str, r: Record) -> Values:
-    data = r.data
-    return (
-        seq, source, r.id, r.version, r.updated_at_ms,
-        data.get("status"), data.get("customer_identifier"), orjson.dumps(data).decode(),
-    )
-
-
-def _shipment_values(seq: int, source: str, r: Record) -> Values:
-    data = r.data
-    return (
-        seq, source, r.id, r.version, r.updated_at_ms,
-        data.get("order_id"), data.get("status"), data.get("tracking_number"),
-        orjson.dumps(data).decode(),
-    )
-
-
-# Per kind: the tuple of one entity row, in these columns (checked against sql.py's tables).
-ENTITY_COLUMNS: dict[Kind, tuple[str, ...]] = {
-    "order": (
-        "seq", "source", "id", "version", "updated_at_ms", "status", "customer_identifier",
-        "data",
-    ),
-    "shipment": (
-        "seq", "source", "id", "version", "updated_at_ms", "order_id", "status",
-        "tracking_number", "data",
-    ),
-}
-ENTITY_VALUES: dict[Kind, Callable[[int, str, Record], Values]] = {
-    "order": _order_values,
-    "shipment": _shipment_values,
-}
-LINE_COLUMNS = (
-    "order_seq", "line_number", "source", "order_id", "sku", "quantity", "unit_price"
-)
-APPLIED_COLUMNS = ("kind", "entity_seq", "version", "source", "id", "applied_at_ms")
+log = structlog.get_logger("ordersync.agent.sinks")
 CURSOR_COLUMNS = ("source", "stream", "updated_at_ms", "last_id", "committed_at_ms")
 
 
-def _line_values(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values:
-    # Amounts in ExactDecimal's form on SQLite: the decimal's string.
-    quantity = exact_decimal(item.get("quantity"), r.id, "quantity")
-    price = exact_decimal(item.get("unit_price"), r.id, "unit_price")
+def _line_text(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values:
+    # ExactDecimal's form on SQLite: the decimal's string (sqlite3 cannot bind a Decimal).
+    row = line_values(seq, source, r, item)
+    quantity, price = row[5], row[6]
     return (
-        seq, line_number(item, r.id), source, r.id, item.get("sku_customer_identifier"),
-        None if quantity is None else str(quantity), None if price is None else str(price),
+        *row[:5], None if quantity is None else str(quantity), None if price is None else str(price)
     )
 
 
@@ -114,7 +80,6 @@ class Checkpointer(threading.Thread):
         self._path = path
         self._committed = threading.Event()
         self._closing = False
-        self.failures = 0
 
     def committed(self) -> None:
         self._committed.set()
@@ -139,8 +104,9 @@ class Checkpointer(threading.Thread):
                 self._committed.clear()
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error:
-                    self.failures += 1  # the writer's fallback checkpoint still bounds the WAL
+                except sqlite3.Error as exc:
+                    # The writer's fallback checkpoint still bounds the WAL; say why this failed.
+                    log.warning("replica_checkpoint_failed", path=self._path, error=str(exc))
         finally:
             db.close()
 
@@ -239,16 +205,17 @@ class SqliteWriter:
         newer = [r for r in latest if r.version > held.get(r.id, (0, 0))[0]]
         if not newer:
             return 0
-        values = ENTITY_VALUES[kind]
         seqs = {i: seq for i, (_, seq) in held.items()}
         first_seen = [r for r in newer if r.id not in held]
         if first_seen:
             (top,) = db.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()
             seqs |= {r.id: top + n for n, r in enumerate(first_seen, 1)}
-            db.executemany(self._inserts[kind], [values(seqs[r.id], source, r) for r in first_seen])
+            rows = [entity_values(seqs[r.id], source, r) for r in first_seen]
+            db.executemany(self._inserts[kind], rows)
         replaced = [r for r in newer if r.id in held]
         if replaced:
-            db.executemany(self._updates[kind], [values(seqs[r.id], source, r) for r in replaced])
+            rows = [entity_values(seqs[r.id], source, r) for r in replaced]
+            db.executemany(self._updates[kind], rows)
         if kind == "order":
             if replaced:
                 marks = ",".join("?" * len(replaced))
@@ -259,7 +226,7 @@ class SqliteWriter:
             db.executemany(
                 self._lines,
                 [
-                    _line_values(seqs[r.id], source, r, item)
+                    _line_text(seqs[r.id], source, r, item)
                     for r in newer
                     for item in line_items(r)
                 ],
@@ -268,7 +235,7 @@ class SqliteWriter:
         stamp = now_ms()
         db.executemany(
             self._applied,
-            [(kind, seqs[r.id], r.version, source, r.id, stamp) for r in newer],
+            [applied_values(kind, seqs[r.id], source, r, stamp) for r in newer],
         )
         return len(newer)
 
