@@ -16,6 +16,7 @@ import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -104,7 +105,32 @@ class StreamStatus:
     totals: CycleCounts = field(default_factory=CycleCounts)
 
 
-class SyncEngine:
+class StreamEngine:
+    """What both sync engines (this module's and `hubrise_sync.HubRiseSync`) share: per-stream
+    status, the cycle loop and the test hooks. Subclasses set the attributes and `run_cycle`."""
+
+    source: Any  # has .name
+    clock: Callable[[], int]
+    hook: EngineHook | None
+    _status: dict[str, StreamStatus]
+    run_cycle: Callable[..., Awaitable[CycleCounts]]
+
+    def status(self) -> list[StreamStatus]:
+        return with_lags(self._status.values(), self.clock())
+
+    async def run(self, interval: float, stop_event: asyncio.Event) -> None:
+        """Cycle every `interval` seconds until `stop_event` (see `run_every`)."""
+        await run_every(self.source.name, self.run_cycle, interval, stop_event)
+
+    async def _fire(self, step: str, stream: str) -> None:
+        if self.hook is None:
+            return
+        outcome = self.hook(step, stream)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+
+class SyncEngine(StreamEngine):
     def __init__(
         self,
         source: Source,
@@ -123,13 +149,6 @@ class SyncEngine:
         self.hook = hook
         self.page_size = min(settings.page_size, source.max_page_size)
         self._status = {s: StreamStatus(source.name, s) for s in source.streams}
-
-    def status(self) -> list[StreamStatus]:
-        return with_lags(self._status.values(), self.clock())
-
-    async def run(self, interval: float, stop_event: asyncio.Event) -> None:
-        """Cycle every `interval` seconds until `stop_event` (see `run_every`)."""
-        await run_every(self.source.name, self.run_cycle, interval, stop_event)
 
     async def run_cycle(
         self, *, max_pages: int | None = None, stop_event: asyncio.Event | None = None
@@ -274,12 +293,6 @@ class SyncEngine:
         self.metrics.freshness_lag.labels(self.source.name, stream).set(state.lag_ms / 1000)
         self.metrics.last_success.labels(self.source.name, stream).set(now / 1000)
 
-    async def _fire(self, step: str, stream: str) -> None:
-        if self.hook is None:
-            return
-        outcome = self.hook(step, stream)
-        if inspect.isawaitable(outcome):
-            await outcome
 
 
 # How long a page's write waits for the read-ahead request to leave. Sending takes microseconds;

@@ -23,7 +23,6 @@ It offers what the runner and the demo use of `SyncEngine`: `run_cycle`, `run`, 
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -31,9 +30,8 @@ import structlog
 from ordersync.agent.engine import (
     CycleCounts,
     EngineHook,
+    StreamEngine,
     StreamStatus,
-    run_every,
-    with_lags,
 )
 from ordersync.agent.errors import AgentError, AuthError
 from ordersync.agent.metrics import AgentMetrics
@@ -50,7 +48,7 @@ BACKFILL_DONE = Cursor(0, "")  # the walk reached the oldest order
 Phase = Callable[[StreamStatus, CycleCounts, int | None, asyncio.Event | None], Awaitable[bool]]
 
 
-class HubRiseSync:
+class HubRiseSync(StreamEngine):
     def __init__(
         self,
         source: HubRiseSource,
@@ -69,13 +67,6 @@ class HubRiseSync:
         self.hook = hook
         self.callback_ready = False
         self._status = {s: StreamStatus(source.name, s) for s in source.streams}
-
-    def status(self) -> list[StreamStatus]:
-        return with_lags(self._status.values(), self.clock())
-
-    async def run(self, interval: float, stop_event: asyncio.Event) -> None:
-        """Cycle every `interval` seconds until `stop_event`; as `SyncEngine.run`."""
-        await run_every(self.source.name, self.run_cycle, interval, stop_event)
 
     async def run_cycle(
         self, *, max_pages: int | None = None, stop_event: asyncio.Event | None = None
@@ -193,12 +184,6 @@ class HubRiseSync:
         self.metrics.records_applied.labels(self.source.name, stream).inc(result.applied)
         self.metrics.duplicates_dropped.labels(self.source.name, stream).inc(result.duplicates)
 
-    async def _fire(self, step: str, stream: str) -> None:
-        if self.hook is None:
-            return
-        outcome = self.hook(step, stream)
-        if inspect.isawaitable(outcome):
-            await outcome
 
 
 def _may_go_on(counts: CycleCounts, max_pages: int | None, stop: asyncio.Event | None) -> bool:
