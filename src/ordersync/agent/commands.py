@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from pathlib import Path
@@ -49,6 +50,10 @@ def run(
         runtime = await open_runtime(settings, os.environ)
         try:
             await preflight(runtime)
+            # What exists now (modules, config, engines) lives as long as the process. Frozen,
+            # the garbage collector's full passes stop re-scanning it while pages stream
+            # through: ~0.2 s of a 100,000-order backfill (bench/README.md).
+            gc.freeze()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
