@@ -535,6 +535,10 @@ def _dlt_worker(argv: list[str]) -> None:
     parser.add_argument("--token", required=True)
     parser.add_argument("--dest", required=True, type=Path)
     args = parser.parse_args(argv)
+    # SQLite takes one writer at a time. With dlt's default of 20 parallel load jobs, its load of
+    # 1,000,000 orders failed twice here with "database is locked" (results ...T230834Z and
+    # ...T233244Z); one load worker is the setting a dlt user would reach for.
+    os.environ.setdefault("LOAD__WORKERS", "1")
     started = time.monotonic()
     import dlt
     from dlt.sources.rest_api import rest_api_source
@@ -753,7 +757,11 @@ def run_dlt(
         timeout=timeout,
         hub_pid=hub.process.pid,
     )
-    details: dict[str, Any] = {"dlt_version": dlt_version(), "destination": "sqlalchemy (sqlite)"}
+    details: dict[str, Any] = {
+        "dlt_version": dlt_version(),
+        "destination": "sqlalchemy (sqlite)",
+        "load_workers": os.environ.get("LOAD__WORKERS", "1"),
+    }
     lines = measured.stdout.strip().splitlines()
     with contextlib.suppress(ValueError, IndexError):
         details.update(json.loads(lines[-1]))
