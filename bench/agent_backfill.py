@@ -528,6 +528,12 @@ def dlt_source_config(api_base: str, token: str) -> dict[str, Any]:
     }
 
 
+# SQLite takes one writer at a time. With dlt's default of 20 parallel load jobs, its load of
+# 1,000,000 orders failed twice here with "database is locked" (results ...T230834Z and
+# ...T233244Z); one load worker is the setting a dlt user would reach for.
+DLT_LOAD_WORKERS = "1"
+
+
 def _dlt_worker(argv: list[str]) -> None:
     """One dlt pipeline run, in its own process; prints a JSON summary on its last line."""
     parser = argparse.ArgumentParser(prog="agent_backfill.py _dlt")
@@ -535,10 +541,7 @@ def _dlt_worker(argv: list[str]) -> None:
     parser.add_argument("--token", required=True)
     parser.add_argument("--dest", required=True, type=Path)
     args = parser.parse_args(argv)
-    # SQLite takes one writer at a time. With dlt's default of 20 parallel load jobs, its load of
-    # 1,000,000 orders failed twice here with "database is locked" (results ...T230834Z and
-    # ...T233244Z); one load worker is the setting a dlt user would reach for.
-    os.environ.setdefault("LOAD__WORKERS", "1")
+    os.environ.setdefault("LOAD__WORKERS", DLT_LOAD_WORKERS)
     started = time.monotonic()
     import dlt
     from dlt.sources.rest_api import rest_api_source
@@ -760,7 +763,7 @@ def run_dlt(
     details: dict[str, Any] = {
         "dlt_version": dlt_version(),
         "destination": "sqlalchemy (sqlite)",
-        "load_workers": os.environ.get("LOAD__WORKERS", "1"),
+        "load_workers": os.environ.get("LOAD__WORKERS", DLT_LOAD_WORKERS),
     }
     lines = measured.stdout.strip().splitlines()
     with contextlib.suppress(ValueError, IndexError):
