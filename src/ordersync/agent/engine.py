@@ -24,7 +24,7 @@ from ordersync.agent.client import request_sent
 from ordersync.agent.errors import AgentError, AuthError
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.paging import PageRequest, TiePager
-from ordersync.agent.records import Cursor, FetchedPage, Record
+from ordersync.agent.records import ApplyResult, Cursor, FetchedPage, Record
 from ordersync.agent.sinks.base import Sink
 from ordersync.agent.sources import Source
 from ordersync.domain.timestamps import now_ms
@@ -62,6 +62,14 @@ async def run_every(
             log.warning("sync_cycle_failed", source=source, error=str(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop_event.wait(), interval)
+
+
+@dataclass(frozen=True)
+class Committing:
+    """A page handed to the sink: the cursor it stores, and its outcome to await."""
+
+    cursor: Cursor
+    outcome: Awaitable[ApplyResult]
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,9 @@ class SyncEngine(StreamEngine):
             )
 
         ahead = self._fetch_ahead(stream, pager) if may_fetch() else None
+        # The page sent to the sink and not yet known committed: the engine sends the next page
+        # before it awaits this one, so a pipelined sink writes while the engine reads on.
+        committing: Committing | None = None
         try:
             while ahead is not None:
                 request, fetching, _ = ahead
@@ -231,14 +242,23 @@ class SyncEngine(StreamEngine):
                 if ahead is not None:
                     await _until_sent(*ahead[1:])
                 if fresh:
-                    cursor = await self._commit_page(stream, fresh, cursor, drain_start, counts)
-                    state.cursor = cursor
-                    await self._fire("after_commit", stream)
+                    new_cursor = self.next_cursor(cursor, fresh[-1], drain_start)
+                    sent = await self._send_page(stream, fresh, new_cursor, cursor)
+                    cursor = new_cursor
+                    if committing is not None:
+                        await self._committed(stream, state, counts, committing)
+                    committing = Committing(new_cursor, sent)
                 if stop_event is not None and stop_event.is_set():
-                    return
+                    break
+            if committing is not None:
+                last, committing = committing, None
+                await self._committed(stream, state, counts, last)
         finally:
             if ahead is not None:
                 await _discard(ahead[1])
+            if committing is not None:  # leaving on an error: the page still ends, whole
+                with contextlib.suppress(Exception):
+                    await committing.outcome
         if pager.done:
             self._caught_up(stream, state, drain_start)
 
@@ -257,21 +277,29 @@ class SyncEngine(StreamEngine):
         )
         return request, fetching, sent
 
-    async def _commit_page(
-        self,
-        stream: str,
-        fresh: list[Record],
-        cursor: Cursor | None,
-        drain_start: int,
-        counts: CycleCounts,
-    ) -> Cursor:
-        new_cursor = self.next_cursor(cursor, fresh[-1], drain_start)
+    async def _send_page(
+        self, stream: str, fresh: list[Record], new_cursor: Cursor, base: Cursor | None
+    ) -> Awaitable[ApplyResult]:
+        """Hand the page to the sink: pipelined when it can (`PipelinedSink`), else applied now."""
+        submit = getattr(self.sink, "submit_page", None)
+        if submit is not None:
+            return await submit(self.source.name, stream, fresh, new_cursor, base)  # type: ignore[no-any-return]
         result = await self.sink.apply_page(self.source.name, stream, fresh, new_cursor)
+        done: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        done.set_result(result)
+        return done
+
+    async def _committed(
+        self, stream: str, state: StreamStatus, counts: CycleCounts, page: Committing
+    ) -> None:
+        """Wait for a page's commit, then count it and move the stream's visible cursor."""
+        result = await page.outcome
         counts.applied += result.applied
         counts.duplicates += result.duplicates
         self.metrics.records_applied.labels(self.source.name, stream).inc(result.applied)
         self.metrics.duplicates_dropped.labels(self.source.name, stream).inc(result.duplicates)
-        return new_cursor
+        state.cursor = page.cursor
+        await self._fire("after_commit", stream)
 
     def next_cursor(self, cursor: Cursor | None, last: Record, drain_start: int) -> Cursor:
         """The largest updated_at drained, never past (server time - lookback), never back."""

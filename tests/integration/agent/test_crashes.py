@@ -71,10 +71,12 @@ async def test_crash_at_each_step_then_restart_converges(
 async def test_a_stop_request_between_pages_keeps_committed_pages_and_resumes(
     hub: Hub, sink_factory: SinkFactory, dialect: str
 ) -> None:
-    """Stopping mid-drain leaves whole pages only; the next run picks up from the cursor."""
+    """Stopping mid-drain leaves whole pages only; the next run picks up from the cursor. The
+    stop comes once the first page committed; the page already sent after it (the engine sends
+    page k+1 before it awaits page k's commit) still ends whole, and nothing after it is sent."""
     import asyncio
 
-    await seed(hub)
+    await seed(hub)  # 180 orders (four pages of 50) and 25 shipments
     stop = asyncio.Event()
     sink = await sink_factory()
 
@@ -85,8 +87,8 @@ async def test_a_stop_request_between_pages_keeps_committed_pages_and_resumes(
     first = await build_engine(
         hub, sink, page_size=50, hook=stop_after_first, dialect=dialect
     ).run_cycle(stop_event=stop)
-    assert first.pages == 1
-    assert first.applied == 50
+    assert first.pages in (1, 2)
+    assert 50 <= first.applied <= first.fetched <= 100
     second = await build_engine(hub, sink, page_size=50, dialect=dialect).run_cycle()
     await assert_replica_equals_hub(hub, sink, dialect)
     await assert_applied_at_most_once(sink, first.applied + second.applied)

@@ -5,11 +5,13 @@ of changes), `http(s)://ERP/...` (POST per page with an Idempotency-Key)."""
 from __future__ import annotations
 
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from ordersync.agent.sinks.base import FaultHook, Sink
 from ordersync.errors import ConfigurationError
+
+if TYPE_CHECKING:  # the SQLite writer process imports this package: keep it light
+    import httpx
 
 
 async def open_sink(

@@ -8,12 +8,11 @@ Decimals are exact: TEXT on SQLite, NUMERIC on PostgreSQL, never float.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -38,11 +37,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
+from ordersync.agent.sinks.rows import (
+    APPLIED_COLUMNS,
+    ENTITY_COLUMNS,
+    LINE_COLUMNS,
+    TABLE_COLUMNS,
+    applied_values,
+    by_kind,
+    entity_values,
+    line_items,
+    line_values,
+)
+from ordersync.agent.sinks.sqlite_fast import UNCHECKED, Unchecked
+from ordersync.agent.sinks.writer_process import WriterProcess
 from ordersync.domain.timestamps import now_ms
-from ordersync.store.engine import create_engines, parse_database_url
-
-if TYPE_CHECKING:
-    from ordersync.agent.sinks.sqlite_fast import SqliteWriter
+from ordersync.store.engine import SQLITE_BUSY_TIMEOUT_MS, create_engines, parse_database_url
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -143,6 +152,9 @@ replica_meta = Table(
     Column("value", String(200), nullable=False),
 )
 TABLES: dict[Kind, Table] = {"order": orders, "shipment": shipments}
+for _name, _columns in TABLE_COLUMNS.items():  # rows.py's tuples must match the tables
+    if tuple(metadata.tables[_name].columns.keys()) != _columns:
+        raise RuntimeError(f"{_name}: columns {metadata.tables[_name].columns.keys()} differ")
 
 
 class SqlSink:
@@ -153,7 +165,11 @@ class SqlSink:
         self._reader, self.engine = engines
         self.backend = self.engine.dialect.name
         self.fault_hook = fault_hook
-        self._fast: SqliteWriter | None = None
+        # SQLite: pages go to a writer process (writer_process.py), started at the first page
+        # and again after one died; reading commands never start one.
+        self._sqlite_path: str | None = None
+        self._writer: WriterProcess | None = None
+        self._writer_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, url: str, *, fault_hook: FaultHook | None = None) -> SqlSink:
@@ -168,15 +184,14 @@ class SqlSink:
             await sink.close()
             raise SinkError(f"cannot open the replica at {url}: {exc}") from exc
         if sink.backend == "sqlite":
-            from ordersync.agent.sinks.sqlite_fast import SqliteWriter
-
-            database = parse_database_url(url).sync_url.removeprefix("sqlite:///")
-            sink._fast = SqliteWriter(database)
+            sink._sqlite_path = parse_database_url(url).sync_url.removeprefix("sqlite:///")
         return sink
 
     async def close(self) -> None:
-        if self._fast is not None:
-            self._fast.close()
+        async with self._writer_lock:
+            if self._writer is not None:
+                await self._writer.close()
+                self._writer = None
         await self.engine.dispose()
         if self._reader is not self.engine:
             await self._reader.dispose()
@@ -202,17 +217,13 @@ class SqlSink:
     async def apply_page(
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
     ) -> ApplyResult:
-        if self._fast is not None:
-            try:
-                return await self._fast.apply_page(
-                    source, stream, records, new_cursor, self.fault_hook
-                )
-            except sqlite3.Error as exc:
-                raise SinkError(f"the replica refused a page of {source}/{stream}: {exc}") from exc
+        if self._sqlite_path is not None:
+            outcome = await self.submit_page(source, stream, records, new_cursor, UNCHECKED)
+            return await outcome
         try:
             async with self.engine.begin() as conn:
                 applied = 0
-                for kind, group in _by_kind(records).items():
+                for kind, group in by_kind(records).items():
                     applied += await self._apply_kind(conn, source, kind, group)
                 fire(self.fault_hook, "before_cursor")
                 await self._save_cursor(conn, source, stream, new_cursor)
@@ -220,6 +231,32 @@ class SqlSink:
         except SQLAlchemyError as exc:
             raise SinkError(f"the replica refused a page of {source}/{stream}: {exc}") from exc
         return ApplyResult(applied, len(records) - applied)
+
+    async def submit_page(
+        self,
+        source: str,
+        stream: str,
+        records: Sequence[Record],
+        new_cursor: Cursor,
+        base: Cursor | Unchecked | None,
+    ) -> Awaitable[ApplyResult]:
+        """On SQLite: send the page to the writer process and return at once (see `Sink`).
+        Elsewhere: apply it now."""
+        if self._sqlite_path is None:
+            return _done(await self.apply_page(source, stream, records, new_cursor))
+        writer = await self._sqlite_writer(self._sqlite_path)
+        return await writer.submit(
+            source, stream, records, new_cursor, now_ms(), base=base, hook=self.fault_hook
+        )
+
+    async def _sqlite_writer(self, path: str) -> WriterProcess:
+        async with self._writer_lock:
+            if self._writer is not None and self._writer.failed is not None:
+                await self._writer.close()
+                self._writer = None
+            if self._writer is None:
+                self._writer = await WriterProcess.start(path, SQLITE_BUSY_TIMEOUT_MS)
+            return self._writer
 
     async def _apply_kind(
         self, conn: AsyncConnection, source: str, kind: Kind, records: list[Record]
@@ -308,55 +345,6 @@ class SqlSink:
         )
 
 
-# The rows of the replica, one definition for both write paths: tuples in these columns. The
-# SQLite path binds them as they are (amounts as text); this module zips them into dicts for
-# SQLAlchemy. The columns are checked against the tables when the SQLite writer opens.
-ENTITY_COLUMNS: dict[Kind, tuple[str, ...]] = {
-    "order": (
-        "seq", "source", "id", "version", "updated_at_ms", "status", "customer_identifier",
-        "data",
-    ),
-    "shipment": (
-        "seq", "source", "id", "version", "updated_at_ms", "order_id", "status",
-        "tracking_number", "data",
-    ),
-}
-LINE_COLUMNS = (
-    "order_seq", "line_number", "source", "order_id", "sku", "quantity", "unit_price"
-)
-APPLIED_COLUMNS = ("kind", "entity_seq", "version", "source", "id", "applied_at_ms")
-Values = tuple[Any, ...]
-
-
-def entity_values(seq: int | None, source: str, r: Record) -> Values:
-    """One `orders` or `shipments` row (ENTITY_COLUMNS[r.kind]); seq None: not yet given."""
-    data = r.data
-    document = orjson.dumps(data).decode()
-    if r.kind == "order":
-        return (
-            seq, source, r.id, r.version, r.updated_at_ms,
-            data.get("status"), data.get("customer_identifier"), document,
-        )
-    return (
-        seq, source, r.id, r.version, r.updated_at_ms,
-        data.get("order_id"), data.get("status"), data.get("tracking_number"), document,
-    )
-
-
-def line_values(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values:
-    """One `order_lines` row (LINE_COLUMNS), amounts as exact Decimals."""
-    return (
-        seq, line_number(item, r.id), source, r.id, item.get("sku_customer_identifier"),
-        exact_decimal(item.get("quantity"), r.id, "quantity"),
-        exact_decimal(item.get("unit_price"), r.id, "unit_price"),
-    )
-
-
-def applied_values(kind: Kind, seq: int, source: str, r: Record, stamp: int) -> Values:
-    """One `applied_versions` row (APPLIED_COLUMNS): this version of this entity, applied."""
-    return (kind, seq, r.version, source, r.id, stamp)
-
-
 def _prepare_layout(conn: Connection, url: str) -> None:
     """Create the replica's tables, or check that existing ones have this layout."""
     tables = set(inspect(conn).get_table_names())
@@ -377,6 +365,12 @@ def _prepare_layout(conn: Connection, url: str) -> None:
         )
 
 
+def _done(result: ApplyResult) -> Awaitable[ApplyResult]:
+    future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future
+
+
 def upsert_if_newer(table: Table, backend: str) -> Any:
     """INSERT, or UPDATE the held row only when the incoming version is newer."""
     dialect_insert = postgresql.insert if backend == "postgresql" else sqlite.insert
@@ -391,49 +385,3 @@ def upsert_if_newer(table: Table, backend: str) -> Any:
         set_=updated,
         where=statement.excluded.version > table.c.version,
     )
-
-
-def _by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
-    groups: dict[Kind, list[Record]] = {}
-    for record in records:
-        groups.setdefault(record.kind, []).append(record)
-    return groups
-
-
-def line_items(record: Record) -> list[dict[str, Any]]:
-    """An order's lines; SinkError (the page is not applied) if they are not a list of objects."""
-    items = record.data.get("line_items") or []
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise SinkError(
-            f"order {record.id}: line_items is not a list of lines; the page was not applied"
-        )
-    return items
-
-
-def line_number(item: dict[str, Any], order_id: str) -> int:
-    try:
-        return int(item["line_number"])
-    except (KeyError, TypeError, ValueError):
-        raise SinkError(
-            f"order {order_id}: a line without a valid line_number "
-            f"({item.get('line_number')!r}); the page was not applied"
-        ) from None
-
-
-def exact_decimal(value: Any, order_id: str, field: str) -> Decimal | None:
-    """A line amount as an exact Decimal; SinkError (the page is not applied) for anything that
-    is not a finite decimal number."""
-    # Decimals arrive as JSON strings; a JSON number would already be a float, so str() of it
-    # is the shortest repr that round-trips, never the binary expansion.
-    if value is None:
-        return None
-    try:
-        amount = Decimal(str(value))
-    except ArithmeticError:  # decimal.InvalidOperation
-        amount = None
-    if amount is None or not amount.is_finite():
-        raise SinkError(
-            f"order {order_id}: line {field} {value!r} is not a decimal amount; "
-            "the page was not applied"
-        )
-    return amount

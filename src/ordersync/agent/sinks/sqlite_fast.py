@@ -4,9 +4,10 @@ Through aiosqlite every statement, every fetch, the BEGIN and the COMMIT each cr
 driver's thread and back, and SQLAlchemy processes the parameters of every row: a page of 100
 orders cost ~16 ms of CPU, four times what SQLite itself needs. Here a whole page (read held
 versions, insert or update, lines, applied ledger, cursor) runs as one plain `sqlite3`
-transaction, called on the event loop, with rows built as tuples straight from the records.
-The tables are `sql.py`'s (checked column for column when the writer opens); the semantics
-are those of `SqlSink.apply_page`, and the fault hooks fire at the same steps.
+transaction, with rows built as tuples straight from the records (`rows.py`). It runs in a
+process of its own (`writer_process.py`), so the agent parses the next page while SQLite
+writes this one. The tables are `sql.py`'s; the semantics are those of `SqlSink.apply_page`,
+and the fault hooks fire at the same steps.
 
 The page's transaction starts with BEGIN IMMEDIATE, so this connection is the replica's only
 writer until COMMIT: an entity the held-versions read did not find cannot appear before the
@@ -22,30 +23,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import Table
 
-from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
+from ordersync.agent.records import Cursor, Kind, Record
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
-from ordersync.agent.sinks.sql import (
-    APPLIED_COLUMNS,
+from ordersync.agent.sinks.rows import (
     ENTITY_COLUMNS,
-    LINE_COLUMNS,
-    TABLES,
+    ENTITY_TABLES,
+    TABLE_COLUMNS,
     Values,
-    _by_kind,
     applied_values,
-    applied_versions,
-    checkpoints,
+    by_kind,
     entity_values,
     line_items,
     line_values,
-    order_lines,
 )
-from ordersync.domain.timestamps import now_ms
-from ordersync.store.engine import SQLITE_BUSY_TIMEOUT_MS
 
 log = structlog.get_logger("ordersync.agent.sinks")
-CURSOR_COLUMNS = ("source", "stream", "updated_at_ms", "last_id", "committed_at_ms")
 
 
 def _line_text(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values:
@@ -57,11 +50,21 @@ def _line_text(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values
     )
 
 
-def _insert(table: Table, columns: Sequence[str]) -> str:
-    if tuple(c.name for c in table.columns) != tuple(columns):
-        raise RuntimeError(f"{table.name}: columns {table.columns.keys()} != {columns}")
+class Unchecked:
+    """The `base` of a page applied whatever the stored cursor is."""
+
+
+UNCHECKED = Unchecked()
+
+
+class CursorMoved(Exception):
+    """The stored cursor is not the one the page continues from: the page was not applied."""
+
+
+def _insert(table: str) -> str:
+    columns = TABLE_COLUMNS[table]
     marks = ", ".join("?" * len(columns))
-    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
 # Checkpoints: the writer only appends commits to the WAL; a thread of its own copies them back
@@ -75,9 +78,10 @@ CHECKPOINT_GATHER_SECONDS = 0.05  # commits to gather before a checkpoint runs
 class Checkpointer(threading.Thread):
     """Runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection after commits."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_timeout_ms: int) -> None:
         super().__init__(name="ordersync-sqlite-checkpoint", daemon=True)
         self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
         self._committed = threading.Event()
         self._closing = False
 
@@ -91,7 +95,7 @@ class Checkpointer(threading.Thread):
 
     def run(self) -> None:
         db = sqlite3.connect(
-            self._path, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+            self._path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
         )
         try:
             # close() sets `_closing` before it wakes the thread, and the flag is read after
@@ -112,33 +116,27 @@ class Checkpointer(threading.Thread):
 
 
 class SqliteWriter:
-    """Applies pages to a SQLite replica file, one page at a time."""
+    """Applies pages to a SQLite replica file, one transaction per page. It runs in the writer
+    process (`writer_process`), which owns it alone."""
 
-    def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(
-            path,
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-        )
+    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT_PAGES}")
-        self._checkpointer = Checkpointer(path)
-        self._lock = threading.Lock()
+        self._checkpointer = Checkpointer(path, busy_timeout_ms)
         self._inserts: dict[Kind, str] = {}
         self._updates: dict[Kind, str] = {}
-        for kind, table in TABLES.items():
-            columns = ENTITY_COLUMNS[kind]
-            self._inserts[kind] = _insert(table, columns)
+        for kind, table in ENTITY_TABLES.items():
+            self._inserts[kind] = _insert(table)
             # The insert's values: seq (?1) picks the row, version (?4) never moves it back.
-            assigned = ", ".join(f"{c} = ?{i}" for i, c in enumerate(columns, 1) if c != "seq")
-            self._updates[kind] = (
-                f"UPDATE {table.name} SET {assigned} WHERE seq = ?1 AND version < ?4"
+            assigned = ", ".join(
+                f"{c} = ?{i}" for i, c in enumerate(ENTITY_COLUMNS[kind], 1) if c != "seq"
             )
-        self._lines = _insert(order_lines, LINE_COLUMNS)
-        self._applied = _insert(applied_versions, APPLIED_COLUMNS)
-        self._cursor = _insert(checkpoints, CURSOR_COLUMNS) + (
+            self._updates[kind] = f"UPDATE {table} SET {assigned} WHERE seq = ?1 AND version < ?4"
+        self._lines = _insert("order_lines")
+        self._applied = _insert("applied_versions")
+        self._cursor = _insert("checkpoints") + (
             " ON CONFLICT (source, stream) DO UPDATE SET updated_at_ms = excluded.updated_at_ms,"
             " last_id = excluded.last_id, committed_at_ms = excluded.committed_at_ms"
         )
@@ -146,50 +144,53 @@ class SqliteWriter:
 
     def close(self) -> None:
         self._checkpointer.close()
-        with self._lock:
-            self._db.close()  # the last connection to close checkpoints the rest
+        self._db.close()  # the last connection to close checkpoints the rest
 
-    async def apply_page(
-        self,
-        source: str,
-        stream: str,
-        records: Sequence[Record],
-        new_cursor: Cursor,
-        hook: FaultHook | None,
-    ) -> ApplyResult:
-        # On the event loop, not in a thread: a page is ~3 ms, mostly SQLite's own C code, and a
-        # worker thread cost more in GIL handoffs with the loop than it overlapped (bench/README).
-        # The engine has put the next page's request on the wire before calling this.
-        applied = self._apply(source, stream, records, new_cursor, hook)
-        return ApplyResult(applied, len(records) - applied)
-
-    def _apply(
+    def apply(
         self,
         source: str,
         stream: str,
         records: Sequence[Record],
         cursor: Cursor,
-        hook: FaultHook | None,
+        stamp: int,
+        hook: FaultHook | None = None,
+        *,
+        base: Cursor | Unchecked | None = UNCHECKED,
     ) -> int:
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                applied = 0
-                for kind, group in _by_kind(records).items():
-                    applied += self._apply_kind(db, source, kind, group, hook)
-                fire(hook, "before_cursor")
-                db.execute(
-                    self._cursor,
-                    (source, stream, cursor.updated_at_ms, cursor.last_id, now_ms()),
-                )
-                fire(hook, "after_cursor")
-                db.execute("COMMIT")
-                self._checkpointer.committed()
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return applied
+        """Apply the page and store `cursor` in one transaction; the number of records applied.
+        `stamp` (ms) is the applied and committed time the rows record. With `base`, the page
+        applies only if the stored cursor is still `base` (None: none stored), else
+        `CursorMoved`: the page was sent after one that failed, or another agent writes here."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not isinstance(base, Unchecked):
+                self._check_base(db, source, stream, base)
+            applied = 0
+            for kind, group in by_kind(records).items():
+                applied += self._apply_kind(db, source, kind, group, stamp, hook)
+            fire(hook, "before_cursor")
+            db.execute(self._cursor, (source, stream, cursor.updated_at_ms, cursor.last_id, stamp))
+            fire(hook, "after_cursor")
+            db.execute("COMMIT")
+            self._checkpointer.committed()
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return applied
+
+    @staticmethod
+    def _check_base(db: sqlite3.Connection, source: str, stream: str, base: Cursor | None) -> None:
+        row = db.execute(
+            "SELECT updated_at_ms, last_id FROM checkpoints WHERE source = ? AND stream = ?",
+            (source, stream),
+        ).fetchone()
+        stored = None if row is None else Cursor(int(row[0]), str(row[1]))
+        if stored != base:
+            raise CursorMoved(
+                f"the stored cursor of {source}/{stream} is {stored}, not {base} that the page "
+                "continues from (an earlier page failed, or another agent writes this replica)"
+            )
 
     def _apply_kind(
         self,
@@ -197,9 +198,10 @@ class SqliteWriter:
         source: str,
         kind: Kind,
         records: list[Record],
+        stamp: int,
         hook: FaultHook | None,
     ) -> int:
-        table = TABLES[kind].name
+        table = ENTITY_TABLES[kind]
         latest = list(latest_per_id(records).values())
         held = _held(db, table, source, [r.id for r in latest])
         newer = [r for r in latest if r.version > held.get(r.id, (0, 0))[0]]
@@ -232,7 +234,6 @@ class SqliteWriter:
                 ],
             )
         fire(hook, "mid_apply")
-        stamp = now_ms()
         db.executemany(
             self._applied,
             [applied_values(kind, seqs[r.id], source, r, stamp) for r in newer],
