@@ -72,6 +72,25 @@ def applied_values(kind: Kind, seq: int, source: str, r: Record, stamp: int) -> 
     return (kind, seq, r.version, source, r.id, stamp)
 
 
+# A record as the SQLite writer process takes it: (kind, id, version, the entity row after its
+# seq, the order's line rows after their order_seq), amounts as text (sqlite3 binds no Decimal).
+# The agent builds it, and so checks the page's data, before the page leaves for the writer.
+Prepared = tuple[Kind, str, int, Values, list[Values]]
+
+
+def prepare(source: str, r: Record) -> Prepared:
+    lines = []
+    if r.kind == "order":
+        for item in line_items(r):
+            row = line_values(0, source, r, item)
+            quantity, price = row[5], row[6]
+            lines.append(
+                (*row[1:5], None if quantity is None else str(quantity),
+                 None if price is None else str(price))
+            )  # fmt: skip
+    return (r.kind, r.id, r.version, entity_values(None, source, r)[1:], lines)
+
+
 def by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
     groups: dict[Kind, list[Record]] = {}
     for record in records:

@@ -20,34 +20,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
 
-from ordersync.agent.records import Cursor, Kind, Record
-from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
-from ordersync.agent.sinks.rows import (
-    ENTITY_COLUMNS,
-    ENTITY_TABLES,
-    TABLE_COLUMNS,
-    Values,
-    applied_values,
-    by_kind,
-    entity_values,
-    line_items,
-    line_values,
-)
+from ordersync.agent.records import Cursor, Kind
+from ordersync.agent.sinks.base import FaultHook, fire
+from ordersync.agent.sinks.rows import ENTITY_COLUMNS, ENTITY_TABLES, TABLE_COLUMNS, Prepared
 
 log = structlog.get_logger("ordersync.agent.sinks")
-
-
-def _line_text(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values:
-    # ExactDecimal's form on SQLite: the decimal's string (sqlite3 cannot bind a Decimal).
-    row = line_values(seq, source, r, item)
-    quantity, price = row[5], row[6]
-    return (
-        *row[:5], None if quantity is None else str(quantity), None if price is None else str(price)
-    )
 
 
 class Unchecked:
@@ -150,7 +130,7 @@ class SqliteWriter:
         self,
         source: str,
         stream: str,
-        records: Sequence[Record],
+        records: Sequence[Prepared],
         cursor: Cursor,
         stamp: int,
         hook: FaultHook | None = None,
@@ -167,7 +147,10 @@ class SqliteWriter:
             if not isinstance(base, Unchecked):
                 self._check_base(db, source, stream, base)
             applied = 0
-            for kind, group in by_kind(records).items():
+            groups: dict[Kind, list[Prepared]] = {}
+            for record in records:
+                groups.setdefault(record[0], []).append(record)
+            for kind, group in groups.items():
                 applied += self._apply_kind(db, source, kind, group, stamp, hook)
             fire(hook, "before_cursor")
             db.execute(self._cursor, (source, stream, cursor.updated_at_ms, cursor.last_id, stamp))
@@ -197,46 +180,43 @@ class SqliteWriter:
         db: sqlite3.Connection,
         source: str,
         kind: Kind,
-        records: list[Record],
+        records: list[Prepared],
         stamp: int,
         hook: FaultHook | None,
     ) -> int:
         table = ENTITY_TABLES[kind]
-        latest = list(latest_per_id(records).values())
-        held = _held(db, table, source, [r.id for r in latest])
-        newer = [r for r in latest if r.version > held.get(r.id, (0, 0))[0]]
+        latest: dict[str, Prepared] = {}
+        for record in records:  # a page may repeat an entity: its highest version counts
+            held_here = latest.get(record[1])
+            if held_here is None or record[2] > held_here[2]:
+                latest[record[1]] = record
+        held = _held(db, table, source, list(latest))
+        newer = [r for i, r in latest.items() if r[2] > held.get(i, (0, 0))[0]]
         if not newer:
             return 0
         seqs = {i: seq for i, (_, seq) in held.items()}
-        first_seen = [r for r in newer if r.id not in held]
+        first_seen = [r for r in newer if r[1] not in held]
         if first_seen:
             (top,) = db.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()
-            seqs |= {r.id: top + n for n, r in enumerate(first_seen, 1)}
-            rows = [entity_values(seqs[r.id], source, r) for r in first_seen]
-            db.executemany(self._inserts[kind], rows)
-        replaced = [r for r in newer if r.id in held]
+            seqs |= {r[1]: top + n for n, r in enumerate(first_seen, 1)}
+            db.executemany(self._inserts[kind], [(seqs[r[1]], *r[3]) for r in first_seen])
+        replaced = [r for r in newer if r[1] in held]
         if replaced:
-            rows = [entity_values(seqs[r.id], source, r) for r in replaced]
-            db.executemany(self._updates[kind], rows)
+            db.executemany(self._updates[kind], [(seqs[r[1]], *r[3]) for r in replaced])
         if kind == "order":
             if replaced:
                 marks = ",".join("?" * len(replaced))
                 db.execute(
                     f"DELETE FROM order_lines WHERE order_seq IN ({marks})",
-                    [seqs[r.id] for r in replaced],
+                    [seqs[r[1]] for r in replaced],
                 )
             db.executemany(
-                self._lines,
-                [
-                    _line_text(seqs[r.id], source, r, item)
-                    for r in newer
-                    for item in line_items(r)
-                ],
+                self._lines, [(seqs[r[1]], *line) for r in newer for line in r[4]]
             )
         fire(hook, "mid_apply")
         db.executemany(
             self._applied,
-            [applied_values(kind, seqs[r.id], source, r, stamp) for r in newer],
+            [(kind, seqs[r[1]], r[2], source, r[1], stamp) for r in newer],
         )
         return len(newer)
 

@@ -15,10 +15,11 @@ commits a page after a restarted agent read the cursor. If the writer dies, the 
 fail with `SinkError` and the sink starts a new writer for the next page.
 
 Frames are a 4-byte big-endian length and a pickle (both ends are this module).
-  agent -> writer: ("apply", source, stream, records as tuples, (cursor ms, last id), stamp ms,
-                   hooked, base), ("go",) or ("abort",) answering a ("step", name), ("close",)
-  writer -> agent, one reply per page in order: ("done", applied), ("refused", message) (the
-                   page's data), ("moved", message) (base is not the stored cursor),
+  agent -> writer: ("apply", source, stream, records as `rows.Prepared` tuples (the agent
+                   builds and checks them), (cursor ms, last id), stamp ms, hooked, checked,
+                   base), ("go",) or ("abort",) answering a ("step", name), ("close",)
+  writer -> agent, one reply per page in order: ("done", applied), ("moved", message) (base
+                   is not the stored cursor),
                    ("sqlite", message), ("aborted",), ("failed", message) (a bug: the
                    traceback is on stderr); also ("ready",) at start, ("step", name) before
                    each fault-hook step of a hooked page, ("closed",) at the end.
@@ -43,6 +44,7 @@ from typing import Any, BinaryIO
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Record
 from ordersync.agent.sinks.base import FaultHook
+from ordersync.agent.sinks.rows import prepare
 from ordersync.agent.sinks.sqlite_fast import UNCHECKED, CursorMoved, SqliteWriter, Unchecked
 
 Message = tuple[Any, ...]
@@ -118,13 +120,13 @@ class WriterProcess:
         (or SinkError). With a `base` other than UNCHECKED the page applies
         only if the stored cursor is `base` (None: none yet)."""
         label = f"a page of {source}/{stream}"
+        rows = [prepare(source, r) for r in records]  # SinkError here: the page is not sent
         if self.failed is not None:
             raise SinkError(f"{label} was not applied: {self.failed}")
         if hook is not None:  # a hooked page answers step by step: alone in the pipe
             await self.idle()
         page = _Page(asyncio.get_running_loop().create_future(), label, len(records), hook)
         page.outcome.add_done_callback(_retrieve)
-        rows = [(r.kind, r.id, r.version, r.updated_at_ms, r.data) for r in records]
         checked = not isinstance(base, Unchecked)
         base_value = (base.updated_at_ms, base.last_id) if isinstance(base, Cursor) else None
         message = (
@@ -238,8 +240,6 @@ def _settle(page: _Page, reply: Message) -> None:
         future.set_result(ApplyResult(applied, page.records - applied))
     elif outcome == "aborted" and page.hook_error is not None:
         future.set_exception(page.hook_error)
-    elif outcome == "refused":
-        future.set_exception(SinkError(reply[1]))
     elif outcome == "moved":
         future.set_exception(SinkError(f"{page.label} was not applied: {reply[1]}"))
     elif outcome == "sqlite":
@@ -315,10 +315,9 @@ def serve(path: str, busy_timeout_ms: int, parent_pid: int) -> int:
             if message[0] == "close":
                 break
             _, source, stream, rows, (cursor_ms, last_id), stamp, hooked, checked, base = message
-            records = [Record(*row) for row in rows]
             try:
                 applied = writer.apply(
-                    source, stream, records, Cursor(cursor_ms, last_id), stamp,
+                    source, stream, rows, Cursor(cursor_ms, last_id), stamp,
                     ask if hooked else None,
                     base=(None if base is None else Cursor(*base)) if checked else UNCHECKED,
                 )  # fmt: skip
@@ -326,8 +325,6 @@ def serve(path: str, busy_timeout_ms: int, parent_pid: int) -> int:
                 pipe.send(("aborted",))
             except CursorMoved as exc:
                 pipe.send(("moved", str(exc)))
-            except SinkError as exc:
-                pipe.send(("refused", str(exc)))
             except sqlite3.Error as exc:
                 pipe.send(("sqlite", str(exc)))
             except Exception as exc:
