@@ -305,7 +305,8 @@ def running_hub(db: Path, workdir: Path, dialect: str = "masonhub") -> Iterator[
 
 
 class RssSampler(threading.Thread):
-    """Samples a process's resident set (VmRSS) from /proc a few times per second."""
+    """Samples the resident set (VmRSS) of a process and all its descendants, summed, from /proc
+    a few times per second: the agent's SQLite writer is a child process, and counts."""
 
     def __init__(self, pid: int, interval: float = 0.25) -> None:
         super().__init__(daemon=True)
@@ -317,7 +318,7 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            rss = read_rss_mb(self.pid)
+            rss = tree_rss_mb(self.pid)
             if rss is not None:
                 self.samples.append((time.monotonic() - self.started_at, rss))
             self._stop_event.wait(self.interval)
@@ -341,6 +342,26 @@ class RssSampler(threading.Thread):
         return [[round(t, 1), round(mb, 1)] for t, mb in picked]
 
 
+def descendants(pid: int) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for children in glob.glob(f"/proc/{parent}/task/*/children"):
+            with contextlib.suppress(OSError), open(children) as listing:
+                for child in listing.read().split():
+                    found.append(int(child))
+                    queue.append(int(child))
+    return found
+
+
+def tree_rss_mb(pid: int) -> float | None:
+    """The RSS of `pid` and its descendants, summed; None once `pid` is gone."""
+    own = read_rss_mb(pid)
+    if own is None:
+        return None
+    return own + sum(read_rss_mb(child) or 0.0 for child in descendants(pid))
+
+
 def read_rss_mb(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -356,9 +377,9 @@ def read_rss_mb(pid: int) -> float | None:
 class Measured:
     returncode: int
     seconds: float
-    peak_rss_mb: float  # the kernel's high-water mark (wait4 ru_maxrss)
+    peak_rss_mb: float  # the kernel's high-water mark of its largest process (wait4 ru_maxrss)
     cpu_seconds: float  # user + system, from the same rusage
-    sampled_peak_rss_mb: float
+    sampled_peak_rss_mb: float  # the process and its descendants, summed
     rss_timeline: list[list[float]]
     stdout: str
     log_tail: str
@@ -709,7 +730,9 @@ def finish(
         records_per_s=round(n / measured.seconds, 1) if measured.returncode == 0 else 0.0,
         api_calls=api_calls,
         calls_per_page=round(api_calls / math.ceil(n / PAGE_SIZE), 4),
-        peak_rss_mb=round(measured.peak_rss_mb, 1),
+        # The larger of the sampled sum over the tool's processes (the agent and its writer) and
+        # the kernel's exact peak of its largest process (which a 0.25 s sample could miss).
+        peak_rss_mb=round(max(measured.peak_rss_mb, measured.sampled_peak_rss_mb), 1),
         cpu_seconds=round(measured.cpu_seconds, 1),
         hub_cpu_seconds=round(hub_cpu, 1),
         correct=verdict is not None and verdict.correct,
@@ -719,6 +742,7 @@ def finish(
         hub_peak_rss_mb=round(hub.sampler.peak_mb, 1),
         details={
             "sampled_peak_rss_mb": round(measured.sampled_peak_rss_mb, 1),
+            "largest_process_peak_rss_mb": round(measured.peak_rss_mb, 1),
             "exit_code": measured.returncode,
             **details,
         },

@@ -119,11 +119,13 @@ def test_a_refused_token_fails_at_start(tmp_path: Path, served_hub: tuple[str, s
 
 
 @pytest.mark.slow
-def test_agent_runs_serves_status_and_stops_gracefully_on_sigterm(
-    tmp_path: Path, served_hub: tuple[str, str]
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_agent_runs_serves_status_and_stops_gracefully_on_a_signal(
+    tmp_path: Path, served_hub: tuple[str, str], stop: signal.Signals
 ) -> None:
     """A running agent logs one JSON line per call, answers /status and /metrics, and exits
-    0 on SIGTERM; `agent status` then shows the stored cursors."""
+    0 on SIGTERM or Ctrl-C, sent to its whole process group as a service manager and a
+    terminal do; `agent status` then shows the stored cursors."""
     base_url, token = served_hub
     port = free_port()
     config = write_config(tmp_path / "agent.toml", base_url, port=port)
@@ -134,17 +136,19 @@ def test_agent_runs_serves_status_and_stops_gracefully_on_sigterm(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,
     )
     try:
         status = _wait_for_status(port)
         assert {row["stream"] for row in status} == {"orders", "shipments"}
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         assert "ordersync_agent_records_applied_total" in metrics
-        process.send_signal(signal.SIGTERM)
+        os.killpg(process.pid, stop)
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
     assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "writer" not in stderr, stderr
     assert '"processing_time_ms"' in stderr and '"records_returned"' in stderr
     shown = subprocess.run(
         [*ORDERSYNC, "agent", "status", "--config", str(config)],

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import sqlite3
 import sys
 import traceback
@@ -121,10 +122,11 @@ class WriterProcess:
         only if the stored cursor is `base` (None: none yet)."""
         label = f"a page of {source}/{stream}"
         rows = [prepare(source, r) for r in records]  # SinkError here: the page is not sent
-        if self.failed is not None:
-            raise SinkError(f"{label} was not applied: {self.failed}")
         if hook is not None:  # a hooked page answers step by step: alone in the pipe
             await self.idle()
+        # No await between this check and the append: a writer that failed answers nothing more.
+        if self.failed is not None:
+            raise SinkError(f"{label} was not applied: {self.failed}")
         page = _Page(asyncio.get_running_loop().create_future(), label, len(records), hook)
         page.outcome.add_done_callback(_retrieve)
         checked = not isinstance(base, Unchecked)
@@ -278,10 +280,13 @@ class _Pipe:
         return pickle.loads(body)  # type: ignore[no-any-return]
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _live_and_die_with_parent(parent_pid: int) -> None:
+    # Ctrl-C in a terminal and a service manager's stop signal the whole process group: the
+    # agent then finishes its pages and closes this writer, which must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform == "linux":
         import ctypes
-        import signal
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -290,7 +295,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def serve(path: str, busy_timeout_ms: int, parent_pid: int) -> int:
-    _die_with_parent(parent_pid)
+    _live_and_die_with_parent(parent_pid)
     # The protocol owns stdout; anything else printed goes to stderr.
     outgoing = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
