@@ -48,11 +48,16 @@ def _insert(table: str) -> str:
 
 
 # Checkpoints: the writer only appends commits to the WAL; a thread of its own copies them back
-# into the database file (and fsyncs it), so a page's COMMIT never waits for that. Past this
-# many WAL pages (~40 MB) the writer checkpoints itself as SQLite normally would, so the WAL stays
-# bounded even if the thread falls behind.
-FALLBACK_AUTOCHECKPOINT_PAGES = 10_000
-CHECKPOINT_GATHER_SECONDS = 0.05  # commits to gather before a checkpoint runs
+# into the database file (and fsyncs it), so a page's COMMIT never waits for that. It gathers a
+# second of commits first: a page's commit dirties ~100 random leaves of the id index and the
+# same tail pages of the other tables, and a page dirtied by several commits is copied once.
+# In a 1M-order backfill that halved the checkpoint thread's CPU per gathered 0.05 -> 0.5 s and
+# halved it again at 1 s (bench/README.md). Past FALLBACK pages (~160 MB; a second of backfill
+# writes ~130 MB) the writer checkpoints itself as SQLite normally would, so the WAL stays
+# bounded even if the thread falls behind. The wait changes no guarantee: a page and its cursor
+# are in the WAL at COMMIT, whenever they are copied.
+FALLBACK_AUTOCHECKPOINT_PAGES = 40_000
+CHECKPOINT_GATHER_SECONDS = 1.0  # commits to gather before a checkpoint runs
 
 
 class Checkpointer(threading.Thread):
