@@ -1008,10 +1008,9 @@ def assess(results: list[Result]) -> dict[str, Any]:
             }
         )
     checks: dict[str, bool] = {}
-    if out["ratios"]:
-        checks[f"records/s >= {TARGET_SPEEDUP:g}x dlt"] = all(
-            x["ratio"] >= TARGET_SPEEDUP for x in out["ratios"]
-        )
+    for x in out["ratios"]:  # one verdict per agent N: the N is 1,000,000
+        n = f"{x['agent_n']:,}" + ("" if x["dlt_n"] == x["agent_n"] else f" (dlt {x['dlt_n']:,})")
+        checks[f"records/s >= {TARGET_SPEEDUP:g}x dlt at N={n}"] = x["ratio"] >= TARGET_SPEEDUP
     if agents:
         checks[f"API calls <= {TARGET_CALLS_FACTOR} x ceil(N/100)"] = all(
             a.calls_per_page <= TARGET_CALLS_FACTOR for a in agents.values()

@@ -37,8 +37,8 @@ from ordersync.domain.timestamps import format_rfc3339, now_ms
 
 Sleep = Callable[[float], Awaitable[None]]
 # Set by the engine around a read-ahead fetch: set once that request's bytes are on the wire, so
-# that the engine writes the current page (SQLite's sink does it on the event loop) only after
-# the next request has left and the platform works on it meanwhile.
+# that the engine hands the current page to the sink only after the next request has left and
+# the platform works on it meanwhile.
 request_sent: ContextVar[asyncio.Event | None] = ContextVar("request_sent", default=None)
 Params = Mapping[str, str | int] | Sequence[tuple[str, str | int]]
 log = structlog.get_logger("ordersync.agent.api")
