@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
 
 import structlog
@@ -68,13 +67,14 @@ class Checkpointer(threading.Thread):
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._committed = threading.Event()
-        self._closing = False
+        self._closing = threading.Event()
 
     def committed(self) -> None:
         self._committed.set()
 
     def close(self) -> None:
-        self._closing = True
+        """Stop at once, even mid-gather: the writer's own close checkpoints the rest."""
+        self._closing.set()
         self._committed.set()
         self.join()
 
@@ -85,11 +85,10 @@ class Checkpointer(threading.Thread):
         try:
             # close() sets `_closing` before it wakes the thread, and the flag is read after
             # every wait and every checkpoint: a wake-up cleared meanwhile cannot be missed.
-            while not self._closing:
+            while not self._closing.is_set():
                 self._committed.wait()
-                if self._closing:
+                if self._closing.wait(CHECKPOINT_GATHER_SECONDS):  # gather, unless closing
                     return
-                time.sleep(CHECKPOINT_GATHER_SECONDS)
                 self._committed.clear()
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
