@@ -280,7 +280,8 @@ class SyncEngine(StreamEngine):
     async def _send_page(
         self, stream: str, fresh: list[Record], new_cursor: Cursor, base: Cursor | None
     ) -> Awaitable[ApplyResult]:
-        """Hand the page to the sink: pipelined when it can (`PipelinedSink`), else applied now."""
+        """Hand the page to the sink: pipelined when it can (`sinks.base.PipelinedSink`), else
+        applied now."""
         submit = getattr(self.sink, "submit_page", None)
         if submit is not None:
             return await submit(self.source.name, stream, fresh, new_cursor, base)  # type: ignore[no-any-return]

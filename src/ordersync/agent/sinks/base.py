@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
@@ -33,6 +33,24 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class PipelinedSink(Sink, Protocol):
+    """A sink that can take the next page before the last one committed (SQLite's writer
+    process). The engine uses `submit_page` when a sink has it, and `apply_page` otherwise."""
+
+    async def submit_page(
+        self,
+        source: str,
+        stream: str,
+        records: Sequence[Record],
+        new_cursor: Cursor,
+        base: Cursor | None,
+    ) -> Awaitable[ApplyResult]:
+        """Send the page on its way; await the result for its commit. Pages apply in the order
+        sent, and each only if the stored cursor is still `base` (None: none yet): a page sent
+        behind one that failed is refused, never applied past the gap."""
+        ...
 
 
 def latest_per_id(records: Sequence[Record]) -> dict[tuple[str, str], Record]:
