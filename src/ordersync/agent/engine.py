@@ -25,7 +25,7 @@ from ordersync.agent.errors import AgentError, AuthError
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.paging import PageRequest, TiePager
 from ordersync.agent.records import ApplyResult, Cursor, FetchedPage, Record
-from ordersync.agent.sinks.base import Sink
+from ordersync.agent.sinks.base import Sink, settled
 from ordersync.agent.sources import Source
 from ordersync.domain.timestamps import now_ms
 
@@ -285,10 +285,7 @@ class SyncEngine(StreamEngine):
         submit = getattr(self.sink, "submit_page", None)
         if submit is not None:
             return await submit(self.source.name, stream, fresh, new_cursor, base)  # type: ignore[no-any-return]
-        result = await self.sink.apply_page(self.source.name, stream, fresh, new_cursor)
-        done: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        done.set_result(result)
-        return done
+        return settled(await self.sink.apply_page(self.source.name, stream, fresh, new_cursor))
 
     async def _committed(
         self, stream: str, state: StreamStatus, counts: CycleCounts, page: Committing

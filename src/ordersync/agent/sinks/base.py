@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,6 +52,13 @@ class PipelinedSink(Sink, Protocol):
         sent, and each only if the stored cursor is still `base` (None: none yet): a page sent
         behind one that failed is refused, never applied past the gap."""
         ...
+
+
+def settled(result: ApplyResult) -> Awaitable[ApplyResult]:
+    """The outcome of a page already applied, for `PipelinedSink.submit_page`'s callers."""
+    future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future
 
 
 def latest_per_id(records: Sequence[Record]) -> dict[tuple[str, str], Record]:

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
-from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id
+from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id, settled
 from ordersync.agent.sinks.rows import (
     APPLIED_COLUMNS,
     ENTITY_COLUMNS,
@@ -243,7 +243,7 @@ class SqlSink:
         """On SQLite: send the page to the writer process and return at once (see `Sink`).
         Elsewhere: apply it now."""
         if self._sqlite_path is None:
-            return _done(await self.apply_page(source, stream, records, new_cursor))
+            return settled(await self.apply_page(source, stream, records, new_cursor))
         writer = await self._sqlite_writer(self._sqlite_path)
         return await writer.submit(
             source, stream, records, new_cursor, now_ms(), base=base, hook=self.fault_hook
@@ -363,12 +363,6 @@ def _prepare_layout(conn: Connection, url: str) -> None:
         raise SinkError(
             f"the replica at {url} has layout {layout}; this ordersync writes layout {LAYOUT}"
         )
-
-
-def _done(result: ApplyResult) -> Awaitable[ApplyResult]:
-    future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-    future.set_result(result)
-    return future
 
 
 def upsert_if_newer(table: Table, backend: str) -> Any:

@@ -142,9 +142,10 @@ class SqliteWriter:
         base: Cursor | Unchecked | None = UNCHECKED,
     ) -> int:
         """Apply the page and store `cursor` in one transaction; the number of records applied.
-        `stamp` (ms) is the applied and committed time the rows record. With `base`, the page
-        applies only if the stored cursor is still `base` (None: none stored), else
-        `CursorMoved`: the page was sent after one that failed, or another agent writes here."""
+        `records` holds one version per entity (the agent keeps the latest). `stamp` (ms) is
+        the applied and committed time the rows record. With `base`, the page applies only if
+        the stored cursor is still `base` (None: none stored), else `CursorMoved`: the page was
+        sent after one that failed, or another agent writes here."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -189,13 +190,8 @@ class SqliteWriter:
         hook: FaultHook | None,
     ) -> int:
         table = ENTITY_TABLES[kind]
-        latest: dict[str, Prepared] = {}
-        for record in records:  # a page may repeat an entity: its highest version counts
-            held_here = latest.get(record[1])
-            if held_here is None or record[2] > held_here[2]:
-                latest[record[1]] = record
-        held = _held(db, table, source, list(latest))
-        newer = [r for i, r in latest.items() if r[2] > held.get(i, (0, 0))[0]]
+        held = _held(db, table, source, [r[1] for r in records])
+        newer = [r for r in records if r[2] > held.get(r[1], (0, 0))[0]]
         if not newer:
             return 0
         seqs = {i: seq for i, (_, seq) in held.items()}

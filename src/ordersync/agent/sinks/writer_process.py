@@ -44,7 +44,7 @@ from typing import Any, BinaryIO
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Record
-from ordersync.agent.sinks.base import FaultHook
+from ordersync.agent.sinks.base import FaultHook, latest_per_id
 from ordersync.agent.sinks.rows import prepare
 from ordersync.agent.sinks.sqlite_fast import UNCHECKED, CursorMoved, SqliteWriter, Unchecked
 
@@ -118,10 +118,12 @@ class WriterProcess:
         hook: FaultHook | None = None,
     ) -> asyncio.Future[ApplyResult]:
         """Send a page; the future gives its ApplyResult once the page and `cursor` committed
-        (or SinkError). With a `base` other than UNCHECKED the page applies
-        only if the stored cursor is `base` (None: none yet)."""
+        (or SinkError). With a `base` other than UNCHECKED the page applies only if the stored
+        cursor is `base` (None: none yet)."""
         label = f"a page of {source}/{stream}"
-        rows = [prepare(source, r) for r in records]  # SinkError here: the page is not sent
+        # The latest version of each entity only (the writer relies on it); SinkError from
+        # `prepare` means the page's data is unusable, and the page is not sent.
+        rows = [prepare(source, r) for r in latest_per_id(records).values()]
         if hook is not None:  # a hooked page answers step by step: alone in the pipe
             await self.idle()
         # No await between this check and the append: a writer that failed answers nothing more.
