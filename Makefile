@@ -16,7 +16,9 @@ demo: $(STAMP)
 	$(BIN)/ordersync demo
 
 test: $(STAMP)
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

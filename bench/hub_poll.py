@@ -634,8 +634,17 @@ def hub_server(
     """`ordersync hub serve` in its own process; yields (port, pid) once /healthz answers."""
     port = free_port()
     logfile = (workdir / f"hub-{port}.log").open("wb")
-    cmd = [str(VENV_BIN / "ordersync"), "hub", "serve", "--db", url, "--port", str(port),
-           "--workers", str(workers)]
+    cmd = [
+        str(VENV_BIN / "ordersync"),
+        "hub",
+        "serve",
+        "--db",
+        url,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, cwd=workdir)
     try:
         deadline = time.monotonic() + 60
@@ -654,8 +663,10 @@ def hub_server(
             if time.monotonic() > deadline:
                 raise RuntimeError("hub did not answer /healthz within 60 s")
             time.sleep(0.1)
-        log(f"hub: pid {proc.pid} serving on port {port} (uvicorn, uvloop + httptools, "
-            f"{workers} worker{'s' if workers > 1 else ''})")
+        log(
+            f"hub: pid {proc.pid} serving on port {port} (uvicorn, uvloop + httptools, "
+            f"{workers} worker{'s' if workers > 1 else ''})"
+        )
         yield port, proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
@@ -824,9 +835,7 @@ def bench_backend(
             log(f"{backend}: {c} client(s), up to {per_client:,} pages each: floor ...")
             floor = run_floor(url, token, plan, per_client, warmup)
             log(f"{backend}: {c} client(s): HTTP ...")
-            spy = (
-                start_profiler(pid, profile_dir, backend, c, hub_workers) if profile_dir else None
-            )
+            spy = start_profiler(pid, profile_dir, backend, c, hub_workers) if profile_dir else None
             http = run_http_load(pid, port, token, plan, per_client, warmup, timeout=3600)
             server_cpu = http["hub_cpu"]  # read by the load process around the measured walk
             if spy is not None:

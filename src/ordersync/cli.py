@@ -175,8 +175,9 @@ def demo(
     duration: Annotated[float, typer.Option(help="Seconds to run before the proof.")] = 60.0,
     rate: Annotated[
         float | None,
-        typer.Option(help="Simulated new orders per second [default: 5, hubrise 0.5].",
-                     show_default=False),
+        typer.Option(
+            help="Simulated new orders per second [default: 5, hubrise 0.5].", show_default=False
+        ),
     ] = None,
     port: Annotated[int, typer.Option(help="Hub port on 127.0.0.1.")] = 8080,
     data_dir: Annotated[Path, typer.Option(help="Where the SQLite files go.")] = Path("demo-data"),
@@ -185,8 +186,11 @@ def demo(
         bool, typer.Option(help="Inject errors, 429s, latency, resets and late commits.")
     ] = False,
     dialect: Annotated[
-        str, typer.Option(help="The wire dialect the agent syncs through: masonhub (/api/v1),"
-                          " tradecloud (/v2) or hubrise (/v1).")
+        str,
+        typer.Option(
+            help="The wire dialect the agent syncs through: masonhub (/api/v1),"
+            " tradecloud (/v2) or hubrise (/v1)."
+        ),
     ] = "masonhub",
 ) -> None:
     """Hub + warehouse simulator + agent on embedded SQLite, then the proof that the replica
@@ -195,8 +199,15 @@ def demo(
 
     if dialect not in API_ROOTS:
         raise typer.BadParameter(f"use one of {', '.join(API_ROOTS)}", param_hint="--dialect")
-    settings = DemoSettings(data_dir=data_dir, port=port, rate=rate, duration=duration,
-                            seed=seed, faults=faults, dialect=dialect)
+    settings = DemoSettings(
+        data_dir=data_dir,
+        port=port,
+        rate=rate,
+        duration=duration,
+        seed=seed,
+        faults=faults,
+        dialect=dialect,
+    )
     try:
         code = main_exit_code(settings)
     except OrdersyncError as exc:

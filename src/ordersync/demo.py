@@ -43,7 +43,7 @@ _CURL = {
     "masonhub": "curl -H 'Authorization: Bearer {token}' "
     "'{base_url}/orders?updated_since=2020-01-01T00:00:00Z&limit=100'",
     "tradecloud": "curl -u '{connection}:{token}' -H 'Content-Type: application/json' "
-    "-d '{{\"filters\": {{\"lastUpdatedAfter\": \"2020-01-01T00:00:00.000Z\"}}}}' "
+    '-d \'{{"filters": {{"lastUpdatedAfter": "2020-01-01T00:00:00.000Z"}}}}\' '
     "'{base_url}/order-search/poll'",
     "hubrise": "curl -H 'X-Access-Token: {token}' '{base_url}/location/orders?count=100'",
 }
@@ -80,10 +80,12 @@ class Proof:
 
     def line(self) -> str:
         verdict = "versions equal" if self.holds else "MISMATCH"
-        return (f"proof: hub {self.hub_orders} orders / {self.hub_shipments} shipments; replica "
-                f"{self.replica_orders} / {self.replica_shipments}; {verdict}; "
-                f"missed {self.missed}; applied twice {self.applied_twice} "
-                f"({self.applied} versions applied, {self.duplicates_dropped} repeats dropped)")
+        return (
+            f"proof: hub {self.hub_orders} orders / {self.hub_shipments} shipments; replica "
+            f"{self.replica_orders} / {self.replica_shipments}; {verdict}; "
+            f"missed {self.missed}; applied twice {self.applied_twice} "
+            f"({self.applied} versions applied, {self.duplicates_dropped} repeats dropped)"
+        )
 
 
 async def run_demo(settings: DemoSettings, console: Console) -> int:
@@ -94,19 +96,32 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
     token = await store.create_token("demo", CONNECTION)
     account_id = (await store.authenticate(token)).account_id
     faults = FaultSettings.demo(settings.seed) if settings.faults else FaultSettings()
-    hub_settings = HubSettings(db_url=f"sqlite:///{hub_db}", port=settings.port,
-                               simulate_rate=settings.rate or 0.0, simulate_seed=settings.seed,
-                               simulate_account="demo", faults=faults)
+    hub_settings = HubSettings(
+        db_url=f"sqlite:///{hub_db}",
+        port=settings.port,
+        simulate_rate=settings.rate or 0.0,
+        simulate_seed=settings.seed,
+        simulate_account="demo",
+        faults=faults,
+    )
     app = create_app(hub_settings, store)
     if settings.dialect not in API_ROOTS:
-        raise ConfigurationError(f"unknown dialect {settings.dialect!r}; use "
-                                 f"{', '.join(API_ROOTS)}")
+        raise ConfigurationError(
+            f"unknown dialect {settings.dialect!r}; use {', '.join(API_ROOTS)}"
+        )
     base_url = f"http://127.0.0.1:{settings.port}{API_ROOTS[settings.dialect]}"
     config = AgentConfig(
-        sources=[SourceConfig(name=settings.dialect, dialect=settings.dialect,
-                              base_url=base_url, token_env=TOKEN_ENV,
-                              connection_name=CONNECTION, interval=settings.interval,
-                              lookback=settings.lookback)],
+        sources=[
+            SourceConfig(
+                name=settings.dialect,
+                dialect=settings.dialect,
+                base_url=base_url,
+                token_env=TOKEN_ENV,
+                connection_name=CONNECTION,
+                interval=settings.interval,
+                lookback=settings.lookback,
+            )
+        ],
         sink=SinkConfig(url=f"sqlite:///{replica_db}"),
     )
     try:
@@ -123,8 +138,7 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
                 await runtime.close()
     finally:
         await store.close()
-    console.print(proof.line(), style="bold green" if proof.holds else "bold red",
-                  soft_wrap=True)
+    console.print(proof.line(), style="bold green" if proof.holds else "bold red", soft_wrap=True)
     return 0 if proof.holds else 1
 
 
@@ -138,19 +152,32 @@ def _fresh_files(data_dir: Path) -> tuple[Path, Path]:
     return paths
 
 
-def _introduce(console: Console, settings: DemoSettings, base_url: str, token: str,
-               hub_db: Path, replica_db: Path) -> None:
+def _introduce(
+    console: Console,
+    settings: DemoSettings,
+    base_url: str,
+    token: str,
+    hub_db: Path,
+    replica_db: Path,
+) -> None:
     faults = " with injected faults (errors, 429s, latency, resets, late commits)"
-    console.print(f"[bold]hub[/bold] {base_url} on {hub_db}, simulating {settings.rate:g} "
-                  f"orders/s{faults if settings.faults else ''}", soft_wrap=True)
-    console.print(f"[bold]agent[/bold] mirroring it into {replica_db} every "
-                  f"{settings.interval:g} s (lookback {settings.lookback:g} s)", soft_wrap=True)
+    console.print(
+        f"[bold]hub[/bold] {base_url} on {hub_db}, simulating {settings.rate:g} "
+        f"orders/s{faults if settings.faults else ''}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"[bold]agent[/bold] mirroring it into {replica_db} every "
+        f"{settings.interval:g} s (lookback {settings.lookback:g} s)",
+        soft_wrap=True,
+    )
     curl = _CURL[settings.dialect].format(token=token, base_url=base_url, connection=CONNECTION)
     console.print(f"poll it yourself: {curl}", soft_wrap=True)
 
 
-async def _mirror_live(runtime: AgentRuntime, warehouse: object, settings: DemoSettings,
-                       console: Console) -> None:
+async def _mirror_live(
+    runtime: AgentRuntime, warehouse: object, settings: DemoSettings, console: Console
+) -> None:
     stop_demo, stop_agent = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -158,8 +185,12 @@ async def _mirror_live(runtime: AgentRuntime, warehouse: object, settings: DemoS
     agent = asyncio.create_task(run_sources(runtime, stop_agent))
     started = time.monotonic()
     try:
-        with Live(_progress(runtime, warehouse, 0.0), console=console,
-                  refresh_per_second=4, transient=False) as live:
+        with Live(
+            _progress(runtime, warehouse, 0.0),
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+        ) as live:
             last_plain = 0.0
             while not stop_demo.is_set() and time.monotonic() - started < settings.duration:
                 with contextlib.suppress(TimeoutError):
@@ -191,28 +222,49 @@ def _counters(runtime: AgentRuntime) -> dict[str, float]:
 
 
 def _sum_samples(runtime: AgentRuntime, name: str) -> float:
-    return sum(sample.value for metric in runtime.metrics.registry.collect()
-               if metric.name == name for sample in metric.samples
-               if sample.name.endswith("_total"))
+    return sum(
+        sample.value
+        for metric in runtime.metrics.registry.collect()
+        if metric.name == name
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
 
 
 def _progress(runtime: AgentRuntime, warehouse: object, elapsed: float) -> Table:
     c = _counters(runtime)
     table = Table(title=f"ordersync demo - {elapsed:4.0f} s", title_justify="left")
-    for column in ("orders created", "moves", "versions applied", "repeats dropped",
-                   "lag (s)", "API calls", "retries", "429s"):
+    for column in (
+        "orders created",
+        "moves",
+        "versions applied",
+        "repeats dropped",
+        "lag (s)",
+        "API calls",
+        "retries",
+        "429s",
+    ):
         table.add_column(column, justify="right")
-    table.add_row(str(getattr(warehouse, "created", 0)), str(getattr(warehouse, "moves", 0)),
-                  f"{c['applied']:.0f}", f"{c['duplicates']:.0f}", f"{c['lag']:.1f}",
-                  f"{c['calls']:.0f}", f"{c['retries']:.0f}", f"{c['throttled']:.0f}")
+    table.add_row(
+        str(getattr(warehouse, "created", 0)),
+        str(getattr(warehouse, "moves", 0)),
+        f"{c['applied']:.0f}",
+        f"{c['duplicates']:.0f}",
+        f"{c['lag']:.1f}",
+        f"{c['calls']:.0f}",
+        f"{c['retries']:.0f}",
+        f"{c['throttled']:.0f}",
+    )
     return table
 
 
 def _plain_progress(runtime: AgentRuntime, warehouse: object, elapsed: float) -> str:
     c = _counters(runtime)
-    return (f"{elapsed:4.0f} s: {getattr(warehouse, 'created', 0)} orders created, "
-            f"{c['applied']:.0f} versions applied, lag {c['lag']:.1f} s, {c['calls']:.0f} "
-            f"calls, {c['retries']:.0f} retries, {c['throttled']:.0f} 429s")
+    return (
+        f"{elapsed:4.0f} s: {getattr(warehouse, 'created', 0)} orders created, "
+        f"{c['applied']:.0f} versions applied, lag {c['lag']:.1f} s, {c['calls']:.0f} "
+        f"calls, {c['retries']:.0f} retries, {c['throttled']:.0f} 429s"
+    )
 
 
 async def _drain(runtime: AgentRuntime, console: Console, attempts: int = 10) -> None:
@@ -238,17 +290,29 @@ async def _prove(store: Store, account_id: int, runtime: AgentRuntime, source: s
     assert isinstance(sink, SqlSink)
     hub = {kind: await store.versions(account_id, kind) for kind in ("order", "shipment")}
     replica = {kind: await sink.load_versions(source, kind) for kind in ("order", "shipment")}
-    missed = sum(1 for kind in hub for i, v in hub[kind].items()
-                 if replica[kind].get(i, 0) < v)
-    extra = sum(1 for kind in hub for i, v in replica[kind].items()
-                if hub[kind].get(i, 0) < v)
+    missed = sum(1 for kind in hub for i, v in hub[kind].items() if replica[kind].get(i, 0) < v)
+    extra = sum(1 for kind in hub for i, v in replica[kind].items() if hub[kind].get(i, 0) < v)
     async with sink.engine.connect() as conn:
-        distinct = int(await conn.scalar(select(func.count()).select_from(applied_versions)
-                                         .where(applied_versions.c.source == source)) or 0)
+        distinct = int(
+            await conn.scalar(
+                select(func.count())
+                .select_from(applied_versions)
+                .where(applied_versions.c.source == source)
+            )
+            or 0
+        )
     c = _counters(runtime)
-    return Proof(len(hub["order"]), len(hub["shipment"]), len(replica["order"]),
-                 len(replica["shipment"]), missed, extra, int(c["applied"]),
-                 int(c["applied"]) - distinct, int(c["duplicates"]))
+    return Proof(
+        len(hub["order"]),
+        len(hub["shipment"]),
+        len(replica["order"]),
+        len(replica["shipment"]),
+        missed,
+        extra,
+        int(c["applied"]),
+        int(c["applied"]) - distinct,
+        int(c["duplicates"]),
+    )
 
 
 def main_exit_code(settings: DemoSettings) -> int:

@@ -25,8 +25,9 @@ class EmbeddedServer(uvicorn.Server):
 @contextlib.asynccontextmanager
 async def serving(app: Any, host: str, port: int) -> AsyncIterator[EmbeddedServer]:
     """Serve `app` on host:port for the duration of the block; fail clearly if it can't bind."""
-    server = EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_level="critical",
-                                           access_log=False))
+    server = EmbeddedServer(
+        uvicorn.Config(app, host=host, port=port, log_level="critical", access_log=False)
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

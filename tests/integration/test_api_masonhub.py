@@ -47,9 +47,7 @@ class Tenant:
     other_token: str  # a second account's token, for isolation checks
 
 
-def run_on_store(
-    db_url: str, work: Callable[[Store], Awaitable[T]], *, migrate: bool = False
-) -> T:
+def run_on_store(db_url: str, work: Callable[[Store], Awaitable[T]], *, migrate: bool = False) -> T:
     """Run `work` on the hub database through a store of our own, as a second process would."""
 
     async def main() -> T:
@@ -129,9 +127,13 @@ def test_a_missing_or_wrong_token_is_401_json(tenant: Tenant, authorization: str
     headers = {} if authorization is None else {"Authorization": authorization}
     order_id = str(uuid.uuid4())
     with httpx.Client(base_url=tenant.hub.base_url, headers=headers, timeout=10) as anonymous:
-        for method, path in [("GET", "/api/v1/orders"), ("GET", f"/api/v1/orders/{order_id}"),
-                             ("POST", "/api/v1/orders"), ("GET", "/api/v1/shipments"),
-                             ("GET", f"/api/v1/shipments/{order_id}")]:
+        for method, path in [
+            ("GET", "/api/v1/orders"),
+            ("GET", f"/api/v1/orders/{order_id}"),
+            ("POST", "/api/v1/orders"),
+            ("GET", "/api/v1/shipments"),
+            ("GET", f"/api/v1/shipments/{order_id}"),
+        ]:
             response = anonymous.request(method, path, json=[order_payload("X")])
             assert_error(response, 401, "unauthorized")
             assert response.headers["www-authenticate"] == "Bearer"
@@ -192,8 +194,9 @@ def test_an_order_id_that_is_not_a_uuid_is_refused(tenant: Tenant) -> None:
 
 def test_a_body_that_is_not_json_is_400(tenant: Tenant) -> None:
     """A POST body that does not parse as JSON is refused with 400 bad_request."""
-    response = tenant.api.post("/api/v1/orders", content=b"{not json",
-                               headers={"Content-Type": "application/json"})
+    response = tenant.api.post(
+        "/api/v1/orders", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert_error(response, 400, "bad_request")
 
 
@@ -236,11 +239,15 @@ def test_a_body_over_the_limit_is_413(tenant: Tenant) -> None:
     """A body larger than max_body_bytes is refused with 413 JSON, declared or chunked."""
     big = json.dumps([order_payload(f"BIG-{i}") for i in range(150)]).encode()
     assert len(big) > MAX_BODY
-    declared = tenant.api.post("/api/v1/orders", content=big,
-                               headers={"Content-Type": "application/json"})
+    declared = tenant.api.post(
+        "/api/v1/orders", content=big, headers={"Content-Type": "application/json"}
+    )
     assert_error(declared, 413, "payload_too_large")
-    chunked = tenant.api.post("/api/v1/orders", content=iter([big[:40_000], big[40_000:]]),
-                              headers={"Content-Type": "application/json"})
+    chunked = tenant.api.post(
+        "/api/v1/orders",
+        content=iter([big[:40_000], big[40_000:]]),
+        headers={"Content-Type": "application/json"},
+    )
     assert_error(chunked, 413, "payload_too_large")
     assert tenant.api.get("/api/v1/orders").json()["total"] == 0
 
@@ -252,16 +259,20 @@ def test_another_accounts_order_is_404(tenant: Tenant) -> None:
     """An order of another account is indistinguishable from one that does not exist."""
     [order] = create_orders(tenant, "MINE")
     assert tenant.api.get(f"/api/v1/orders/{order['id']}").status_code == 200
-    with httpx.Client(base_url=tenant.hub.base_url, timeout=10,
-                      headers={"Authorization": f"Bearer {tenant.other_token}"}) as other:
+    with httpx.Client(
+        base_url=tenant.hub.base_url,
+        timeout=10,
+        headers={"Authorization": f"Bearer {tenant.other_token}"},
+    ) as other:
         assert_error(other.get(f"/api/v1/orders/{order['id']}"), 404, "not_found")
         listing = other.get("/api/v1/orders", params={"id": order["id"]}).json()
         assert (listing["data"], listing["total"]) == ([], 0)
     assert_error(tenant.api.get(f"/api/v1/orders/{uuid.uuid4()}"), 404, "not_found")
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/api/v1/nothing"), ("GET", "/nowhere"),
-                                         ("POST", "/api/v2/orders")])
+@pytest.mark.parametrize(
+    "method,path", [("GET", "/api/v1/nothing"), ("GET", "/nowhere"), ("POST", "/api/v2/orders")]
+)
 def test_an_unknown_route_is_404_json(tenant: Tenant, method: str, path: str) -> None:
     """A path the hub does not serve is 404 with a JSON error body."""
     assert_error(tenant.api.request(method, path), 404)
@@ -274,10 +285,23 @@ def test_a_method_the_route_does_not_take_is_405_json(tenant: Tenant) -> None:
 
 SUMMARY_FIELDS = {"id", "customer_identifier", "status", "version", "updated_at"}
 DETAIL_FIELDS = {
-    "id", "customer_identifier", "order_type", "priority", "shipping_provider",
-    "shipper_service_level", "shipping_address", "billing_address", "submitted_at",
-    "line_items", "pick_from", "order_policy", "value_added_services", "status", "version",
-    "created_at", "updated_at",
+    "id",
+    "customer_identifier",
+    "order_type",
+    "priority",
+    "shipping_provider",
+    "shipper_service_level",
+    "shipping_address",
+    "billing_address",
+    "submitted_at",
+    "line_items",
+    "pick_from",
+    "order_policy",
+    "value_added_services",
+    "status",
+    "version",
+    "created_at",
+    "updated_at",
 }
 
 
@@ -289,7 +313,11 @@ def test_a_summary_listing_carries_identity_status_version_and_time(tenant: Tena
     assert set(item) >= SUMMARY_FIELDS
     assert "line_items" not in item
     assert (item["id"], item["customer_identifier"], item["status"], item["version"]) == (
-        order["id"], "S-1", "open", 1)
+        order["id"],
+        "S-1",
+        "open",
+        1,
+    )
     assert item["updated_at"] == order["updated_at"]
     assert (body["total"], body["offset"], body["limit"]) == (1, 0, 30)
 
@@ -323,11 +351,16 @@ def test_a_detail_listing_carries_every_field_with_exact_decimals(tenant: Tenant
 
 def test_decimals_sent_as_json_numbers_come_back_exact(tenant: Tenant) -> None:
     """0.1 and 1.000000001 sent as JSON numbers are stored and served without float drift."""
-    payload = order_payload("NUM", line_items=[
-        {"sku_customer_identifier": "SKU-1", "quantity": "__Q__", "unit_price": "__P__"}])
+    payload = order_payload(
+        "NUM",
+        line_items=[
+            {"sku_customer_identifier": "SKU-1", "quantity": "__Q__", "unit_price": "__P__"}
+        ],
+    )
     raw = json.dumps([payload]).replace('"__Q__"', "1.000000001").replace('"__P__"', "0.1")
-    response = tenant.api.post("/api/v1/orders", content=raw,
-                               headers={"Content-Type": "application/json"})
+    response = tenant.api.post(
+        "/api/v1/orders", content=raw, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 201, response.text
     order_id = response.json()["data"][0]["id"]
     [line] = tenant.api.get(f"/api/v1/orders/{order_id}").json()["line_items"]
@@ -384,7 +417,8 @@ def test_walking_with_updated_since_and_reanchoring_returns_each_order_once(
     assert sorted(ids) == sorted(o.id for o in made)
     assert len(ids) == len(set(ids))
     assert [(i["updated_at"], i["id"]) for i in seen] == sorted(
-        (i["updated_at"], i["id"]) for i in seen)
+        (i["updated_at"], i["id"]) for i in seen
+    )
     assert requests <= len(made) // limit + 2
 
 
@@ -398,8 +432,9 @@ def test_updated_since_is_inclusive_and_sdt_is_the_same_filter(tenant: Tenant) -
     assert by_sdt["total"] == 4
     stamps = [o["updated_at"] for o in by_sdt["data"]]
     assert stamps == ["2024-01-01T00:00:01.000Z"] * 3 + ["2024-01-01T00:00:02.000Z"]
-    offset_form = tenant.api.get("/api/v1/orders",
-                                 params={"sdt": "2024-01-01T01:00:01+01:00"}).json()
+    offset_form = tenant.api.get(
+        "/api/v1/orders", params={"sdt": "2024-01-01T01:00:01+01:00"}
+    ).json()
     assert offset_form == by_sdt
 
 
@@ -408,16 +443,18 @@ def test_status_and_id_filters_narrow_the_listing_and_its_total(tenant: Tenant) 
     orders = create_orders(tenant, "F-1", "F-2", "F-3")
 
     async def cancel(store: Store) -> None:
-        await store.transition_order(None, await account_id(store, tenant), orders[1]["id"],
-                                     OrderStatus.CANCELED)
+        await store.transition_order(
+            None, await account_id(store, tenant), orders[1]["id"], OrderStatus.CANCELED
+        )
 
     run_on_store(tenant.hub.db_url, cancel)
     canceled = tenant.api.get("/api/v1/orders", params={"status": "canceled"}).json()
     assert ([o["id"] for o in canceled["data"]], canceled["total"]) == ([orders[1]["id"]], 1)
     both = tenant.api.get("/api/v1/orders", params={"status": ["open", "canceled"]}).json()
     assert both["total"] == 3
-    picked = tenant.api.get("/api/v1/orders", params={"id": [orders[0]["id"], orders[2]["id"]],
-                                                      "list_type": "summary"}).json()
+    picked = tenant.api.get(
+        "/api/v1/orders", params={"id": [orders[0]["id"], orders[2]["id"]], "list_type": "summary"}
+    ).json()
     assert {o["id"] for o in picked["data"]} == {orders[0]["id"], orders[2]["id"]}
     assert picked["total"] == 2
 
@@ -432,14 +469,25 @@ async def account_id(store: Store, tenant: Tenant) -> int:
 def ship(tenant: Tenant, order: dict[str, Any], *, deliver: bool = False) -> Shipment:
     async def work(store: Store) -> Shipment:
         acct = await account_id(store, tenant)
-        shipment = await store.create_shipment(None, acct, NewShipment.model_validate({
-            "order_id": order["id"], "carrier": "UPS", "service_level": "ground",
-            "tracking_number": f"1Z{order['customer_identifier']}",
-            "lines": [{"line_number": 1, "sku_customer_identifier": "SKU-1", "quantity": "2"}],
-        }))
+        shipment = await store.create_shipment(
+            None,
+            acct,
+            NewShipment.model_validate(
+                {
+                    "order_id": order["id"],
+                    "carrier": "UPS",
+                    "service_level": "ground",
+                    "tracking_number": f"1Z{order['customer_identifier']}",
+                    "lines": [
+                        {"line_number": 1, "sku_customer_identifier": "SKU-1", "quantity": "2"}
+                    ],
+                }
+            ),
+        )
         if deliver:
-            shipment = await store.transition_shipment(None, acct, shipment.id,
-                                                       ShipmentStatus.IN_TRANSIT)
+            shipment = await store.transition_shipment(
+                None, acct, shipment.id, ShipmentStatus.IN_TRANSIT
+            )
         return shipment
 
     return run_on_store(tenant.hub.db_url, work)
@@ -449,20 +497,28 @@ def test_shipments_are_listed_polled_and_read_like_orders(tenant: Tenant) -> Non
     """GET /shipments polls like /orders; /shipments/{id} reads one; other accounts get 404."""
     orders = create_orders(tenant, "SH-1", "SH-2")
     first, second = ship(tenant, orders[0]), ship(tenant, orders[1], deliver=True)
-    listing = tenant.api.get("/api/v1/shipments",
-                             params={"updated_since": "2024-01-01T00:00:00Z"}).json()
+    listing = tenant.api.get(
+        "/api/v1/shipments", params={"updated_since": "2024-01-01T00:00:00Z"}
+    ).json()
     assert [s["id"] for s in listing["data"]] == [first.id, second.id]
     assert listing["total"] == 2
     assert listing["data"][1]["version"] == 2
-    moving = tenant.api.get("/api/v1/shipments",
-                            params={"status": "in_transit", "list_type": "summary"}).json()
+    moving = tenant.api.get(
+        "/api/v1/shipments", params={"status": "in_transit", "list_type": "summary"}
+    ).json()
     [summary] = moving["data"]
     assert (summary["id"], summary["order_id"], summary["status"]) == (
-        second.id, orders[1]["id"], "in_transit")
+        second.id,
+        orders[1]["id"],
+        "in_transit",
+    )
     one = tenant.api.get(f"/api/v1/shipments/{first.id}").json()
     assert (one["tracking_number"], one["lines"][0]["quantity"]) == ("1ZSH-1", "2")
-    with httpx.Client(base_url=tenant.hub.base_url, timeout=10,
-                      headers={"Authorization": f"Bearer {tenant.other_token}"}) as other:
+    with httpx.Client(
+        base_url=tenant.hub.base_url,
+        timeout=10,
+        headers={"Authorization": f"Bearer {tenant.other_token}"},
+    ) as other:
         assert_error(other.get(f"/api/v1/shipments/{first.id}"), 404, "not_found")
         assert other.get("/api/v1/shipments").json()["total"] == 0
 
@@ -475,24 +531,51 @@ def test_openapi_lists_the_masonhub_routes(tenant: Tenant) -> None:
     spec = httpx.get(f"{tenant.hub.base_url}/openapi.json", timeout=10).json()
     paths = spec["paths"]
     assert {"get", "post"} <= set(paths["/api/v1/orders"])
-    for path in ("/api/v1/orders/{order_id}", "/api/v1/shipments",
-                 "/api/v1/shipments/{shipment_id}"):
+    for path in (
+        "/api/v1/orders/{order_id}",
+        "/api/v1/shipments",
+        "/api/v1/shipments/{shipment_id}",
+    ):
         assert "get" in paths[path]
     names = {p["name"] for p in paths["/api/v1/orders"]["get"]["parameters"]}
     assert {"id", "offset", "limit", "list_type", "sdt", "updated_since", "status"} <= names
 
 
 GARBAGE_QUERIES = [
-    "offset=99999999999999999999999", "offset=9223372036854775808", "limit=1e2",
-    "limit=%00", "sdt=%00", "sdt=9999-12-31T23:59:59-23:59", "sdt=0000-01-01T00:00:00Z",
-    "updated_since=2024-01-01T10:30:00%2B99:00", "sdt=" + "9" * 5000, "id=&id=",
-    "status=", "list_type=", "offset=", "id=" + "%ff" * 20, "sdt=2024-02-30T00:00:00Z",
-    "sdt=2024-01-01T10:30:00.123456789Z", "updated_since=-1", "limit=-0", "a[b]=c&&&=",
+    "offset=99999999999999999999999",
+    "offset=9223372036854775808",
+    "limit=1e2",
+    "limit=%00",
+    "sdt=%00",
+    "sdt=9999-12-31T23:59:59-23:59",
+    "sdt=0000-01-01T00:00:00Z",
+    "updated_since=2024-01-01T10:30:00%2B99:00",
+    "sdt=" + "9" * 5000,
+    "id=&id=",
+    "status=",
+    "list_type=",
+    "offset=",
+    "id=" + "%ff" * 20,
+    "sdt=2024-02-30T00:00:00Z",
+    "sdt=2024-01-01T10:30:00.123456789Z",
+    "updated_since=-1",
+    "limit=-0",
+    "a[b]=c&&&=",
 ]
 GARBAGE_BODIES = [
-    b"", b"null", b"[null]", b"[[]]", b"[1, 2]", b'[{"customer_identifier": {"x": 1}}]',
-    b"[" * 5000 + b"]" * 5000, b'[{"line_items": "NaN"}]', b"\xff\xfe", b"[1e999999]",
-    b'["\\ud800"]', b"[" + b"1" * 5000 + b"]", b"[NaN, Infinity]",
+    b"",
+    b"null",
+    b"[null]",
+    b"[[]]",
+    b"[1, 2]",
+    b'[{"customer_identifier": {"x": 1}}]',
+    b"[" * 5000 + b"]" * 5000,
+    b'[{"line_items": "NaN"}]',
+    b"\xff\xfe",
+    b"[1e999999]",
+    b'["\\ud800"]',
+    b"[" + b"1" * 5000 + b"]",
+    b"[NaN, Infinity]",
 ]
 
 
@@ -502,8 +585,10 @@ def garbage_orders() -> list[Any]:
     far = order_payload("FAR", submitted_at="0001-01-01T00:00:00+01:00")
     late = order_payload("LATE", submitted_at="9999-12-31T23:59:59-01:00")
     huge = order_payload("HUGE", priority=10**30)
-    lines = order_payload("LINES", line_items=[
-        {"sku_customer_identifier": "S", "quantity": "1e-50", "unit_price": "-0"}])
+    lines = order_payload(
+        "LINES",
+        line_items=[{"sku_customer_identifier": "S", "quantity": "1e-50", "unit_price": "-0"}],
+    )
     return [[nul], [far], [late], [huge], [lines], [order_payload("x" * 101)]]
 
 
@@ -511,17 +596,22 @@ def test_no_garbage_input_is_ever_a_500(tenant: Tenant) -> None:
     """Odd query strings and bodies get a 2xx or 4xx JSON answer, never a 500."""
     responses = [tenant.api.get(f"/api/v1/orders?{q}") for q in GARBAGE_QUERIES]
     responses += [tenant.api.get(f"/api/v1/shipments?{q}") for q in GARBAGE_QUERIES]
-    responses += [tenant.api.post("/api/v1/orders", content=body,
-                                  headers={"Content-Type": "application/json"})
-                  for body in GARBAGE_BODIES]
+    responses += [
+        tenant.api.post(
+            "/api/v1/orders", content=body, headers={"Content-Type": "application/json"}
+        )
+        for body in GARBAGE_BODIES
+    ]
     responses += [post_orders(tenant, items) for items in garbage_orders()]
     for response in responses:
         assert response.status_code < 500, (response.request.url, response.text[:300])
         if response.status_code >= 400:
             assert_error(response, response.status_code)
     # No half-accepted garbage: nothing with a NUL or a far-off timestamp was stored.
-    identifiers = {o["customer_identifier"] for o in
-                   tenant.api.get("/api/v1/orders", params={"limit": 100}).json()["data"]}
+    identifiers = {
+        o["customer_identifier"]
+        for o in tenant.api.get("/api/v1/orders", params={"limit": 100}).json()["data"]
+    }
     assert "NUL\u0000ID" not in identifiers
 
 

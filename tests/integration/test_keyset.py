@@ -18,8 +18,11 @@ from tests.support import order_payload
 async def client(store: Store, principal: Principal) -> AsyncIterator[httpx.AsyncClient]:
     token = await store.create_token("acme", "poller")
     app = create_app(HubSettings(), store)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub",
-                                 headers={"Authorization": f"Bearer {token}"}) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://hub",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as http:
         yield http
 
 
@@ -27,8 +30,9 @@ async def seed_ties(store: Store, principal: Principal, groups: list[int]) -> li
     """Orders in tie groups: group i has groups[i] orders sharing one updated_at."""
     stamps = iter([t for i, n in enumerate(groups) for t in [1_700_000_000_000 + i] * n])
     store.clock = lambda: next(stamps)
-    created = await store.create_orders(principal, [
-        NewOrder.model_validate(order_payload(f"K-{i}")) for i in range(sum(groups))])
+    created = await store.create_orders(
+        principal, [NewOrder.model_validate(order_payload(f"K-{i}")) for i in range(sum(groups))]
+    )
     return [r.order.id for r in created if r.order]
 
 
@@ -42,8 +46,7 @@ async def walk(client: httpx.AsyncClient, between_pages=None) -> list[str]:  # t
         seen += [o["id"] for o in data]
         if len(data) < 100:
             return seen
-        params = {"updated_since": data[-1]["updated_at"], "after_id": data[-1]["id"],
-                  "limit": 100}
+        params = {"updated_since": data[-1]["updated_at"], "after_id": data[-1]["id"], "limit": 100}
         if between_pages:
             await between_pages()
 
@@ -72,8 +75,9 @@ async def test_records_moving_during_a_keyset_walk_are_not_skipped(
     async def move_one() -> None:
         store.clock = lambda: 1_800_000_000_000 + len(moved)
         target = ids[len(moved) * 7]
-        await store.transition_order(principal, principal.account_id, target,
-                                     OrderStatus.AT_WAREHOUSE)
+        await store.transition_order(
+            principal, principal.account_id, target, OrderStatus.AT_WAREHOUSE
+        )
         moved.append(target)
 
     seen = await walk(client, between_pages=move_one)
@@ -81,8 +85,9 @@ async def test_records_moving_during_a_keyset_walk_are_not_skipped(
 
 
 async def test_after_id_without_a_date_is_refused(client: httpx.AsyncClient) -> None:
-    response = await client.get("/api/v1/orders",
-                                params={"after_id": "00000000-0000-0000-0000-000000000000"})
+    response = await client.get(
+        "/api/v1/orders", params={"after_id": "00000000-0000-0000-0000-000000000000"}
+    )
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "after_id"
 
@@ -92,6 +97,9 @@ async def test_total_still_counts_from_updated_since(
 ) -> None:
     ids = await seed_ties(store, principal, [5])
     since = format_rfc3339(1_700_000_000_000)
-    body = (await client.get("/api/v1/orders", params={
-        "updated_since": since, "after_id": sorted(ids)[1]})).json()
+    body = (
+        await client.get(
+            "/api/v1/orders", params={"updated_since": since, "after_id": sorted(ids)[1]}
+        )
+    ).json()
     assert body["total"] == 5 and len(body["data"]) == 3

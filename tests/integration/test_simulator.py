@@ -20,8 +20,9 @@ async def simulate(db_url: str, seed: int, orders: int = 30, seconds: int = 45) 
     store = await Store.open(db_url)
     clock = FakeMonotonic()
     token = await store.create_token("demo", "warehouse")
-    warehouse = Warehouse(store, await store.authenticate(token), rate=1, seed=seed,
-                          monotonic=clock)
+    warehouse = Warehouse(
+        store, await store.authenticate(token), rate=1, seed=seed, monotonic=clock
+    )
     await warehouse._create(orders)
     for _ in range(seconds):
         clock.now += 1
@@ -35,10 +36,17 @@ async def simulate(db_url: str, seed: int, orders: int = 30, seconds: int = 45) 
     docs = [orjson.loads(d) for d in page.items]
     ships = {s["order_id"]: s for s in map(orjson.loads, shipments.items)}
     return sorted(
-        (d["customer_identifier"], d["status"], d["version"],
-         tuple((li["sku_customer_identifier"], li["quantity"], li["unit_price"])
-               for li in d["line_items"]),
-         ships.get(d["id"], {}).get("tracking_number"), ships.get(d["id"], {}).get("status"))
+        (
+            d["customer_identifier"],
+            d["status"],
+            d["version"],
+            tuple(
+                (li["sku_customer_identifier"], li["quantity"], li["unit_price"])
+                for li in d["line_items"]
+            ),
+            ships.get(d["id"], {}).get("tracking_number"),
+            ships.get(d["id"], {}).get("status"),
+        )
         for d in docs
     )
 
@@ -62,6 +70,12 @@ async def test_orders_move_through_the_lifecycle_with_shipments(tmp_path: Path) 
     assert shipped and all(row[4] and row[4].startswith("1Z") for row in shipped)
     assert all(row[5] == "delivered" for row in rows if row[1] == "delivered")
     # versions count the moves: created (1) + one per status step
-    steps = {"open": 1, "atWarehouse": 2, "inProcess": 3, "packed": 4, "fulfilled": 5,
-             "delivered": 6}
+    steps = {
+        "open": 1,
+        "atWarehouse": 2,
+        "inProcess": 3,
+        "packed": 4,
+        "fulfilled": 5,
+        "delivered": 6,
+    }
     assert all(row[2] == steps[row[1]] for row in rows if row[1] in steps)

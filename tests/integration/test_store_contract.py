@@ -142,8 +142,11 @@ async def test_a_write_without_a_connection_records_none_as_its_origin(
 
 @pytest.mark.parametrize(
     "path,refused",
-    [([], OrderStatus.PACKED), (HAPPY_PATH[:3], OrderStatus.CANCELED),
-     (HAPPY_PATH, OrderStatus.FULFILLED)],
+    [
+        ([], OrderStatus.PACKED),
+        (HAPPY_PATH[:3], OrderStatus.CANCELED),
+        (HAPPY_PATH, OrderStatus.FULFILLED),
+    ],
     ids=["open-to-packed", "cancel-packed", "leave-delivered"],
 )
 async def test_a_refused_transition_changes_nothing(
@@ -185,7 +188,9 @@ async def test_an_unknown_order_is_not_found_and_nothing_is_written(
     before = await snapshot(store)
     with pytest.raises(NotFound):
         await store.transition_order(
-            principal, principal.account_id, "00000000-0000-0000-0000-000000000000",
+            principal,
+            principal.account_id,
+            "00000000-0000-0000-0000-000000000000",
             OrderStatus.AT_WAREHOUSE,
         )
     assert await snapshot(store) == before
@@ -258,8 +263,12 @@ async def test_concurrent_moves_keep_versions_feed_and_totals_exact(
 
 
 async def build_spread(
-    store: Store, principal: Principal, new_order: NewOrderFactory, clock: FakeClock,
-    rng: random.Random, n: int = 50,
+    store: Store,
+    principal: Principal,
+    new_order: NewOrderFactory,
+    clock: FakeClock,
+    rng: random.Random,
+    n: int = 50,
 ) -> None:
     """Orders stamped across minutes, hours and days, with many exact ties, then moved on."""
     offsets = [0, 1, 59_999, MINUTE, HOUR - 1, HOUR, DAY - 1, DAY, 3 * DAY + 7]
@@ -288,15 +297,19 @@ def probe_times(stamps: list[int], rng: random.Random, k: int = 40) -> list[int 
     """`since` values that hit bucket edges: stored stamps and their neighbours, span
     boundaries and random instants; a seeded sample of `k` keeps the test fast."""
     near = [s + d for s in stamps for d in (-1, 0, 1)]
-    edges = [EPOCH + n * span + d for span in (MINUTE, HOUR, DAY) for n in range(4)
-             for d in (-1, 0, 1)]
+    edges = [
+        EPOCH + n * span + d for span in (MINUTE, HOUR, DAY) for n in range(4) for d in (-1, 0, 1)
+    ]
     anywhere = [EPOCH - DAY + rng.randrange(7 * DAY) for _ in range(10)]
     picked = rng.sample(near, k // 2) + rng.sample(edges, k // 3) + anywhere
     return [None, 0, *sorted(set(picked))]
 
 
 STATUS_FILTERS: list[tuple[str, ...]] = [
-    (), ("open",), ("canceled", "delivered"), ("atWarehouse", "packed", "inProcess"),
+    (),
+    ("open",),
+    ("canceled", "delivered"),
+    ("atWarehouse", "packed", "inProcess"),
     ("fulfilled",),
 ]
 
@@ -312,7 +325,8 @@ async def test_listing_total_equals_a_brute_force_count_for_any_since_and_status
     for since in probe_times([row.updated_at for row in truth], rng):
         for statuses in STATUS_FILTERS:
             expected = sorted(
-                (row.updated_at, row.id) for row in truth
+                (row.updated_at, row.id)
+                for row in truth
                 if (since is None or row.updated_at >= since)
                 and (not statuses or row.status in statuses)
             )
@@ -369,11 +383,15 @@ async def test_another_account_sees_none_of_these_orders(
 
 
 def shipment_for(order: Order) -> NewShipment:
-    return NewShipment.model_validate({
-        "order_id": order.id, "carrier": "UPS", "service_level": "ground",
-        "tracking_number": f"1Z{order.customer_identifier}",
-        "lines": [{"line_number": 1, "sku_customer_identifier": "SKU-1", "quantity": "2"}],
-    })
+    return NewShipment.model_validate(
+        {
+            "order_id": order.id,
+            "carrier": "UPS",
+            "service_level": "ground",
+            "tracking_number": f"1Z{order.customer_identifier}",
+            "lines": [{"line_number": 1, "sku_customer_identifier": "SKU-1", "quantity": "2"}],
+        }
+    )
 
 
 async def test_shipments_follow_the_same_version_feed_and_total_rules(
@@ -391,19 +409,25 @@ async def test_shipments_follow_the_same_version_feed_and_total_rules(
     for shipment in made[::2]:
         clock.now = EPOCH + rng.randrange(2 * DAY)
         moved = await store.transition_shipment(
-            None, principal.account_id, shipment.id, ShipmentStatus.IN_TRANSIT)
+            None, principal.account_id, shipment.id, ShipmentStatus.IN_TRANSIT
+        )
         assert moved.version == 2
     feed = [c for c in await change_rows(store) if c.entity_kind == "shipment"]
     assert len(feed) == len(made) + len(made[::2])
     truth = await fetch(store, select(shipments.c.id, shipments.c.status, shipments.c.updated_at))
     for since in probe_times([row.updated_at for row in truth], rng, k=24):
         for statuses in [(), ("shipped",), ("in_transit", "delivered")]:
-            expected = sorted((r.updated_at, r.id) for r in truth
-                              if (since is None or r.updated_at >= since)
-                              and (not statuses or r.status in statuses))
+            expected = sorted(
+                (r.updated_at, r.id)
+                for r in truth
+                if (since is None or r.updated_at >= since)
+                and (not statuses or r.status in statuses)
+            )
             page = await store.list_shipments(
-                principal.account_id, ListQuery(since=since, statuses=statuses, limit=100),
-                summary=True)
+                principal.account_id,
+                ListQuery(since=since, statuses=statuses, limit=100),
+                summary=True,
+            )
             assert page.total == len(expected), (since, statuses)
             assert [item["id"] for item in page.items] == [i for _, i in expected]
     other = await store.authenticate(await store.create_token("globex", "erp"))
@@ -444,7 +468,10 @@ def crash_after_counters(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_a_crash_before_commit_leaves_nothing_half_written(
-    store: Store, principal: Principal, new_order: NewOrderFactory, clock: FakeClock,
+    store: Store,
+    principal: Principal,
+    new_order: NewOrderFactory,
+    clock: FakeClock,
     request: pytest.FixtureRequest,
 ) -> None:
     """A write that dies after its last statement leaves no row, change or counter behind."""
@@ -453,8 +480,9 @@ async def test_a_crash_before_commit_leaves_nothing_half_written(
     request.getfixturevalue("crash_after_counters")
     clock.now += HOUR
     with pytest.raises(Boom):
-        await store.transition_order(principal, principal.account_id, order.id,
-                                     OrderStatus.AT_WAREHOUSE)
+        await store.transition_order(
+            principal, principal.account_id, order.id, OrderStatus.AT_WAREHOUSE
+        )
     with pytest.raises(Boom):
         await store.create_orders(principal, [new_order("C-2"), new_order("C-3")])
     with pytest.raises(Boom):

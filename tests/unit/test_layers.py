@@ -11,10 +11,33 @@ DOMAIN = Path(ordersync.domain.__file__).parent
 
 # Top-level packages that do I/O or belong to an outer layer. pydantic (validation) is allowed.
 FORBIDDEN = {
-    "fastapi", "starlette", "uvicorn", "httptools", "uvloop", "httpx", "requests", "aiohttp",
-    "urllib", "urllib3", "http", "socket", "ssl", "asyncio", "sqlalchemy", "alembic", "psycopg",
-    "psycopg2", "asyncpg", "aiosqlite", "sqlite3", "structlog", "logging", "prometheus_client",
-    "typer", "rich", "stamina",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "httptools",
+    "uvloop",
+    "httpx",
+    "requests",
+    "aiohttp",
+    "urllib",
+    "urllib3",
+    "http",
+    "socket",
+    "ssl",
+    "asyncio",
+    "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "psycopg2",
+    "asyncpg",
+    "aiosqlite",
+    "sqlite3",
+    "structlog",
+    "logging",
+    "prometheus_client",
+    "typer",
+    "rich",
+    "stamina",
 }
 # ordersync modules outside the domain that the domain may import: only the error tree.
 ALLOWED_ORDERSYNC = {"ordersync.domain", "ordersync.errors"}

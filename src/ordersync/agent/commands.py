@@ -23,9 +23,13 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path,
-    typer.Option("--config", "-c", envvar="ORDERSYNC_AGENT_CONFIG",
-                 help="Agent TOML file ([[sources]] and [sink]). ORDERSYNC_SINK_URL, "
-                      "ORDERSYNC_AGENT_PORT and ORDERSYNC_SOURCE_<NAME>_<KEY> override it."),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="ORDERSYNC_AGENT_CONFIG",
+        help="Agent TOML file ([[sources]] and [sink]). ORDERSYNC_SINK_URL, "
+        "ORDERSYNC_AGENT_PORT and ORDERSYNC_SOURCE_<NAME>_<KEY> override it.",
+    ),
 ]
 
 
@@ -90,10 +94,15 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
         raise _fail(exc) from None
     table = Table("source", "stream", "cursor", "lag (s)", "last success", "last error", "quota")
     for row in rows:
-        table.add_row(row["source"], row["stream"], row["cursor"] or "-",
-                      "-" if row.get("lag_seconds") is None else f"{row['lag_seconds']:.1f}",
-                      row.get("last_success_at") or "-", row.get("last_error") or "-",
-                      _quota_cell(row))
+        table.add_row(
+            row["source"],
+            row["stream"],
+            row["cursor"] or "-",
+            "-" if row.get("lag_seconds") is None else f"{row['lag_seconds']:.1f}",
+            row.get("last_success_at") or "-",
+            row.get("last_error") or "-",
+            _quota_cell(row),
+        )
     Console().print(table)
 
 
@@ -117,20 +126,27 @@ async def _stored_status(settings: AgentConfig) -> list[dict[str, Any]]:
     from ordersync.agent.sinks import open_sink
     from ordersync.domain.timestamps import format_rfc3339, now_ms
 
-    sink = await open_sink(settings.sink.url, http=httpx.AsyncClient(),
-                           state_path=Path("ordersync-http-sink-state.json"))
+    sink = await open_sink(
+        settings.sink.url,
+        http=httpx.AsyncClient(),
+        state_path=Path("ordersync-http-sink-state.json"),
+    )
     rows = []
     try:
         for source in settings.sources:
             for stream in source.streams:
                 cursor = await sink.load_cursor(source.name, stream)
-                rows.append({
-                    "source": source.name, "stream": stream,
-                    "cursor": None if cursor is None else format_rfc3339(cursor.updated_at_ms),
-                    "lag_seconds": None if cursor is None
-                    else (now_ms() - cursor.updated_at_ms) / 1000,
-                    "last_error": "agent not running (stored checkpoint shown)",
-                })
+                rows.append(
+                    {
+                        "source": source.name,
+                        "stream": stream,
+                        "cursor": None if cursor is None else format_rfc3339(cursor.updated_at_ms),
+                        "lag_seconds": None
+                        if cursor is None
+                        else (now_ms() - cursor.updated_at_ms) / 1000,
+                        "last_error": "agent not running (stored checkpoint shown)",
+                    }
+                )
     finally:
         await sink.close()
     return rows
@@ -171,19 +187,31 @@ def verify(
     except OrdersyncError as exc:
         raise _fail(exc) from None
     for name in unverified:
-        err.print(f"[yellow]source {name} not verified:[/yellow] its platform (HubRise) offers "
-                  "no listing of ids and versions to compare with")
+        err.print(
+            f"[yellow]source {name} not verified:[/yellow] its platform (HubRise) offers "
+            "no listing of ids and versions to compare with"
+        )
     if not reports:
         raise typer.Exit(2)
     table = Table("source", "stream", "platform", "replica", "missing", "stale", "extra")
     for report in reports:
         for s in report.streams:
-            table.add_row(report.source, s.stream, str(s.platform), str(s.replica),
-                          _ids(s.missing, show), _ids(s.stale, show), _ids(s.extra, show))
+            table.add_row(
+                report.source,
+                s.stream,
+                str(s.platform),
+                str(s.replica),
+                _ids(s.missing, show),
+                _ids(s.stale, show),
+                _ids(s.extra, show),
+            )
     Console().print(table)
     drift = not all(report.ok for report in reports)
-    Console().print("[red]drift: the replica differs from the platform[/red]" if drift
-                    else "[green]in sync: every id at the platform's version[/green]")
+    Console().print(
+        "[red]drift: the replica differs from the platform[/red]"
+        if drift
+        else "[green]in sync: every id at the platform's version[/green]"
+    )
     raise typer.Exit(1 if drift else 0)
 
 

@@ -198,8 +198,15 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         merged["port"] = int(environ["ORDERSYNC_AGENT_PORT"])
     for source in merged["sources"]:
         prefix = f"ORDERSYNC_SOURCE_{str(source.get('name', '')).upper().replace('-', '_')}_"
-        for key in ("base_url", "interval", "lookback", "page_size", "token_env",
-                    "connection_name", "echo"):
+        for key in (
+            "base_url",
+            "interval",
+            "lookback",
+            "page_size",
+            "token_env",
+            "connection_name",
+            "echo",
+        ):
             if prefix + key.upper() in environ:
                 source[key] = environ[prefix + key.upper()]
     return merged

@@ -320,7 +320,6 @@ class SyncEngine(StreamEngine):
         self.metrics.last_success.labels(self.source.name, stream).set(now / 1000)
 
 
-
 # How long a page's write waits for the read-ahead request to leave. Sending takes microseconds;
 # a request held back longer is paced by the quota budget or waiting out a retry's backoff, and
 # the page already read must not wait for that.

@@ -185,7 +185,6 @@ class HubRiseSync(StreamEngine):
         self.metrics.duplicates_dropped.labels(self.source.name, stream).inc(result.duplicates)
 
 
-
 def _may_go_on(counts: CycleCounts, max_pages: int | None, stop: asyncio.Event | None) -> bool:
     return not (
         (max_pages is not None and counts.pages >= max_pages)

@@ -77,38 +77,59 @@ async def open_runtime(
     tokens = {source.name: source.token(environ) for source in config.sources}
     metrics = AgentMetrics()
     sink_http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT)
-    sink = await open_sink(config.sink.url, http=sink_http,
-                           state_path=state_dir / "ordersync-http-sink-state.json")
-    runtime = AgentRuntime(config, sink, metrics, clients=[sink_http],
-                           budgets=budgets(metrics))
+    sink = await open_sink(
+        config.sink.url, http=sink_http, state_path=state_dir / "ordersync-http-sink-state.json"
+    )
+    runtime = AgentRuntime(config, sink, metrics, clients=[sink_http], budgets=budgets(metrics))
     for source_config in config.sources:
         http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT, transport=transport)
         runtime.clients.append(http)
         token = tokens[source_config.name]
-        budget = runtime.budgets.for_source(source_config.name, source_config.base_url, token,
-                                             source_config.quotas)
+        budget = runtime.budgets.for_source(
+            source_config.name, source_config.base_url, token, source_config.quotas
+        )
         runtime.engines[source_config.name] = build_engine(
-            source_config, token, http, sink, metrics, budget=budget)
+            source_config, token, http, sink, metrics, budget=budget
+        )
     return runtime
 
 
-def build_engine(source_config: SourceConfig, token: str, http: httpx.AsyncClient, sink: Sink,
-                 metrics: AgentMetrics, budget: Budget | None = None) -> SyncEngine | HubRiseSync:
+def build_engine(
+    source_config: SourceConfig,
+    token: str,
+    http: httpx.AsyncClient,
+    sink: Sink,
+    metrics: AgentMetrics,
+    budget: Budget | None = None,
+) -> SyncEngine | HubRiseSync:
     """The sync of one source, by dialect: the updated_at engine for MasonHub and Tradecloud,
     backfill + callback events for HubRise (it has no "changed since" listing)."""
     c = source_config
-    client = ApiClient(http, c.base_url, token, source=c.name, metrics=metrics,
-                       auth=auth_headers(c.auth_scheme, token, c.connection_name),
-                       exact_numbers=c.dialect == "tradecloud", budget=budget)
+    client = ApiClient(
+        http,
+        c.base_url,
+        token,
+        source=c.name,
+        metrics=metrics,
+        auth=auth_headers(c.auth_scheme, token, c.connection_name),
+        exact_numbers=c.dialect == "tradecloud",
+        budget=budget,
+    )
     streams = tuple(c.streams)
     if c.dialect == "hubrise":
-        return HubRiseSync(HubRiseSource(client, name=c.name, streams=streams), sink,
-                           page_size=c.page_size, metrics=metrics)
+        return HubRiseSync(
+            HubRiseSource(client, name=c.name, streams=streams),
+            sink,
+            page_size=c.page_size,
+            metrics=metrics,
+        )
     source: MasonHubSource | TradecloudSource = (
-        TradecloudSource(client, name=c.name, streams=streams,
-                         connection_name=c.connection_name, echo=c.echo)
+        TradecloudSource(
+            client, name=c.name, streams=streams, connection_name=c.connection_name, echo=c.echo
+        )
         if c.dialect == "tradecloud"
-        else MasonHubSource(client, name=c.name, streams=streams, statuses=tuple(c.statuses)))
+        else MasonHubSource(client, name=c.name, streams=streams, statuses=tuple(c.statuses))
+    )
     settings = EngineSettings(lookback_ms=int(c.lookback * 1000), page_size=c.page_size)
     return SyncEngine(source, sink, settings=settings, metrics=metrics)
 
@@ -134,20 +155,27 @@ async def preflight(runtime: AgentRuntime) -> None:
         url = client.base_url + path
         try:
             response = await client.http.request(
-                method, url, params=params, json=body,
-                headers=client._headers if body is None else client._json_headers)
+                method,
+                url,
+                params=params,
+                json=body,
+                headers=client._headers if body is None else client._json_headers,
+            )
         except httpx.TransportError as exc:
             raise ConfigurationError(
                 f"source {name!r}: cannot reach {client.base_url} ({exc.__class__.__name__}: "
-                f"{exc}); check base_url and that the platform is up") from None
+                f"{exc}); check base_url and that the platform is up"
+            ) from None
         if response.status_code in (401, 403):
             raise ConfigurationError(
                 f"source {name!r}: the platform refused the token ({response.status_code}); "
-                f"check the variable {_token_env(runtime.config, name)}")
+                f"check the variable {_token_env(runtime.config, name)}"
+            )
         if response.status_code == 404:
             raise ConfigurationError(
                 f"source {name!r}: {url} does not exist (404); base_url should end with the "
-                f"API root, e.g. http://127.0.0.1:8080{_API_ROOT[dialect]}")
+                f"API root, e.g. http://127.0.0.1:8080{_API_ROOT[dialect]}"
+            )
 
 
 def _token_env(config: AgentConfig, name: str) -> str:
@@ -184,13 +212,17 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
 
 
 def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:
-    return [status_row(state, runtime.stopped.get(state.source),
-                       runtime.budgets.exhausted(state.source))
-            for state in runtime.status()]
+    return [
+        status_row(
+            state, runtime.stopped.get(state.source), runtime.budgets.exhausted(state.source)
+        )
+        for state in runtime.status()
+    ]
 
 
-def status_row(state: StreamStatus, stopped_reason: str | None = None,
-               quota_pause: Pause | None = None) -> dict[str, Any]:
+def status_row(
+    state: StreamStatus, stopped_reason: str | None = None, quota_pause: Pause | None = None
+) -> dict[str, Any]:
     cursor = state.cursor
     return {
         "source": state.source,
@@ -199,7 +231,8 @@ def status_row(state: StreamStatus, stopped_reason: str | None = None,
         "cursor_id": None if cursor is None else cursor.last_id,
         "caught_up": state.caught_up,
         "lag_seconds": None if state.lag_ms is None else round(state.lag_ms / 1000, 3),
-        "last_success_at": None if state.last_success_at_ms is None
+        "last_success_at": None
+        if state.last_success_at_ms is None
         else format_rfc3339(state.last_success_at_ms),
         "last_error": stopped_reason or state.last_error,
         "stopped": state.stopped or stopped_reason is not None,
@@ -213,8 +246,7 @@ def status_row(state: StreamStatus, stopped_reason: str | None = None,
 
 def observability_app(runtime: AgentRuntime) -> Starlette:
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(runtime.metrics.registry),
-                        media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def status(_: Request) -> Response:
         return Response(orjson.dumps(status_payload(runtime)), media_type="application/json")

@@ -151,8 +151,11 @@ def stamp_change(before: Order | None, after: Order, stamp: str, by: str | None)
 
     def touched(line: OrderLine) -> bool:
         old = old_lines.get(line.line_number)
-        return status_moved or old is None or old.model_copy(update={"updated_at": None}) != (
-            line.model_copy(update={"updated_at": None})
+        return (
+            status_moved
+            or old is None
+            or old.model_copy(update={"updated_at": None})
+            != (line.model_copy(update={"updated_at": None}))
         )
 
     lines = [

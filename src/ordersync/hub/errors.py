@@ -122,8 +122,13 @@ def install_error_handlers(app: FastAPI) -> None:
         # A plain traceback string, not exc_info: structlog's default renderer draws it with
         # rich, locals included, which took over 10 s for a large request (the client timed
         # out instead of getting this 500) and itself failed on a RecursionError.
-        log.error("unhandled_error", reference=reference, path=request.url.path,
-                  error=repr(exc), traceback="".join(traceback.format_exception(exc)))
+        log.error(
+            "unhandled_error",
+            reference=reference,
+            path=request.url.path,
+            error=repr(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
         return error_response(
             ApiError(500, f"internal error; quote reference {reference} to the operator")
         )

@@ -162,9 +162,7 @@ class SqliteReadPool:
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: autocommit, see the class docstring. check_same_thread=False
         # only so that `close` may close it from the event loop's thread once its own is done.
-        connection = sqlite3.connect(
-            self._database, isolation_level=None, check_same_thread=False
-        )
+        connection = sqlite3.connect(self._database, isolation_level=None, check_same_thread=False)
         _sqlite_pragmas(connection, immediate=False)
         connection.execute("PRAGMA query_only=ON")
         with self._lock:

@@ -166,9 +166,7 @@ class Store:
         async with self.reader.connect() as conn:
             row = (
                 await conn.execute(
-                    select(
-                        connections.c.id, connections.c.name, accounts.c.id, accounts.c.name
-                    )
+                    select(connections.c.id, connections.c.name, accounts.c.id, accounts.c.name)
                     .join(accounts, accounts.c.id == connections.c.account_id)
                     .where(connections.c.token_hash == digest, connections.c.revoked_at.is_(None))
                 )
@@ -215,7 +213,12 @@ class Store:
         self, table: Any, kind: str, account_id: int, query: ListQuery, summary: bool
     ) -> Page:
         statements = _list_statements(
-            table, kind, summary, bool(query.ids), query.since is not None, bool(query.statuses),
+            table,
+            kind,
+            summary,
+            bool(query.ids),
+            query.since is not None,
+            bool(query.statuses),
             query.since is not None and query.after_id is not None,
         )
         params = _list_params(account_id, query)
@@ -256,7 +259,8 @@ class Store:
         table = orders if kind == "order" else shipments
         async with self.reader.connect() as conn:
             rows = await conn.execute(
-                select(table.c.id, table.c.version).where(table.c.account_id == account_id))
+                select(table.c.id, table.c.version).where(table.c.account_id == account_id)
+            )
             return {str(r[0]): int(r[1]) for r in rows}
 
     async def ids_in_status(
@@ -313,15 +317,21 @@ class Store:
                     continue
                 taken.add(item.customer_identifier)
                 stamp = self.clock()
-                order = stamp_change(None, Order(
-                    **item.model_dump(),
-                    id=str(uuid.uuid4()),
-                    created_at=format_rfc3339(stamp),
-                    updated_at=format_rfc3339(stamp),
-                ), format_rfc3339(stamp), principal.connection_name)
+                order = stamp_change(
+                    None,
+                    Order(
+                        **item.model_dump(),
+                        id=str(uuid.uuid4()),
+                        created_at=format_rfc3339(stamp),
+                        updated_at=format_rfc3339(stamp),
+                    ),
+                    format_rfc3339(stamp),
+                    principal.connection_name,
+                )
                 order_rows.append(_order_row(order, account_id, stamp, stamp, principal))
-                change_rows.append(_change_row(account_id, "order", order, "order.created",
-                                               principal, stamp))
+                change_rows.append(
+                    _change_row(account_id, "order", order, "order.created", principal, stamp)
+                )
                 deltas.add(account_id, "order", order.status, stamp, +1)
                 results.append(CreateResult(item.customer_identifier, order))
             if order_rows:
@@ -339,8 +349,7 @@ class Store:
             check_transition(order.status, target)
             return order.model_copy(update={"status": target})
 
-        return await self.update_order(principal, account_id, order_id, change,
-                                       f"order.{target}")
+        return await self.update_order(principal, account_id, order_id, change, f"order.{target}")
 
     async def update_order(
         self,
@@ -354,19 +363,32 @@ class Store:
             row = await _locked_row(conn, orders, account_id, order_id, "order")
             before = Order.model_validate_json(row.doc)
             stamp = max(self.clock(), int(row.updated_at))
-            after = stamp_change(before, change(before), format_rfc3339(stamp),
-                                 principal.connection_name if principal else None)
+            after = stamp_change(
+                before,
+                change(before),
+                format_rfc3339(stamp),
+                principal.connection_name if principal else None,
+            )
             await conn.execute(
                 update(orders)
                 .where(orders.c.id == order_id)
                 .values(_order_row(after, account_id, int(row.created_at), stamp, principal))
             )
-            await _record_change(conn, "order", account_id, after, event_type, principal, stamp,
-                                 (str(row.status), int(row.updated_at)))
+            await _record_change(
+                conn,
+                "order",
+                account_id,
+                after,
+                event_type,
+                principal,
+                stamp,
+                (str(row.status), int(row.updated_at)),
+            )
         return after
 
-    async def create_shipment(self, principal: Principal | None, account_id: int,
-                              new: NewShipment) -> Shipment:
+    async def create_shipment(
+        self, principal: Principal | None, account_id: int, new: NewShipment
+    ) -> Shipment:
         async with self.writer.begin() as conn:
             order_row = await _locked_row(conn, orders, account_id, new.order_id, "order")
             stamp = self.clock()
@@ -378,25 +400,45 @@ class Store:
                 created_at=format_rfc3339(stamp),
                 updated_at=format_rfc3339(stamp),
             )
-            await conn.execute(insert(shipments).values(
-                _shipment_row(shipment, account_id, stamp, stamp, principal)))
-            await _record_change(conn, "shipment", account_id, shipment, "shipment.created",
-                                 principal, stamp, None)
+            await conn.execute(
+                insert(shipments).values(
+                    _shipment_row(shipment, account_id, stamp, stamp, principal)
+                )
+            )
+            await _record_change(
+                conn, "shipment", account_id, shipment, "shipment.created", principal, stamp, None
+            )
         return shipment
 
-    async def transition_shipment(self, principal: Principal | None, account_id: int,
-                                  shipment_id: str, target: ShipmentStatus) -> Shipment:
+    async def transition_shipment(
+        self, principal: Principal | None, account_id: int, shipment_id: str, target: ShipmentStatus
+    ) -> Shipment:
         async with self.writer.begin() as conn:
             row = await _locked_row(conn, shipments, account_id, shipment_id, "shipment")
             before = Shipment.model_validate_json(row.doc)
             stamp = max(self.clock(), int(row.updated_at))
-            after = before.model_copy(update={
-                "status": target, "version": before.version + 1,
-                "updated_at": format_rfc3339(stamp)})
-            await conn.execute(update(shipments).where(shipments.c.id == shipment_id).values(
-                _shipment_row(after, account_id, int(row.created_at), stamp, principal)))
-            await _record_change(conn, "shipment", account_id, after, f"shipment.{target}",
-                                 principal, stamp, (str(row.status), int(row.updated_at)))
+            after = before.model_copy(
+                update={
+                    "status": target,
+                    "version": before.version + 1,
+                    "updated_at": format_rfc3339(stamp),
+                }
+            )
+            await conn.execute(
+                update(shipments)
+                .where(shipments.c.id == shipment_id)
+                .values(_shipment_row(after, account_id, int(row.created_at), stamp, principal))
+            )
+            await _record_change(
+                conn,
+                "shipment",
+                account_id,
+                after,
+                f"shipment.{target}",
+                principal,
+                stamp,
+                (str(row.status), int(row.updated_at)),
+            )
         return after
 
 
@@ -408,7 +450,12 @@ class _ListStatements:
 
 @functools.cache
 def _list_statements(
-    table: Any, kind: str, summary: bool, has_ids: bool, has_since: bool, has_statuses: bool,
+    table: Any,
+    kind: str,
+    summary: bool,
+    has_ids: bool,
+    has_since: bool,
+    has_statuses: bool,
     has_after: bool = False,
 ) -> _ListStatements:
     """A listing's statements, built once per shape; `_list_params` gives their values.
@@ -437,7 +484,8 @@ def _list_statements(
         total = exact_part + bucket_total_query(kind, has_statuses)
 
     columns = (
-        [c.id, c.status, c.version, c.updated_at, c.doc] if summary and kind == "shipment"
+        [c.id, c.status, c.version, c.updated_at, c.doc]
+        if summary and kind == "shipment"
         else [c.id, c.customer_identifier, c.status, c.version, c.updated_at]
         if summary
         else [c.doc]
@@ -445,8 +493,7 @@ def _list_statements(
     # `total` is uncorrelated: SQLite and PostgreSQL evaluate it once per statement, not per row.
     page_where = list(where)
     if has_after:  # the keyset continuation skips the anchor's rows up to after_id
-        page_where.append(or_(c.updated_at > bindparam("since"),
-                              c.id > bindparam("after_id")))
+        page_where.append(or_(c.updated_at > bindparam("since"), c.id > bindparam("after_id")))
     page = (
         select(*columns, total.label("total"))
         .where(*page_where)
@@ -459,7 +506,9 @@ def _list_statements(
 
 def _list_params(account_id: int, query: ListQuery) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "account_id": account_id, "limit": query.limit, "offset": query.offset,
+        "account_id": account_id,
+        "limit": query.limit,
+        "offset": query.offset,
     }
     if query.ids:
         params["ids"] = list(query.ids)
@@ -492,36 +541,63 @@ def _unstorable(customer_identifier: str) -> CreateResult:
 def _duplicate(customer_identifier: str) -> CreateResult:
     return CreateResult(
         customer_identifier,
-        errors=[("customer_identifier",
-                 f"an order with customer_identifier {customer_identifier!r} already exists")],
+        errors=[
+            (
+                "customer_identifier",
+                f"an order with customer_identifier {customer_identifier!r} already exists",
+            )
+        ],
     )
 
 
 def _summary(kind: str, row: Sequence[Any]) -> dict[str, Any]:
     if kind == "shipment":
         doc = orjson.loads(row[4])
-        return {"id": row[0], "order_id": doc["order_id"], "status": row[1], "version": row[2],
-                "tracking_number": doc["tracking_number"], "updated_at": format_rfc3339(row[3])}
-    return {"id": row[0], "customer_identifier": row[1], "status": row[2], "version": row[3],
-            "updated_at": format_rfc3339(row[4])}
+        return {
+            "id": row[0],
+            "order_id": doc["order_id"],
+            "status": row[1],
+            "version": row[2],
+            "tracking_number": doc["tracking_number"],
+            "updated_at": format_rfc3339(row[3]),
+        }
+    return {
+        "id": row[0],
+        "customer_identifier": row[1],
+        "status": row[2],
+        "version": row[3],
+        "updated_at": format_rfc3339(row[4]),
+    }
 
 
-async def _locked_row(conn: AsyncConnection, table: Any, account_id: int, entity_id: str,
-                      kind: str) -> Row[Any]:
-    row = (await conn.execute(
-        select(table).where(table.c.account_id == account_id, table.c.id == entity_id)
-        .with_for_update()
-    )).first()
+async def _locked_row(
+    conn: AsyncConnection, table: Any, account_id: int, entity_id: str, kind: str
+) -> Row[Any]:
+    row = (
+        await conn.execute(
+            select(table)
+            .where(table.c.account_id == account_id, table.c.id == entity_id)
+            .with_for_update()
+        )
+    ).first()
     if row is None:
         raise NotFound(f"no {kind} with id {entity_id}")
     return row
 
 
-async def _record_change(conn: AsyncConnection, kind: str, account_id: int,
-                         entity: Order | Shipment, event_type: str, principal: Principal | None,
-                         stamp: int, before: tuple[str, int] | None) -> None:
-    await conn.execute(insert(changes).values(
-        _change_row(account_id, kind, entity, event_type, principal, stamp)))
+async def _record_change(
+    conn: AsyncConnection,
+    kind: str,
+    account_id: int,
+    entity: Order | Shipment,
+    event_type: str,
+    principal: Principal | None,
+    stamp: int,
+    before: tuple[str, int] | None,
+) -> None:
+    await conn.execute(
+        insert(changes).values(_change_row(account_id, kind, entity, event_type, principal, stamp))
+    )
     deltas = CountDeltas()
     if before is None:
         deltas.add(account_id, kind, entity.status, stamp, +1)
@@ -530,31 +606,52 @@ async def _record_change(conn: AsyncConnection, kind: str, account_id: int,
     await deltas.apply(conn)
 
 
-def _order_row(order: Order, account_id: int, created: int, updated: int,
-               principal: Principal | None) -> dict[str, Any]:
+def _order_row(
+    order: Order, account_id: int, created: int, updated: int, principal: Principal | None
+) -> dict[str, Any]:
     return {
-        "id": order.id, "account_id": account_id,
-        "customer_identifier": order.customer_identifier, "status": str(order.status),
-        "version": order.version, "created_at": created, "updated_at": updated,
+        "id": order.id,
+        "account_id": account_id,
+        "customer_identifier": order.customer_identifier,
+        "status": str(order.status),
+        "version": order.version,
+        "created_at": created,
+        "updated_at": updated,
         "updated_by": principal.connection_id if principal else None,
         "doc": order.model_dump_json(),
     }
 
 
-def _shipment_row(shipment: Shipment, account_id: int, created: int, updated: int,
-                  principal: Principal | None) -> dict[str, Any]:
+def _shipment_row(
+    shipment: Shipment, account_id: int, created: int, updated: int, principal: Principal | None
+) -> dict[str, Any]:
     return {
-        "id": shipment.id, "account_id": account_id, "order_id": shipment.order_id,
-        "status": str(shipment.status), "version": shipment.version, "created_at": created,
-        "updated_at": updated, "updated_by": principal.connection_id if principal else None,
+        "id": shipment.id,
+        "account_id": account_id,
+        "order_id": shipment.order_id,
+        "status": str(shipment.status),
+        "version": shipment.version,
+        "created_at": created,
+        "updated_at": updated,
+        "updated_by": principal.connection_id if principal else None,
         "doc": shipment.model_dump_json(),
     }
 
 
-def _change_row(account_id: int, kind: str, entity: Order | Shipment, event_type: str,
-                principal: Principal | None, stamp: int) -> dict[str, Any]:
+def _change_row(
+    account_id: int,
+    kind: str,
+    entity: Order | Shipment,
+    event_type: str,
+    principal: Principal | None,
+    stamp: int,
+) -> dict[str, Any]:
     return {
-        "account_id": account_id, "entity_kind": kind, "entity_id": entity.id,
-        "version": entity.version, "event_type": event_type,
-        "connection_id": principal.connection_id if principal else None, "created_at": stamp,
+        "account_id": account_id,
+        "entity_kind": kind,
+        "entity_id": entity.id,
+        "version": entity.version,
+        "event_type": event_type,
+        "connection_id": principal.connection_id if principal else None,
+        "created_at": stamp,
     }

@@ -29,7 +29,11 @@ EPOCH = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 SOURCE = "masonhub"
 BASE_URL = "http://hub.test/api/v1"
 DIALECTS = ("masonhub", "tradecloud", "hubrise")
-BASE_URLS = {"masonhub": BASE_URL, "tradecloud": "http://hub.test/v2", "hubrise": "http://hub.test/v1"}
+BASE_URLS = {
+    "masonhub": BASE_URL,
+    "tradecloud": "http://hub.test/v2",
+    "hubrise": "http://hub.test/v1",
+}
 AUTH = {"masonhub": "bearer", "tradecloud": "basic", "hubrise": "access-token"}
 CONNECTION = "agent"  # the connection name of the agent's token (open_hub)
 Engine = SyncEngine | HubRiseSync

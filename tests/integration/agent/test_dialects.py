@@ -35,7 +35,7 @@ EXACT_LINES = [
 async def test_decimals_stay_exact_from_the_wire_to_the_sink(
     hub: Hub, sink_factory: SinkFactory, dialect: str
 ) -> None:
-    """"0.1" x 3 sums to exactly 0.3 in the replica and "1.000000001" round-trips: no float."""
+    """ "0.1" x 3 sums to exactly 0.3 in the replica and "1.000000001" round-trips: no float."""
     payload = order_payload("EXACT-1", line_items=EXACT_LINES)
     await hub.store.create_orders(hub.principal, [NewOrder.model_validate(payload)])
     sink = await sink_factory()

@@ -102,7 +102,9 @@ async def test_connection_resets_and_timeouts_are_retried(
         return None
 
     engine = build_engine(
-        hub, sink, transport=Intercept(httpx.ASGITransport(app=hub.app), break_some),
+        hub,
+        sink,
+        transport=Intercept(httpx.ASGITransport(app=hub.app), break_some),
         dialect=dialect,
     )
     counts = await engine.run_cycle()

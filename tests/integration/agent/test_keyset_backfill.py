@@ -25,14 +25,20 @@ async def test_backfill_makes_one_call_per_full_page_plus_the_end(
     store.clock = lambda: next(stamps)
     n = 1_050
     for start in range(0, n, 150):
-        await store.create_orders(principal, [
-            NewOrder.model_validate(order_payload(f"B-{i}")) for i in range(start, start + 150)])
+        await store.create_orders(
+            principal,
+            [NewOrder.model_validate(order_payload(f"B-{i}")) for i in range(start, start + 150)],
+        )
     token = await store.create_token("acme", "agent")
     transport = httpx.ASGITransport(app=create_app(HubSettings(), store))
-    async with await open_masonhub_engine("http://hub/api/v1", token,
-                                          f"sqlite:///{tmp_path}/replica.db",
-                                          streams=("orders",), page_size=10,
-                                          transport=transport) as agent:
+    async with await open_masonhub_engine(
+        "http://hub/api/v1",
+        token,
+        f"sqlite:///{tmp_path}/replica.db",
+        streams=("orders",),
+        page_size=10,
+        transport=transport,
+    ) as agent:
         counts = await agent.engine.run_cycle()
         replica = await agent.sink.load_versions("masonhub", "order")
     assert counts.applied == n and len(replica) == n

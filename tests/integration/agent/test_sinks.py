@@ -116,7 +116,8 @@ async def test_a_newer_version_replaces_the_lines_of_its_order_only(
     url = f"sqlite:///{tmp_path}/r.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
     sink = await SqlSink.open(url)
     await sink.apply_page(
-        "s", "orders",
+        "s",
+        "orders",
         [two_line_order(1, "o-1", ("A", "B")), two_line_order(1, "o-2", ("C", "D"))],
         Cursor(1, ""),
     )

@@ -28,7 +28,13 @@ class ListSource:
         return self.calls
 
     async def fetch_page(
-        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False,
+        self,
+        stream: str,
+        since_ms: int,
+        offset: int,
+        limit: int,
+        *,
+        summary: bool = False,
         after_id: str | None = None,
     ) -> FetchedPage:
         self.calls += 1
@@ -131,7 +137,13 @@ class WireSource(ListSource):
         self.held = held  # seconds a request waits before it is sent (a quota budget's pacing)
 
     async def fetch_page(
-        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False,
+        self,
+        stream: str,
+        since_ms: int,
+        offset: int,
+        limit: int,
+        *,
+        summary: bool = False,
         after_id: str | None = None,
     ) -> FetchedPage:
         number = self.calls + 1
@@ -174,7 +186,12 @@ async def test_the_next_request_is_on_the_wire_before_a_page_is_written() -> Non
     )
     await engine.run_cycle()
     assert events == [
-        "sent 1", "sent 2", "apply 1", "sent 3", "apply 2", "apply 3",
+        "sent 1",
+        "sent 2",
+        "apply 1",
+        "sent 3",
+        "apply 2",
+        "apply 3",
     ]
 
 

@@ -21,17 +21,28 @@ from ordersync.agent.records import Kind, Record
 ENTITY_TABLES: dict[Kind, str] = {"order": "orders", "shipment": "shipments"}
 ENTITY_COLUMNS: dict[Kind, tuple[str, ...]] = {
     "order": (
-        "seq", "source", "id", "version", "updated_at_ms", "status", "customer_identifier",
+        "seq",
+        "source",
+        "id",
+        "version",
+        "updated_at_ms",
+        "status",
+        "customer_identifier",
         "data",
     ),
     "shipment": (
-        "seq", "source", "id", "version", "updated_at_ms", "order_id", "status",
-        "tracking_number", "data",
+        "seq",
+        "source",
+        "id",
+        "version",
+        "updated_at_ms",
+        "order_id",
+        "status",
+        "tracking_number",
+        "data",
     ),
 }
-LINE_COLUMNS = (
-    "order_seq", "line_number", "source", "order_id", "sku", "quantity", "unit_price"
-)
+LINE_COLUMNS = ("order_seq", "line_number", "source", "order_id", "sku", "quantity", "unit_price")
 APPLIED_COLUMNS = ("kind", "entity_seq", "version", "source", "id", "applied_at_ms")
 CURSOR_COLUMNS = ("source", "stream", "updated_at_ms", "last_id", "committed_at_ms")
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -49,19 +60,36 @@ def entity_values(seq: int | None, source: str, r: Record) -> Values:
     document = orjson.dumps(data).decode()
     if r.kind == "order":
         return (
-            seq, source, r.id, r.version, r.updated_at_ms,
-            data.get("status"), data.get("customer_identifier"), document,
+            seq,
+            source,
+            r.id,
+            r.version,
+            r.updated_at_ms,
+            data.get("status"),
+            data.get("customer_identifier"),
+            document,
         )
     return (
-        seq, source, r.id, r.version, r.updated_at_ms,
-        data.get("order_id"), data.get("status"), data.get("tracking_number"), document,
+        seq,
+        source,
+        r.id,
+        r.version,
+        r.updated_at_ms,
+        data.get("order_id"),
+        data.get("status"),
+        data.get("tracking_number"),
+        document,
     )
 
 
 def line_values(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values:
     """One `order_lines` row (LINE_COLUMNS), amounts as exact Decimals."""
     return (
-        seq, line_number(item, r.id), source, r.id, item.get("sku_customer_identifier"),
+        seq,
+        line_number(item, r.id),
+        source,
+        r.id,
+        item.get("sku_customer_identifier"),
         exact_decimal(item.get("quantity"), r.id, "quantity"),
         exact_decimal(item.get("unit_price"), r.id, "unit_price"),
     )

@@ -276,8 +276,10 @@ class SqlSink:
         seqs = {i: seq for i, (_, seq) in held.items()}
         first_seen = [r.id for r in newer if r.id not in seqs]
         if first_seen:
-            seqs |= {i: seq for i, (_, seq) in (
-                await self._held(conn, table, source, first_seen)).items()}
+            seqs |= {
+                i: seq
+                for i, (_, seq) in (await self._held(conn, table, source, first_seen)).items()
+            }
         if kind == "order":
             await self._replace_lines(conn, source, newer, seqs, held)
         fire(self.fault_hook, "mid_apply")
@@ -285,8 +287,13 @@ class SqlSink:
         await conn.execute(
             insert(applied_versions),
             [
-                dict(zip(APPLIED_COLUMNS, applied_values(kind, seqs[r.id], source, r, stamp),
-                         strict=True))
+                dict(
+                    zip(
+                        APPLIED_COLUMNS,
+                        applied_values(kind, seqs[r.id], source, r, stamp),
+                        strict=True,
+                    )
+                )
                 for r in newer
             ],
         )

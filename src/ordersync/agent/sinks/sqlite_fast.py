@@ -79,9 +79,7 @@ class Checkpointer(threading.Thread):
         self.join()
 
     def run(self) -> None:
-        db = sqlite3.connect(
-            self._path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
-        )
+        db = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout_ms / 1000)
         try:
             # close() sets `_closing` before it wakes the thread, and the flag is read after
             # every wait and every checkpoint: a wake-up cleared meanwhile cannot be missed.
@@ -210,9 +208,7 @@ class SqliteWriter:
                     f"DELETE FROM order_lines WHERE order_seq IN ({marks})",
                     [seqs[r[1]] for r in replaced],
                 )
-            db.executemany(
-                self._lines, [(seqs[r[1]], *line) for r in newer for line in r[4]]
-            )
+            db.executemany(self._lines, [(seqs[r[1]], *line) for r in newer for line in r[4]])
         fire(hook, "mid_apply")
         db.executemany(
             self._applied,

@@ -21,7 +21,13 @@ class Source(Protocol):
         ...
 
     async def fetch_page(
-        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False,
+        self,
+        stream: str,
+        since_ms: int,
+        offset: int,
+        limit: int,
+        *,
+        summary: bool = False,
         after_id: str | None = None,
     ) -> FetchedPage:
         """`after_id` is sent only to sources whose pages said `keyset=True`."""

@@ -50,7 +50,13 @@ class MasonHubSource:
         return params
 
     async def fetch_page(
-        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False,
+        self,
+        stream: str,
+        since_ms: int,
+        offset: int,
+        limit: int,
+        *,
+        summary: bool = False,
         after_id: str | None = None,
     ) -> FetchedPage:
         kind = STREAM_KINDS[stream]
@@ -64,8 +70,9 @@ class MasonHubSource:
             response.headers is not None
             and response.headers.get("x-ordersync-keyset", "") == "after_id"
         )
-        return FetchedPage([parse_record(kind, item) for item in data],
-                           response.server_time_ms, keyset)
+        return FetchedPage(
+            [parse_record(kind, item) for item in data], response.server_time_ms, keyset
+        )
 
 
 def parse_record(kind: Kind, item: Any) -> Record:

@@ -67,7 +67,13 @@ class TradecloudSource:
         return {"filters": {"lastUpdatedAfter": after}, "offset": offset, "limit": limit}
 
     async def fetch_page(
-        self, stream: str, since_ms: int, offset: int, limit: int, *, summary: bool = False,
+        self,
+        stream: str,
+        since_ms: int,
+        offset: int,
+        limit: int,
+        *,
+        summary: bool = False,
         after_id: str | None = None,  # never sent: Tradecloud has no keyset continuation
     ) -> FetchedPage:
         kind = STREAM_KINDS[stream]

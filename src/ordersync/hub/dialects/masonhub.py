@@ -61,18 +61,28 @@ async def _list_query(
     updated_since: Annotated[str | None, Query(description="Same as sdt")] = None,
     after_id: Annotated[
         UUID | None,
-        Query(description="ordersync extension (keyset continuation): with sdt/updated_since, "
-                          "only records after (updated_since, after_id) in (updated_at, id) "
-                          "order; listings advertise it with `X-Ordersync-Keyset: after_id`"),
+        Query(
+            description="ordersync extension (keyset continuation): with sdt/updated_since, "
+            "only records after (updated_since, after_id) in (updated_at, id) "
+            "order; listings advertise it with `X-Ordersync-Keyset: after_id`"
+        ),
     ] = None,
 ) -> ListQuery:
     since = _since(sdt, updated_since)
     if after_id is not None and since is None:
-        raise ApiError(400, "query parameters are invalid",
-                       [("after_id", "after_id continues an updated_since listing; send both")])
+        raise ApiError(
+            400,
+            "query parameters are invalid",
+            [("after_id", "after_id continues an updated_since listing; send both")],
+        )
     ids = tuple(str(i) for i in id or ())
-    return ListQuery(ids=ids, since=since, offset=offset, limit=limit,
-                     after_id=None if after_id is None else str(after_id))
+    return ListQuery(
+        ids=ids,
+        since=since,
+        offset=offset,
+        limit=limit,
+        after_id=None if after_id is None else str(after_id),
+    )
 
 
 def _since(sdt: str | None, updated_since: str | None) -> int | None:
@@ -95,11 +105,7 @@ ListType = Annotated[str, Query(pattern="^(detail|summary)$", description="detai
 
 
 def _envelope(page: Page, query: ListQuery, summary: bool) -> bytes:
-    data = (
-        orjson.dumps(page.items)
-        if summary
-        else b"[" + ",".join(page.items).encode() + b"]"
-    )
+    data = orjson.dumps(page.items) if summary else b"[" + ",".join(page.items).encode() + b"]"
     tail = f',"total":{page.total},"offset":{query.offset},"limit":{query.limit}}}'
     return b'{"data":' + data + tail.encode()
 
@@ -158,15 +164,23 @@ async def create_orders(request: Request, caller: Caller) -> Response:
             else _refused({"customer_identifier": result.customer_identifier}, result.errors)
         )
     n_created = sum(1 for r in results if r["status"] == "created")
-    body: dict[str, Any] = {"data": results, "created": n_created,
-                            "refused": len(results) - n_created}
+    body: dict[str, Any] = {
+        "data": results,
+        "created": n_created,
+        "refused": len(results) - n_created,
+    }
     if n_created == len(results):
         return _json(orjson.dumps(body), 201)
     if n_created == 0:
-        body |= {"error_type": "unprocessable_entity", "message": "no order was created",
-                 "errors": [{"field": f"[{i}].{f}", "message": m}
-                            for i, r in enumerate(results) for f, m in
-                            ((e["field"], e["message"]) for e in r["errors"])]}
+        body |= {
+            "error_type": "unprocessable_entity",
+            "message": "no order was created",
+            "errors": [
+                {"field": f"[{i}].{f}", "message": m}
+                for i, r in enumerate(results)
+                for f, m in ((e["field"], e["message"]) for e in r["errors"])
+            ],
+        }
         return _json(orjson.dumps(body), 422)
     return _json(orjson.dumps(body), 207)
 
@@ -189,14 +203,19 @@ def _json_array(raw: bytes) -> list[Any]:
         # RecursionError: arrays nested thousands deep exhaust the parser's stack; that is a
         # malformed request, not a server fault. (UnicodeDecodeError is a ValueError.)
         message = str(exc)
-        raise ApiError(400, f"request body is not valid JSON: {message}", [("body", message)]
-                       ) from None
+        raise ApiError(
+            400, f"request body is not valid JSON: {message}", [("body", message)]
+        ) from None
     if not isinstance(parsed, list):
-        raise ApiError(422, "request body must be a JSON array of orders",
-                       [("body", "expected an array, e.g. [{...}, {...}]")])
+        raise ApiError(
+            422,
+            "request body must be a JSON array of orders",
+            [("body", "expected an array, e.g. [{...}, {...}]")],
+        )
     if not 1 <= len(parsed) <= MAX_BATCH:
-        raise ApiError(422, f"a batch holds 1 to {MAX_BATCH} orders",
-                       [("body", f"got {len(parsed)} items")])
+        raise ApiError(
+            422, f"a batch holds 1 to {MAX_BATCH} orders", [("body", f"got {len(parsed)} items")]
+        )
     return parsed
 
 
@@ -326,19 +345,22 @@ def _install_lean_listing(
     list_page: Callable[[Store, int, ListQuery, bool], Awaitable[Page]],
 ) -> None:
     full = next(r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is full_endpoint)
-    lean = Route(full.path, _LeanListing(full, statuses, list_page), methods=["GET"],
-                 include_in_schema=False)
+    lean = Route(
+        full.path, _LeanListing(full, statuses, list_page), methods=["GET"], include_in_schema=False
+    )
     # First in the router, so that it matches before the FastAPI route of the same path.
     router.routes.insert(0, lean)
 
 
 _install_lean_listing(
-    list_orders, OrderStatus,
-    lambda store, account_id, query, summary: store.list_orders(
-        account_id, query, summary=summary),
+    list_orders,
+    OrderStatus,
+    lambda store, account_id, query, summary: store.list_orders(account_id, query, summary=summary),
 )
 _install_lean_listing(
-    list_shipments, ShipmentStatus,
+    list_shipments,
+    ShipmentStatus,
     lambda store, account_id, query, summary: store.list_shipments(
-        account_id, query, summary=summary),
+        account_id, query, summary=summary
+    ),
 )
