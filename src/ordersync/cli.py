@@ -195,10 +195,11 @@ def demo(
 ) -> None:
     """Hub + warehouse simulator + agent on embedded SQLite, then the proof that the replica
     equals the hub: every (id, version) present, none applied twice."""
-    from ordersync.demo import API_ROOTS, DemoSettings, main_exit_code
+    from ordersync.agent.platforms import PLATFORMS
+    from ordersync.demo import DemoSettings, main_exit_code
 
-    if dialect not in API_ROOTS:
-        raise typer.BadParameter(f"use one of {', '.join(API_ROOTS)}", param_hint="--dialect")
+    if dialect not in PLATFORMS:
+        raise typer.BadParameter(f"use one of {', '.join(PLATFORMS)}", param_hint="--dialect")
     settings = DemoSettings(
         data_dir=data_dir,
         port=port,

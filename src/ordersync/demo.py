@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from ordersync.agent.config import AgentConfig, SinkConfig, SourceConfig
 from ordersync.agent.errors import AgentError
+from ordersync.agent.platforms import PLATFORMS
 from ordersync.agent.runner import AgentRuntime, open_runtime, run_sources
 from ordersync.embedded import serving
 from ordersync.errors import ConfigurationError
@@ -34,19 +35,9 @@ from ordersync.store.store import Store
 
 TOKEN_ENV = "ORDERSYNC_DEMO_TOKEN"
 CONNECTION = "erp-agent"
-API_ROOTS = {"masonhub": "/api/v1", "tradecloud": "/v2", "hubrise": "/v1"}
 # HubRise acknowledges each callback event with one call under a 500/minute quota (seed 003):
 # a location producing more than ~6 events per second cannot be followed within it.
 DEFAULT_RATE = {"masonhub": 5.0, "tradecloud": 5.0, "hubrise": 0.5}
-# How to poll the hub by hand, per dialect.
-_CURL = {
-    "masonhub": "curl -H 'Authorization: Bearer {token}' "
-    "'{base_url}/orders?updated_since=2020-01-01T00:00:00Z&limit=100'",
-    "tradecloud": "curl -u '{connection}:{token}' -H 'Content-Type: application/json' "
-    '-d \'{{"filters": {{"lastUpdatedAfter": "2020-01-01T00:00:00.000Z"}}}}\' '
-    "'{base_url}/order-search/poll'",
-    "hubrise": "curl -H 'X-Access-Token: {token}' '{base_url}/location/orders?count=100'",
-}
 
 
 @dataclass(frozen=True)
@@ -105,11 +96,11 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
         faults=faults,
     )
     app = create_app(hub_settings, store)
-    if settings.dialect not in API_ROOTS:
+    if settings.dialect not in PLATFORMS:
         raise ConfigurationError(
-            f"unknown dialect {settings.dialect!r}; use {', '.join(API_ROOTS)}"
+            f"unknown dialect {settings.dialect!r}; use {', '.join(PLATFORMS)}"
         )
-    base_url = f"http://127.0.0.1:{settings.port}{API_ROOTS[settings.dialect]}"
+    base_url = f"http://127.0.0.1:{settings.port}{PLATFORMS[settings.dialect].api_root}"
     config = AgentConfig(
         sources=[
             SourceConfig(
@@ -171,7 +162,9 @@ def _introduce(
         f"{settings.interval:g} s (lookback {settings.lookback:g} s)",
         soft_wrap=True,
     )
-    curl = _CURL[settings.dialect].format(token=token, base_url=base_url, connection=CONNECTION)
+    curl = PLATFORMS[settings.dialect].curl.format(
+        token=token, base_url=base_url, connection=CONNECTION
+    )
     console.print(f"poll it yourself: {curl}", soft_wrap=True)
 
 

@@ -7,7 +7,7 @@ import gc
 import os
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import httpx
 import typer
@@ -170,14 +170,16 @@ def verify(
         runtime = await open_runtime(load_config(config), os.environ)
         try:
             await preflight(runtime)
-            from ordersync.agent.engine import SyncEngine
+            from ordersync.agent.platforms import PLATFORMS
+            from ordersync.agent.sources import Source
 
             reports = []
-            for name, engine in runtime.engines.items():
-                if isinstance(engine, SyncEngine):
-                    reports.append(await verify_replica(engine.source, runtime.sink))
+            for source in runtime.config.sources:
+                engine = runtime.engines[source.name]
+                if PLATFORMS[source.dialect].verifiable:
+                    reports.append(await verify_replica(cast(Source, engine.source), runtime.sink))
                 else:  # HubRise lists by creation time only: no versions listing to compare
-                    unverified.append(name)
+                    unverified.append(source.name)
             return reports
         finally:
             await runtime.close()

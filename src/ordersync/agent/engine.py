@@ -1,38 +1,55 @@
-"""The sync loop (DESIGN.md, "The agent's sync algorithm"), one stream at a time.
+"""The sync engine (ARCHITECTURE.md, "The sync algorithm"): the one writer of a replica.
 
-Per stream the sink holds a cursor. A cycle asks for `updated_at >= cursor - lookback`, walks
-the listing with `TiePager` (re-anchored per page, never an offset across the moving set),
-applies each page through the sink's version-checked upsert, and commits the page with the
-new cursor. The cursor is the largest `updated_at` drained, capped at the server's clock at the
-start of the drain minus the lookback: a commit that becomes visible late, stamped up to
-`lookback` in the past, is then still above the next cycle's lower bound.
+A source offers one `ChangeFeed` per stream (`agent.feeds`): the listing walk of MasonHub and
+Tradecloud, HubRise's backfill and callback events. Per stream the sink holds a position; the
+engine loads it, walks the feed from it, and hands each batch to the sink, which applies every
+record *if newer* by (id, version) and stores the batch's position in the same transaction.
+Only then does a batch's after-commit step run (acknowledging events) and the stream's status
+move.
+
+Batches without an after-commit step are pipelined: the engine sends batch k+1 to a sink that
+can take it (`sinks.base.PipelinedSink`) before it awaits batch k's commit, and every batch
+names the position it continues from, so none is applied past one that failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol, cast
 
 import structlog
 
-from ordersync.agent.client import request_sent
 from ordersync.agent.errors import AgentError, AuthError
+from ordersync.agent.feeds import Batch, ChangeFeed
+from ordersync.agent.feeds.listing import ListingFeed, ListingSettings
 from ordersync.agent.metrics import AgentMetrics
-from ordersync.agent.paging import PageRequest, TiePager
-from ordersync.agent.records import ApplyResult, Cursor, FetchedPage, Record
+from ordersync.agent.records import ApplyResult, Cursor
 from ordersync.agent.sinks.base import Sink, settled
 from ordersync.agent.sources import Source
 from ordersync.domain.timestamps import now_ms
 
 log = structlog.get_logger("ordersync.agent.engine")
-# Tests crash the engine at "after_fetch" (page read, nothing applied) and "after_commit"
-# (page and cursor committed, engine state not yet updated).
+# Tests crash the engine at "after_fetch" (batch read, nothing applied), "after_commit" (batch
+# and position committed, engine state not yet updated) and "after_ack" (a batch's after-commit
+# step done).
 EngineHook = Callable[[str, str], Awaitable[None] | None]
+# Kept under its old name: the listing walk's settings are the engine's settings.
+EngineSettings = ListingSettings
+
+
+class SourceInfo(Protocol):
+    """What the engine needs of a source besides its feeds."""
+
+    name: str
+
+    @property
+    def api_calls(self) -> int:
+        """HTTP calls made so far, retries included."""
+        ...
 
 
 def with_lags(states: Iterable[StreamStatus], now_ms: int) -> list[StreamStatus]:
@@ -52,7 +69,7 @@ async def run_every(
 ) -> None:
     """Call `cycle(stop_event=...)` every `interval` seconds until `stop_event`. A refused
     token ends the loop with `AuthError`; any other failure is logged and retried next cycle
-    from the stored cursors."""
+    from the stored positions."""
     while not stop_event.is_set():
         try:
             await cycle(stop_event=stop_event)
@@ -62,26 +79,6 @@ async def run_every(
             log.warning("sync_cycle_failed", source=source, error=str(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop_event.wait(), interval)
-
-
-@dataclass(frozen=True)
-class Committing:
-    """A page handed to the sink: the cursor it stores, and its outcome to await."""
-
-    cursor: Cursor
-    outcome: Awaitable[ApplyResult]
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    lookback_ms: int = 120_000
-    page_size: int = 100
-
-    def __post_init__(self) -> None:
-        if self.page_size < 2:
-            raise ValueError("page_size must be at least 2")
-        if self.lookback_ms < 0:
-            raise ValueError("lookback_ms must not be negative")
 
 
 @dataclass
@@ -113,15 +110,51 @@ class StreamStatus:
     totals: CycleCounts = field(default_factory=CycleCounts)
 
 
-class StreamEngine:
-    """What both sync engines (this module's and `hubrise_sync.HubRiseSync`) share: per-stream
-    status, the cycle loop and the test hooks. Subclasses set the attributes and `run_cycle`."""
+@dataclass(frozen=True)
+class Committing:
+    """A batch handed to the sink, and its outcome to await."""
 
-    source: Any  # has .name
-    clock: Callable[[], int]
-    hook: EngineHook | None
-    _status: dict[str, StreamStatus]
-    run_cycle: Callable[..., Awaitable[CycleCounts]]
+    batch: Batch
+    outcome: Awaitable[ApplyResult]
+
+
+def listing_feeds(
+    source: Source, settings: EngineSettings, clock: Callable[[], int] = now_ms
+) -> list[ChangeFeed]:
+    """One listing walk per stream of `source`."""
+    return [ListingFeed(source, stream, settings, clock=clock) for stream in source.streams]
+
+
+class SyncEngine:
+    """Syncs every feed of one source into one sink. Without `feeds`, the source's streams are
+    walked as listings (`ListingFeed`) with `settings`."""
+
+    def __init__(
+        self,
+        source: SourceInfo,
+        sink: Sink,
+        *,
+        feeds: Sequence[ChangeFeed] | None = None,
+        settings: EngineSettings = EngineSettings(),
+        metrics: AgentMetrics | None = None,
+        clock: Callable[[], int] = now_ms,
+        hook: EngineHook | None = None,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.metrics = metrics or AgentMetrics()
+        self.clock = clock
+        self.hook = hook
+        self.feeds: list[ChangeFeed] = (
+            list(feeds)
+            if feeds is not None
+            else listing_feeds(cast(Source, source), settings, clock)
+        )
+        self._status = {f.stream: StreamStatus(source.name, f.stream) for f in self.feeds}
+
+    @property
+    def streams(self) -> list[str]:
+        return [feed.stream for feed in self.feeds]
 
     def status(self) -> list[StreamStatus]:
         return with_lags(self._status.values(), self.clock())
@@ -130,46 +163,18 @@ class StreamEngine:
         """Cycle every `interval` seconds until `stop_event` (see `run_every`)."""
         await run_every(self.source.name, self.run_cycle, interval, stop_event)
 
-    async def _fire(self, step: str, stream: str) -> None:
-        if self.hook is None:
-            return
-        outcome = self.hook(step, stream)
-        if inspect.isawaitable(outcome):
-            await outcome
-
-
-class SyncEngine(StreamEngine):
-    def __init__(
-        self,
-        source: Source,
-        sink: Sink,
-        *,
-        settings: EngineSettings = EngineSettings(),
-        metrics: AgentMetrics | None = None,
-        clock: Callable[[], int] = now_ms,
-        hook: EngineHook | None = None,
-    ) -> None:
-        self.source = source
-        self.sink = sink
-        self.settings = settings
-        self.metrics = metrics or AgentMetrics()
-        self.clock = clock
-        self.hook = hook
-        self.page_size = min(settings.page_size, source.max_page_size)
-        self._status = {s: StreamStatus(source.name, s) for s in source.streams}
-
     async def run_cycle(
         self, *, max_pages: int | None = None, stop_event: asyncio.Event | None = None
     ) -> CycleCounts:
-        """Drain every stream until caught up (or `max_pages` pages each, or a stop request
-        between pages). A failing stream does not hold the others back; the first failure is
-        raised once all were tried."""
+        """Drain every feed until caught up (or `max_pages` fetches each, or a stop request
+        between fetches). A failing feed does not hold the others back; the first failure is
+        raised once all were tried. A refused token stops the source at once."""
         total, failure = CycleCounts(), None
-        for stream in self.source.streams:
+        for feed in self.feeds:
+            if stop_event is not None and stop_event.is_set():
+                break
             try:
-                total.add(
-                    await self.sync_stream(stream, max_pages=max_pages, stop_event=stop_event)
-                )
+                total.add(await self.sync_feed(feed, max_pages=max_pages, stop_event=stop_event))
             except AuthError:
                 for state in self._status.values():
                     state.stopped = True
@@ -181,20 +186,26 @@ class SyncEngine(StreamEngine):
         return total
 
     async def sync_stream(
+        self, stream: str, *, max_pages: int | None = None, stop_event: asyncio.Event | None = None
+    ) -> CycleCounts:
+        feed = next(f for f in self.feeds if f.stream == stream)
+        return await self.sync_feed(feed, max_pages=max_pages, stop_event=stop_event)
+
+    async def sync_feed(
         self,
-        stream: str,
+        feed: ChangeFeed,
         *,
         max_pages: int | None = None,
         stop_event: asyncio.Event | None = None,
     ) -> CycleCounts:
-        state = self._status[stream]
+        state = self._status[feed.stream]
         counts = CycleCounts()
         calls_before = self.source.api_calls
         try:
-            await self._drain(stream, state, counts, max_pages, stop_event)
+            await self._drain(feed, state, counts, max_pages, stop_event)
         except AgentError as exc:
             state.last_error = str(exc)
-            self.metrics.cycle_failures.labels(self.source.name, stream).inc()
+            self.metrics.cycle_failures.labels(self.source.name, feed.stream).inc()
             raise
         finally:
             counts.api_calls = self.source.api_calls - calls_before
@@ -203,140 +214,92 @@ class SyncEngine(StreamEngine):
 
     async def _drain(
         self,
-        stream: str,
+        feed: ChangeFeed,
         state: StreamStatus,
         counts: CycleCounts,
         max_pages: int | None,
         stop_event: asyncio.Event | None,
     ) -> None:
-        cursor = await self.sink.load_cursor(self.source.name, stream)
-        state.cursor, state.caught_up = cursor, False
-        start = 0 if cursor is None else cursor.updated_at_ms - self.settings.lookback_ms
-        pager = TiePager(start, self.page_size)
-        drain_start: int | None = None
+        stream = feed.stream
+        position = await self.sink.load_cursor(self.source.name, stream)
+        state.cursor, state.caught_up = position, False
 
-        def may_fetch() -> bool:
-            return not pager.done and not (
-                (max_pages is not None and counts.pages >= max_pages)
+        def may_fetch(fetches: int) -> bool:
+            return not (
+                (max_pages is not None and fetches >= max_pages)
                 or (stop_event is not None and stop_event.is_set())
             )
 
-        ahead = self._fetch_ahead(stream, pager) if may_fetch() else None
-        # The page sent to the sink and not yet known committed: the engine sends the next page
-        # before it awaits this one, so a pipelined sink writes while the engine reads on.
+        last: Batch | None = None
+        # The batch sent to the sink and not yet known committed.
         committing: Committing | None = None
+        walk = feed.walk(position, may_fetch)
         try:
-            while ahead is not None:
-                request, fetching, _ = ahead
-                page = await fetching
-                pager.keyset = pager.keyset or page.keyset
-                if drain_start is None:
-                    drain_start = page.server_time_ms or self.clock()
+            async for batch in walk:
+                last = batch
                 counts.pages += 1
-                counts.fetched += len(page.records)
-                fresh = pager.accept(request, page.records)
+                counts.fetched += batch.fetched
                 await self._fire("after_fetch", stream)
-                # Read ahead: the next request depends only on the pager, so it can travel
-                # while this page is written. A crash or stop discards it unapplied.
-                ahead = self._fetch_ahead(stream, pager) if may_fetch() else None
-                if ahead is not None:
-                    await _until_sent(*ahead[1:])
-                if fresh:
-                    new_cursor = self.next_cursor(cursor, fresh[-1], drain_start)
-                    sent = await self._send_page(stream, fresh, new_cursor, cursor)
-                    cursor = new_cursor
+                if batch.records or batch.position != position:
+                    sent = await self._send(stream, batch, position)
+                    position = batch.position
                     if committing is not None:
                         await self._committed(stream, state, counts, committing)
-                    committing = Committing(new_cursor, sent)
+                    committing = Committing(batch, sent)
+                    if batch.after_commit is not None:  # a barrier: nothing may pass it
+                        committing = None
+                        await self._committed(stream, state, counts, Committing(batch, sent))
                 if stop_event is not None and stop_event.is_set():
                     break
             if committing is not None:
-                last, committing = committing, None
-                await self._committed(stream, state, counts, last)
+                page, committing = committing, None
+                await self._committed(stream, state, counts, page)
         finally:
-            if ahead is not None:
-                await _discard(ahead[1])
-            if committing is not None:  # leaving on an error: the page still ends, whole
+            await walk.aclose()  # type: ignore[attr-defined]
+            if committing is not None:  # leaving on an error: the batch still ends, whole
                 with contextlib.suppress(Exception):
                     await committing.outcome
-        if pager.done:
-            self._caught_up(stream, state, drain_start)
+        if last is not None and last.caught_up:
+            self._caught_up(stream, state, last.view_as_of_ms)
 
-    def _fetch_ahead(
-        self, stream: str, pager: TiePager
-    ) -> tuple[PageRequest, asyncio.Task[FetchedPage], asyncio.Event]:
-        request = pager.next_request()
-        sent = asyncio.Event()
-        context = contextvars.copy_context()
-        context.run(request_sent.set, sent)
-        fetching = asyncio.get_running_loop().create_task(
-            self.source.fetch_page(
-                stream, request.since_ms, request.offset, request.limit, after_id=request.after_id
-            ),
-            context=context,
-        )
-        return request, fetching, sent
-
-    async def _send_page(
-        self, stream: str, fresh: list[Record], new_cursor: Cursor, base: Cursor | None
-    ) -> Awaitable[ApplyResult]:
-        """Hand the page to the sink: pipelined when it can (`sinks.base.PipelinedSink`), else
-        applied now."""
+    async def _send(self, stream: str, batch: Batch, base: Cursor | None) -> Awaitable[ApplyResult]:
+        """Hand the batch to the sink: pipelined when it can (`sinks.base.PipelinedSink`),
+        else applied now."""
+        assert batch.position is not None, "a batch to commit has a position"
         submit = getattr(self.sink, "submit_page", None)
         if submit is not None:
-            return await submit(self.source.name, stream, fresh, new_cursor, base)  # type: ignore[no-any-return]
-        return settled(await self.sink.apply_page(self.source.name, stream, fresh, new_cursor))
+            return await submit(self.source.name, stream, batch.records, batch.position, base)  # type: ignore[no-any-return]
+        return settled(
+            await self.sink.apply_page(self.source.name, stream, batch.records, batch.position)
+        )
 
     async def _committed(
         self, stream: str, state: StreamStatus, counts: CycleCounts, page: Committing
     ) -> None:
-        """Wait for a page's commit, then count it and move the stream's visible cursor."""
+        """Wait for a batch's commit, count it, move the stream's visible position, then run
+        the batch's after-commit step."""
         result = await page.outcome
         counts.applied += result.applied
         counts.duplicates += result.duplicates
         self.metrics.records_applied.labels(self.source.name, stream).inc(result.applied)
         self.metrics.duplicates_dropped.labels(self.source.name, stream).inc(result.duplicates)
-        state.cursor = page.cursor
+        state.cursor = page.batch.position
         await self._fire("after_commit", stream)
+        if page.batch.after_commit is not None:
+            await page.batch.after_commit()
+            await self._fire("after_ack", stream)
 
-    def next_cursor(self, cursor: Cursor | None, last: Record, drain_start: int) -> Cursor:
-        """The largest updated_at drained, never past (server time - lookback), never back."""
-        ceiling = drain_start - self.settings.lookback_ms
-        candidate = (
-            Cursor(last.updated_at_ms, last.id)
-            if last.updated_at_ms <= ceiling
-            else Cursor(ceiling, "")
-        )
-        if cursor is not None and cursor.updated_at_ms >= candidate.updated_at_ms:
-            return cursor
-        return candidate
-
-    def _caught_up(self, stream: str, state: StreamStatus, drain_start: int | None) -> None:
+    def _caught_up(self, stream: str, state: StreamStatus, view_as_of_ms: int | None) -> None:
         now = self.clock()
         state.caught_up, state.last_error, state.last_success_at_ms = True, None, now
-        state.view_as_of_ms = drain_start if drain_start is not None else now
+        state.view_as_of_ms = view_as_of_ms if view_as_of_ms is not None else now
         state.lag_ms = max(0, now - state.view_as_of_ms)
         self.metrics.freshness_lag.labels(self.source.name, stream).set(state.lag_ms / 1000)
         self.metrics.last_success.labels(self.source.name, stream).set(now / 1000)
 
-
-# How long a page's write waits for the read-ahead request to leave. Sending takes microseconds;
-# a request held back longer is paced by the quota budget or waiting out a retry's backoff, and
-# the page already read must not wait for that.
-READ_AHEAD_SEND_WAIT = 0.05
-
-
-async def _until_sent(fetching: asyncio.Task[FetchedPage], sent: asyncio.Event) -> None:
-    """Until the read-ahead request is on the wire, answered or failed, or briefly held back."""
-    waiting = asyncio.ensure_future(sent.wait())
-    await asyncio.wait(
-        [waiting, fetching], timeout=READ_AHEAD_SEND_WAIT, return_when=asyncio.FIRST_COMPLETED
-    )
-    waiting.cancel()
-
-
-async def _discard(task: asyncio.Task[FetchedPage]) -> None:
-    task.cancel()
-    await asyncio.wait([task])
-    if not task.cancelled():
-        task.exception()  # retrieved, so asyncio does not warn about it
+    async def _fire(self, step: str, stream: str) -> None:
+        if self.hook is None:
+            return
+        outcome = self.hook(step, stream)
+        if inspect.isawaitable(outcome):
+            await outcome

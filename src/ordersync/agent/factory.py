@@ -1,8 +1,12 @@
-"""Wiring for one source: base_url + token + sink URL -> a ready `SyncEngine`.
+"""The agent as a library: one source's engine, with the HTTP client and sink it owns.
 
-async with await open_masonhub_engine(base_url, token, "sqlite:///replica.db") as agent:
-    await agent.engine.run_cycle()
-    agent.engine.status()
+    source = SourceConfig(name="masonhub", base_url="http://127.0.0.1:8080/api/v1",
+                          token_env="MASONHUB_TOKEN")
+    async with await open_engine(source, token, "sqlite:///replica.db") as agent:
+        await agent.engine.run_cycle()
+        agent.engine.status()
+
+The engine is built exactly as `ordersync agent run` builds it (`platforms.PLATFORMS`).
 """
 
 from __future__ import annotations
@@ -10,16 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
-from ordersync.agent.client import ApiClient
-from ordersync.agent.engine import EngineHook, EngineSettings, SyncEngine
+from ordersync.agent.client import ApiClient, auth_headers
+from ordersync.agent.config import SourceConfig
+from ordersync.agent.engine import EngineHook, SyncEngine
 from ordersync.agent.metrics import AgentMetrics
+from ordersync.agent.platforms import PLATFORMS
 from ordersync.agent.retry import RetryPolicy
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
-from ordersync.agent.sources.masonhub import MasonHubSource
+from ordersync.domain.timestamps import now_ms
 
 
 @dataclass
@@ -27,7 +34,7 @@ class OpenedEngine:
     """An engine with the HTTP client and sink it owns; close it (or use `async with`)."""
 
     engine: SyncEngine
-    source: MasonHubSource
+    source: Any  # the platform's source (e.g. `MasonHubSource`)
     sink: Sink
     http: httpx.AsyncClient
 
@@ -44,16 +51,11 @@ class OpenedEngine:
         await self.aclose()
 
 
-async def open_masonhub_engine(
-    base_url: str,
+async def open_engine(
+    source: SourceConfig,
     token: str,
     sink_url: str,
     *,
-    name: str = "masonhub",
-    lookback_s: float = 120,
-    page_size: int = 100,
-    statuses: tuple[str, ...] = (),
-    streams: tuple[str, ...] = ("orders", "shipments"),
     metrics: AgentMetrics | None = None,
     retry: RetryPolicy = RetryPolicy(),
     timeout_s: float = 30.0,
@@ -63,14 +65,23 @@ async def open_masonhub_engine(
 ) -> OpenedEngine:
     """`state_path` is needed for an http(s) sink only (its cursor and delivery ledger)."""
     metrics = metrics or AgentMetrics()
+    platform = PLATFORMS[source.dialect]
     http = httpx.AsyncClient(timeout=timeout_s, transport=transport)
     try:
-        client = ApiClient(http, base_url, token, source=name, retry=retry, metrics=metrics)
-        source = MasonHubSource(client, name=name, streams=streams, statuses=statuses)
+        client = ApiClient(
+            http,
+            source.base_url,
+            token,
+            source=source.name,
+            retry=retry,
+            metrics=metrics,
+            auth=auth_headers(source.auth_scheme, token, source.connection_name),
+            exact_numbers=platform.exact_numbers,
+        )
         sink = await open_sink(sink_url, http=http, state_path=state_path)
     except BaseException:
         await http.aclose()
         raise
-    settings = EngineSettings(lookback_ms=int(lookback_s * 1000), page_size=page_size)
-    engine = SyncEngine(source, sink, settings=settings, metrics=metrics, hook=hook)
-    return OpenedEngine(engine, source, sink, http)
+    built, feeds = platform.build(client, source, now_ms)
+    engine = SyncEngine(built, sink, feeds=feeds, metrics=metrics, hook=hook)
+    return OpenedEngine(engine, built, sink, http)

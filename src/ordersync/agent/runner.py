@@ -26,16 +26,13 @@ from starlette.routing import Route
 from ordersync.agent.budget import Budget, BudgetBook, BudgetClosed, Pause
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
-from ordersync.agent.engine import EngineSettings, StreamStatus, SyncEngine
+from ordersync.agent.engine import StreamStatus, SyncEngine
 from ordersync.agent.errors import AuthError
-from ordersync.agent.hubrise_sync import HubRiseSync
 from ordersync.agent.metrics import AgentMetrics
+from ordersync.agent.platforms import PLATFORMS
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
-from ordersync.agent.sources.hubrise import HubRiseSource
-from ordersync.agent.sources.masonhub import MasonHubSource
-from ordersync.agent.sources.tradecloud import TradecloudSource
-from ordersync.domain.timestamps import format_rfc3339
+from ordersync.domain.timestamps import format_rfc3339, now_ms
 from ordersync.embedded import serving
 from ordersync.errors import ConfigurationError
 
@@ -51,7 +48,7 @@ class AgentRuntime:
     config: AgentConfig
     sink: Sink
     metrics: AgentMetrics
-    engines: dict[str, SyncEngine | HubRiseSync] = field(default_factory=dict)
+    engines: dict[str, SyncEngine] = field(default_factory=dict)
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     stopped: dict[str, str] = field(default_factory=dict)  # source -> why it stopped
     budgets: BudgetBook = field(default_factory=BudgetBook)  # rate-limit budgets by connection
@@ -101,10 +98,10 @@ def build_engine(
     sink: Sink,
     metrics: AgentMetrics,
     budget: Budget | None = None,
-) -> SyncEngine | HubRiseSync:
-    """The sync of one source, by dialect: the updated_at engine for MasonHub and Tradecloud,
-    backfill + callback events for HubRise (it has no "changed since" listing)."""
+) -> SyncEngine:
+    """The sync of one source: its platform's feeds driving the one engine."""
     c = source_config
+    platform = PLATFORMS[c.dialect]
     client = ApiClient(
         http,
         c.base_url,
@@ -112,46 +109,21 @@ def build_engine(
         source=c.name,
         metrics=metrics,
         auth=auth_headers(c.auth_scheme, token, c.connection_name),
-        exact_numbers=c.dialect == "tradecloud",
+        exact_numbers=platform.exact_numbers,
         budget=budget,
     )
-    streams = tuple(c.streams)
-    if c.dialect == "hubrise":
-        return HubRiseSync(
-            HubRiseSource(client, name=c.name, streams=streams),
-            sink,
-            page_size=c.page_size,
-            metrics=metrics,
-        )
-    source: MasonHubSource | TradecloudSource = (
-        TradecloudSource(
-            client, name=c.name, streams=streams, connection_name=c.connection_name, echo=c.echo
-        )
-        if c.dialect == "tradecloud"
-        else MasonHubSource(client, name=c.name, streams=streams, statuses=tuple(c.statuses))
-    )
-    settings = EngineSettings(lookback_ms=int(c.lookback * 1000), page_size=c.page_size)
-    return SyncEngine(source, sink, settings=settings, metrics=metrics)
-
-
-# One cheap read per dialect: (method, path under base_url, query, JSON body).
-_PREFLIGHT: dict[str, tuple[str, str, dict[str, Any], Any]] = {
-    "masonhub": ("GET", "/orders", {"limit": 1, "list_type": "summary"}, None),
-    "tradecloud": ("POST", "/order-search/poll", {}, {"filters": {}, "limit": 1}),
-    "hubrise": ("GET", "/callback", {}, None),
-}
-_API_ROOT = {"masonhub": "/api/v1", "tradecloud": "/v2", "hubrise": "/v1"}
+    source, feeds = platform.build(client, c, now_ms)
+    return SyncEngine(source, sink, feeds=feeds, metrics=metrics)
 
 
 async def preflight(runtime: AgentRuntime) -> None:
     """One cheap call per source, so that a wrong URL or token fails at start, clearly,
     instead of as retries in the log."""
     for name, engine in runtime.engines.items():
-        source = engine.source
-        assert isinstance(source, MasonHubSource | TradecloudSource | HubRiseSource)
-        client = source.client
-        dialect = next(s.dialect for s in runtime.config.sources if s.name == name)
-        method, path, params, body = _PREFLIGHT[dialect]
+        client = engine.source.client  # type: ignore[attr-defined]
+        platform = PLATFORMS[next(s.dialect for s in runtime.config.sources if s.name == name)]
+        method, path = platform.preflight.method, platform.preflight.path
+        params, body = platform.preflight.params, platform.preflight.body
         url = client.base_url + path
         try:
             response = await client.http.request(
@@ -174,7 +146,7 @@ async def preflight(runtime: AgentRuntime) -> None:
         if response.status_code == 404:
             raise ConfigurationError(
                 f"source {name!r}: {url} does not exist (404); base_url should end with the "
-                f"API root, e.g. http://127.0.0.1:8080{_API_ROOT[dialect]}"
+                f"API root, e.g. http://127.0.0.1:8080{platform.api_root}"
             )
 
 
@@ -185,7 +157,7 @@ def _token_env(config: AgentConfig, name: str) -> str:
 async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool = False) -> None:
     """Run every source until `stop` (or one drain each with `once`)."""
 
-    async def run_one(name: str, engine: SyncEngine | HubRiseSync) -> None:
+    async def run_one(name: str, engine: SyncEngine) -> None:
         interval = next(s.interval for s in runtime.config.sources if s.name == name)
         try:
             if once:

@@ -11,7 +11,7 @@ import httpx
 
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.engine import EngineHook, EngineSettings, SyncEngine
-from ordersync.agent.hubrise_sync import HubRiseSync
+from ordersync.agent.feeds.hubrise import hubrise_feeds
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.retry import RetryPolicy
 from ordersync.agent.sinks.base import Sink
@@ -36,7 +36,7 @@ BASE_URLS = {
 }
 AUTH = {"masonhub": "bearer", "tradecloud": "basic", "hubrise": "access-token"}
 CONNECTION = "agent"  # the connection name of the agent's token (open_hub)
-Engine = SyncEngine | HubRiseSync
+Engine = SyncEngine
 
 
 class FakeClock:
@@ -198,7 +198,7 @@ def build_engine(
     dialect: str = "masonhub",
     echo: EchoMode = "apply",
 ) -> Any:
-    """A `SyncEngine` (or for HubRise a `HubRiseSync`) named after its dialect."""
+    """A `SyncEngine` named after its dialect (HubRise: its backfill and event feeds)."""
     http = httpx.AsyncClient(transport=transport or httpx.ASGITransport(app=hub.app))
     metrics = AgentMetrics()
     client = ApiClient(
@@ -223,10 +223,10 @@ def build_engine(
             await ensure_callback()
 
         hubrise.ensure_callback = noting_shipments_first  # type: ignore[method-assign]
-        return HubRiseSync(
+        return SyncEngine(
             hubrise,
             sink,
-            page_size=page_size,
+            feeds=hubrise_feeds(hubrise, page_size),
             metrics=metrics,
             clock=clock or hub.clock,
             hook=hook,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from ordersync.agent.factory import open_masonhub_engine
+from ordersync.agent.config import SourceConfig
+from ordersync.agent.factory import open_engine
 from ordersync.domain import NewOrder
 from ordersync.hub.app import create_app
 from ordersync.hub.settings import HubSettings
@@ -31,13 +32,15 @@ async def test_backfill_makes_one_call_per_full_page_plus_the_end(
         )
     token = await store.create_token("acme", "agent")
     transport = httpx.ASGITransport(app=create_app(HubSettings(), store))
-    async with await open_masonhub_engine(
-        "http://hub/api/v1",
-        token,
-        f"sqlite:///{tmp_path}/replica.db",
-        streams=("orders",),
+    source = SourceConfig(
+        name="masonhub",
+        base_url="http://hub/api/v1",
+        token_env="TOKEN",
+        streams=["orders"],
         page_size=10,
-        transport=transport,
+    )
+    async with await open_engine(
+        source, token, f"sqlite:///{tmp_path}/replica.db", transport=transport
     ) as agent:
         counts = await agent.engine.run_cycle()
         replica = await agent.sink.load_versions("masonhub", "order")

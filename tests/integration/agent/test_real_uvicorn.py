@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ordersync.agent.factory import open_masonhub_engine
+from ordersync.agent.config import SourceConfig
+from ordersync.agent.factory import open_engine
 from ordersync.agent.sinks.sql import SqlSink
 from ordersync.agent.verify import verify_replica
 from ordersync.domain import NewOrder, NewShipment, OrderStatus, ShipmentLine
@@ -169,8 +170,11 @@ async def test_in_process_agent_against_uvicorn_reads_the_date_header_and_verifi
     live_hub: LiveHub, tmp_path: Path
 ) -> None:
     """Over real HTTP the engine takes server time from Date; verify finds nothing amiss."""
-    async with await open_masonhub_engine(
-        live_hub.root + "/api/v1", live_hub.token, f"sqlite:///{tmp_path}/replica.db", lookback_s=2
+    source = SourceConfig(
+        name="masonhub", base_url=live_hub.root + "/api/v1", token_env="TOKEN", lookback=2
+    )
+    async with await open_engine(
+        source, live_hub.token, f"sqlite:///{tmp_path}/replica.db"
     ) as agent:
         counts = await agent.engine.run_cycle()
         assert counts.applied == 1_200

@@ -252,7 +252,7 @@ def test_shrunk_counterexample_fails_only_without_the_overlap_check(
 ) -> None:
     """Kept as a regression, and as proof the machine's moving-set rule has teeth."""
     if pager == "offset_only":
-        monkeypatch.setattr("ordersync.agent.engine.TiePager", _OffsetOnlyPager)
+        monkeypatch.setattr("ordersync.agent.feeds.listing.TiePager", _OffsetOnlyPager)
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(Store.open(f"sqlite:///{tmp_path}/hub.db"))
     machine = SyncMachine(loop, store, create_app(HubSettings(), store), tmp_path)
