@@ -1,5 +1,5 @@
 """Client-side rate-limit budgets: known quotas are spent here first, so that a steady sync
-never sees a 429 (DESIGN.md, step 7; seed 003, section 3).
+never sees a 429 (ARCHITECTURE.md; seed 003, section 3).
 
 A `Budget` holds one connection's quota windows. Windows are fixed and clock-aligned, like the
 platform's (a window of `w` seconds starts at `floor(now / w) * w`), and apply per endpoint

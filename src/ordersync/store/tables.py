@@ -80,7 +80,7 @@ shipments = Table(
     Index("ix_shipments_order", "order_id"),
 )
 
-# The change feed of DESIGN.md: one row per write, in the write's transaction.
+# The change feed (ARCHITECTURE.md, "The hub"): one row per write, in the write's transaction.
 changes = Table(
     "changes",
     metadata,
