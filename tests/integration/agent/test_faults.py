@@ -14,6 +14,7 @@ import pytest
 from ordersync.agent.errors import AuthError, RetriesExhausted
 from ordersync.agent.sinks.sql import SqlSink
 from ordersync.domain.timestamps import from_ms
+from tests.integration.agent.conftest import SinkFactory
 from tests.integration.agent.harness import (
     FakeSleep,
     Hub,
@@ -148,10 +149,12 @@ async def test_a_refused_token_stops_the_source_with_a_clear_error(hub: Hub, sin
 
 
 async def test_random_faults_on_every_kind_of_call_still_converge(
-    hub: Hub, sink: SqlSink, dialect: str
+    hub: Hub, sink_factory: SinkFactory, dialect: str
 ) -> None:
     """A seeded mix of 5xx, 429 and resets on a third of the calls, while orders keep moving;
-    once the writes stop, one more cycle (still under faults) leaves replica == hub."""
+    once the writes stop, one more cycle (still under faults) leaves replica == hub, on every
+    dialect and every kind of replica."""
+    sink = await sink_factory()
     orders = await hub.create_orders(150, tie=True)
     await hub.create_orders(150)
     rng = random.Random(7)
