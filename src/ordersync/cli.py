@@ -66,6 +66,29 @@ def token_create(
     print(token)
 
 
+@token_app.command("revoke")
+def token_revoke(
+    account: Annotated[str, typer.Option(help="Account name.")],
+    name: Annotated[str, typer.Option(help="Connection name whose tokens are revoked.")],
+    db: DbOption = DEFAULT_DB_URL,
+) -> None:
+    """Revoke a connection's tokens: refused from the next request on, by every hub worker."""
+    from ordersync.store.store import Store
+
+    async def revoke() -> int:
+        store = await Store.open(db)
+        try:
+            return await store.revoke_connection(account, name)
+        finally:
+            await store.close()
+
+    revoked = _run(revoke())
+    if not revoked:
+        err.print(f"[red]error:[/red] no live token for connection {name!r} of account {account!r}")
+        raise typer.Exit(1)
+    err.print(f"revoked {revoked} token(s) of connection {name!r} of account {account!r}")
+
+
 @hub_app.command("migrate")
 def hub_migrate(db: DbOption = DEFAULT_DB_URL) -> None:
     """Create or upgrade the hub's tables (serve does this too)."""
@@ -116,8 +139,8 @@ def hub_serve(
     import uvicorn
 
     from ordersync.hub.app import create_app
-    from ordersync.hub.ratelimit import QuotaPolicy
     from ordersync.hub.settings import HubSettings
+    from ordersync.quotas import QuotaPolicy
 
     quota_specs = ";".join([os.environ.get("ORDERSYNC_HUB_QUOTAS", ""), *(quota or [])])
     try:
