@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -136,9 +137,7 @@ def hub_serve(
 
     Quotas: windows start at the round minute, hour and day (UTC); over quota, 429 + Retry-After.
     """
-    import uvicorn
-
-    from ordersync.hub.app import create_app
+    from ordersync.hub.serve import serve
     from ordersync.hub.settings import HubSettings
     from ordersync.quotas import QuotaPolicy
 
@@ -175,22 +174,9 @@ def hub_serve(
             # Migrate once here: SQLite has no migration lock for workers starting together.
             _run(upgrade(database))
             # Memory quota counters would be per process: share them through the database.
-            os.environ.setdefault("ORDERSYNC_HUB_QUOTA_STORE", "sql")
-        # Each worker process builds its own app from the environment.
-        os.environ["ORDERSYNC_HUB_DB"] = settings.db_url
-        os.environ["ORDERSYNC_HUB_MAX_BODY_BYTES"] = str(settings.max_body_bytes)
-        os.environ["ORDERSYNC_HUB_QUOTAS"] = quota_specs
-        uvicorn.run(
-            "ordersync.hub.asgi:app_factory",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-        )
-        return
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+            if settings.quota_store == "auto":
+                settings = replace(settings, quota_store="sql")
+    serve(settings, workers)
 
 
 @app.command("demo")
