@@ -44,6 +44,7 @@ STAGE_SECONDS = {
     OrderStatus.FULFILLED: 8.0,
 }
 CANCEL_PROBABILITY = 0.06
+SIMULATOR_CONNECTION = "warehouse-simulator"
 SKUS = [f"SKU-{n:04d}" for n in range(1, 201)]
 CITIES = [
     ("Austin", "TX", "78701"),
@@ -90,7 +91,11 @@ class Warehouse:
 
     @classmethod
     async def start(cls, store: Store, settings: HubSettings) -> Warehouse:
-        token = await store.create_token(settings.simulate_account, "warehouse-simulator")
+        # The simulator writes through the store, never over HTTP: the token it needs only to
+        # name its connection. The previous start's token is revoked, so that restarts do not
+        # leave live tokens behind.
+        await store.revoke_connection(settings.simulate_account, SIMULATOR_CONNECTION)
+        token = await store.create_token(settings.simulate_account, SIMULATOR_CONNECTION)
         warehouse = cls(
             store, await store.authenticate(token), settings.simulate_rate, settings.simulate_seed
         )
