@@ -18,6 +18,7 @@ from ordersync.hub.app import create_app
 from ordersync.hub.faults import FaultSettings
 from ordersync.hub.serve import uvicorn_config
 from ordersync.hub.settings import HubSettings
+from ordersync.hub.simulator import Simulation
 from ordersync.quotas import QuotaPolicy
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.store import Store
@@ -41,13 +42,19 @@ async def test_an_injected_stores_clock_is_never_swapped(sqlite_url: str) -> Non
 
 
 async def test_collaborators_exist_before_the_app_serves(sqlite_url: str) -> None:
-    """Store, HubRise queries and rate limiter are built by `create_app`, not on first use."""
+    """Store, HubRise queries and simulator are built by `create_app`, not on first use; the
+    simulator's warehouse runs only while the lifespan does."""
     store = await Store.open(sqlite_url)
     try:
-        app = create_app(HubSettings(), store)
+        app = create_app(HubSettings(simulate_rate=0.001, simulate_seed=1), store)
         assert app.state.store is store
         assert isinstance(app.state.hubrise_store, HubRiseStore)
         assert app.state.hubrise_store.store is store
+        simulation = app.state.warehouse
+        assert isinstance(simulation, Simulation) and simulation.warehouse is None
+        async with app.router.lifespan_context(app):
+            assert simulation.warehouse is not None
+        assert app.state.warehouse is simulation
     finally:
         await store.close()
 

@@ -16,6 +16,7 @@ from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
+from ordersync.hub.simulator import Simulation
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.store import Store
 
@@ -36,21 +37,19 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
         else store
     )
 
+    simulation = Simulation(hub_store, settings) if settings.simulate_rate > 0 else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if owned:
-            await hub_store.migrate()
-        simulator = None
-        if settings.simulate_rate > 0:
-            from ordersync.hub.simulator import Warehouse
-
-            simulator = await Warehouse.start(hub_store, settings)
-        app.state.warehouse = simulator
         try:
+            if owned:
+                await hub_store.migrate()
+            if simulation is not None:
+                await simulation.start()
             yield
         finally:
-            if simulator is not None:
-                await simulator.stop()
+            if simulation is not None:
+                await simulation.stop()
             if owned:
                 await hub_store.close()
 
@@ -65,7 +64,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     )
     app.state.store = hub_store
     app.state.hubrise_store = HubRiseStore(hub_store)
-    app.state.warehouse = None  # the simulator, while the lifespan runs it
+    app.state.warehouse = simulation  # runs while the lifespan does
     install_error_handlers(app)
     app.include_router(masonhub.router)
     app.include_router(tradecloud.router)

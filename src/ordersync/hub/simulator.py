@@ -243,3 +243,32 @@ class Warehouse:
                 "order_policy": rng.choice(["allow_splits", "single_shipment", "minimize_splits"]),
             }
         )
+
+
+class Simulation:
+    """The simulator as the hub app holds it: built by `create_app` with everything else, its
+    warehouse started and stopped by the app's lifespan (it needs the running event loop)."""
+
+    def __init__(self, store: Store, settings: HubSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.warehouse: Warehouse | None = None
+
+    async def start(self) -> None:
+        self.warehouse = await Warehouse.start(self.store, self.settings)
+
+    async def stop(self) -> None:
+        if self.warehouse is not None:
+            await self.warehouse.stop()
+
+    def pause(self) -> None:
+        if self.warehouse is not None:
+            self.warehouse.pause()
+
+    @property
+    def created(self) -> int:
+        return self.warehouse.created if self.warehouse is not None else 0
+
+    @property
+    def moves(self) -> int:
+        return self.warehouse.moves if self.warehouse is not None else 0
