@@ -159,7 +159,7 @@ async def test_a_request_refused_by_one_window_is_not_charged_to_the_others() ->
 
 
 def test_workers_read_quota_changes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ORDERSYNC_HUB_QUOTAS changes the defaults (how `serve --workers` passes `--quota` on)."""
+    """ORDERSYNC_HUB_QUOTAS changes the defaults (for hub.asgi:app_factory under any server)."""
     from ordersync.hub.settings import HubSettings
 
     monkeypatch.setenv("ORDERSYNC_HUB_QUOTAS", "/api/v1/=40/day")
