@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -66,6 +67,29 @@ def token_create(
     print(token)
 
 
+@token_app.command("revoke")
+def token_revoke(
+    account: Annotated[str, typer.Option(help="Account name.")],
+    name: Annotated[str, typer.Option(help="Connection name whose tokens are revoked.")],
+    db: DbOption = DEFAULT_DB_URL,
+) -> None:
+    """Revoke a connection's tokens: refused from the next request on, by every hub worker."""
+    from ordersync.store.store import Store
+
+    async def revoke() -> int:
+        store = await Store.open(db)
+        try:
+            return await store.revoke_connection(account, name)
+        finally:
+            await store.close()
+
+    revoked = _run(revoke())
+    if not revoked:
+        err.print(f"[red]error:[/red] no live token for connection {name!r} of account {account!r}")
+        raise typer.Exit(1)
+    err.print(f"revoked {revoked} token(s) of connection {name!r} of account {account!r}")
+
+
 @hub_app.command("migrate")
 def hub_migrate(db: DbOption = DEFAULT_DB_URL) -> None:
     """Create or upgrade the hub's tables (serve does this too)."""
@@ -113,11 +137,9 @@ def hub_serve(
 
     Quotas: windows start at the round minute, hour and day (UTC); over quota, 429 + Retry-After.
     """
-    import uvicorn
-
-    from ordersync.hub.app import create_app
-    from ordersync.hub.ratelimit import QuotaPolicy
+    from ordersync.hub.serve import serve
     from ordersync.hub.settings import HubSettings
+    from ordersync.quotas import QuotaPolicy
 
     quota_specs = ";".join([os.environ.get("ORDERSYNC_HUB_QUOTAS", ""), *(quota or [])])
     try:
@@ -152,22 +174,9 @@ def hub_serve(
             # Migrate once here: SQLite has no migration lock for workers starting together.
             _run(upgrade(database))
             # Memory quota counters would be per process: share them through the database.
-            os.environ.setdefault("ORDERSYNC_HUB_QUOTA_STORE", "sql")
-        # Each worker process builds its own app from the environment.
-        os.environ["ORDERSYNC_HUB_DB"] = settings.db_url
-        os.environ["ORDERSYNC_HUB_MAX_BODY_BYTES"] = str(settings.max_body_bytes)
-        os.environ["ORDERSYNC_HUB_QUOTAS"] = quota_specs
-        uvicorn.run(
-            "ordersync.hub.asgi:app_factory",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-        )
-        return
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+            if settings.quota_store == "auto":
+                settings = replace(settings, quota_store="sql")
+    serve(settings, workers)
 
 
 @app.command("demo")

@@ -25,10 +25,11 @@ from ordersync.agent.config import AgentConfig, SinkConfig, SourceConfig
 from ordersync.agent.errors import AgentError
 from ordersync.agent.platforms import PLATFORMS
 from ordersync.agent.runner import AgentRuntime, open_runtime, run_sources
+from ordersync.domain import now_ms
 from ordersync.embedded import serving
 from ordersync.errors import ConfigurationError
 from ordersync.hub.app import create_app
-from ordersync.hub.faults import FaultSettings
+from ordersync.hub.faults import FaultSettings, late_commit_clock
 from ordersync.hub.settings import HubSettings
 from ordersync.logs import configure_logging
 from ordersync.store.store import Store
@@ -83,10 +84,11 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
     if settings.rate is None:
         settings = replace(settings, rate=DEFAULT_RATE.get(settings.dialect, 5.0))
     hub_db, replica_db = _fresh_files(settings.data_dir)
-    store = await Store.open(f"sqlite:///{hub_db}")
+    faults = FaultSettings.demo(settings.seed) if settings.faults else FaultSettings()
+    # The hub app uses the store it is given as is: late commits come from the store's clock.
+    store = await Store.open(f"sqlite:///{hub_db}", clock=late_commit_clock(now_ms, faults))
     token = await store.create_token("demo", CONNECTION)
     account_id = (await store.authenticate(token)).account_id
-    faults = FaultSettings.demo(settings.seed) if settings.faults else FaultSettings()
     hub_settings = HubSettings(
         db_url=f"sqlite:///{hub_db}",
         port=settings.port,

@@ -79,3 +79,29 @@ async def test_orders_move_through_the_lifecycle_with_shipments(tmp_path: Path) 
         "delivered": 6,
     }
     assert all(row[2] == steps[row[1]] for row in rows if row[1] in steps)
+
+
+async def test_restarting_the_simulator_leaves_one_live_token(tmp_path: Path) -> None:
+    """Each start revokes the previous start's simulator token: restarts leave no live token
+    behind."""
+    from sqlalchemy import func, select
+
+    from ordersync.hub.settings import HubSettings
+    from ordersync.store.tables import connections
+
+    store = await Store.open(f"sqlite:///{tmp_path}/hub.db")
+    settings = HubSettings(simulate_rate=0.001, simulate_seed=1)
+    try:
+        for _ in range(3):
+            warehouse = await Warehouse.start(store, settings)
+            await warehouse.stop()
+        async with store.reader.connect() as conn:
+            live = await conn.scalar(
+                select(func.count())
+                .select_from(connections)
+                .where(connections.c.name == "warehouse-simulator")
+                .where(connections.c.revoked_at.is_(None))
+            )
+        assert live == 1
+    finally:
+        await store.close()

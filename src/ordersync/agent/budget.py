@@ -1,5 +1,5 @@
 """Client-side rate-limit budgets: known quotas are spent here first, so that a steady sync
-never sees a 429 (ARCHITECTURE.md; seed 003, section 3).
+never sees a 429 (seed 003, section 3).
 
 A `Budget` holds one connection's quota windows. Windows are fixed and clock-aligned, like the
 platform's (a window of `w` seconds starts at `floor(now / w) * w`), and apply per endpoint
@@ -16,7 +16,9 @@ logged once with the time it ends, shown by `agent status` and the metrics, and 
 Sources that use one connection (same host, same token) share one budget: the platform counts
 per connection, not per source. `BudgetBook` builds and keeps them.
 
-Config entries read `[CLASS:]LIMIT/PERIOD`: `"500/minute"`, `"heavy:10/minute"`, `"40/10s"`.
+Config entries read `[CLASS:]LIMIT/PERIOD`: `"500/minute"`, `"heavy:10/minute"`, `"40/10s"`
+(the grammar, the window math, the heavy routes and the header syntax are `ordersync.quotas`',
+shared with the hub).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,24 +37,37 @@ from ordersync.agent.errors import SourceError
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.retry import parse_retry_after
 from ordersync.domain.timestamps import format_rfc3339
+from ordersync.quotas import (
+    ALL,
+    ENDPOINT_CLASSES,
+    HEAVY,
+    parse_spec,
+    parse_structured_list,
+    suffix_endpoint_class,
+    window_name,
+    window_start,
+)
+
+__all__ = [
+    "ALL",
+    "HEAVY",
+    "Budget",
+    "BudgetBook",
+    "BudgetClosed",
+    "BudgetSettings",
+    "Pause",
+    "Quota",
+    "endpoint_class",
+    "parse_quotas",
+    "parse_structured_list",
+    "window_name",
+]
 
 Clock = Callable[[], float]  # seconds since the epoch
 Sleep = Callable[[float], Awaitable[None]]
 log = structlog.get_logger("ordersync.agent.budget")
 
-ALL, HEAVY = "all", "heavy"
-CLASSES = (ALL, HEAVY)
-UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400}
-# The listings platforms call high-load (seed 003: GET /orders, /catalogs/:id,
-# /customer_lists/:id/customers), and the other dialects' listings and searches.
-HEAVY_ROUTES = (
-    ("GET", re.compile(r"/(orders|shipments)/?$")),
-    ("GET", re.compile(r"/catalogs/[^/]+/?$")),
-    ("GET", re.compile(r"/customer_lists/[^/]+/customers/?$")),
-    ("POST", re.compile(r"/(order-search/(search|poll)|shipment/poll)/?$")),
-)
-_QUOTA = re.compile(r"^(?:(?P<cls>[a-z]+):)?(?P<limit>\d+)/(?P<period>[a-z0-9]+)$")
-_ITEM = re.compile(r'^\s*"?(?P<name>[^";,\s]+)"?\s*(?P<params>(?:;[^,]*)?)$')
+CLASSES = ENDPOINT_CLASSES
 
 
 class BudgetClosed(SourceError):
@@ -62,16 +76,7 @@ class BudgetClosed(SourceError):
 
 def endpoint_class(method: str, url: str) -> str:
     """'heavy' for the high-load listings, 'all' for every other request."""
-    path = urlsplit(url).path
-    heavy = any(m == method.upper() and p.search(path) for m, p in HEAVY_ROUTES)
-    return HEAVY if heavy else ALL
-
-
-def window_name(endpoint_cls: str, seconds: int) -> str:
-    """The platform's name for a window ("minute", "heavy-minute", "heavy-10"), so that the
-    windows of the config and those of `RateLimit-Policy` meet."""
-    unit = {v: k for k, v in UNITS.items()}.get(seconds, str(seconds))
-    return unit if endpoint_cls == ALL else f"{endpoint_cls}-{unit}"
+    return suffix_endpoint_class(method, urlsplit(url).path)
 
 
 @dataclass(frozen=True)
@@ -88,18 +93,16 @@ class Quota:
 
     @classmethod
     def parse(cls, text: str) -> Quota:
-        """`[CLASS:]LIMIT/PERIOD`; PERIOD is second, minute, hour, day (or plural), or a number
-        of seconds with an optional `s`. ValueError names what is wrong."""
-        match = _QUOTA.match(text.strip().lower())
-        period = match["period"].removesuffix("s") if match else ""
-        seconds = int(period) if period.isdigit() else UNITS.get(period, 0)
-        endpoints = (match["cls"] if match else None) or ALL
-        if not match or seconds < 1 or int(match["limit"]) < 1 or endpoints not in CLASSES:
+        """One window of `ordersync.quotas`' grammar, without a path prefix:
+        `[CLASS:]LIMIT/PERIOD`. ValueError (a `QuotaSpecError`) names what is wrong."""
+        spec = parse_spec(text)
+        if spec.prefix is not None or spec.windows is None or len(spec.windows) != 1:
             raise ValueError(
                 f"quota {text!r} is not [heavy:]LIMIT/PERIOD, e.g. '500/minute', "
                 "'heavy:10/minute' or '40/10s' (PERIOD: second, minute, hour, day or N seconds)"
             )
-        return cls(endpoints, int(match["limit"]), seconds)
+        (window,) = spec.windows
+        return cls(spec.endpoint_class, window.limit, window.seconds)
 
 
 def parse_quotas(texts: Iterable[str]) -> tuple[Quota, ...]:
@@ -145,7 +148,7 @@ class _Window:
     configured: int | None = None  # the config's limit: a reserve it keeps is kept
 
     def roll(self, now: float) -> None:
-        start = math.floor(now / self.seconds) * self.seconds
+        start = window_start(self.seconds, now)
         if start != self.start:
             self.start, self.used, self.spent = start, 0, 0
 
@@ -367,23 +370,6 @@ class Budget:
         for window in self.windows.values():
             window.roll(now)
         return {name: window.remaining for name, window in sorted(self.windows.items())}
-
-
-def parse_structured_list(value: str | None) -> list[tuple[str, dict[str, int]]]:
-    """`"minute";q=500;w=60, "hour";r=12` -> [("minute", {"q": 500, "w": 60}), ("hour", ...)].
-    Integer parameters only; anything unreadable is skipped, never an error."""
-    items: list[tuple[str, dict[str, int]]] = []
-    for part in (value or "").split(","):
-        match = _ITEM.match(part)
-        if not match:
-            continue
-        params: dict[str, int] = {}
-        for param in match["params"].split(";"):
-            key, _, number = (p.strip() for p in param.partition("="))
-            if key and number.isdigit():
-                params[key] = int(number)
-        items.append((match["name"], params))
-    return items
 
 
 class BudgetBook:

@@ -9,38 +9,49 @@ from fastapi import FastAPI
 from starlette.responses import Response
 
 from ordersync import __version__
+from ordersync.domain import now_ms
 from ordersync.hub.body_limit import BodySizeLimit
 from ordersync.hub.dialects import hubrise, masonhub, tradecloud
 from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
+from ordersync.hub.simulator import Simulation
+from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.store import Store
 
 API_PREFIXES = ("/api/", "/v2/", "/v1/")
 
 
 def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
-    """The hub as an ASGI app. Without `store`, it opens (and migrates) `settings.db_url`."""
+    """The hub as an ASGI app over `store`, every collaborator built here, before serving.
+
+    Without `store`, the app owns one on `settings.db_url` (with the fault settings' clock):
+    its lifespan migrates it first and closes it last. An injected store is used as given and
+    left open: the caller owns it (its clock included).
+    """
+    owned = store is None
+    hub_store = (
+        Store.connect(settings.db_url, clock=late_commit_clock(now_ms, settings.faults))
+        if store is None
+        else store
+    )
+
+    simulation = Simulation(hub_store, settings) if settings.simulate_rate > 0 else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = store is None
-        app.state.store = store or await Store.open(settings.db_url)
-        app.state.store.clock = late_commit_clock(app.state.store.clock, settings.faults)
-        simulator = None
-        if settings.simulate_rate > 0:
-            from ordersync.hub.simulator import Warehouse
-
-            simulator = await Warehouse.start(app.state.store, settings)
-        app.state.warehouse = simulator
         try:
+            if owned:
+                await hub_store.migrate()
+            if simulation is not None:
+                await simulation.start()
             yield
         finally:
-            if simulator is not None:
-                await simulator.stop()
+            if simulation is not None:
+                await simulation.stop()
             if owned:
-                await app.state.store.close()
+                await hub_store.close()
 
     app = FastAPI(
         title="ordersync hub",
@@ -51,8 +62,9 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
             "HubRise-style under /v1."
         ),
     )
-    if store is not None:
-        app.state.store = store
+    app.state.store = hub_store
+    app.state.hubrise_store = HubRiseStore(hub_store)
+    app.state.warehouse = simulation  # runs while the lifespan does
     install_error_handlers(app)
     app.include_router(masonhub.router)
     app.include_router(tradecloud.router)
@@ -64,6 +76,6 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
 
     if settings.faults.any_http:
         app.add_middleware(FaultInjector, settings=settings.faults, prefixes=API_PREFIXES)
-    install_rate_limits(app, settings)
+    install_rate_limits(app, settings, hub_store)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

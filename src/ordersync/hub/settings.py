@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ordersync.hub import DEFAULT_DB_URL
 from ordersync.hub.faults import FaultSettings
-from ordersync.hub.ratelimit import QuotaPolicy
+from ordersync.quotas import QuotaPolicy
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ STAGE_SECONDS = {
     OrderStatus.FULFILLED: 8.0,
 }
 CANCEL_PROBABILITY = 0.06
+SIMULATOR_CONNECTION = "warehouse-simulator"
 SKUS = [f"SKU-{n:04d}" for n in range(1, 201)]
 CITIES = [
     ("Austin", "TX", "78701"),
@@ -90,7 +91,11 @@ class Warehouse:
 
     @classmethod
     async def start(cls, store: Store, settings: HubSettings) -> Warehouse:
-        token = await store.create_token(settings.simulate_account, "warehouse-simulator")
+        # The simulator writes through the store, never over HTTP: the token it needs only to
+        # name its connection. The previous start's token is revoked, so that restarts do not
+        # leave live tokens behind.
+        await store.revoke_connection(settings.simulate_account, SIMULATOR_CONNECTION)
+        token = await store.create_token(settings.simulate_account, SIMULATOR_CONNECTION)
         warehouse = cls(
             store, await store.authenticate(token), settings.simulate_rate, settings.simulate_seed
         )
@@ -238,3 +243,32 @@ class Warehouse:
                 "order_policy": rng.choice(["allow_splits", "single_shipment", "minimize_splits"]),
             }
         )
+
+
+class Simulation:
+    """The simulator as the hub app holds it: built by `create_app` with everything else, its
+    warehouse started and stopped by the app's lifespan (it needs the running event loop)."""
+
+    def __init__(self, store: Store, settings: HubSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.warehouse: Warehouse | None = None
+
+    async def start(self) -> None:
+        self.warehouse = await Warehouse.start(self.store, self.settings)
+
+    async def stop(self) -> None:
+        if self.warehouse is not None:
+            await self.warehouse.stop()
+
+    def pause(self) -> None:
+        if self.warehouse is not None:
+            self.warehouse.pause()
+
+    @property
+    def created(self) -> int:
+        return self.warehouse.created if self.warehouse is not None else 0
+
+    @property
+    def moves(self) -> int:
+        return self.warehouse.moves if self.warehouse is not None else 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,6 @@ from ordersync.store.tables import accounts, changes, connections, orders, shipm
 
 Clock = Callable[[], int]
 TOKEN_PREFIX = "osk_"
-_AUTH_CACHE_SECONDS = 10.0
 # SQLite listings up to this offset and without a status filter run on the event loop's thread
 # (see `_list`); larger ones in a reader thread.
 _SQLITE_INLINE_MAX_OFFSET = 1_000
@@ -106,7 +104,6 @@ class Store:
         self.reader = reader
         self.writer = writer
         self.clock = clock
-        self._auth_cache: dict[str, tuple[float, Principal]] = {}
         # SQLite: listings read through plain sqlite3 connections, at most one thread hop.
         self._sqlite_reads = (
             SqliteReadPool(url, reader.dialect) if url.backend == "sqlite" else None
@@ -114,13 +111,24 @@ class Store:
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock = now_ms, migrate: bool = True) -> Store:
-        parsed = parse_database_url(url)
+        store = cls.connect(url, clock=clock)
         if migrate:
-            from ordersync.store.migrate import upgrade
+            await store.migrate()
+        return store
 
-            await upgrade(parsed)
+    @classmethod
+    def connect(cls, url: str, *, clock: Clock = now_ms) -> Store:
+        """The store of `url` without any I/O yet: connections open on first use, in the event
+        loop that uses them. Call `migrate()` before serving from a new database."""
+        parsed = parse_database_url(url)
         reader, writer = create_engines(parsed)
         return cls(parsed, reader, writer, clock)
+
+    async def migrate(self) -> None:
+        """Create or upgrade the tables."""
+        from ordersync.store.migrate import upgrade
+
+        await upgrade(self.url)
 
     async def close(self) -> None:
         if self._sqlite_reads is not None:
@@ -159,25 +167,39 @@ class Store:
         return token
 
     async def authenticate(self, token: str) -> Principal:
-        digest = hash_token(token)
-        cached = self._auth_cache.get(digest)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        async with self.reader.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(connections.c.id, connections.c.name, accounts.c.id, accounts.c.name)
-                    .join(accounts, accounts.c.id == connections.c.account_id)
-                    .where(connections.c.token_hash == digest, connections.c.revoked_at.is_(None))
-                )
-            ).first()
-        if row is None:
+        """The live connection `token` names; `AuthenticationFailed` if none (unknown or
+        revoked). Read from the database every time: no cache may outlive a revocation."""
+        params = {"token_hash": hash_token(token)}
+        reads = self._sqlite_reads
+        if reads is not None:
+            # One indexed lookup: cheaper on the event loop's thread than a hop to a thread.
+            rows = await reads.run(
+                lambda connection: reads.execute(connection, _AUTHENTICATE, params), inline=True
+            )
+        else:
+            async with self.reader.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                rows = list((await conn.execute(_AUTHENTICATE, params)).all())
+        if not rows:
             raise AuthenticationFailed("unknown or revoked token")
-        principal = Principal(int(row[0]), str(row[1]), int(row[2]), str(row[3]))
-        if len(self._auth_cache) > 4096:
-            self._auth_cache.clear()
-        self._auth_cache[digest] = (time.monotonic() + _AUTH_CACHE_SECONDS, principal)
-        return principal
+        row = rows[0]
+        return Principal(int(row[0]), str(row[1]), int(row[2]), str(row[3]))
+
+    async def revoke_connection(self, account_name: str, connection_name: str) -> int:
+        """Revoke every live token of that connection; how many were revoked. Refused from the
+        next request on, in every process (`authenticate` reads the database each time)."""
+        account_ids = select(accounts.c.id).where(accounts.c.name == account_name)
+        async with self.writer.begin() as conn:
+            result = await conn.execute(
+                update(connections)
+                .where(
+                    connections.c.account_id.in_(account_ids.scalar_subquery()),
+                    connections.c.name == connection_name,
+                    connections.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=self.clock())
+            )
+        return int(result.rowcount)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -440,6 +462,16 @@ class Store:
                 (str(row.status), int(row.updated_at)),
             )
         return after
+
+
+_AUTHENTICATE = (
+    select(connections.c.id, connections.c.name, accounts.c.id, accounts.c.name)
+    .join(accounts, accounts.c.id == connections.c.account_id)
+    .where(
+        connections.c.token_hash == bindparam("token_hash"),
+        connections.c.revoked_at.is_(None),
+    )
+)
 
 
 @dataclass(frozen=True)

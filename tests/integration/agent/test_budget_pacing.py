@@ -5,19 +5,21 @@ HubRise's shape (general windows plus the heavy-listing limit, a minute become a
 and the same heavy limit on MasonHub's listings. The agent is built by `open_runtime` from a
 config with `quota = [...]`, exactly as `ordersync agent run` builds it.
 
+Every test runs on one fake clock shared by the hub's quota windows and the agent's budget
+(time moves only when the budget sleeps), so the timings asserted are exact, not wall-clock.
+
 - Pacing: a backfill against the heavy limit receives no 429 and ends within 1.1x of the
   minimum time the quota allows (the N-th listing can go no earlier than the start of window
   ceil(N / limit), counted from a window's start).
 - Another client spends half of each window: the agent adapts, loses nothing.
-- A spent daily quota (on a fake clock): logged once with the resume time, shown by `/status`
-  and the metrics while it lasts, and the sync resumes by itself at midnight.
+- A spent daily quota: logged once with the resume time, shown by `/status` and the metrics
+  while it lasts, and the sync resumes by itself at midnight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,7 +88,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     await opened.store.close()
 
 
-def with_quotas(hub: Hub, specs: str, clock: Callable[[], float] = time.time) -> None:
+def with_quotas(hub: Hub, specs: str, clock: Callable[[], float]) -> None:
     """Serve the hub with `specs` (QuotaPolicy syntax) on the given quota clock."""
     settings = HubSettings(quotas=QuotaPolicy.from_specs(specs), quota_clock=clock)
     hub.app = create_app(settings, hub.store)
@@ -144,11 +146,33 @@ async def open_agent(
     return Agent(runtime, transport)
 
 
-async def start_of_next_window(seconds: int = WINDOW) -> float:
-    """Sleep to just after the next clock-aligned window starts; that start."""
-    start = (math.floor(time.time() / seconds) + 1) * seconds
-    await asyncio.sleep(start - time.time() + 0.002)
-    return start
+class FakeTime:
+    """Epoch seconds that move only when the budget sleeps (concurrent sleepers each wake at
+    their own deadline)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self.now + seconds
+        await asyncio.sleep(0)
+        self.now = max(self.now, deadline)
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+# Just after a clock-aligned window start (and the start of the 10:00 hour).
+WINDOW_START = at("2024-03-05T10:00:00") + 0.002
+
+
+def paced_by(clock: FakeTime, sleep: Callable[[float], Any] | None = None) -> Any:
+    """The agent's budgets on the fake clock."""
+    return lambda metrics: BudgetBook(metrics, clock=clock, sleep=sleep or clock.sleep)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -158,12 +182,19 @@ async def test_a_paced_backfill_gets_no_429_and_ends_within_1_1x_of_the_quota_mi
     """The heavy-listing limit (4 per window) in force, known from the config: ~20 listings
     go without one 429, in at most 1.1x the time the quota forces."""
     await hub.create_orders(180)
-    with_quotas(hub, DIALECTS[dialect].hub_quotas)
-    agent = await open_agent(hub, tmp_path, DIALECTS[dialect].quota, dialect=dialect, page_size=10)
+    clock = FakeTime(WINDOW_START)
+    with_quotas(hub, DIALECTS[dialect].hub_quotas, clock)
+    agent = await open_agent(
+        hub,
+        tmp_path,
+        DIALECTS[dialect].quota,
+        dialect=dialect,
+        page_size=10,
+        budgets=paced_by(clock),
+    )
     try:
-        start = await start_of_next_window()
         await run_sources(agent.runtime, asyncio.Event(), once=True)
-        elapsed = time.time() - start
+        elapsed = clock.now - WINDOW_START
         n = agent.listings
         minimum = (math.ceil(n / HEAVY_LIMIT) - 1) * WINDOW
         print(
@@ -184,22 +215,33 @@ async def test_a_paced_backfill_gets_no_429_and_ends_within_1_1x_of_the_quota_mi
         await agent.runtime.close()
 
 
-async def spend_half_of_each_window(hub: Hub, dialect: Dialect, stop: asyncio.Event) -> list[int]:
+class HalfSpender:
     """Another client on the same connection, a batch job: HEAVY_LIMIT / 2 listings at the
-    start of every window, all at once. Returns its status codes."""
-    codes: list[int] = []
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.app)) as client:
-        auth = {dialect.auth: dialect.auth_value(hub.token)}
-        while not stop.is_set():
-            await start_of_next_window()
-            answers = await asyncio.gather(
-                *(
-                    client.get(dialect.base_url + dialect.listing, headers=auth)
-                    for _ in range(HEAVY_LIMIT // 2)
-                )
-            )
-            codes += [answer.status_code for answer in answers]
-    return codes
+    start of every window of the fake clock, before anything else happens in that window."""
+
+    def __init__(self, hub: Hub, dialect: Dialect, clock: FakeTime) -> None:
+        self.hub, self.dialect, self.clock = hub, dialect, clock
+        self.codes: list[int] = []
+        self.window: float | None = None
+        self.lock = asyncio.Lock()
+
+    async def spend_if_new_window(self) -> None:
+        async with self.lock:  # the agent's other stream waits until this window's spend is done
+            window = self.clock.now // WINDOW
+            if window == self.window:
+                return
+            self.window = window
+            transport = httpx.ASGITransport(app=self.hub.app)
+            async with httpx.AsyncClient(transport=transport) as client:
+                auth = {self.dialect.auth: self.dialect.auth_value(self.hub.token)}
+                url = self.dialect.base_url + self.dialect.listing
+                for _ in range(HEAVY_LIMIT // 2):
+                    self.codes.append((await client.get(url, headers=auth)).status_code)
+
+    async def sleep(self, seconds: float) -> None:
+        """The agent's budget sleep: time passes, then the other client spends first."""
+        await self.clock.sleep(seconds)
+        await self.spend_if_new_window()
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -210,32 +252,35 @@ async def test_with_another_client_spending_half_the_quota_the_agent_adapts(
     429, waited out for its Retry-After): every record arrives, once, in about the time half
     the quota allows."""
     await hub.create_orders(80)
-    with_quotas(hub, DIALECTS[dialect].hub_quotas)
-    agent = await open_agent(hub, tmp_path, DIALECTS[dialect].quota, dialect=dialect, page_size=10)
-    stop = asyncio.Event()
-    other = asyncio.ensure_future(spend_half_of_each_window(hub, DIALECTS[dialect], stop))
+    clock = FakeTime(WINDOW_START)
+    with_quotas(hub, DIALECTS[dialect].hub_quotas, clock)
+    other = HalfSpender(hub, DIALECTS[dialect], clock)
+    agent = await open_agent(
+        hub,
+        tmp_path,
+        DIALECTS[dialect].quota,
+        dialect=dialect,
+        page_size=10,
+        budgets=paced_by(clock, other.sleep),
+    )
     try:
-        start = await start_of_next_window()
+        await other.spend_if_new_window()
         await run_sources(agent.runtime, asyncio.Event(), once=True)
-        elapsed = time.time() - start
-        stop.set()
-        others = await other
+        elapsed = clock.now - WINDOW_START
         n = agent.listings
         half_quota_minimum = (math.ceil(n / (HEAVY_LIMIT // 2)) - 1) * WINDOW
         hits = agent.rate_limit_hits(dialect)
         print(
             f"\n{dialect} shared quota: {n} agent listings ({hits:.0f} refused) and "
-            f"{len(others)} others' ({others.count(429)} refused) in {elapsed:.2f} s; "
+            f"{len(other.codes)} others' ({other.codes.count(429)} refused) in {elapsed:.2f} s; "
             f"half-quota minimum {half_quota_minimum} s"
         )
         await assert_replica_equals_hub(hub, agent.runtime.sink, dialect)
         await assert_applied_at_most_once(agent.runtime.sink, 80)
-        assert 429 not in others  # the agent never took the other client's share
+        assert 429 not in other.codes  # the agent never took the other client's share
         # Each 429 (the other client spent after our last answer) costs at most a window.
         assert elapsed <= 1.1 * half_quota_minimum + hits * WINDOW
     finally:
-        stop.set()
-        await asyncio.gather(other, return_exceptions=True)
         await agent.runtime.close()
 
 
@@ -244,16 +289,17 @@ async def test_a_429_after_another_clients_spending_is_waited_out_for_its_retry_
 ) -> None:
     """The other client spends its half just before our third listing of each window, after
     our last answer said two remained: that listing gets a 429. The next one goes no sooner
-    than Retry-After (1 s) later; nothing is lost."""
+    than Retry-After later; nothing is lost."""
     await hub.create_orders(60)
-    with_quotas(hub, DIALECTS["masonhub"].hub_quotas)
+    clock = FakeTime(WINDOW_START)
+    with_quotas(hub, DIALECTS["masonhub"].hub_quotas, clock)
     other = httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.app))
     sent: list[tuple[float, int]] = []  # (when, the listing's ordinal in its window)
 
     async def other_spends_first(request: httpx.Request, n: int) -> httpx.Response | None:
         if endpoint_class(request.method, str(request.url)) != "heavy":
             return None
-        now = time.time()
+        now = clock.now
         ordinal = 1 + sum(1 for t, _ in sent if t // WINDOW == now // WINDOW)
         sent.append((now, ordinal))
         if ordinal == 3:
@@ -263,7 +309,9 @@ async def test_a_429_after_another_clients_spending_is_waited_out_for_its_retry_
                 )
         return None
 
-    agent = await open_agent(hub, tmp_path, DIALECTS["masonhub"].quota, page_size=10)
+    agent = await open_agent(
+        hub, tmp_path, DIALECTS["masonhub"].quota, page_size=10, budgets=paced_by(clock)
+    )
     agent.transport.before = other_spends_first
     try:
         await run_sources(agent.runtime, asyncio.Event(), once=True)
@@ -273,32 +321,12 @@ async def test_a_429_after_another_clients_spending_is_waited_out_for_its_retry_
         assert hits == len(refused) >= 2
         for when in refused:
             retried = min(t for t, _ in sent if t > when)
-            assert retried - when >= 1.0  # Retry-After: 1, never less
+            assert retried - when >= 1.0  # Retry-After is at least 1 s, never less
         await assert_replica_equals_hub(hub, agent.runtime.sink)
         await assert_applied_at_most_once(agent.runtime.sink, 60)
     finally:
         await other.aclose()
         await agent.runtime.close()
-
-
-class FakeTime:
-    """Epoch seconds that move only when the budget sleeps (concurrent sleepers each wake at
-    their own deadline)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        deadline = self.now + seconds
-        await asyncio.sleep(0)
-        self.now = max(self.now, deadline)
-
-
-def at(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize("case", ["configured", "learned", "spent-by-another-client"])

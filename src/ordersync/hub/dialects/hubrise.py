@@ -26,7 +26,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ordersync.domain import check_transition
-from ordersync.errors import AuthenticationFailed, InvalidTransition, NotFound, ValidationFailed
+from ordersync.errors import InvalidTransition, NotFound, ValidationFailed
+from ordersync.hub.auth import hubrise_principal
 from ordersync.hub.dialects.hubrise_shapes import (
     STATUS_IN,
     UNMAPPED_STATUSES,
@@ -173,17 +174,7 @@ def install(app: FastAPI) -> None:
 router = APIRouter(prefix=PREFIX, tags=["hubrise"], route_class=HubRiseRoute)
 
 
-async def access_token_principal(request: Request) -> Principal:
-    token = request.headers.get("x-access-token", "").strip()
-    if not token:
-        raise ApiError(401, "missing X-Access-Token header")
-    try:
-        return await _store(request).authenticate(token)
-    except AuthenticationFailed:
-        raise ApiError(401, "the access token is not valid for this hub") from None
-
-
-Caller = Annotated[Principal, Depends(access_token_principal)]
+Caller = Annotated[Principal, Depends(hubrise_principal)]
 
 
 def _store(request: Request) -> Store:
@@ -192,11 +183,7 @@ def _store(request: Request) -> Store:
 
 
 def _hubrise(request: Request) -> HubRiseStore:
-    store = _store(request)
-    queries = getattr(request.app.state, "hubrise_store", None)
-    if not isinstance(queries, HubRiseStore) or queries.store is not store:
-        queries = HubRiseStore(store)
-        request.app.state.hubrise_store = queries
+    queries: HubRiseStore = request.app.state.hubrise_store
     return queries
 
 

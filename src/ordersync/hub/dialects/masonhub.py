@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ordersync.domain import NewOrder, OrderStatus, ShipmentStatus, parse_rfc3339_ms
-from ordersync.hub.auth import bearer_principal
+from ordersync.hub.auth import masonhub_credential, masonhub_principal, principal_of
 from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.store.store import ListQuery, Page, Principal, Store
 
@@ -35,7 +35,7 @@ MAX_BATCH = 100
 MAX_OFFSET = 2**63 - 1
 
 router = APIRouter(prefix="/api/v1", tags=["masonhub"])
-Caller = Annotated[Principal, Depends(bearer_principal)]
+Caller = Annotated[Principal, Depends(masonhub_principal)]
 
 
 def _json(body: bytes, status: int = 200) -> Response:
@@ -334,8 +334,9 @@ class _LeanListing:
         query, summary = plain
         # Raises ApiError(401) as the FastAPI route's first dependency would; the app's
         # exception handlers render it.
-        caller = await bearer_principal(request)
-        page = await self.list_page(request.app.state.store, caller.account_id, query, summary)
+        store: Store = request.app.state.store
+        caller = await principal_of(scope, store, masonhub_credential)
+        page = await self.list_page(store, caller.account_id, query, summary)
         await _listing(_envelope(page, query, summary))(scope, receive, send)
 
 

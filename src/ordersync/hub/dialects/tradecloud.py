@@ -10,8 +10,6 @@ use the same lastUpdatedAfter again"), results ascend by `lastUpdatedAt`, and th
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Any
 
 import orjson
@@ -20,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from ordersync.domain import parse_rfc3339_ms
-from ordersync.errors import AuthenticationFailed
+from ordersync.hub.auth import tradecloud_principal
 from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.store.store import ListQuery, Principal, Store
 
@@ -72,30 +70,6 @@ _LINE_STATUS: dict[str, dict[str, str | None]] = {
     },
 }
 _SHIPMENT_STATUS = {"shipped": "Shipped", "in_transit": "InTransit", "delivered": "Delivered"}
-
-
-async def tradecloud_principal(request: Request) -> Principal:
-    """Bearer token, or HTTP Basic with the connection name as user and the token as password."""
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    store: Store = request.app.state.store
-    name: str | None = None
-    if scheme.lower() == "basic":
-        try:
-            name, _, token = base64.b64decode(credentials, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise ApiError(401, "malformed Basic credentials") from None
-    elif scheme.lower() == "bearer" and credentials.strip():
-        token = credentials.strip()
-    else:
-        raise ApiError(401, "send 'Authorization: Bearer <token>' or Basic <name:token>")
-    try:
-        principal = await store.authenticate(token)
-    except AuthenticationFailed:
-        raise ApiError(401, "the credentials are not valid for this hub") from None
-    if name is not None and name != principal.connection_name:
-        raise ApiError(401, "the credentials are not valid for this hub")
-    return principal
 
 
 Caller = Annotated[Principal, Depends(tradecloud_principal)]
