@@ -3,19 +3,24 @@ never another exception, which would end the agent with a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ordersync.agent.client import ApiClient
+from ordersync.agent.engine import SyncEngine
 from ordersync.agent.errors import ProtocolError
 from ordersync.agent.records import Record
 from ordersync.agent.retry import parse_http_date_ms, parse_retry_after
+from ordersync.agent.sinks.jsonl import JsonlSink
 from ordersync.agent.sources.hubrise import HubRiseSource
 from ordersync.agent.sources.masonhub import MasonHubSource
 from ordersync.agent.sources.tradecloud import TradecloudSource
@@ -220,3 +225,27 @@ def test_any_retry_after_or_date_header_is_read_or_ignored(value: str) -> None:
 def test_a_retry_after_of_unicode_digits_is_ignored() -> None:
     """'²' passes str.isdigit but is no delta-seconds: ignored, not a ValueError."""
     assert parse_retry_after("²", 0) is None
+
+
+async def test_a_malformed_answer_is_one_warning_and_a_retry_next_cycle(tmp_path: Path) -> None:
+    """A platform answering a top-level array: each cycle fails with one `sync_cycle_failed`
+    warning naming it, the loop goes on and asks again; nothing is applied, no traceback."""
+    stop = asyncio.Event()
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if len(asked) >= 6:
+            stop.set()
+        return httpx.Response(200, json=[{"id": "o1"}])
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    source = MasonHubSource(ApiClient(http, "http://p.test", "t"), streams=("orders",))
+    sink = await JsonlSink.open(tmp_path / "changes.jsonl")
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(SyncEngine(source, sink).run(0.001, stop), 60)
+    await sink.close()
+    failures = [entry for entry in logs if entry["event"] == "sync_cycle_failed"]
+    assert len(failures) == len(asked) >= 6
+    assert all(f["log_level"] == "warning" and "data array" in f["error"] for f in failures)
+    assert await sink.load_cursor("masonhub", "orders") is None
