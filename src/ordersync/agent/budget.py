@@ -380,7 +380,7 @@ def parse_structured_list(value: str | None) -> list[tuple[str, dict[str, int]]]
         params: dict[str, int] = {}
         for param in match["params"].split(";"):
             key, _, number = (p.strip() for p in param.partition("="))
-            if key and number.isdigit():
+            if key and number.isascii() and number.isdigit():  # not "²": int() refuses it
                 params[key] = int(number)
         items.append((match["name"], params))
     return items

@@ -15,6 +15,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ordersync.agent.budget import Budget, parse_structured_list
 from ordersync.agent.client import ApiClient
 from ordersync.agent.engine import SyncEngine
 from ordersync.agent.errors import ProtocolError
@@ -249,3 +250,22 @@ async def test_a_malformed_answer_is_one_warning_and_a_retry_next_cycle(tmp_path
     assert len(failures) == len(asked) >= 6
     assert all(f["log_level"] == "warning" and "data array" in f["error"] for f in failures)
     assert await sink.load_cursor("masonhub", "orders") is None
+
+
+@settings(max_examples=300)
+@given(value=st.text(max_size=40))
+def test_any_ratelimit_header_is_read_or_skipped(value: str) -> None:
+    """`RateLimit` / `RateLimit-Policy` of any text (e.g. `r=²`) never raises."""
+    parse_structured_list(value)
+    parse_structured_list(f'"minute";r={value}')
+
+
+async def test_a_rate_limit_header_of_unicode_digits_does_not_end_the_call() -> None:
+    """A platform sends `RateLimit: "minute";r=²` (latin-1 byte 0xB2): the page is read."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": []}, headers=[(b"ratelimit", b'"minute";r=\xb2')])
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    client = ApiClient(http, "http://p.test", "t", budget=Budget("p"))
+    assert (await MasonHubSource(client).fetch_page("orders", 0, 0, 10)).records == []
