@@ -188,8 +188,8 @@ async def stopping_on(runtime: AgentRuntime, stop: asyncio.Event) -> AsyncIterat
     async def release_waits() -> None:
         await stop.wait()
         runtime.budgets.close()  # a spent daily quota can hold a request back for hours
-        for engine in runtime.engines.values():
-            api_client(engine).abort()
+        for client in _api_clients(runtime):
+            client.abort()
 
     releasing = asyncio.ensure_future(release_waits())
     try:
@@ -198,8 +198,16 @@ async def stopping_on(runtime: AgentRuntime, stop: asyncio.Event) -> AsyncIterat
         releasing.cancel()
         # The runtime may run again (the demo drains after its loop).
         runtime.budgets.reopen()
-        for engine in runtime.engines.values():
-            api_client(engine).resume()
+        for client in _api_clients(runtime):
+            client.resume()
+
+
+def _api_clients(runtime: AgentRuntime) -> list[ApiClient]:
+    """The platform clients of the runtime's engines (an engine without one has none)."""
+    clients = (
+        getattr(getattr(e, "source", None), "client", None) for e in runtime.engines.values()
+    )
+    return [client for client in clients if isinstance(client, ApiClient)]
 
 
 def _token_env(config: AgentConfig, name: str) -> str:
