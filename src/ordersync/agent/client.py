@@ -87,7 +87,8 @@ def auth_headers(scheme: str, token: str, connection_name: str | None = None) ->
 
 
 class _NoAnswer(Exception):
-    """No complete answer: the connection failed or the deadline passed (`reason` names it)."""
+    """No complete answer: the connection failed or the deadline passed. `reason` (the retry
+    metric's label) is "deadline" or the transport error's name, e.g. "ReadError"."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -233,8 +234,16 @@ class ApiClient:
         except _NoAnswer as exc:
             if ticket is not None:
                 ticket.settle(None, None)
-            self._observe(endpoint, params, exc.reason, None, started, attempt, error=str(exc))
+            code = "deadline" if exc.reason == "deadline" else "transport_error"
+            self._observe(endpoint, params, code, None, started, attempt, error=str(exc))
             raise Transient(exc.reason) from exc
+        except ProtocolError as exc:  # an answer too large or unreadable to take in
+            if ticket is not None:
+                ticket.settle(None, None)
+            self._observe(
+                endpoint, params, "protocol_error", None, started, attempt, error=str(exc)
+            )
+            raise
         except BaseException:
             if ticket is not None:
                 ticket.settle(None, None)
@@ -272,7 +281,7 @@ class ApiClient:
                 "deadline", f"no complete answer within the {self.deadline:g} s deadline"
             ) from exc
         except httpx.TransportError as exc:
-            raise _NoAnswer("transport_error", f"{type(exc).__name__}: {exc}") from exc
+            raise _NoAnswer(type(exc).__name__, f"{type(exc).__name__}: {exc}") from exc
         except httpx.RequestError as exc:  # e.g. a body that is not in its declared encoding
             raise ProtocolError(
                 f"{self.source}: {url} answered unreadably ({type(exc).__name__}: {exc})"
