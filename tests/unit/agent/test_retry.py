@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -96,4 +97,28 @@ async def test_the_http_sink_gives_up_after_the_policys_attempts(tmp_path: Path)
     with pytest.raises(SinkError, match="failed 3 times"):
         await sink.apply_page("s", "orders", [record()], Cursor(1_000, "o1"))
     assert len(waits) == 2 and all(0 <= w <= 0.5 * 2**i for i, w in enumerate(waits))
+    assert await sink.load_cursor("s", "orders") is None
+
+
+async def test_an_erp_that_never_answers_is_retried_at_each_deadline(tmp_path: Path) -> None:
+    """Each POST ends at the sink's deadline and is retried; then SinkError, cursor kept."""
+    posts: list[int] = []
+
+    async def never(request: httpx.Request) -> httpx.Response:
+        posts.append(1)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    waits, sleep = recording()
+    sink = HttpSink(
+        "http://erp/ingest",
+        httpx.AsyncClient(transport=httpx.MockTransport(never)),
+        tmp_path / "state.json",
+        retry=RetryPolicy(attempts=2),
+        sleep=sleep,  # type: ignore[arg-type]
+        deadline=0.05,
+    )
+    with pytest.raises(SinkError, match="deadline"):
+        await asyncio.wait_for(sink.apply_page("s", "orders", [record()], Cursor(1, "o1")), 60)
+    assert len(posts) == 2 and len(waits) == 1
     assert await sink.load_cursor("s", "orders") is None

@@ -43,10 +43,12 @@ class HttpSink(HeldVersions):
         retry: RetryPolicy = RetryPolicy(),
         fault_hook: FaultHook | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        deadline: float = 60.0,
     ) -> None:
         self.url = url
         self.http = http
         self.retrier = Retrier(retry, sleep=sleep)
+        self.deadline = deadline  # per POST, answer included: an ERP that stalls is retried
         self.fault_hook = fault_hook
         self.checkpoints = CheckpointFile(state_path)
         self.ledger_path = state_path.with_name(state_path.name + ".delivered")
@@ -113,7 +115,10 @@ class HttpSink(HeldVersions):
     async def _post_once(self, body: bytes, headers: dict[str, str]) -> None:
         """Returns once delivered; `Transient` for a failure worth retrying."""
         try:
-            response = await self.http.post(self.url, content=body, headers=headers)
+            async with asyncio.timeout(self.deadline):
+                response = await self.http.post(self.url, content=body, headers=headers)
+        except TimeoutError as exc:
+            raise Transient("deadline") from exc
         except httpx.TransportError as exc:
             raise Transient(type(exc).__name__) from exc
         if response.is_success:
