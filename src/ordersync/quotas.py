@@ -183,7 +183,7 @@ def parse_spec(text: str) -> QuotaSpec:
 def _parse_window(text: str, endpoint_class: str, spec: str) -> Window:
     match = _WINDOW.match(text)
     period = match["period"].removesuffix("s") if match else ""
-    seconds = int(period) if period.isdigit() else UNITS.get(period, 0)
+    seconds = int(period) if period.isascii() and period.isdigit() else UNITS.get(period, 0)
     if not match or seconds < 1 or int(match["limit"]) < 1:
         raise QuotaSpecError(
             f"quota {spec!r}: {text!r} is not LIMIT/PERIOD with PERIOD second, minute, hour, "
@@ -297,7 +297,7 @@ def parse_structured_list(value: str | None) -> list[tuple[str, dict[str, int]]]
         params: dict[str, int] = {}
         for param in match["params"].split(";"):
             key, _, number = (p.strip() for p in param.partition("="))
-            if key and number.isdigit():
+            if key and number.isascii() and number.isdigit():  # not "²": int() refuses it
                 params[key] = int(number)
         items.append((match["name"], params))
     return items

@@ -3,6 +3,11 @@
 It never touches sockets: an injected `httpx.AsyncClient` does (tests pass one built on
 `httpx.ASGITransport` or a fault-injecting transport). Failures of the layer below become
 `ordersync.agent.errors` here and nowhere else.
+
+Whatever the platform does, a call ends: each attempt has an overall deadline (sending, waiting
+and reading the whole body; httpx's own timeouts restart with every byte), a body larger than
+`max_body_bytes` or not JSON is a `ProtocolError`, and `abort()` (the agent is stopping) ends
+the calls in flight, and refuses new ones, with `RequestAborted`.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import functools
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -28,11 +33,20 @@ from ordersync.agent.errors import (
     AuthError,
     ProtocolError,
     RateLimited,
+    RequestAborted,
     RequestRejected,
     RetriesExhausted,
+    Unreachable,
 )
 from ordersync.agent.metrics import AgentMetrics
-from ordersync.agent.retry import RetryPolicy, parse_http_date_ms, parse_retry_after
+from ordersync.agent.retry import (
+    Retrier,
+    RetriesSpent,
+    RetryPolicy,
+    Transient,
+    parse_http_date_ms,
+    parse_retry_after,
+)
 from ordersync.domain.timestamps import format_rfc3339, now_ms
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -41,7 +55,12 @@ Sleep = Callable[[float], Awaitable[None]]
 # the platform works on it meanwhile.
 request_sent: ContextVar[asyncio.Event | None] = ContextVar("request_sent", default=None)
 Params = Mapping[str, str | int] | Sequence[tuple[str, str | int]]
+T = TypeVar("T")
 log = structlog.get_logger("ordersync.agent.api")
+
+DEFAULT_DEADLINE = 60.0  # seconds per attempt, from sending to the last byte of the body
+# A listing page is some hundred kilobytes; far more is a platform gone wrong, not data.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -67,13 +86,13 @@ def auth_headers(scheme: str, token: str, connection_name: str | None = None) ->
     raise ValueError(f"unknown auth scheme {scheme!r}; use bearer, basic or access-token")
 
 
-class _Transient(Exception):
-    """One failed attempt worth retrying, with the wait the server asked for, if any."""
+class _NoAnswer(Exception):
+    """No complete answer: the connection failed or the deadline passed. `reason` (the retry
+    metric's label) is "deadline" or the transport error's name, e.g. "ReadError"."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
         self.reason = reason
-        self.retry_after = retry_after
 
 
 class ApiClient:
@@ -96,16 +115,15 @@ class ApiClient:
         auth: Mapping[str, str] | None = None,
         exact_numbers: bool = False,
         budget: Budget | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.source = source
-        self.retry = retry
         self.metrics = metrics or AgentMetrics()
-        self.sleep = sleep
         self.clock = clock
         self.perf = perf
-        self.rng = rng or random.Random()
         self._headers = {
             **(auth if auth is not None else auth_headers("bearer", token)),
             "Accept": "application/json",
@@ -114,11 +132,26 @@ class ApiClient:
         # JSON numbers with a fraction become Decimal, never float (Tradecloud sends quantities
         # and prices as numbers); slower than orjson, so only for sources that need it.
         self._decode: Callable[[bytes], Any] = (
-            functools.partial(json.loads, parse_float=Decimal) if exact_numbers else orjson.loads
+            functools.partial(json.loads, parse_float=Decimal, parse_constant=_not_json)
+            if exact_numbers
+            else orjson.loads
         )
         self.budget = budget  # shared by the sources of one connection (agent/budget.py)
+        self.deadline = deadline
+        self.max_body_bytes = max_body_bytes
+        self.retrier = Retrier(
+            retry,
+            sleep=sleep,
+            rng=rng,
+            on_retry=self._count_retry,
+            # The budget holds the next attempt back until Retry-After has passed (or longer,
+            # until the window reopens), and reports a long pause instead of giving up.
+            retry_after_kept_elsewhere=budget is not None,
+        )
         self.calls = 0
         self.last_server_time_ms: int | None = None
+        self._aborted = False
+        self._in_flight: set[asyncio.Task[Any]] = set()
 
     async def get_json(self, endpoint: str, params: Params) -> ApiResponse:
         return await self.request_json("GET", endpoint, params)
@@ -131,48 +164,62 @@ class ApiClient:
     async def request_json(
         self, method: str, endpoint: str, params: Params = (), body: Any = None
     ) -> ApiResponse:
-        failures = rate_limited = 0
-        while True:
-            try:
-                return await self._attempt(
-                    endpoint, params, failures + rate_limited + 1, method, body
-                )
-            except _Transient as transient:
-                if transient.reason == "rate_limited":
-                    rate_limited += 1
-                    wait = self._rate_limit_wait(transient, rate_limited, endpoint)
-                else:
-                    failures += 1
-                    wait = self._failure_wait(transient, failures, endpoint)
-                self.metrics.retries.labels(self.source, transient.reason).inc()
-                await self.sleep(wait)
+        return await self._abortable(self._retried(method, endpoint, params, body))
 
-    def _rate_limit_wait(self, transient: _Transient, count: int, endpoint: str) -> float:
-        policy = self.retry
-        if count > policy.rate_limit_waits:
-            raise RateLimited(
-                f"{self.source}: {endpoint} still rate limited after {count - 1} waits"
-            ) from transient
-        if transient.retry_after is None:
-            return policy.backoff(count, self.rng)
-        if self.budget is not None:
-            # The budget holds the next attempt back until Retry-After has passed (or longer,
-            # until the window reopens), and reports a long pause instead of giving up.
-            return 0.0
-        if transient.retry_after > policy.max_retry_after:
-            raise RateLimited(
-                f"{self.source}: {endpoint} asks to wait {transient.retry_after:.0f} s "
-                f"(Retry-After), more than the policy's {policy.max_retry_after:.0f} s"
-            ) from transient
-        return transient.retry_after  # never less than the server asked
+    async def probe(self, method: str, endpoint: str, params: Params = (), body: Any = None) -> int:
+        """One attempt, no retries, no quota spent: the status the platform answers (preflight
+        checks the URL and the token with it). `Unreachable` when nothing answers in time."""
+        url = self.base_url + endpoint
+        try:
+            response, _ = await self._abortable(self._exchange(method, url, params, body))
+        except _NoAnswer as exc:
+            raise Unreachable(f"{self.source}: no answer from {url} ({exc})") from exc
+        return response.status_code
 
-    def _failure_wait(self, transient: _Transient, count: int, endpoint: str) -> float:
-        if count >= self.retry.attempts:
-            raise RetriesExhausted(
-                f"{self.source}: {endpoint} failed {count} times, last: {transient.reason}"
-            ) from transient
-        # A 503 with Retry-After names the earliest useful retry; jitter may only add to it.
-        return max(self.retry.backoff(count, self.rng), transient.retry_after or 0.0)
+    def abort(self) -> None:
+        """The agent is stopping: calls in flight end with `RequestAborted`, wherever they are
+        (sending, waiting for an answer or for a retry), and so does every new call until
+        `resume()`. Their pages are not applied; the stored cursors have not moved past them."""
+        self._aborted = True
+        for task in self._in_flight:
+            task.cancel()
+
+    def resume(self) -> None:
+        self._aborted = False
+
+    async def _abortable(self, call: Coroutine[Any, Any, T]) -> T:
+        # The call runs as a task of its own so that `abort()` can cancel it without cancelling
+        # the caller; the caller then sees an error it can handle, not a cancellation.
+        if self._aborted:
+            call.close()
+            raise RequestAborted(f"{self.source}: stopping, no new request is sent")
+        task = asyncio.ensure_future(call)
+        self._in_flight.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if self._aborted and task.cancelled() and not (caller and caller.cancelling()):
+                raise RequestAborted(
+                    f"{self.source}: stopping, the request in flight was dropped"
+                ) from None
+            raise
+        finally:
+            self._in_flight.discard(task)
+
+    async def _retried(self, method: str, endpoint: str, params: Params, body: Any) -> ApiResponse:
+        try:
+            return await self.retrier.call(
+                lambda attempt: self._attempt(endpoint, params, attempt, method, body)
+            )
+        except RetriesSpent as spent:
+            message = f"{self.source}: {endpoint} {spent.why}"
+            if spent.rate_limited:
+                raise RateLimited(message) from spent.last
+            raise RetriesExhausted(message) from spent.last
+
+    def _count_retry(self, transient: Transient) -> None:
+        self.metrics.retries.labels(self.source, transient.reason).inc()
 
     async def _attempt(
         self, endpoint: str, params: Params, attempt: int, method: str = "GET", body: Any = None
@@ -183,42 +230,92 @@ class ApiClient:
         started = self.perf()
         self.calls += 1
         try:
-            response = await self.http.request(
-                method,
-                url,
-                params=_query(params),
-                headers=self._headers if body is None else self._json_headers,
-                content=None if body is None else orjson.dumps(body),
-                extensions={"trace": _trace},
-            )
-        except httpx.TransportError as exc:
+            response, content = await self._exchange(method, url, params, body)
+        except _NoAnswer as exc:
+            if ticket is not None:
+                ticket.settle(None, None)
+            code = "deadline" if exc.reason == "deadline" else "transport_error"
+            self._observe(endpoint, params, code, None, started, attempt, error=str(exc))
+            raise Transient(exc.reason) from exc
+        except ProtocolError as exc:  # an answer too large or unreadable to take in
             if ticket is not None:
                 ticket.settle(None, None)
             self._observe(
-                endpoint,
-                params,
-                "transport_error",
-                None,
-                started,
-                attempt,
-                error=f"{type(exc).__name__}: {exc}",
+                endpoint, params, "protocol_error", None, started, attempt, error=str(exc)
             )
-            raise _Transient(type(exc).__name__) from exc
+            raise
+        except BaseException:
+            if ticket is not None:
+                ticket.settle(None, None)
+            raise
         if ticket is not None:
             ticket.settle(response.status_code, response.headers)
-        body = _json_body(response, self._decode)
-        records = body.get("data") if isinstance(body, dict) else body
+        decoded = _json_body(content, self._decode)
+        records = decoded.get("data") if isinstance(decoded, dict) else decoded
         count = len(records) if isinstance(records, list) else None
         self._observe(endpoint, params, str(response.status_code), count, started, attempt)
         self.last_server_time_ms = parse_http_date_ms(response.headers.get("date"))
-        return self._interpret(response, body, endpoint)
+        return self._interpret(response, decoded, endpoint, content)
 
-    def _interpret(self, response: httpx.Response, body: Any, endpoint: str) -> ApiResponse:
+    async def _exchange(
+        self, method: str, url: str, params: Params, body: Any
+    ) -> tuple[httpx.Response, bytes]:
+        """One request and its whole body, within the deadline."""
+        request = self.http.build_request(
+            method,
+            url,
+            params=_query(params),
+            headers=self._headers if body is None else self._json_headers,
+            content=None if body is None else orjson.dumps(body),
+            extensions={"trace": _trace},
+        )
+        try:
+            async with asyncio.timeout(self.deadline):
+                response = await self.http.send(request, stream=True)
+                try:
+                    content = await self._read_body(response, url)
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            raise _NoAnswer(
+                "deadline", f"no complete answer within the {self.deadline:g} s deadline"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise _NoAnswer(type(exc).__name__, f"{type(exc).__name__}: {exc}") from exc
+        except httpx.RequestError as exc:  # e.g. a body that is not in its declared encoding
+            raise ProtocolError(
+                f"{self.source}: {url} answered unreadably ({type(exc).__name__}: {exc})"
+            ) from exc
+        return response, content
+
+    async def _read_body(self, response: httpx.Response, url: str) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large(url, response.status_code)
+        chunks, size = [], 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large(url, response.status_code)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, url: str, status: int) -> ProtocolError:
+        return ProtocolError(
+            f"{self.source}: {url} answered {status} with a body over "
+            f"{self.max_body_bytes} bytes; not read further"
+        )
+
+    def _interpret(
+        self, response: httpx.Response, body: Any, endpoint: str, content: bytes = b""
+    ) -> ApiResponse:
         status = response.status_code
         if 200 <= status < 300:
             if not isinstance(body, dict | list):
+                what = "a body that is not JSON" if body is _NOT_JSON else "no JSON document"
                 raise ProtocolError(
-                    f"{self.source}: {endpoint} answered {status} without a JSON body"
+                    f"{self.source}: {endpoint} answered {status} with {what} "
+                    f"({len(content)} bytes: {content[:60]!r})"
                 )
             return ApiResponse(body, status, self.last_server_time_ms, response.headers)
         message = _error_message(body, response)
@@ -230,9 +327,9 @@ class ApiClient:
         retry_after = parse_retry_after(response.headers.get("retry-after"), self.clock())
         if status == 429:
             self.metrics.rate_limit_hits.labels(self.source).inc()
-            raise _Transient("rate_limited", retry_after)
+            raise Transient("rate_limited", retry_after, rate_limited=True)
         if status >= 500 or status == 408:
-            raise _Transient(f"http_{status}", retry_after)
+            raise Transient(f"http_{status}", retry_after)
         raise RequestRejected(f"{self.source}: {endpoint} rejected ({status}): {message}", status)
 
     def _observe(
@@ -270,11 +367,21 @@ async def _trace(event: str, info: Mapping[str, Any]) -> None:
             sent.set()
 
 
-def _json_body(response: httpx.Response, decode: Callable[[bytes], Any] = orjson.loads) -> Any:
+_NOT_JSON: Any = object()  # a body that does not decode: its own value, so messages can say so
+
+
+def _json_body(content: bytes, decode: Callable[[bytes], Any] = orjson.loads) -> Any:
     try:
-        return decode(response.content) if response.content else None
-    except ValueError:  # orjson.JSONDecodeError and json.JSONDecodeError both are
-        return None
+        return decode(content) if content else None
+    # ValueError: orjson's and json's decode errors, and bytes that are not UTF-8 text;
+    # RecursionError: json (the exact-numbers decoder) on arrays nested thousands deep.
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _not_json(constant: str) -> Any:
+    # json.loads takes NaN and Infinity by default; they are not JSON, and not a quantity.
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _error_message(body: Any, response: httpx.Response) -> str:

@@ -45,7 +45,14 @@ def run(
     log_format: Annotated[str, typer.Option(help="json or console.")] = "json",
 ) -> None:
     """Sync every configured source into the sink until SIGINT/SIGTERM."""
-    from ordersync.agent.runner import open_runtime, preflight, run_sources, serving_observability
+    from ordersync.agent.errors import RequestAborted
+    from ordersync.agent.runner import (
+        open_runtime,
+        preflight,
+        run_sources,
+        serving_observability,
+        stopping_on,
+    )
 
     configure_logging(_log_format(log_format))
 
@@ -53,15 +60,20 @@ def run(
         settings = load_config(config)
         runtime = await open_runtime(settings, os.environ)
         try:
-            await preflight(runtime)
-            # What exists now (modules, config, engines) lives as long as the process. Frozen,
-            # the garbage collector's full passes stop re-scanning it while pages stream
-            # through: ~0.2 s of a 100,000-order backfill (bench/README.md).
-            gc.freeze()
+            # Before the first request: a signal during the preflight stops the agent too.
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            try:
+                async with stopping_on(runtime, stop):
+                    await preflight(runtime)
+            except RequestAborted:
+                return 0
+            # What exists now (modules, config, engines) lives as long as the process. Frozen,
+            # the garbage collector's full passes stop re-scanning it while pages stream
+            # through: ~0.2 s of a 100,000-order backfill (bench/README.md).
+            gc.freeze()
             async with serving_observability(runtime, settings.port):
                 await run_sources(runtime, stop, once=once)
         finally:

@@ -76,6 +76,8 @@ async def run_every(
         except AuthError:
             raise
         except AgentError as exc:
+            if stop_event.is_set():
+                return  # the request dropped by the stop is no failure: nothing was applied
             log.warning("sync_cycle_failed", source=source, error=str(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop_event.wait(), interval)

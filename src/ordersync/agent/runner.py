@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import orjson
+import stamina
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -27,7 +28,7 @@ from ordersync.agent.budget import Budget, BudgetBook, BudgetClosed, Pause
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
 from ordersync.agent.engine import StreamStatus, SyncEngine
-from ordersync.agent.errors import AuthError
+from ordersync.agent.errors import AuthError, RequestAborted, Unreachable
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.platforms import PLATFORMS
 from ordersync.agent.sinks import open_sink
@@ -72,6 +73,9 @@ async def open_runtime(
 ) -> AgentRuntime:
     """Open the sink and build one engine per source. Tokens are checked here, before any I/O."""
     tokens = {source.name: source.token(environ) for source in config.sources}
+    # The agent counts retries in its own metrics and logs every attempt; stamina's line would
+    # report the zero wait the retrier hands it (agent/retry.py sleeps the policy's wait).
+    stamina.instrumentation.set_on_retry_hooks(())
     metrics = AgentMetrics()
     sink_http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT)
     sink = await open_sink(
@@ -120,34 +124,64 @@ async def preflight(runtime: AgentRuntime) -> None:
     """One cheap call per source, so that a wrong URL or token fails at start, clearly,
     instead of as retries in the log."""
     for name, engine in runtime.engines.items():
-        client = engine.source.client  # type: ignore[attr-defined]
+        client = api_client(engine)
         platform = PLATFORMS[next(s.dialect for s in runtime.config.sources if s.name == name)]
-        method, path = platform.preflight.method, platform.preflight.path
-        params, body = platform.preflight.params, platform.preflight.body
-        url = client.base_url + path
+        check = platform.preflight
         try:
-            response = await client.http.request(
-                method,
-                url,
-                params=params,
-                json=body,
-                headers=client._headers if body is None else client._json_headers,
-            )
-        except httpx.TransportError as exc:
+            status = await client.probe(check.method, check.path, check.params, check.body)
+        except Unreachable as exc:
             raise ConfigurationError(
-                f"source {name!r}: cannot reach {client.base_url} ({exc.__class__.__name__}: "
-                f"{exc}); check base_url and that the platform is up"
+                f"source {name!r}: cannot reach {client.base_url} ({exc.__cause__}); "
+                "check base_url and that the platform is up"
             ) from None
-        if response.status_code in (401, 403):
+        if status in (401, 403):
             raise ConfigurationError(
-                f"source {name!r}: the platform refused the token ({response.status_code}); "
+                f"source {name!r}: the platform refused the token ({status}); "
                 f"check the variable {_token_env(runtime.config, name)}"
             )
-        if response.status_code == 404:
+        if status == 404:
             raise ConfigurationError(
-                f"source {name!r}: {url} does not exist (404); base_url should end with the "
-                f"API root, e.g. http://127.0.0.1:8080{platform.api_root}"
+                f"source {name!r}: {client.base_url + check.path} does not exist (404); "
+                "base_url should end with the API root, e.g. "
+                f"http://127.0.0.1:8080{platform.api_root}"
             )
+
+
+def api_client(engine: SyncEngine) -> ApiClient:
+    """The platform client of an engine's source (every platform's source has one)."""
+    client = getattr(engine.source, "client", None)
+    if not isinstance(client, ApiClient):
+        raise TypeError(f"source {engine.source.name!r} has no platform client")
+    return client
+
+
+@contextlib.asynccontextmanager
+async def stopping_on(runtime: AgentRuntime, stop: asyncio.Event) -> AsyncIterator[None]:
+    """While inside, `stop` ends every wait on the network at once: requests in flight and
+    retry backoffs (`RequestAborted`), quota waits (`BudgetClosed`). A page whose request is
+    dropped is simply not applied; its stream's stored cursor has not moved past it."""
+
+    async def release_waits() -> None:
+        await stop.wait()
+        runtime.budgets.close()  # a spent daily quota can hold a request back for hours
+        for client in _api_clients(runtime):
+            client.abort()
+
+    releasing = asyncio.ensure_future(release_waits())
+    try:
+        yield
+    finally:
+        releasing.cancel()
+        # The runtime may run again (the demo drains after its loop).
+        runtime.budgets.reopen()
+        for client in _api_clients(runtime):
+            client.resume()
+
+
+def _api_clients(runtime: AgentRuntime) -> list[ApiClient]:
+    """The platform clients of the runtime's engines (an engine without one has none)."""
+    clients = (getattr(e.source, "client", None) for e in runtime.engines.values())
+    return [client for client in clients if isinstance(client, ApiClient)]
 
 
 def _token_env(config: AgentConfig, name: str) -> str:
@@ -167,20 +201,11 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
         except AuthError as exc:
             runtime.stopped[name] = str(exc)
             log.error("source_stopped", source=name, reason=str(exc))
-        except BudgetClosed:
-            pass  # stopped while waiting for quota: nothing was sent, nothing is lost
+        except (BudgetClosed, RequestAborted):
+            pass  # stopped while waiting: that page was not applied, its cursor did not move
 
-    async def release_quota_waits() -> None:
-        # A spent daily quota can hold a request back for hours: stopping must not wait.
-        await stop.wait()
-        runtime.budgets.close()
-
-    releasing = asyncio.ensure_future(release_quota_waits())
-    try:
+    async with stopping_on(runtime, stop):
         await asyncio.gather(*(run_one(n, e) for n, e in runtime.engines.items()))
-    finally:
-        releasing.cancel()
-        runtime.budgets.reopen()  # the runtime may run again (the demo drains after its loop)
 
 
 def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:

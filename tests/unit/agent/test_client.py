@@ -9,7 +9,7 @@ import pytest
 import structlog
 
 from ordersync.agent.client import ApiClient
-from ordersync.agent.errors import AuthError, RequestRejected, RetriesExhausted
+from ordersync.agent.errors import AuthError, RequestRejected, RetriesExhausted, Unreachable
 from ordersync.agent.retry import RetryPolicy, parse_retry_after
 
 NOW = 1_704_067_200_000
@@ -85,3 +85,30 @@ async def test_the_server_date_header_is_exposed() -> None:
     )
     response = await client.get_json("/orders", {})
     assert response.server_time_ms == NOW + 5_000
+
+
+async def test_probe_returns_the_status_once_without_retrying() -> None:
+    """The preflight's probe: one call, the platform's status as is (here a 503), no wait."""
+    waits: list[float] = []
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503)
+
+    client = make_client(answer, waits)
+    assert await client.probe("POST", "/poll", {"limit": 1}, {"filters": {}}) == 503
+    assert waits == [] and len(seen) == 1
+    assert seen[0].headers["authorization"] == "Bearer tok"
+    assert seen[0].headers["content-type"] == "application/json"
+    assert seen[0].url.params["limit"] == "1" and seen[0].content == b'{"filters":{}}'
+
+
+async def test_probe_names_an_unreachable_platform() -> None:
+    """No answer at all (connection refused): Unreachable, with the cause."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(Unreachable, match="ConnectError: refused"):
+        await make_client(refuse, []).probe("GET", "/orders")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import orjson
 
 from ordersync.agent.errors import SinkError, SinkRejected
 from ordersync.agent.records import ApplyResult, Cursor, Record
-from ordersync.agent.retry import RetryPolicy, parse_retry_after
+from ordersync.agent.retry import Retrier, RetriesSpent, RetryPolicy, Transient, parse_retry_after
 from ordersync.agent.sinks.base import FaultHook, HeldVersions, fire
 from ordersync.agent.sinks.checkpoint_file import CheckpointFile
 from ordersync.domain.timestamps import format_rfc3339, now_ms
@@ -44,13 +43,13 @@ class HttpSink(HeldVersions):
         retry: RetryPolicy = RetryPolicy(),
         fault_hook: FaultHook | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        deadline: float = 60.0,
     ) -> None:
         self.url = url
         self.http = http
-        self.retry = retry
+        self.retrier = Retrier(retry, sleep=sleep)
+        self.deadline = deadline  # per POST, answer included: an ERP that stalls is retried
         self.fault_hook = fault_hook
-        self.sleep = sleep
-        self.rng = random.Random()
         self.checkpoints = CheckpointFile(state_path)
         self.ledger_path = state_path.with_name(state_path.name + ".delivered")
         self._held: dict[tuple[str, str, str], int] = {}
@@ -108,26 +107,26 @@ class HttpSink(HeldVersions):
             "Idempotency-Key": idempotency_key(source, stream, newer),
             "Content-Type": "application/json",
         }
-        for attempt in range(1, self.retry.attempts + 1):
-            wait = await self._post_once(body, headers, attempt)
-            if wait is None:
-                return
-            await self.sleep(wait)
-        raise SinkError(
-            f"the ERP at {self.url} did not take a page after {self.retry.attempts} attempts"
-        )
-
-    async def _post_once(self, body: bytes, headers: dict[str, str], attempt: int) -> float | None:
-        """None once delivered; else how long to wait before the next attempt."""
         try:
-            response = await self.http.post(self.url, content=body, headers=headers)
-        except httpx.TransportError:
-            return self.retry.backoff(attempt, self.rng)
+            await self.retrier.call(lambda attempt: self._post_once(body, headers))
+        except RetriesSpent as spent:
+            raise SinkError(f"the ERP at {self.url} did not take a page: {spent.why}") from spent
+
+    async def _post_once(self, body: bytes, headers: dict[str, str]) -> None:
+        """Returns once delivered; `Transient` for a failure worth retrying."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                response = await self.http.post(self.url, content=body, headers=headers)
+        except TimeoutError as exc:
+            raise Transient("deadline") from exc
+        except httpx.TransportError as exc:
+            raise Transient(type(exc).__name__) from exc
         if response.is_success:
-            return None
+            return
         retry_after = parse_retry_after(response.headers.get("retry-after"), now_ms())
         if response.status_code == 429 or response.status_code >= 500:
-            return max(self.retry.backoff(attempt, self.rng), retry_after or 0.0)
+            rate_limited = response.status_code == 429
+            raise Transient(f"http_{response.status_code}", retry_after, rate_limited=rate_limited)
         raise SinkRejected(
             f"the ERP at {self.url} refused a page ({response.status_code}): {response.text[:200]}",
             response.status_code,

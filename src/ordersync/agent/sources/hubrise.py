@@ -3,7 +3,7 @@
 HubRise lists orders by creation time, newest first, with opaque `X-Cursor-Next` cursors: there
 is no "changed since" listing, so it does not fit the `Source.fetch_page` contract. Changes come
 from the connection's callback instead (`GET /callback/events`, acknowledged one by one with
-`DELETE /callback/events/:id`). `HubRiseSync` (agent/hubrise_sync.py) drives both.
+`DELETE /callback/events/:id`). Its feeds (agent/feeds/hubrise.py) drive both.
 
 Records reach the sink in the neutral shape (the fields the sinks index) with the document as
 received under `wire`: money such as `"9.99 EUR"` becomes the exact amount text `"9.99"`, decimal
@@ -19,8 +19,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ordersync.agent.client import ApiClient
-from ordersync.agent.errors import ProtocolError, RequestRejected
+from ordersync.agent.errors import ProtocolError, RequestRejected, malformed_answer
 from ordersync.agent.records import Kind, Record
+from ordersync.agent.sources import sane_decimal
 from ordersync.domain.timestamps import format_rfc3339, to_ms
 
 _MONEY = re.compile(r"(-?\d+(?:\.\d+)?) ([A-Z]{3})")
@@ -84,10 +85,11 @@ class HubRiseSource:
         elif before_ms is not None:
             params.append(("before", format_rfc3339(before_ms)))
         response = await self.client.get_json("/location/orders", params)
-        if not isinstance(response.body, list):
-            raise ProtocolError(f"{self.name}: /location/orders answered without an array")
-        records = [self.record("order", item) for item in response.body]
-        created = [_time(item, "created_at") for item in response.body]
+        with malformed_answer(f"{self.name}: /location/orders"):
+            if not isinstance(response.body, list):
+                raise ProtocolError(f"{self.name}: /location/orders answered without an array")
+            records = [self.record("order", item) for item in response.body]
+            created = [_time(item, "created_at") for item in response.body]
         headers = response.headers
         next_cursor = headers.get("x-cursor-next") if headers is not None else None
         return OrdersPage(records, created, next_cursor or None)
@@ -95,9 +97,10 @@ class HubRiseSource:
     async def pending_events(self) -> list[Event]:
         """Unacknowledged events, oldest first (at most 100 per call)."""
         response = await self.client.get_json("/callback/events", ())
-        if not isinstance(response.body, list):
-            raise ProtocolError(f"{self.name}: /callback/events answered without an array")
-        return [self._event(item) for item in response.body]
+        with malformed_answer(f"{self.name}: /callback/events"):
+            if not isinstance(response.body, list):
+                raise ProtocolError(f"{self.name}: /callback/events answered without an array")
+            return [self._event(item) for item in response.body]
 
     async def acknowledge(self, event_id: str) -> None:
         """Delete one event. 404 means it is gone already (acknowledged before a crash)."""
@@ -142,7 +145,7 @@ def decimal_text(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ProtocolError(f"{value!r} is not a HubRise decimal (a string such as '2.5')")
     try:
-        return format(Decimal(value), "f")
+        return format(sane_decimal(Decimal(value)), "f")
     except InvalidOperation:
         raise ProtocolError(f"{value!r} is not a HubRise decimal") from None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ordersync.agent.client import ApiClient
-from ordersync.agent.errors import ProtocolError
+from ordersync.agent.errors import ProtocolError, malformed_answer
 from ordersync.agent.records import STREAM_KINDS, FetchedPage, Kind, Record
 from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
 
@@ -63,16 +63,16 @@ class MasonHubSource:
         response = await self.client.get_json(
             f"/{stream}", self.page_params(since_ms, offset, limit, summary, after_id)
         )
-        data = response.body.get("data")
-        if not isinstance(data, list):
-            raise ProtocolError(f"{self.name}: /{stream} answered without a data array")
+        with malformed_answer(f"{self.name}: /{stream}"):
+            data = response.body.get("data") if isinstance(response.body, dict) else None
+            if not isinstance(data, list):
+                raise ProtocolError(f"{self.name}: /{stream} answered without a data array")
+            records = [parse_record(kind, item) for item in data]
         keyset = (
             response.headers is not None
             and response.headers.get("x-ordersync-keyset", "") == "after_id"
         )
-        return FetchedPage(
-            [parse_record(kind, item) for item in data], response.server_time_ms, keyset
-        )
+        return FetchedPage(records, response.server_time_ms, keyset)
 
 
 def parse_record(kind: Kind, item: Any) -> Record:

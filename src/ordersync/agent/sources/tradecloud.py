@@ -18,8 +18,9 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from ordersync.agent.client import ApiClient
-from ordersync.agent.errors import ProtocolError
+from ordersync.agent.errors import ProtocolError, malformed_answer
 from ordersync.agent.records import STREAM_KINDS, FetchedPage, Kind, Record
+from ordersync.agent.sources import sane_decimal
 from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
 
 EchoMode = Literal["skip", "apply"]
@@ -80,10 +81,13 @@ class TradecloudSource:
         response = await self.client.post_json(
             _ENDPOINTS[stream], self.poll_body(since_ms, offset, limit)
         )
-        data = response.body.get("data") if isinstance(response.body, dict) else None
-        if not isinstance(data, list):
-            raise ProtocolError(f"{self.name}: {_ENDPOINTS[stream]} answered without a data array")
-        records = [self._record(kind, item) for item in data]
+        with malformed_answer(f"{self.name}: {_ENDPOINTS[stream]}"):
+            data = response.body.get("data") if isinstance(response.body, dict) else None
+            if not isinstance(data, list):
+                raise ProtocolError(
+                    f"{self.name}: {_ENDPOINTS[stream]} answered without a data array"
+                )
+            records = [self._record(kind, item) for item in data]
         return FetchedPage(records, response.server_time_ms)
 
     def _record(self, kind: Kind, item: Any) -> Record:
@@ -122,7 +126,7 @@ def exact(value: Any) -> str | None:
         raise ProtocolError(f"decimal {value!r} was decoded as a float; exactness is lost")
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         raise ProtocolError(f"{value!r} is not a decimal value")
-    return format(Decimal(value), "f")
+    return format(sane_decimal(Decimal(value)), "f")
 
 
 def neutral_order(item: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +165,7 @@ def neutral_shipment(item: dict[str, Any]) -> dict[str, Any]:
 def _json_safe(value: Any) -> Any:
     """The document with Decimals as exact text, so sinks can serialise it as JSON."""
     if isinstance(value, Decimal):
-        return format(value, "f")
+        return format(sane_decimal(value), "f")
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
