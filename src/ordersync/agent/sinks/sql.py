@@ -9,10 +9,12 @@ Decimals are exact: TEXT on SQLite, NUMERIC on PostgreSQL, never float.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import structlog
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -36,7 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
+from ordersync.agent.sinks import quarantine_sql
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id, settled
+from ordersync.agent.sinks.quarantine import HeldBack, Quarantined, screen
 from ordersync.agent.sinks.rows import (
     APPLIED_COLUMNS,
     ENTITY_COLUMNS,
@@ -52,6 +56,8 @@ from ordersync.agent.sinks.sqlite_fast import UNCHECKED, Unchecked
 from ordersync.agent.sinks.writer_process import WriterProcess
 from ordersync.domain.timestamps import now_ms
 from ordersync.store.engine import SQLITE_BUSY_TIMEOUT_MS, create_engines, parse_database_url
+
+log = structlog.get_logger("ordersync.agent.sinks")
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -170,6 +176,8 @@ class SqlSink:
         self._sqlite_path: str | None = None
         self._writer: WriterProcess | None = None
         self._writer_lock = asyncio.Lock()
+        self.quarantine_counts: dict[str, int] = {}  # source -> records quarantined
+        self.retries_quarantine = True  # False: reading the cursor writes nothing (status)
 
     @classmethod
     async def open(cls, url: str, *, fault_hook: FaultHook | None = None) -> SqlSink:
@@ -197,6 +205,8 @@ class SqlSink:
             await self._reader.dispose()
 
     async def load_cursor(self, source: str, stream: str) -> Cursor | None:
+        """The stored cursor. The engine reads it at the start of every cycle, so this is
+        where the stream's quarantined records are applied again (see `retry_quarantine`)."""
         c = checkpoints.c
         async with self.engine.connect() as conn:
             row = (
@@ -204,7 +214,34 @@ class SqlSink:
                     select(c.updated_at_ms, c.last_id).where(c.source == source, c.stream == stream)
                 )
             ).first()
-        return None if row is None else Cursor(int(row[0]), str(row[1]))
+        cursor = None if row is None else Cursor(int(row[0]), str(row[1]))
+        if cursor is not None and self.retries_quarantine:
+            await self.retry_quarantine(source, stream, cursor)
+        return cursor
+
+    async def retry_quarantine(self, source: str, stream: str, cursor: Cursor) -> None:
+        """Apply the stream's quarantined records again as a page that keeps `cursor`: those
+        now storable (or superseded) leave the quarantine, the others count one more attempt.
+        A failure is logged: the cycle's own pages meet the same replica next."""
+        try:
+            held = [q for q in await self.load_quarantine(source) if q.stream == stream]
+            if held:
+                await self.apply_page(source, stream, [q.record() for q in held], cursor)
+        except SinkError as exc:
+            log.warning("quarantine_retry_failed", source=source, stream=stream, error=str(exc))
+
+    async def load_quarantine(self, source: str, stream: str | None = None) -> list[Quarantined]:
+        """The records of `source` (one stream when given) held in the quarantine."""
+        try:
+            async with self.engine.connect() as conn:
+                held = await quarantine_sql.load(conn, source, stream)
+        except SQLAlchemyError as exc:
+            raise SinkError(
+                f"cannot read the quarantine of the replica at {self.url}: {exc}"
+            ) from exc
+        if stream is None:
+            self.quarantine_counts[source] = len(held)
+        return held
 
     async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
         table = TABLES[kind]
@@ -220,17 +257,50 @@ class SqlSink:
         if self._sqlite_path is not None:
             outcome = await self.submit_page(source, stream, records, new_cursor, UNCHECKED)
             return await outcome
+        storable, held = screen(source, records, refuses_nul=self.backend == "postgresql")
         try:
-            async with self.engine.begin() as conn:
-                applied = 0
-                for kind, group in by_kind(records).items():
-                    applied += await self._apply_kind(conn, source, kind, group)
-                fire(self.fault_hook, "before_cursor")
-                await self._save_cursor(conn, source, stream, new_cursor)
-                fire(self.fault_hook, "after_cursor")
+            try:
+                applied, quarantined = await self._apply(
+                    source, stream, records, storable, held, new_cursor
+                )
+            except SQLAlchemyError as exc:
+                if not quarantine_sql.is_per_record(exc):
+                    raise
+                applied, quarantined = await self._apply(
+                    source, stream, records, storable, held, new_cursor, one_by_one=True
+                )
         except SQLAlchemyError as exc:
             raise SinkError(f"the replica refused a page of {source}/{stream}: {exc}") from exc
-        return ApplyResult(applied, len(records) - applied)
+        return ApplyResult(applied, len(records) - applied - quarantined, quarantined)
+
+    async def _apply(
+        self,
+        source: str,
+        stream: str,
+        records: Sequence[Record],
+        storable: list[Record],
+        held: list[HeldBack],
+        new_cursor: Cursor,
+        *,
+        one_by_one: bool = False,
+    ) -> tuple[int, int]:
+        """The page's transaction: (records applied, records quarantined)."""
+        async with self.engine.begin() as conn:
+            applied, held = 0, list(held)
+            for kind, group in by_kind(storable).items():
+                if one_by_one:  # a record was refused: find which, each in a SAVEPOINT
+                    done, refused = await quarantine_sql.apply_each(
+                        conn, group, functools.partial(self._apply_kind, conn, source, kind)
+                    )
+                    applied, held = applied + done, held + refused
+                else:
+                    applied += await self._apply_kind(conn, source, kind, group)
+            kept, total = await quarantine_sql.settle(conn, source, stream, records, held, now_ms())
+            fire(self.fault_hook, "before_cursor")
+            await self._save_cursor(conn, source, stream, new_cursor)
+            fire(self.fault_hook, "after_cursor")
+        self.quarantine_counts[source] = total
+        return applied, kept
 
     async def submit_page(
         self,
@@ -255,7 +325,9 @@ class SqlSink:
                 await self._writer.close()
                 self._writer = None
             if self._writer is None:
-                self._writer = await WriterProcess.start(path, SQLITE_BUSY_TIMEOUT_MS)
+                self._writer = await WriterProcess.start(
+                    path, SQLITE_BUSY_TIMEOUT_MS, self.quarantine_counts
+                )
             return self._writer
 
     async def _apply_kind(
@@ -362,6 +434,7 @@ def _prepare_layout(conn: Connection, url: str) -> None:
             "tables orders, order_lines, shipments, applied_versions and checkpoints first"
         )
     metadata.create_all(conn)
+    quarantine_sql.create_table(conn)
     c = replica_meta.c
     layout = conn.execute(select(c.value).where(c.name == "layout")).scalar()
     if layout is None:
