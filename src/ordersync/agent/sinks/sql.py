@@ -41,6 +41,7 @@ from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
 from ordersync.agent.sinks import quarantine_sql
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id, settled
 from ordersync.agent.sinks.quarantine import HeldBack, Quarantined, screen
+from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
 from ordersync.agent.sinks.rows import (
     APPLIED_COLUMNS,
     ENTITY_COLUMNS,
@@ -174,6 +175,7 @@ class SqlSink:
         # SQLite: pages go to a writer process (writer_process.py), started at the first page
         # and again after one died; reading commands never start one.
         self._sqlite_path: str | None = None
+        self._file: ReplicaFile | None = None
         self._writer: WriterProcess | None = None
         self._writer_lock = asyncio.Lock()
         self.quarantine_counts: dict[str, int] = {}  # source -> records quarantined
@@ -193,13 +195,26 @@ class SqlSink:
             raise SinkError(f"cannot open the replica at {url}: {exc}") from exc
         if sink.backend == "sqlite":
             sink._sqlite_path = parse_database_url(url).sync_url.removeprefix("sqlite:///")
+            sink._file = ReplicaFile(sink._sqlite_path)
         return sink
+
+    def _check_file(self) -> None:
+        """On SQLite, a ReplicaFault before any connection touches a file that no longer takes
+        writes: a connection writing the WAL index (-shm, mapped in memory; readers write it
+        too) of such a file dies of SIGBUS instead of failing."""
+        if self._file is not None:
+            self._file.check()
 
     async def close(self) -> None:
         async with self._writer_lock:
             if self._writer is not None:
                 await self._writer.close()
                 self._writer = None
+        try:
+            self._check_file()
+        except ReplicaFault as exc:  # closing the last connection would checkpoint into it
+            log.error("replica_left_open", error=str(exc))
+            return
         await self.engine.dispose()
         if self._reader is not self.engine:
             await self._reader.dispose()
@@ -207,6 +222,7 @@ class SqlSink:
     async def load_cursor(self, source: str, stream: str) -> Cursor | None:
         """The stored cursor. The engine reads it at the start of every cycle, so this is
         where the stream's quarantined records are applied again (see `retry_quarantine`)."""
+        self._check_file()
         c = checkpoints.c
         async with self.engine.connect() as conn:
             row = (
@@ -232,6 +248,7 @@ class SqlSink:
 
     async def load_quarantine(self, source: str, stream: str | None = None) -> list[Quarantined]:
         """The records of `source` (one stream when given) held in the quarantine."""
+        self._check_file()
         try:
             async with self.engine.connect() as conn:
                 held = await quarantine_sql.load(conn, source, stream)
@@ -245,6 +262,7 @@ class SqlSink:
 
     async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
         table = TABLES[kind]
+        self._check_file()
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(table.c.id, table.c.version).where(table.c.source == source)

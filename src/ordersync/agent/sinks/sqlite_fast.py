@@ -27,7 +27,7 @@ from ordersync.agent.records import Cursor, Kind
 from ordersync.agent.sinks import quarantine
 from ordersync.agent.sinks.base import FaultHook, fire
 from ordersync.agent.sinks.quarantine import HeldBack
-from ordersync.agent.sinks.replica_file import ReplicaFile
+from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
 from ordersync.agent.sinks.rows import ENTITY_COLUMNS, ENTITY_TABLES, TABLE_COLUMNS, Prepared
 
 log = structlog.get_logger("ordersync.agent.sinks")
@@ -68,9 +68,10 @@ CHECKPOINT_GATHER_SECONDS = 1.0  # commits to gather before a checkpoint runs
 class Checkpointer(threading.Thread):
     """Runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection after commits."""
 
-    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+    def __init__(self, path: str, busy_timeout_ms: int, file: ReplicaFile) -> None:
         super().__init__(name="ordersync-sqlite-checkpoint", daemon=True)
         self._path = path
+        self._file = file
         self._busy_timeout_ms = busy_timeout_ms
         self._committed = threading.Event()
         self._closing = threading.Event()
@@ -95,7 +96,10 @@ class Checkpointer(threading.Thread):
                     return
                 self._committed.clear()
                 try:
+                    self._file.check()  # see `SqliteWriter.close`
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except ReplicaFault as exc:
+                    log.warning("replica_checkpoint_skipped", path=self._path, error=str(exc))
                 except sqlite3.Error as exc:
                     # The writer's fallback checkpoint still bounds the WAL; say why this failed.
                     log.warning("replica_checkpoint_failed", path=self._path, error=str(exc))
@@ -113,7 +117,7 @@ class SqliteWriter:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT_PAGES}")
-        self._checkpointer = Checkpointer(path, busy_timeout_ms)
+        self._checkpointer = Checkpointer(path, busy_timeout_ms, self.file)
         self._inserts: dict[Kind, str] = {}
         self._updates: dict[Kind, str] = {}
         for kind, table in ENTITY_TABLES.items():
@@ -133,6 +137,14 @@ class SqliteWriter:
 
     def close(self) -> None:
         self._checkpointer.close()
+        try:
+            self.file.check()
+        except ReplicaFault as exc:
+            # Closing the last connection checkpoints, writing the WAL index (-shm), which is
+            # mapped in memory: on a file that no longer takes writes that is SIGBUS, not an
+            # error. The connection is left to the process's exit; the WAL keeps every commit.
+            log.error("replica_left_open", path=self.file.path, error=str(exc))
+            return
         self._db.close()  # the last connection to close checkpoints the rest
 
     def apply(
