@@ -12,11 +12,13 @@ from typing import Any
 import psycopg
 import pytest
 from prometheus_client import generate_latest
+from sqlalchemy import select
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.records import Cursor, Record
-from ordersync.agent.sinks.sql import SqlSink
+from ordersync.agent.sinks.jsonl import JsonlSink
+from ordersync.agent.sinks.sql import SqlSink, orders
 from ordersync.agent.verify import verify_replica
 from ordersync.domain import NewOrder
 from tests.integration.agent.harness import (
@@ -75,6 +77,7 @@ async def open_replica(
         ({"line_number": None}, "line_number"),
         ("not a line", "line_items is not a list of lines"),
         ("two lines numbered 1", "the replica refused it"),  # found by the database itself
+        ({"sku_customer_identifier": "\udc80"}, "order_lines.sku contains a lone surrogate"),
     ],
 )
 async def test_a_record_the_replica_cannot_store_is_quarantined_and_the_page_commits(
@@ -324,3 +327,46 @@ async def _refuse_order(sink: SqlSink, order_id: str | None) -> None:
                     "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
                 )
             )
+
+
+async def test_quarantined_records_of_a_stream_whose_cursor_is_never_read_are_retried(
+    open_replica: Any,
+) -> None:
+    """HubRise reads only its backfill cursor each cycle; records held back from its events
+    pages are retried there too, each with their own stream's cursor kept."""
+    sink = await open_replica("sqlite")
+    await sink.apply_page("s", "backfill", [order("o-0")], Cursor(1_001, "o-0"))
+    await sink.apply_page("s", "events", [order("o-1", quantity="x")], Cursor(5, "e-1"))
+    await sink.load_cursor("s", "backfill")
+    (held,) = await sink.load_quarantine("s")
+    assert (held.stream, held.attempts) == ("events", 2)
+    assert await sink.load_cursor("s", "events") == Cursor(5, "e-1")
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "jsonl"])
+async def test_documents_only_the_standard_library_can_write_are_stored_exactly(
+    backend: str, open_replica: Any, tmp_path: Path
+) -> None:
+    """A JSON parser may hand over integers past 64 bits and lone surrogates (the Tradecloud
+    source parses with the standard library), which orjson refuses to write: every sink
+    stores them exactly instead of refusing the page (so the JSONL and HTTP sinks, which
+    write only documents, need no quarantine)."""
+    record = order("o-1")
+    record.data["note"] = "\ud800 lone"
+    record.data["big"] = 2**70
+    if backend == "jsonl":
+        path = tmp_path / "changes.jsonl"
+        sink = await JsonlSink.open(path)
+        await sink.apply_page("s", "orders", [record], Cursor(1_001, "o-1"))
+        await sink.close()
+        reopened = await JsonlSink.open(path)  # reads its own file back
+        assert await reopened.load_versions("s", "order") == {"o-1": 1}
+        await reopened.close()
+        assert json.loads(path.read_bytes())["data"] == record.data
+        return
+    sink = await open_replica(backend)
+    result = await sink.apply_page("s", "orders", [record], Cursor(1_001, "o-1"))
+    assert (result.applied, result.quarantined) == (1, 0)
+    async with sink.engine.connect() as conn:
+        (document,) = (await conn.execute(select(orders.c.data))).one()
+    assert json.loads(document) == record.data

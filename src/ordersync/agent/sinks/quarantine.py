@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
 import structlog
 
 from ordersync.agent.errors import SinkError
@@ -34,6 +33,7 @@ from ordersync.agent.sinks.rows import (
     ENTITY_TABLES,
     LINE_COLUMNS,
     Prepared,
+    document_json,
     prepare,
 )
 
@@ -123,13 +123,7 @@ class Quarantined:
         )
 
 
-def to_json(document: Any) -> str:
-    """The document as JSON text, exactly: orjson where it can, else the standard library
-    (integers past 64 bits, lone surrogates escaped as \\udXXXX)."""
-    try:
-        return orjson.dumps(document).decode()
-    except TypeError:
-        return json.dumps(document, ensure_ascii=True)
+to_json = document_json
 
 
 def from_json(text: str) -> Any:
@@ -211,6 +205,11 @@ def _value_problem(value: Any, refuses_nul: bool) -> str | None:
         return f"is a {type(value).__name__}, not a single value"
     if refuses_nul and "\x00" in value:
         return "contains a NUL character, which PostgreSQL cannot store"
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "contains a lone surrogate, which is no text a database stores"
     return None
 
 

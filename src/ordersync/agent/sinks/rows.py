@@ -8,6 +8,7 @@ columns against its tables when it loads.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -54,10 +55,20 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 Values = tuple[Any, ...]
 
 
+def document_json(document: Any) -> str:
+    """A wire document as JSON text, exactly: orjson where it can, else the standard library,
+    which also writes what orjson refuses and a JSON parser may hand over (integers past 64
+    bits, lone surrogates, escaped as \\udXXXX). So any parsed document can be stored."""
+    try:
+        return orjson.dumps(document).decode()
+    except TypeError:
+        return json.dumps(document, ensure_ascii=True)
+
+
 def entity_values(seq: int | None, source: str, r: Record) -> Values:
     """One `orders` or `shipments` row (ENTITY_COLUMNS[r.kind]); seq None: not yet given."""
     data = r.data
-    document = orjson.dumps(data).decode()
+    document = document_json(data)
     if r.kind == "order":
         return (
             seq,

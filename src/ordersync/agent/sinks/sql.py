@@ -180,6 +180,7 @@ class SqlSink:
         self._writer_lock = asyncio.Lock()
         self.quarantine_counts: dict[str, int] = {}  # source -> records quarantined
         self.retries_quarantine = True  # False: reading the cursor writes nothing (status)
+        self._streams_read: dict[str, set[str]] = {}  # source -> streams whose cursor was read
 
     @classmethod
     async def open(cls, url: str, *, fault_hook: FaultHook | None = None) -> SqlSink:
@@ -222,6 +223,13 @@ class SqlSink:
     async def load_cursor(self, source: str, stream: str) -> Cursor | None:
         """The stored cursor. The engine reads it at the start of every cycle, so this is
         where the stream's quarantined records are applied again (see `retry_quarantine`)."""
+        cursor = await self._stored_cursor(source, stream)
+        if self.retries_quarantine:
+            self._streams_read.setdefault(source, set()).add(stream)
+            await self.retry_quarantine(source, stream)
+        return cursor
+
+    async def _stored_cursor(self, source: str, stream: str) -> Cursor | None:
         self._check_file()
         c = checkpoints.c
         async with self.engine.connect() as conn:
@@ -230,19 +238,22 @@ class SqlSink:
                     select(c.updated_at_ms, c.last_id).where(c.source == source, c.stream == stream)
                 )
             ).first()
-        cursor = None if row is None else Cursor(int(row[0]), str(row[1]))
-        if cursor is not None and self.retries_quarantine:
-            await self.retry_quarantine(source, stream, cursor)
-        return cursor
+        return None if row is None else Cursor(int(row[0]), str(row[1]))
 
-    async def retry_quarantine(self, source: str, stream: str, cursor: Cursor) -> None:
-        """Apply the stream's quarantined records again as a page that keeps `cursor`: those
-        now storable (or superseded) leave the quarantine, the others count one more attempt.
-        A failure is logged: the cycle's own pages meet the same replica next."""
+    async def retry_quarantine(self, source: str, stream: str) -> None:
+        """Apply the quarantined records of `stream` again, as a page that keeps the stream's
+        cursor (also those of streams whose cursor is never read: HubRise's events): those now
+        storable (or superseded) leave the quarantine, the others count one more attempt. A
+        failure is logged: the cycle's own pages meet the same replica next."""
         try:
-            held = [q for q in await self.load_quarantine(source) if q.stream == stream]
-            if held:
-                await self.apply_page(source, stream, [q.record() for q in held], cursor)
+            by_stream: dict[str, list[Record]] = {}
+            for q in await self.load_quarantine(source):
+                if q.stream == stream or q.stream not in self._streams_read[source]:
+                    by_stream.setdefault(q.stream, []).append(q.record())
+            for held_stream, records in by_stream.items():
+                cursor = await self._stored_cursor(source, held_stream)
+                if cursor is not None:
+                    await self.apply_page(source, held_stream, records, cursor)
         except SinkError as exc:
             log.warning("quarantine_retry_failed", source=source, stream=stream, error=str(exc))
 
