@@ -184,7 +184,34 @@ _INT64 = range(-(2**63), 2**63)
 
 
 def _row_problem(row: Prepared, refuses_nul: bool) -> str | None:
-    """Why a column of the record's rows cannot take its value, if one cannot."""
+    """Why a column of the record's rows cannot take its value, if one cannot. Every page
+    passes here: a quick pass over all values first, the column named only on a problem."""
+    texts = []
+    for values in (row[3], *row[4]):
+        for value in values:
+            kind_of = type(value)
+            if kind_of is str:
+                texts.append(value)
+            elif kind_of is int:
+                if value not in _INT64:
+                    return _column_problem(row, refuses_nul)
+            elif not (value is None or kind_of is float or kind_of is bool):
+                return _column_problem(row, refuses_nul)
+    text = "".join(texts)
+    if (refuses_nul and "\x00" in text) or not (text.isascii() or _encodes(text)):
+        return _column_problem(row, refuses_nul)
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _column_problem(row: Prepared, refuses_nul: bool) -> str | None:
     kind = row[0]
     checks = [(ENTITY_TABLES[kind], ENTITY_COLUMNS[kind][1:], row[3])]
     checks += [("order_lines", LINE_COLUMNS[1:], line) for line in row[4]]
@@ -205,11 +232,8 @@ def _value_problem(value: Any, refuses_nul: bool) -> str | None:
         return f"is a {type(value).__name__}, not a single value"
     if refuses_nul and "\x00" in value:
         return "contains a NUL character, which PostgreSQL cannot store"
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return "contains a lone surrogate, which is no text a database stores"
+    if not (value.isascii() or _encodes(value)):
+        return "contains a lone surrogate, which is no text a database stores"
     return None
 
 
