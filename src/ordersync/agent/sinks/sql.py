@@ -4,6 +4,8 @@ Exactly-once effect: the page's upserts, its `applied_versions` rows and the new
 in one transaction. `applied_versions` has (source, kind, id, version) as primary key, so a
 version applied twice would abort the transaction instead of silently happening.
 Decimals are exact: TEXT on SQLite, NUMERIC on PostgreSQL, never float.
+A record the replica cannot store goes to the `quarantine` table in that same transaction
+(`quarantine.py`), so one record never holds its stream back.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ class SqlSink:
         try:
             by_stream: dict[str, list[Record]] = {}
             for q in await self.load_quarantine(source):
-                if q.stream == stream or q.stream not in self._streams_read[source]:
+                if q.stream == stream or q.stream not in self._streams_read.get(source, ()):
                     by_stream.setdefault(q.stream, []).append(q.record())
             for held_stream, records in by_stream.items():
                 cursor = await self._stored_cursor(source, held_stream)
