@@ -370,3 +370,24 @@ async def test_documents_only_the_standard_library_can_write_are_stored_exactly(
     async with sink.engine.connect() as conn:
         (document,) = (await conn.execute(select(orders.c.data))).one()
     assert json.loads(document) == record.data
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_crash_inside_the_one_record_at_a_time_pass_keeps_nothing_of_the_page(
+    backend: str, open_replica: Any
+) -> None:
+    """A record the database refuses sends the page through again, one SAVEPOINT per record;
+    a crash in that pass (at the first record's mid_apply) rolls the whole page back."""
+    setup = await open_replica(backend)
+    await _refuse_order(setup, "bad")
+    crashing = await open_replica(backend, fault_hook=crash_on("mid_apply", 1))
+    page = [order("bad"), order("ok")]
+    with pytest.raises(SimulatedCrash):
+        await crashing.apply_page("s", "orders", page, Cursor(1_001, "ok"))
+    restarted = await open_replica(backend)
+    assert await restarted.load_versions("s", "order") == {}
+    assert await restarted.load_quarantine("s") == []
+    assert await restarted.load_cursor("s", "orders") is None
+    result = await restarted.apply_page("s", "orders", page, Cursor(1_001, "ok"))
+    assert (result.applied, result.quarantined) == (1, 1)
+    await assert_applied_at_most_once(restarted)
