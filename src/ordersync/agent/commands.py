@@ -104,7 +104,10 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
         rows = _live_status(settings) or asyncio.run(_stored_status(settings))
     except OrdersyncError as exc:
         raise _fail(exc) from None
-    table = Table("source", "stream", "cursor", "lag (s)", "last success", "last error", "quota")
+    table = Table(
+        "source", "stream", "cursor", "lag (s)", "last success", "last error", "quota",
+        "quarantined (source)",
+    )  # fmt: skip
     for row in rows:
         table.add_row(
             row["source"],
@@ -114,6 +117,7 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
             row.get("last_success_at") or "-",
             row.get("last_error") or "-",
             _quota_cell(row),
+            str(row.get("quarantined", "-")),
         )
     Console().print(table)
 
@@ -136,6 +140,7 @@ def _live_status(settings: AgentConfig) -> list[dict[str, Any]] | None:
 
 async def _stored_status(settings: AgentConfig) -> list[dict[str, Any]]:
     from ordersync.agent.sinks import open_sink
+    from ordersync.agent.verify import quarantined
     from ordersync.domain.timestamps import format_rfc3339, now_ms
 
     sink = await open_sink(
@@ -143,9 +148,12 @@ async def _stored_status(settings: AgentConfig) -> list[dict[str, Any]]:
         http=httpx.AsyncClient(),
         state_path=Path("ordersync-http-sink-state.json"),
     )
+    if hasattr(sink, "retries_quarantine"):
+        sink.retries_quarantine = False  # showing the status writes nothing
     rows = []
     try:
         for source in settings.sources:
+            held = len(await quarantined(sink, source.name))
             for stream in source.streams:
                 cursor = await sink.load_cursor(source.name, stream)
                 rows.append(
@@ -157,6 +165,7 @@ async def _stored_status(settings: AgentConfig) -> list[dict[str, Any]]:
                         if cursor is None
                         else (now_ms() - cursor.updated_at_ms) / 1000,
                         "last_error": "agent not running (stored checkpoint shown)",
+                        "quarantined": held,
                     }
                 )
     finally:
@@ -207,7 +216,9 @@ def verify(
         )
     if not reports:
         raise typer.Exit(2)
-    table = Table("source", "stream", "platform", "replica", "missing", "stale", "extra")
+    table = Table(
+        "source", "stream", "platform", "replica", "missing", "stale", "extra", "quarantined"
+    )
     for report in reports:
         for s in report.streams:
             table.add_row(
@@ -218,11 +229,18 @@ def verify(
                 _ids(s.missing, show),
                 _ids(s.stale, show),
                 _ids(s.extra, show),
+                _ids([q.id for q in s.quarantined], show),
             )
     Console().print(table)
+    held = [(r.source, q) for r in reports for s in r.streams for q in s.quarantined]
+    for source, q in held[:show]:
+        Console().print(f"quarantined {source} {q.kind} {q.id} v{q.version}: {q.reason}")
     drift = not all(report.ok for report in reports)
     Console().print(
-        "[red]drift: the replica differs from the platform[/red]"
+        f"[red]not in sync: {len(held)} quarantined (the replica could not store them; they "
+        "are retried every cycle)[/red]"
+        if held
+        else "[red]drift: the replica differs from the platform[/red]"
         if drift
         else "[green]in sync: every id at the platform's version[/green]"
     )

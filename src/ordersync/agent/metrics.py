@@ -6,15 +6,46 @@ and lets one process run several agents side by side.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+QuarantineCounts = Callable[[], Mapping[str, int]]  # source -> records quarantined
+
+
+class _Quarantined(Collector):
+    """Read at each scrape from the sinks that keep a quarantine: their count is the truth
+    (records leave it when a retry lands them), not something to add up here."""
+
+    def __init__(self) -> None:
+        self.sinks: list[QuarantineCounts] = []
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "ordersync_agent_quarantined_records",
+            "Records the sink could not store, kept in its quarantine and retried every cycle",
+            labels=["source"],
+        )
+        totals: dict[str, int] = {}
+        for counts in self.sinks:
+            for source, n in counts().items():
+                totals[source] = totals.get(source, 0) + n
+        for source, n in sorted(totals.items()):
+            family.add_metric([source], n)
+        yield family
 
 
 class AgentMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._quarantined = _Quarantined()
+        r.register(self._quarantined)
         self.request_seconds = Histogram(
             "ordersync_agent_request_seconds",
             "Latency of platform API calls",
@@ -92,3 +123,7 @@ class AgentMetrics:
             ["budget"],
             registry=r,
         )
+
+    def watch_quarantine(self, counts: QuarantineCounts) -> None:
+        """Report `counts()` (a sink's quarantine per source) as the quarantined gauge."""
+        self._quarantined.sinks.append(counts)

@@ -47,6 +47,7 @@ class Cursor:
 class ApplyResult:
     applied: int
     duplicates: int
+    quarantined: int = 0  # records of the page the sink could not store (see sinks/quarantine)
 
 
 # The entity kind each stream carries, across dialects.

@@ -82,6 +82,7 @@ async def open_runtime(
         config.sink.url, http=sink_http, state_path=state_dir / "ordersync-http-sink-state.json"
     )
     runtime = AgentRuntime(config, sink, metrics, clients=[sink_http], budgets=budgets(metrics))
+    metrics.watch_quarantine(lambda: getattr(sink, "quarantine_counts", {}))
     for source_config in config.sources:
         http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT, transport=transport)
         runtime.clients.append(http)
@@ -209,10 +210,12 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
 
 
 def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:
+    quarantined = getattr(runtime.sink, "quarantine_counts", {})
     return [
         status_row(
             state, runtime.stopped.get(state.source), runtime.budgets.exhausted(state.source)
         )
+        | {"quarantined": quarantined.get(state.source, 0)}
         for state in runtime.status()
     ]
 

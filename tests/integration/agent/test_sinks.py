@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import time
 from decimal import Decimal
@@ -170,34 +169,6 @@ async def test_jsonl_drops_a_torn_last_line_and_remembers_written_versions(
     assert (result.applied, result.duplicates) == (1, 1)
     await reopened.close()
     assert len(path.read_bytes().splitlines()) == 2
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-@pytest.mark.parametrize(
-    ("line", "named"),
-    [
-        ({"quantity": "abc"}, "quantity 'abc'"),
-        ({"unit_price": "NaN"}, "unit_price 'NaN'"),
-        ({"line_number": None}, "line_number"),
-        ("not a line", "line_items"),
-    ],
-)
-async def test_a_malformed_line_refuses_the_page_naming_it(
-    backend: str, line: object, named: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    """A line the replica cannot store exactly (an amount such as "abc", no line number, not an
-    object): the page is refused with a SinkError naming the order and what is wrong (the
-    engine logs it and retries), and nothing of it is written."""
-    url = f"sqlite:///{tmp_path}/r.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
-    sink = await SqlSink.open(url)
-    record = order(1)
-    good = record.data["line_items"][0]
-    record.data["line_items"] = [good | line if isinstance(line, dict) else line]
-    with pytest.raises(SinkError, match=f"order o-1: .*{re.escape(named)}"):
-        await sink.apply_page("s", "orders", [record], Cursor(1_001, "o-1"))
-    assert await sink.load_versions("s", "order") == {}
-    assert await sink.load_cursor("s", "orders") is None
-    await sink.close()
 
 
 async def test_sqlite_commits_reach_the_database_file_without_the_writer_checkpointing(

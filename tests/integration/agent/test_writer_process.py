@@ -44,7 +44,8 @@ def page(*ids: str, start: int) -> list[Record]:
 async def test_a_page_sent_behind_a_failed_one_is_refused_not_applied_past_the_gap(
     tmp_path: Path,
 ) -> None:
-    """Pages 2 and 3 are both on their way when page 2 fails inside SQLite: page 3 continues
+    """Pages 2 and 3 are both on their way when page 2 fails inside SQLite (its cursor write is
+    refused: a record refused alone would go to the quarantine instead): page 3 continues
     from page 2's cursor, which was never stored, so it is refused and the cursor stays at
     page 1 (applying page 3 would have moved the cursor past page 2's orders for good)."""
     path = tmp_path / "replica.db"
@@ -57,7 +58,7 @@ async def test_a_page_sent_behind_a_failed_one_is_refused_not_applied_past_the_g
     assert (await outcome).applied == 2
     with sqlite3.connect(path) as db:
         db.execute(
-            "CREATE TRIGGER refuse_bad BEFORE INSERT ON orders WHEN NEW.id = 'bad' "
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON checkpoints WHEN NEW.last_id = 'bad' "
             "BEGIN SELECT RAISE(ABORT, 'the disk said no'); END"
         )
     failing = await sink.submit_page("s", "orders", second, cursors[1], cursors[0])

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 
 from ordersync.agent.errors import SinkError, SinkRejected
 from ordersync.agent.records import ApplyResult, Cursor, Record
 from ordersync.agent.retry import Retrier, RetriesSpent, RetryPolicy, Transient, parse_retry_after
 from ordersync.agent.sinks.base import FaultHook, HeldVersions, fire
 from ordersync.agent.sinks.checkpoint_file import CheckpointFile
+from ordersync.agent.sinks.rows import document_json
 from ordersync.domain.timestamps import format_rfc3339, now_ms
 
 
@@ -86,7 +86,7 @@ class HttpSink(HeldVersions):
         return ApplyResult(len(newer), len(records) - len(newer))
 
     async def _deliver(self, source: str, stream: str, newer: list[Record]) -> None:
-        body = orjson.dumps(
+        body = document_json(
             {
                 "source": source,
                 "stream": stream,
@@ -102,7 +102,7 @@ class HttpSink(HeldVersions):
                     for r in newer
                 ],
             }
-        )
+        ).encode()
         headers = {
             "Idempotency-Key": idempotency_key(source, stream, newer),
             "Content-Type": "application/json",

@@ -10,10 +10,11 @@ writes adds no line twice.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -21,6 +22,7 @@ from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Record
 from ordersync.agent.sinks.base import FaultHook, HeldVersions, fire
 from ordersync.agent.sinks.checkpoint_file import CheckpointFile
+from ordersync.agent.sinks.rows import document_json
 from ordersync.domain.timestamps import format_rfc3339
 
 HeldKey = tuple[str, str, str]  # (source, kind, id)
@@ -56,7 +58,7 @@ class JsonlSink(HeldVersions):
         if len(complete) != len(content):
             self._handle.truncate(len(complete))
         for line in complete.splitlines():
-            change = orjson.loads(line)
+            change = _parse(line)
             key = (change["source"], change["kind"], change["id"])
             self._held[key] = max(self._held.get(key, 0), int(change["version"]))
 
@@ -93,16 +95,21 @@ class JsonlSink(HeldVersions):
 
 
 def _line(source: str, record: Record) -> bytes:
-    return (
-        orjson.dumps(
-            {
-                "kind": record.kind,
-                "id": record.id,
-                "version": record.version,
-                "updated_at": format_rfc3339(record.updated_at_ms),
-                "source": source,
-                "data": record.data,
-            }
-        )
-        + b"\n"
-    )
+    # Any parsed document can be written (see `document_json`), so no record of a page is
+    # refused here: this sink needs no quarantine.
+    change = {
+        "kind": record.kind,
+        "id": record.id,
+        "version": record.version,
+        "updated_at": format_rfc3339(record.updated_at_ms),
+        "source": source,
+        "data": record.data,
+    }
+    return document_json(change).encode() + b"\n"
+
+
+def _parse(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:  # what only the standard library writes and reads
+        return json.loads(line)

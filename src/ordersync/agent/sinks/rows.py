@@ -8,6 +8,7 @@ columns against its tables when it loads.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -54,10 +55,20 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 Values = tuple[Any, ...]
 
 
+def document_json(document: Any) -> str:
+    """A wire document as JSON text, exactly: orjson where it can, else the standard library,
+    which also writes what orjson refuses and a JSON parser may hand over (integers past 64
+    bits, lone surrogates, escaped as \\udXXXX). So any parsed document can be stored."""
+    try:
+        return orjson.dumps(document).decode()
+    except TypeError:
+        return json.dumps(document, ensure_ascii=True)
+
+
 def entity_values(seq: int | None, source: str, r: Record) -> Values:
     """One `orders` or `shipments` row (ENTITY_COLUMNS[r.kind]); seq None: not yet given."""
     data = r.data
-    document = orjson.dumps(data).decode()
+    document = document_json(data)
     if r.kind == "order":
         return (
             seq,
@@ -127,12 +138,11 @@ def by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
 
 
 def line_items(record: Record) -> list[dict[str, Any]]:
-    """An order's lines; SinkError (the page is not applied) if they are not a list of objects."""
+    """An order's lines; SinkError (the record cannot be stored) if they are not a list of
+    objects."""
     items = record.data.get("line_items") or []
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise SinkError(
-            f"order {record.id}: line_items is not a list of lines; the page was not applied"
-        )
+        raise SinkError(f"order {record.id}: line_items is not a list of lines")
     return items
 
 
@@ -141,14 +151,13 @@ def line_number(item: dict[str, Any], order_id: str) -> int:
         return int(item["line_number"])
     except (KeyError, TypeError, ValueError):
         raise SinkError(
-            f"order {order_id}: a line without a valid line_number "
-            f"({item.get('line_number')!r}); the page was not applied"
+            f"order {order_id}: a line without a valid line_number ({item.get('line_number')!r})"
         ) from None
 
 
 def exact_decimal(value: Any, order_id: str, field: str) -> Decimal | None:
-    """A line amount as an exact Decimal; SinkError (the page is not applied) for anything that
-    is not a finite decimal number."""
+    """A line amount as an exact Decimal; SinkError (the record cannot be stored) for anything
+    that is not a finite decimal number."""
     # Decimals arrive as JSON strings; a JSON number would already be a float, so str() of it
     # is the shortest repr that round-trips, never the binary expansion.
     if value is None:
@@ -158,8 +167,5 @@ def exact_decimal(value: Any, order_id: str, field: str) -> Decimal | None:
     except ArithmeticError:  # decimal.InvalidOperation
         amount = None
     if amount is None or not amount.is_finite():
-        raise SinkError(
-            f"order {order_id}: line {field} {value!r} is not a decimal amount; "
-            "the page was not applied"
-        )
+        raise SinkError(f"order {order_id}: line {field} {value!r} is not a decimal amount")
     return amount

@@ -4,15 +4,19 @@ Exactly-once effect: the page's upserts, its `applied_versions` rows and the new
 in one transaction. `applied_versions` has (source, kind, id, version) as primary key, so a
 version applied twice would abort the transaction instead of silently happening.
 Decimals are exact: TEXT on SQLite, NUMERIC on PostgreSQL, never float.
+A record the replica cannot store goes to the `quarantine` table in that same transaction
+(`quarantine.py`), so one record never holds its stream back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import structlog
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -36,7 +40,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
+from ordersync.agent.sinks import quarantine_sql
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id, settled
+from ordersync.agent.sinks.quarantine import HeldBack, Quarantined, screen
+from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
 from ordersync.agent.sinks.rows import (
     APPLIED_COLUMNS,
     ENTITY_COLUMNS,
@@ -52,6 +59,8 @@ from ordersync.agent.sinks.sqlite_fast import UNCHECKED, Unchecked
 from ordersync.agent.sinks.writer_process import WriterProcess
 from ordersync.domain.timestamps import now_ms
 from ordersync.store.engine import SQLITE_BUSY_TIMEOUT_MS, create_engines, parse_database_url
+
+log = structlog.get_logger("ordersync.agent.sinks")
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -168,8 +177,12 @@ class SqlSink:
         # SQLite: pages go to a writer process (writer_process.py), started at the first page
         # and again after one died; reading commands never start one.
         self._sqlite_path: str | None = None
+        self._file: ReplicaFile | None = None
         self._writer: WriterProcess | None = None
         self._writer_lock = asyncio.Lock()
+        self.quarantine_counts: dict[str, int] = {}  # source -> records quarantined
+        self.retries_quarantine = True  # False: reading the cursor writes nothing (status)
+        self._streams_read: dict[str, set[str]] = {}  # source -> streams whose cursor was read
 
     @classmethod
     async def open(cls, url: str, *, fault_hook: FaultHook | None = None) -> SqlSink:
@@ -185,18 +198,41 @@ class SqlSink:
             raise SinkError(f"cannot open the replica at {url}: {exc}") from exc
         if sink.backend == "sqlite":
             sink._sqlite_path = parse_database_url(url).sync_url.removeprefix("sqlite:///")
+            sink._file = ReplicaFile(sink._sqlite_path)
         return sink
+
+    def _check_file(self) -> None:
+        """On SQLite, a ReplicaFault before any connection touches a file that no longer takes
+        writes: a connection writing the WAL index (-shm, mapped in memory; readers write it
+        too) of such a file dies of SIGBUS instead of failing."""
+        if self._file is not None:
+            self._file.check()
 
     async def close(self) -> None:
         async with self._writer_lock:
             if self._writer is not None:
                 await self._writer.close()
                 self._writer = None
+        try:
+            self._check_file()
+        except ReplicaFault as exc:  # closing the last connection would checkpoint into it
+            log.error("replica_left_open", error=str(exc))
+            return
         await self.engine.dispose()
         if self._reader is not self.engine:
             await self._reader.dispose()
 
     async def load_cursor(self, source: str, stream: str) -> Cursor | None:
+        """The stored cursor. The engine reads it at the start of every cycle, so this is
+        where the stream's quarantined records are applied again (see `retry_quarantine`)."""
+        cursor = await self._stored_cursor(source, stream)
+        if self.retries_quarantine:
+            self._streams_read.setdefault(source, set()).add(stream)
+            await self.retry_quarantine(source, stream)
+        return cursor
+
+    async def _stored_cursor(self, source: str, stream: str) -> Cursor | None:
+        self._check_file()
         c = checkpoints.c
         async with self.engine.connect() as conn:
             row = (
@@ -206,8 +242,40 @@ class SqlSink:
             ).first()
         return None if row is None else Cursor(int(row[0]), str(row[1]))
 
+    async def retry_quarantine(self, source: str, stream: str) -> None:
+        """Apply the quarantined records of `stream` again, as a page that keeps the stream's
+        cursor (also those of streams whose cursor is never read: HubRise's events): those now
+        storable (or superseded) leave the quarantine, the others count one more attempt. A
+        failure is logged: the cycle's own pages meet the same replica next."""
+        try:
+            by_stream: dict[str, list[Record]] = {}
+            for q in await self.load_quarantine(source):
+                if q.stream == stream or q.stream not in self._streams_read.get(source, ()):
+                    by_stream.setdefault(q.stream, []).append(q.record())
+            for held_stream, records in by_stream.items():
+                cursor = await self._stored_cursor(source, held_stream)
+                if cursor is not None:
+                    await self.apply_page(source, held_stream, records, cursor)
+        except SinkError as exc:
+            log.warning("quarantine_retry_failed", source=source, stream=stream, error=str(exc))
+
+    async def load_quarantine(self, source: str, stream: str | None = None) -> list[Quarantined]:
+        """The records of `source` (one stream when given) held in the quarantine."""
+        self._check_file()
+        try:
+            async with self.engine.connect() as conn:
+                held = await quarantine_sql.load(conn, source, stream)
+        except SQLAlchemyError as exc:
+            raise SinkError(
+                f"cannot read the quarantine of the replica at {self.url}: {exc}"
+            ) from exc
+        if stream is None:
+            self.quarantine_counts[source] = len(held)
+        return held
+
     async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
         table = TABLES[kind]
+        self._check_file()
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(table.c.id, table.c.version).where(table.c.source == source)
@@ -220,17 +288,50 @@ class SqlSink:
         if self._sqlite_path is not None:
             outcome = await self.submit_page(source, stream, records, new_cursor, UNCHECKED)
             return await outcome
+        storable, held = screen(source, records, refuses_nul=self.backend == "postgresql")
         try:
-            async with self.engine.begin() as conn:
-                applied = 0
-                for kind, group in by_kind(records).items():
-                    applied += await self._apply_kind(conn, source, kind, group)
-                fire(self.fault_hook, "before_cursor")
-                await self._save_cursor(conn, source, stream, new_cursor)
-                fire(self.fault_hook, "after_cursor")
+            try:
+                applied, quarantined = await self._apply(
+                    source, stream, records, storable, held, new_cursor
+                )
+            except SQLAlchemyError as exc:
+                if not quarantine_sql.is_per_record(exc):
+                    raise
+                applied, quarantined = await self._apply(
+                    source, stream, records, storable, held, new_cursor, one_by_one=True
+                )
         except SQLAlchemyError as exc:
             raise SinkError(f"the replica refused a page of {source}/{stream}: {exc}") from exc
-        return ApplyResult(applied, len(records) - applied)
+        return ApplyResult(applied, len(records) - applied - quarantined, quarantined)
+
+    async def _apply(
+        self,
+        source: str,
+        stream: str,
+        records: Sequence[Record],
+        storable: list[Record],
+        held: list[HeldBack],
+        new_cursor: Cursor,
+        *,
+        one_by_one: bool = False,
+    ) -> tuple[int, int]:
+        """The page's transaction: (records applied, records quarantined)."""
+        async with self.engine.begin() as conn:
+            applied, held = 0, list(held)
+            for kind, group in by_kind(storable).items():
+                if one_by_one:  # a record was refused: find which, each in a SAVEPOINT
+                    done, refused = await quarantine_sql.apply_each(
+                        conn, group, functools.partial(self._apply_kind, conn, source, kind)
+                    )
+                    applied, held = applied + done, held + refused
+                else:
+                    applied += await self._apply_kind(conn, source, kind, group)
+            kept, total = await quarantine_sql.settle(conn, source, stream, records, held, now_ms())
+            fire(self.fault_hook, "before_cursor")
+            await self._save_cursor(conn, source, stream, new_cursor)
+            fire(self.fault_hook, "after_cursor")
+        self.quarantine_counts[source] = total
+        return applied, kept
 
     async def submit_page(
         self,
@@ -255,7 +356,9 @@ class SqlSink:
                 await self._writer.close()
                 self._writer = None
             if self._writer is None:
-                self._writer = await WriterProcess.start(path, SQLITE_BUSY_TIMEOUT_MS)
+                self._writer = await WriterProcess.start(
+                    path, SQLITE_BUSY_TIMEOUT_MS, self.quarantine_counts
+                )
             return self._writer
 
     async def _apply_kind(
@@ -362,6 +465,7 @@ def _prepare_layout(conn: Connection, url: str) -> None:
             "tables orders, order_lines, shipments, applied_versions and checkpoints first"
         )
     metadata.create_all(conn)
+    quarantine_sql.create_table(conn)
     c = replica_meta.c
     layout = conn.execute(select(c.value).where(c.name == "layout")).scalar()
     if layout is None:

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import structlog
 
 from ordersync.agent.records import Cursor, Kind
+from ordersync.agent.sinks import quarantine
 from ordersync.agent.sinks.base import FaultHook, fire
+from ordersync.agent.sinks.quarantine import HeldBack
+from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
 from ordersync.agent.sinks.rows import ENTITY_COLUMNS, ENTITY_TABLES, TABLE_COLUMNS, Prepared
 
 log = structlog.get_logger("ordersync.agent.sinks")
@@ -34,6 +38,8 @@ class Unchecked:
 
 
 UNCHECKED = Unchecked()
+# What SQLite raises for one record it cannot store (a constraint); see `quarantine`.
+PER_RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError)
 
 
 class CursorMoved(Exception):
@@ -62,9 +68,10 @@ CHECKPOINT_GATHER_SECONDS = 1.0  # commits to gather before a checkpoint runs
 class Checkpointer(threading.Thread):
     """Runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection after commits."""
 
-    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+    def __init__(self, path: str, busy_timeout_ms: int, file: ReplicaFile) -> None:
         super().__init__(name="ordersync-sqlite-checkpoint", daemon=True)
         self._path = path
+        self._file = file
         self._busy_timeout_ms = busy_timeout_ms
         self._committed = threading.Event()
         self._closing = threading.Event()
@@ -89,7 +96,10 @@ class Checkpointer(threading.Thread):
                     return
                 self._committed.clear()
                 try:
+                    self._file.check()  # see `SqliteWriter.close`
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except ReplicaFault as exc:
+                    log.warning("replica_checkpoint_skipped", path=self._path, error=str(exc))
                 except sqlite3.Error as exc:
                     # The writer's fallback checkpoint still bounds the WAL; say why this failed.
                     log.warning("replica_checkpoint_failed", path=self._path, error=str(exc))
@@ -102,11 +112,12 @@ class SqliteWriter:
     process (`writer_process`), which owns it alone."""
 
     def __init__(self, path: str, busy_timeout_ms: int) -> None:
+        self.file = ReplicaFile(path)  # before connecting: a missing file is not created
         self._db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT_PAGES}")
-        self._checkpointer = Checkpointer(path, busy_timeout_ms)
+        self._checkpointer = Checkpointer(path, busy_timeout_ms, self.file)
         self._inserts: dict[Kind, str] = {}
         self._updates: dict[Kind, str] = {}
         for kind, table in ENTITY_TABLES.items():
@@ -126,6 +137,14 @@ class SqliteWriter:
 
     def close(self) -> None:
         self._checkpointer.close()
+        try:
+            self.file.check()
+        except ReplicaFault as exc:
+            # Closing the last connection checkpoints, writing the WAL index (-shm), which is
+            # mapped in memory: on a file that no longer takes writes that is SIGBUS, not an
+            # error. The connection is left to the process's exit; the WAL keeps every commit.
+            log.error("replica_left_open", path=self.file.path, error=str(exc))
+            return
         self._db.close()  # the last connection to close checkpoints the rest
 
     def apply(
@@ -138,32 +157,92 @@ class SqliteWriter:
         hook: FaultHook | None = None,
         *,
         base: Cursor | Unchecked | None = UNCHECKED,
-    ) -> int:
-        """Apply the page and store `cursor` in one transaction; the number of records applied.
-        `records` holds one version per entity (the agent keeps the latest). `stamp` (ms) is
-        the applied and committed time the rows record. With `base`, the page applies only if
-        the stored cursor is still `base` (None: none stored), else `CursorMoved`: the page was
-        sent after one that failed, or another agent writes here."""
+        held: Sequence[HeldBack] = (),
+    ) -> tuple[int, int, int]:
+        """Apply the page and store `cursor` in one transaction: (records applied, records of
+        the page quarantined, records of `source` in the quarantine). `records` holds one
+        version per entity (the agent keeps the latest); `held` those the agent found it cannot
+        store. `stamp` (ms) is the applied and committed time the rows record. With `base`, the
+        page applies only if the stored cursor is still `base` (None: none stored), else
+        `CursorMoved`: the page was sent after one that failed, or another agent writes here.
+        A record SQLite refuses sends the page through again, one SAVEPOINT per record, and
+        only the refused ones go to the quarantine."""
+        self.file.check()
+        page = (source, stream, records, cursor, stamp, hook, base, held)
+        try:
+            return self._transaction(*page, one_by_one=False)
+        except PER_RECORD_ERRORS as exc:
+            if quarantine.is_ledger_conflict(str(exc)):
+                raise
+        return self._transaction(*page, one_by_one=True)
+
+    def _transaction(
+        self,
+        source: str,
+        stream: str,
+        records: Sequence[Prepared],
+        cursor: Cursor,
+        stamp: int,
+        hook: FaultHook | None,
+        base: Cursor | Unchecked | None,
+        held: Sequence[HeldBack],
+        *,
+        one_by_one: bool,
+    ) -> tuple[int, int, int]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             if not isinstance(base, Unchecked):
                 self._check_base(db, source, stream, base)
-            applied = 0
+            applied, held = 0, list(held)
             groups: dict[Kind, list[Prepared]] = {}
             for record in records:
                 groups.setdefault(record[0], []).append(record)
             for kind, group in groups.items():
-                applied += self._apply_kind(db, source, kind, group, stamp, hook)
+                if one_by_one:
+                    done, refused = self._apply_each(db, source, kind, group, stamp, hook)
+                    applied, held = applied + done, held + refused
+                else:
+                    applied += self._apply_kind(db, source, kind, group, stamp, hook)
+            ids: dict[Kind, list[str]] = {}
+            for kind, entity_id in [(r[0], r[1]) for r in records] + [(h.kind, h.id) for h in held]:
+                ids.setdefault(kind, []).append(entity_id)
+            kept, total = quarantine.settle(_executor(db), source, stream, ids, held, stamp)
             fire(hook, "before_cursor")
             db.execute(self._cursor, (source, stream, cursor.updated_at_ms, cursor.last_id, stamp))
             fire(hook, "after_cursor")
             db.execute("COMMIT")
             self._checkpointer.committed()
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite ends the transaction itself on some errors (a full disk): a ROLLBACK then
+            # would fail and hide the cause.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        return applied
+        return applied, kept, total
+
+    def _apply_each(
+        self,
+        db: sqlite3.Connection,
+        source: str,
+        kind: Kind,
+        records: list[Prepared],
+        stamp: int,
+        hook: FaultHook | None,
+    ) -> tuple[int, list[HeldBack]]:
+        applied, refused = 0, []
+        for record in records:
+            db.execute("SAVEPOINT record")
+            try:
+                applied += self._apply_kind(db, source, kind, [record], stamp, hook)
+            except PER_RECORD_ERRORS as exc:
+                if quarantine.is_ledger_conflict(str(exc)):
+                    raise
+                db.execute("ROLLBACK TO record")
+                reason = f"{kind} {record[1]}: the replica refused it ({exc})"
+                refused.append(quarantine.from_prepared(record, reason))
+            db.execute("RELEASE record")
+        return applied, refused
 
     @staticmethod
     def _check_base(db: sqlite3.Connection, source: str, stream: str, base: Cursor | None) -> None:
@@ -215,6 +294,18 @@ class SqliteWriter:
             [(kind, seqs[r[1]], r[2], source, r[1], stamp) for r in newer],
         )
         return len(newer)
+
+
+def _executor(db: sqlite3.Connection) -> quarantine.Execute:
+    def execute(
+        sql: str, params: Mapping[str, Any] | list[dict[str, Any]]
+    ) -> list[tuple[Any, ...]]:
+        if isinstance(params, list):
+            db.executemany(sql, params)
+            return []
+        return db.execute(sql, params).fetchall()
+
+    return execute
 
 
 def _held(

@@ -17,9 +17,11 @@ fail with `SinkError` and the sink starts a new writer for the next page.
 Frames are a 4-byte big-endian length and a pickle (both ends are this module).
   agent -> writer: ("apply", source, stream, records as `rows.Prepared` tuples (the agent
                    builds and checks them), (cursor ms, last id), stamp ms, hooked, checked,
-                   base), ("go",) or ("abort",) answering a ("step", name), ("close",)
-  writer -> agent, one reply per page in order: ("done", applied), ("moved", message) (base
-                   is not the stored cursor),
+                   base, records held back as `quarantine.HeldBack`), ("go",) or ("abort",)
+                   answering a ("step", name), ("close",)
+  writer -> agent, one reply per page in order: ("done", applied, quarantined, quarantined in
+                   all of the source), ("moved", message) (base is not the stored cursor),
+                   ("fault", message) (the replica's file: deleted, read-only, disk full),
                    ("sqlite", message), ("aborted",), ("failed", message) (a bug: the
                    traceback is on stderr); also ("ready",) at start, ("step", name) before
                    each fault-hook step of a hooked page, ("closed",) at the end.
@@ -44,8 +46,10 @@ from typing import Any, BinaryIO
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Record
-from ordersync.agent.sinks.base import FaultHook, latest_per_id
-from ordersync.agent.sinks.rows import prepare
+from ordersync.agent.sinks import replica_file
+from ordersync.agent.sinks.base import FaultHook
+from ordersync.agent.sinks.quarantine import screen_prepared
+from ordersync.agent.sinks.replica_file import ReplicaFault
 from ordersync.agent.sinks.sqlite_fast import UNCHECKED, CursorMoved, SqliteWriter, Unchecked
 
 Message = tuple[Any, ...]
@@ -67,6 +71,7 @@ class WriterGone(Exception):
 class _Page:
     outcome: asyncio.Future[ApplyResult]
     label: str  # "a page of SOURCE/STREAM"
+    source: str
     records: int
     hook: FaultHook | None
     hook_error: BaseException | None = None
@@ -75,8 +80,12 @@ class _Page:
 class WriterProcess:
     """The agent's end: start it with `await WriterProcess.start(path, busy_timeout_ms)`."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, quarantine_counts: dict[str, int] | None = None
+    ) -> None:
         self._process = process
+        # source -> records in the quarantine, as of the last page answered
+        self.quarantine_counts = {} if quarantine_counts is None else quarantine_counts
         self._pages: deque[_Page] = deque()  # sent, not yet answered, in order
         self._reader: asyncio.Task[None] | None = None
         self.failed: str | None = None  # set once this writer takes no more pages
@@ -86,7 +95,9 @@ class WriterProcess:
         return self._process.pid
 
     @classmethod
-    async def start(cls, path: str, busy_timeout_ms: int) -> WriterProcess:
+    async def start(
+        cls, path: str, busy_timeout_ms: int, quarantine_counts: dict[str, int] | None = None
+    ) -> WriterProcess:
         """Start a writer on the replica file at `path`; SinkError if it cannot open it."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (PACKAGE_ROOT, env.get("PYTHONPATH"))))
@@ -94,7 +105,7 @@ class WriterProcess:
             sys.executable, "-m", __name__, path, str(busy_timeout_ms), str(os.getpid()),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
-        writer = cls(process)
+        writer = cls(process, quarantine_counts)
         try:
             reply = await writer._receive()
         except WriterGone:
@@ -121,21 +132,21 @@ class WriterProcess:
         (or SinkError). With a `base` other than UNCHECKED the page applies only if the stored
         cursor is `base` (None: none yet)."""
         label = f"a page of {source}/{stream}"
-        # The latest version of each entity only (the writer relies on it); SinkError from
-        # `prepare` means the page's data is unusable, and the page is not sent.
-        rows = [prepare(source, r) for r in latest_per_id(records).values()]
+        # The latest version of each entity only (the writer relies on it); those the replica
+        # cannot store travel apart, to the quarantine.
+        rows, held = screen_prepared(source, records)
         if hook is not None:  # a hooked page answers step by step: alone in the pipe
             await self.idle()
         # No await between this check and the append: a writer that failed answers nothing more.
         if self.failed is not None:
             raise SinkError(f"{label} was not applied: {self.failed}")
-        page = _Page(asyncio.get_running_loop().create_future(), label, len(records), hook)
+        page = _Page(asyncio.get_running_loop().create_future(), label, source, len(records), hook)
         page.outcome.add_done_callback(_retrieve)
         checked = not isinstance(base, Unchecked)
         base_value = (base.updated_at_ms, base.last_id) if isinstance(base, Cursor) else None
         message = (
             "apply", source, stream, rows, (cursor.updated_at_ms, cursor.last_id), stamp,
-            hook is not None, checked, base_value,
+            hook is not None, checked, base_value, held,
         )  # fmt: skip
         self._pages.append(page)
         try:
@@ -182,6 +193,8 @@ class WriterProcess:
                     await self._answer_step(page, reply[1])
                     continue
                 self._pages.popleft()
+                if reply[0] == "done":
+                    self.quarantine_counts[page.source] = int(reply[3])
                 if not page.outcome.done():  # done: its caller was cancelled
                     _settle(page, reply)
         except WriterGone as exc:
@@ -240,12 +253,14 @@ class WriterProcess:
 def _settle(page: _Page, reply: Message) -> None:
     outcome, future = reply[0], page.outcome
     if outcome == "done":
-        applied = int(reply[1])
-        future.set_result(ApplyResult(applied, page.records - applied))
+        applied, quarantined = int(reply[1]), int(reply[2])
+        future.set_result(ApplyResult(applied, page.records - applied - quarantined, quarantined))
     elif outcome == "aborted" and page.hook_error is not None:
         future.set_exception(page.hook_error)
     elif outcome == "moved":
         future.set_exception(SinkError(f"{page.label} was not applied: {reply[1]}"))
+    elif outcome == "fault":
+        future.set_exception(ReplicaFault(f"{reply[1]}; {page.label} was not applied"))
     elif outcome == "sqlite":
         future.set_exception(SinkError(f"the replica refused {page.label}: {reply[1]}"))
     else:
@@ -304,7 +319,7 @@ def serve(path: str, busy_timeout_ms: int, parent_pid: int) -> int:
     pipe = _Pipe(sys.stdin.buffer, outgoing)
     try:
         writer = SqliteWriter(path, busy_timeout_ms)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         pipe.send(("sqlite", str(exc)))
         return 1
     pipe.send(("ready",))
@@ -321,24 +336,30 @@ def serve(path: str, busy_timeout_ms: int, parent_pid: int) -> int:
         while (message := pipe.receive()) is not None:
             if message[0] == "close":
                 break
-            _, source, stream, rows, (cursor_ms, last_id), stamp, hooked, checked, base = message
+            _, source, stream, rows, (cursor_ms, last_id), stamp, hooked, checked, base, held = (
+                message
+            )
             try:
                 applied = writer.apply(
                     source, stream, rows, Cursor(cursor_ms, last_id), stamp,
                     ask if hooked else None,
                     base=(None if base is None else Cursor(*base)) if checked else UNCHECKED,
+                    held=held,
                 )  # fmt: skip
             except _Aborted:
                 pipe.send(("aborted",))
             except CursorMoved as exc:
                 pipe.send(("moved", str(exc)))
+            except ReplicaFault as exc:
+                pipe.send(("fault", str(exc)))
             except sqlite3.Error as exc:
-                pipe.send(("sqlite", str(exc)))
+                fault = replica_file.named(path, exc)
+                pipe.send(("sqlite", str(exc)) if fault is None else ("fault", str(fault)))
             except Exception as exc:
                 traceback.print_exc()
                 pipe.send(("failed", f"{type(exc).__name__}: {exc}"))
             else:
-                pipe.send(("done", applied))
+                pipe.send(("done", *applied))
     finally:
         writer.close()
     if message is not None:
