@@ -181,7 +181,9 @@ async def stopping_on(runtime: AgentRuntime, stop: asyncio.Event) -> AsyncIterat
 
 def _api_clients(runtime: AgentRuntime) -> list[ApiClient]:
     """The platform clients of the runtime's engines (an engine without one has none)."""
-    clients = (getattr(e.source, "client", None) for e in runtime.engines.values())
+    clients = (
+        getattr(getattr(e, "source", None), "client", None) for e in runtime.engines.values()
+    )
     return [client for client in clients if isinstance(client, ApiClient)]
 
 
