@@ -1,0 +1,117 @@
+"""What every codec reads documents with: the error that names a field, and strict readers.
+
+Readers take the value and its path (`lines[0].buyerLine.quantity`) and either return it typed
+or raise `WireError` naming that path: a document is never half-understood.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from ordersync.domain.timestamps import parse_rfc3339_ms
+
+
+class WireError(ValueError):
+    """A document a codec cannot read; `field` is the path of the value at fault."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What identifies one version of an entity, readable even when the rest is not."""
+
+    id: str
+    version: int
+    updated_at_ms: int
+
+
+def mapping(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise WireError(path, f"{value!r} is not an object")
+    return value
+
+
+def member(doc: dict[str, Any], key: str, path: str = "") -> Any:
+    """A field that must be present (it may be null)."""
+    try:
+        return doc[key]
+    except KeyError:
+        raise WireError(f"{path}{key}", "is missing") from None
+
+
+def array(value: Any, path: str) -> list[Any]:
+    """A list; null or absent is an empty one."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise WireError(path, f"{value!r} is not an array")
+    return value
+
+
+def text(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise WireError(path, f"{value!r} is not a string")
+    return value
+
+
+def optional_text(value: Any, path: str) -> str | None:
+    return None if value is None else text(value, path)
+
+
+def identifier(value: Any, path: str) -> str:
+    """An id: a string, or an integer some platforms number their entities with."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise WireError(path, f"{value!r} is not an id")
+    return str(value)
+
+
+def rfc3339_ms(value: Any, path: str) -> int:
+    stamp = text(value, path)
+    try:
+        return parse_rfc3339_ms(stamp)
+    except ValueError as exc:
+        raise WireError(path, str(exc)) from None
+
+
+def integer(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WireError(path, f"{value!r} is not an integer")
+    return value
+
+
+def exact_decimal(value: Any, path: str) -> Decimal | None:
+    """A finite amount from decimal text or an exact JSON number (Decimal or int); a float is
+    refused, its exactness is already lost (decode with `parse_float=Decimal`)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        raise WireError(path, f"{value!r} was decoded as a float; exactness is lost")
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise WireError(path, f"{value!r} is not a decimal amount")
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite():
+        raise WireError(path, f"{value!r} is not a decimal amount")
+    return amount
+
+
+def exact_json(value: Any) -> Any:
+    """A document decoded with Decimals, made serialisable by orjson with every number written
+    back exactly as its text (an `orjson.Fragment`), so the document stays as received."""
+    if isinstance(value, Decimal):
+        return orjson.Fragment(format(value, "f"))
+    if isinstance(value, dict):
+        return {k: exact_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [exact_json(v) for v in value]
+    return value

@@ -1,0 +1,81 @@
+"""MasonHub (seeds 000 and 001): the hub's own document shape, both directions.
+
+Render: the hub stores each order and shipment as its domain model's JSON
+(`Order.model_dump_json()` in `store/store.py`) and the MasonHub routes serve those documents
+as stored; `render_order` / `render_shipment` name that shape. Parse: a document as a client
+receives it -> its typed snapshot; amounts are decimal text (an exact JSON number is taken,
+a float refused).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ordersync.domain import Order, Shipment
+from ordersync.domain.snapshots import LineSnapshot, OrderSnapshot, ShipmentSnapshot
+from ordersync.wire.fields import (
+    Head,
+    array,
+    exact_decimal,
+    identifier,
+    integer,
+    mapping,
+    member,
+    optional_text,
+    rfc3339_ms,
+    text,
+)
+
+
+def render_order(order: Order) -> dict[str, Any]:
+    return order.model_dump(mode="json")
+
+
+def render_shipment(shipment: Shipment) -> dict[str, Any]:
+    return shipment.model_dump(mode="json")
+
+
+def head(document: Any) -> Head:
+    doc = mapping(document, "document")
+    return Head(
+        identifier(member(doc, "id"), "id"),
+        integer(member(doc, "version"), "version"),
+        rfc3339_ms(member(doc, "updated_at"), "updated_at"),
+    )
+
+
+def parse_order(document: Any) -> OrderSnapshot:
+    top = head(document)
+    doc: dict[str, Any] = document
+    items = array(doc.get("line_items"), "line_items")
+    return OrderSnapshot(
+        top.id,
+        top.version,
+        top.updated_at_ms,
+        text(member(doc, "status"), "status"),
+        optional_text(doc.get("customer_identifier"), "customer_identifier"),
+        tuple(_line(item, f"line_items[{i}]") for i, item in enumerate(items)),
+    )
+
+
+def _line(value: Any, path: str) -> LineSnapshot:
+    line = mapping(value, path)
+    return LineSnapshot(
+        integer(member(line, "line_number", f"{path}."), f"{path}.line_number"),
+        optional_text(line.get("sku_customer_identifier"), f"{path}.sku_customer_identifier"),
+        exact_decimal(line.get("quantity"), f"{path}.quantity"),
+        exact_decimal(line.get("unit_price"), f"{path}.unit_price"),
+    )
+
+
+def parse_shipment(document: Any) -> ShipmentSnapshot:
+    top = head(document)
+    doc: dict[str, Any] = document
+    return ShipmentSnapshot(
+        top.id,
+        top.version,
+        top.updated_at_ms,
+        optional_text(doc.get("order_id"), "order_id"),
+        text(member(doc, "status"), "status"),
+        optional_text(doc.get("tracking_number"), "tracking_number"),
+    )
