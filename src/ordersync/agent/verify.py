@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ordersync import kinds
 from ordersync.agent.paging import TiePager
-from ordersync.agent.records import STREAM_KINDS
 from ordersync.agent.sinks.base import Sink
 from ordersync.agent.sources import Source
 
@@ -56,7 +56,7 @@ async def verify_replica(source: Source, sink: Sink, *, page_size: int = 100) ->
     reports = []
     for stream in source.streams:
         platform = await platform_versions(source, stream, page_size)
-        replica = await sink.load_versions(source.name, STREAM_KINDS[stream])
+        replica = await sink.load_versions(source.name, kinds.by_stream(stream).name)
         reports.append(
             StreamReport(
                 stream,

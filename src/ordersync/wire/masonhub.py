@@ -9,9 +9,8 @@ a float refused).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ordersync.domain import Order, Shipment
 from ordersync.domain.snapshots import LineSnapshot, OrderSnapshot, ShipmentSnapshot
 from ordersync.wire.fields import (
     Head,
@@ -25,6 +24,9 @@ from ordersync.wire.fields import (
     rfc3339_ms,
     text,
 )
+
+if TYPE_CHECKING:  # the models only: parsing needs no pydantic
+    from ordersync.domain import Order, Shipment
 
 
 def render_order(order: Order) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, select, text
@@ -17,11 +18,21 @@ from ordersync.agent.errors import SinkError
 from ordersync.agent.records import Cursor, Record
 from ordersync.agent.sinks.jsonl import JsonlSink
 from ordersync.agent.sinks.sql import SqlSink, applied_versions, order_lines, orders
+from ordersync.agent.sources.masonhub import parse_record
+from ordersync.domain import format_rfc3339
 from tests.integration.agent.conftest import SinkFactory
 from tests.support import order_payload
 
 
-def order(version: int, *, price: str = "9.99", qty: str = "2", oid: str = "o-1") -> Record:
+def order(
+    version: int,
+    *,
+    price: str = "9.99",
+    qty: str = "2",
+    oid: str = "o-1",
+    lines: list[Any] | None = None,
+) -> Record:
+    """A MasonHub order document as a source reads it (snapshot and document)."""
     data = order_payload(
         "C-1",
         line_items=[
@@ -31,15 +42,17 @@ def order(version: int, *, price: str = "9.99", qty: str = "2", oid: str = "o-1"
                 "quantity": qty,
                 "unit_price": price,
             }
-        ],
+        ]
+        if lines is None
+        else lines,
     )
     data |= {
         "id": oid,
         "version": version,
         "status": "open",
-        "updated_at": "2024-01-01T00:00:00.000Z",
+        "updated_at": format_rfc3339(1_000 + version),
     }
-    return Record("order", oid, version, 1_000 + version, data)
+    return parse_record("order", data)
 
 
 async def test_older_and_repeated_versions_are_duplicates_not_writes(
@@ -99,12 +112,11 @@ async def test_a_failure_inside_a_page_keeps_neither_its_writes_nor_its_cursor(
 
 
 def two_line_order(version: int, oid: str, skus: tuple[str, ...]) -> Record:
-    record = order(version, oid=oid)
-    record.data["line_items"] = [
+    lines = [
         {"line_number": n, "sku_customer_identifier": sku, "quantity": "1", "unit_price": "2.50"}
         for n, sku in enumerate(skus, start=1)
     ]
-    return record
+    return order(version, oid=oid, lines=lines)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -176,23 +188,25 @@ async def test_jsonl_drops_a_torn_last_line_and_remembers_written_versions(
 @pytest.mark.parametrize(
     ("line", "named"),
     [
-        ({"quantity": "abc"}, "quantity 'abc'"),
-        ({"unit_price": "NaN"}, "unit_price 'NaN'"),
-        ({"line_number": None}, "line_number"),
-        ("not a line", "line_items"),
+        ({"quantity": "abc"}, "line_items[0].quantity: 'abc'"),
+        ({"unit_price": "NaN"}, "line_items[0].unit_price: 'NaN'"),
+        ({"line_number": None}, "line_items[0].line_number: None"),
+        ({"line_number": "1"}, "line_items[0].line_number: '1'"),
+        ({"quantity": 0.1}, "line_items[0].quantity: 0.1 was decoded as a float"),
+        ("not a line", "line_items[0]: 'not a line'"),
     ],
 )
 async def test_a_malformed_line_refuses_the_page_naming_it(
     backend: str, line: object, named: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A line the replica cannot store exactly (an amount such as "abc", no line number, not an
-    object): the page is refused with a SinkError naming the order and what is wrong (the
-    engine logs it and retries), and nothing of it is written."""
+    """A line the codec refuses (an amount such as "abc" or a float, no integer line number, not
+    an object) leaves the record without a snapshot and with its problem; the sink refuses the
+    page with a SinkError naming the order, the field and the value, and writes nothing."""
     url = f"sqlite:///{tmp_path}/r.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
     sink = await SqlSink.open(url)
-    record = order(1)
-    good = record.data["line_items"][0]
-    record.data["line_items"] = [good | line if isinstance(line, dict) else line]
+    good = order(1).data["line_items"][0]
+    record = order(1, lines=[good | line if isinstance(line, dict) else line])
+    assert record.snapshot is None and record.problem is not None
     with pytest.raises(SinkError, match=f"order o-1: .*{re.escape(named)}"):
         await sink.apply_page("s", "orders", [record], Cursor(1_001, "o-1"))
     assert await sink.load_versions("s", "order") == {}

@@ -101,7 +101,7 @@ def _line(source: str, record: Record) -> bytes:
                 "version": record.version,
                 "updated_at": format_rfc3339(record.updated_at_ms),
                 "source": source,
-                "data": record.data,
+                "data": record.document,
             }
         )
         + b"\n"
