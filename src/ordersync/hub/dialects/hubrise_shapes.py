@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from ordersync.domain import NewOrder, OrderStatus, format_rfc3339
 from ordersync.domain.weekdays import parse_dow
@@ -57,7 +57,8 @@ class ItemIn(_Wire):
     product_name: str | None = None  # not kept: the hub knows products by sku_ref
     sku_ref: str
     price: str
-    quantity: str | int | Decimal
+    # Strict: lax validation would take `true` as the quantity 1, which the agent refuses.
+    quantity: StrictStr | StrictInt | Decimal
     subtotal: str | None = None  # derived; accepted so that a rendered order can be sent back
 
 
