@@ -11,6 +11,7 @@ import pytest
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.errors import ProtocolError
 from ordersync.agent.sources.hubrise import HubRiseSource
+from ordersync.agent.sources.masonhub import MasonHubSource
 from ordersync.agent.sources.tradecloud import TradecloudSource
 from ordersync.domain.snapshots import LineSnapshot, OrderSnapshot
 
@@ -53,7 +54,8 @@ async def test_tradecloud_numbers_become_exact_text_and_the_bound_is_exclusive()
         "PO-1",
         (LineSnapshot(1, "SKU-1", Decimal("0.1"), Decimal("1.000000001")),),
     )
-    assert record.snapshot.lines[0].quantity * 3 == Decimal("0.3")  # type: ignore[union-attr, operator]
+    assert isinstance(record.snapshot, OrderSnapshot)
+    assert record.snapshot.lines[0].quantity * 3 == Decimal("0.3")  # type: ignore[operator]
     kept = orjson.loads(orjson.dumps(record.document))
     assert b'"quantity":0.1,"netPrice":1.000000001' in orjson.dumps(record.document)
     assert kept["buyerOrder"] == {"purchaseOrderNumber": "PO-1"} and "line_items" not in kept
@@ -108,3 +110,43 @@ async def test_hubrise_uses_its_access_token_and_reads_the_next_cursor() -> None
     assert record.data == orjson.loads(body)[0]
     assert seen[0].headers["x-access-token"] == "tok"
     assert "authorization" not in seen[0].headers
+
+
+MASONHUB_PAGE = b"""{"data": [
+ {"id": "o-1", "version": 1, "updated_at": "2024-01-01T00:00:00.000Z", "status": "open",
+  "customer_identifier": "C-1",
+  "line_items": [{"line_number": 1, "sku_customer_identifier": "S", "quantity": "abc",
+                  "unit_price": "1"}]},
+ {"id": "o-2", "version": 5, "updated_at": "2024-01-01T00:00:00.001Z", "status": "open",
+  "customer_identifier": "C-2",
+  "line_items": [{"line_number": 1, "sku_customer_identifier": "S", "quantity": "2",
+                  "unit_price": "0.10"}]}]}"""
+
+
+async def test_a_record_the_codec_refuses_does_not_fail_its_page() -> None:
+    """An order whose id, version and time are readable but whose line is not comes back with
+    its problem and no snapshot, beside the good records of its page: nothing stalls here."""
+    api = client(httpx.Response(200, content=MASONHUB_PAGE), [])
+    page = await MasonHubSource(api).fetch_page("orders", 0, 0, 100)
+    bad, good = page.records
+    assert (bad.id, bad.version, bad.snapshot) == ("o-1", 1, None)
+    assert bad.problem == "order o-1: line_items[0].quantity: 'abc' is not a decimal amount"
+    assert bad.data == orjson.loads(MASONHUB_PAGE)["data"][0]
+    assert good.problem is None and good.snapshot == OrderSnapshot(
+        "o-2",
+        5,
+        1_704_067_200_001,
+        "open",
+        "C-2",
+        (LineSnapshot(1, "S", Decimal(2), Decimal("0.10")),),
+    )
+
+
+async def test_a_summary_listing_reads_heads_only() -> None:
+    """Verification's summary pages carry ids and versions: no body is read, no problem made."""
+    body = b'{"data": [{"id": "o-1", "version": 2, "updated_at": "2024-01-01T00:00:00Z"}]}'
+    page = await MasonHubSource(client(httpx.Response(200, content=body), [])).fetch_page(
+        "orders", 0, 0, 100, summary=True
+    )
+    (record,) = page.records
+    assert (record.id, record.version, record.snapshot, record.problem) == ("o-1", 2, None, None)
