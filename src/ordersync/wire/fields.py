@@ -33,76 +33,85 @@ class Head:
     updated_at_ms: int
 
 
-def mapping(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise WireError(path, f"{value!r} is not an object")
+# Every reader takes the value, its parent's path and its key within it (".quantity"): the
+# field's path is `path + key`, put together only for an error (a page reads thousands).
+
+
+def mapping(value: Any, path: str, key: str = "") -> dict[str, Any]:
+    if type(value) is not dict:
+        raise WireError(path + key, f"{value!r} is not an object")
     return value
 
 
 def member(doc: dict[str, Any], key: str, path: str = "") -> Any:
-    """A field that must be present (it may be null)."""
+    """The field `key` of the object at `path`, which must be present (it may be null)."""
     try:
         return doc[key]
     except KeyError:
-        raise WireError(f"{path}{key}", "is missing") from None
+        raise WireError(f"{path}.{key}" if path else key, "is missing") from None
 
 
-def array(value: Any, path: str) -> list[Any]:
+def array(value: Any, path: str, key: str = "") -> list[Any]:
     """A list; null or absent is an empty one."""
     if value is None:
         return []
-    if not isinstance(value, list):
-        raise WireError(path, f"{value!r} is not an array")
+    if type(value) is not list:
+        raise WireError(path + key, f"{value!r} is not an array")
     return value
 
 
-def text(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise WireError(path, f"{value!r} is not a string")
+def text(value: Any, path: str, key: str = "") -> str:
+    if type(value) is not str:
+        raise WireError(path + key, f"{value!r} is not a string")
     return value
 
 
-def optional_text(value: Any, path: str) -> str | None:
-    return None if value is None else text(value, path)
+def optional_text(value: Any, path: str, key: str = "") -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise WireError(path + key, f"{value!r} is not a string")
 
 
-def identifier(value: Any, path: str) -> str:
+def identifier(value: Any, path: str, key: str = "") -> str:
     """An id: a string, or an integer some platforms number their entities with."""
-    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise WireError(path, f"{value!r} is not an id")
-    return str(value)
+    if type(value) is str and value:
+        return value
+    if type(value) is int:
+        return str(value)
+    raise WireError(path + key, f"{value!r} is not an id")
 
 
-def rfc3339_ms(value: Any, path: str) -> int:
-    stamp = text(value, path)
+def rfc3339_ms(value: Any, path: str, key: str = "") -> int:
+    stamp = text(value, path, key)
     try:
         return parse_rfc3339_ms(stamp)
     except ValueError as exc:
-        raise WireError(path, str(exc)) from None
+        raise WireError(path + key, str(exc)) from None
 
 
-def integer(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise WireError(path, f"{value!r} is not an integer")
+def integer(value: Any, path: str, key: str = "") -> int:
+    if type(value) is not int:  # bool is an int subclass: refused too
+        raise WireError(path + key, f"{value!r} is not an integer")
     return value
 
 
-def exact_decimal(value: Any, path: str) -> Decimal | None:
+def exact_decimal(value: Any, path: str, key: str = "") -> Decimal | None:
     """A finite amount from decimal text or an exact JSON number (Decimal or int); a float is
     refused, its exactness is already lost (decode with `parse_float=Decimal`)."""
     if value is None:
         return None
-    if isinstance(value, float):
-        raise WireError(path, f"{value!r} was decoded as a float; exactness is lost")
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise WireError(path, f"{value!r} is not a decimal amount")
-    try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        amount = None
-    if amount is None or not amount.is_finite():
-        raise WireError(path, f"{value!r} is not a decimal amount")
-    return amount
+    kind = type(value)
+    if kind is float:
+        raise WireError(path + key, f"{value!r} was decoded as a float; exactness is lost")
+    if kind is str or kind is int or kind is Decimal:
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            pass
+        else:
+            if amount.is_finite():
+                return amount
+    raise WireError(path + key, f"{value!r} is not a decimal amount")
 
 
 def exact_json(value: Any) -> Any:

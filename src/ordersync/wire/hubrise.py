@@ -238,23 +238,23 @@ def _item(value: Any, index: int) -> LineSnapshot:
     path = f"items[{index}]"
     item = mapping(value, path)
     number = item.get("line_number")
-    price = _optional(parse_money, item.get("price"), f"{path}.price")
+    price = _optional(parse_money, item.get("price"), path, ".price")
     return LineSnapshot(
-        index + 1 if number is None else integer(number, f"{path}.line_number"),
-        optional_text(item.get("sku_ref"), f"{path}.sku_ref"),
-        _optional(parse_decimal, item.get("quantity"), f"{path}.quantity"),
+        index + 1 if number is None else integer(number, path, ".line_number"),
+        optional_text(item.get("sku_ref"), path, ".sku_ref"),
+        _optional(parse_decimal, item.get("quantity"), path, ".quantity"),
         None if price is None else price[0],
         None if price is None else price[1],
     )
 
 
-def _optional(parse: Callable[[Any], T], value: Any, path: str) -> T | None:
+def _optional(parse: Callable[[Any], T], value: Any, path: str, key: str) -> T | None:
     if value is None:
         return None
     try:
         return parse(value)
     except ValueError as exc:
-        raise WireError(path, str(exc)) from None
+        raise WireError(path + key, str(exc)) from None
 
 
 def parse_shipment(document: Any) -> ShipmentSnapshot:

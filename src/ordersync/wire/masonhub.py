@@ -56,17 +56,17 @@ def parse_order(document: Any) -> OrderSnapshot:
         top.updated_at_ms,
         text(member(doc, "status"), "status"),
         optional_text(doc.get("customer_identifier"), "customer_identifier"),
-        tuple(_line(item, f"line_items[{i}]") for i, item in enumerate(items)),
+        tuple([_line(item, f"line_items[{i}]") for i, item in enumerate(items)]),
     )
 
 
 def _line(value: Any, path: str) -> LineSnapshot:
     line = mapping(value, path)
     return LineSnapshot(
-        integer(member(line, "line_number", f"{path}."), f"{path}.line_number"),
-        optional_text(line.get("sku_customer_identifier"), f"{path}.sku_customer_identifier"),
-        exact_decimal(line.get("quantity"), f"{path}.quantity"),
-        exact_decimal(line.get("unit_price"), f"{path}.unit_price"),
+        integer(member(line, "line_number", path), path, ".line_number"),
+        optional_text(line.get("sku_customer_identifier"), path, ".sku_customer_identifier"),
+        exact_decimal(line.get("quantity"), path, ".quantity"),
+        exact_decimal(line.get("unit_price"), path, ".unit_price"),
     )
 
 

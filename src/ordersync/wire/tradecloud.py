@@ -161,31 +161,31 @@ def parse_order(document: Any) -> OrderSnapshot:
         top.id,
         top.version,
         top.updated_at_ms,
-        f"{text(member(status, 'processStatus', 'status.'), 'status.processStatus')}/"
-        f"{text(member(status, 'logisticsStatus', 'status.'), 'status.logisticsStatus')}",
+        f"{text(member(status, 'processStatus', 'status'), 'status.processStatus')}/"
+        f"{text(member(status, 'logisticsStatus', 'status'), 'status.logisticsStatus')}",
         optional_text(number, "buyerOrder.purchaseOrderNumber"),
         tuple(_line(line, f"lines[{i}]") for i, line in enumerate(lines)),
     )
 
 
 def _line(value: Any, path: str) -> LineSnapshot:
-    buyer = mapping(member(mapping(value, path), "buyerLine", f"{path}."), f"{path}.buyerLine")
-    path = f"{path}.buyerLine"
+    buyer = mapping(member(mapping(value, path), "buyerLine", path), path, ".buyerLine")
+    path += ".buyerLine"
     item = buyer.get("item")
-    sku = None if item is None else mapping(item, f"{path}.item").get("number")
+    sku = None if item is None else mapping(item, path, ".item").get("number")
     return LineSnapshot(
-        position(member(buyer, "position", f"{path}."), f"{path}.position"),
-        optional_text(sku, f"{path}.item.number"),
-        exact_decimal(buyer.get("quantity"), f"{path}.quantity"),
-        exact_decimal(buyer.get("netPrice"), f"{path}.netPrice"),
+        position(member(buyer, "position", path), path, ".position"),
+        optional_text(sku, path, ".item.number"),
+        exact_decimal(buyer.get("quantity"), path, ".quantity"),
+        exact_decimal(buyer.get("netPrice"), path, ".netPrice"),
     )
 
 
-def position(value: Any, path: str) -> int:
+def position(value: Any, path: str, key: str = "") -> int:
     """A line position: digits such as "0001" (as rendered), or an integer."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if type(value) is str and value.isascii() and value.isdigit():
         return int(value)
-    return integer(value, path)
+    return integer(value, path, key)
 
 
 def parse_shipment(document: Any) -> ShipmentSnapshot:
@@ -197,7 +197,7 @@ def parse_shipment(document: Any) -> ShipmentSnapshot:
         top.version,
         top.updated_at_ms,
         optional_text(doc.get("orderId"), "orderId"),
-        text(member(status, "logisticsStatus", "status."), "status.logisticsStatus"),
+        text(member(status, "logisticsStatus", "status"), "status.logisticsStatus"),
         optional_text(doc.get("trackingNumber"), "trackingNumber"),
     )
 
