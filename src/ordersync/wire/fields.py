@@ -6,9 +6,9 @@ or raise `WireError` naming that path: a document is never half-understood.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -24,13 +24,23 @@ class WireError(ValueError):
         self.problem = problem
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """What identifies one version of an entity, readable even when the rest is not."""
+class Head(NamedTuple):
+    """What identifies one version of an entity, readable even when the rest is not; a
+    snapshot starts with these three fields (`OrderSnapshot(*head, ...)`)."""
 
     id: str
     version: int
     updated_at_ms: int
+
+
+def read_head(document: Any, updated_at: str, read_time: Callable[[Any, str], int]) -> Head:
+    """`id`, `version` and the updated time under the dialect's name, read with its reader."""
+    doc = mapping(document, "document")
+    return Head(
+        identifier(member(doc, "id"), "id"),
+        integer(member(doc, "version"), "version"),
+        read_time(member(doc, updated_at), updated_at),
+    )
 
 
 # Every reader takes the value, its parent's path and its key within it (".quantity"): the

@@ -28,11 +28,11 @@ from ordersync.wire.fields import (
     Head,
     WireError,
     array,
-    identifier,
     integer,
     mapping,
     member,
     optional_text,
+    read_head,
     text,
 )
 from ordersync.wire.hubrise_values import (
@@ -204,12 +204,7 @@ def render_event(event: StoredEvent, location: Place) -> dict[str, Any]:
 
 
 def head(document: Any) -> Head:
-    doc = mapping(document, "document")
-    return Head(
-        identifier(member(doc, "id"), "id"),
-        integer(member(doc, "version"), "version"),
-        instant(member(doc, "updated_at"), "updated_at"),
-    )
+    return read_head(document, "updated_at", instant)
 
 
 def instant(value: Any, path: str) -> int:
@@ -225,9 +220,7 @@ def parse_order(document: Any) -> OrderSnapshot:
     doc: dict[str, Any] = document
     items = array(doc.get("items"), "items")
     return OrderSnapshot(
-        top.id,
-        top.version,
-        top.updated_at_ms,
+        *top,
         text(member(doc, "status"), "status"),
         optional_text(doc.get("ref"), "ref"),
         tuple(_item(item, i) for i, item in enumerate(items)),
@@ -261,9 +254,7 @@ def parse_shipment(document: Any) -> ShipmentSnapshot:
     top = head(document)
     doc: dict[str, Any] = document
     return ShipmentSnapshot(
-        top.id,
-        top.version,
-        top.updated_at_ms,
+        *top,
         optional_text(doc.get("order_id"), "order_id"),
         text(member(doc, "status"), "status"),
         optional_text(doc.get("tracking_number"), "tracking_number"),

@@ -16,11 +16,11 @@ from ordersync.wire.fields import (
     Head,
     array,
     exact_decimal,
-    identifier,
     integer,
     mapping,
     member,
     optional_text,
+    read_head,
     rfc3339_ms,
     text,
 )
@@ -38,12 +38,7 @@ def render_shipment(shipment: Shipment) -> dict[str, Any]:
 
 
 def head(document: Any) -> Head:
-    doc = mapping(document, "document")
-    return Head(
-        identifier(member(doc, "id"), "id"),
-        integer(member(doc, "version"), "version"),
-        rfc3339_ms(member(doc, "updated_at"), "updated_at"),
-    )
+    return read_head(document, "updated_at", rfc3339_ms)
 
 
 def parse_order(document: Any) -> OrderSnapshot:
@@ -51,9 +46,7 @@ def parse_order(document: Any) -> OrderSnapshot:
     doc: dict[str, Any] = document
     items = array(doc.get("line_items"), "line_items")
     return OrderSnapshot(
-        top.id,
-        top.version,
-        top.updated_at_ms,
+        *top,
         text(member(doc, "status"), "status"),
         optional_text(doc.get("customer_identifier"), "customer_identifier"),
         tuple([_line(item, f"line_items[{i}]") for i, item in enumerate(items)]),
@@ -74,9 +67,7 @@ def parse_shipment(document: Any) -> ShipmentSnapshot:
     top = head(document)
     doc: dict[str, Any] = document
     return ShipmentSnapshot(
-        top.id,
-        top.version,
-        top.updated_at_ms,
+        *top,
         optional_text(doc.get("order_id"), "order_id"),
         text(member(doc, "status"), "status"),
         optional_text(doc.get("tracking_number"), "tracking_number"),

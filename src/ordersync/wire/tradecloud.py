@@ -17,11 +17,11 @@ from ordersync.wire.fields import (
     array,
     exact_decimal,
     exact_json,
-    identifier,
     integer,
     mapping,
     member,
     optional_text,
+    read_head,
     rfc3339_ms,
     text,
 )
@@ -140,12 +140,7 @@ def render_shipment(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def head(document: Any) -> Head:
-    doc = mapping(document, "document")
-    return Head(
-        identifier(member(doc, "id"), "id"),
-        integer(member(doc, "version"), "version"),
-        rfc3339_ms(member(doc, "lastUpdatedAt"), "lastUpdatedAt"),
-    )
+    return read_head(document, "lastUpdatedAt", rfc3339_ms)
 
 
 def parse_order(document: Any) -> OrderSnapshot:
@@ -158,9 +153,7 @@ def parse_order(document: Any) -> OrderSnapshot:
         number = mapping(buyer, "buyerOrder").get("purchaseOrderNumber")
     lines = array(doc.get("lines"), "lines")
     return OrderSnapshot(
-        top.id,
-        top.version,
-        top.updated_at_ms,
+        *top,
         f"{text(member(status, 'processStatus', 'status'), 'status.processStatus')}/"
         f"{text(member(status, 'logisticsStatus', 'status'), 'status.logisticsStatus')}",
         optional_text(number, "buyerOrder.purchaseOrderNumber"),
@@ -193,9 +186,7 @@ def parse_shipment(document: Any) -> ShipmentSnapshot:
     doc: dict[str, Any] = document
     status = mapping(member(doc, "status"), "status")
     return ShipmentSnapshot(
-        top.id,
-        top.version,
-        top.updated_at_ms,
+        *top,
         optional_text(doc.get("orderId"), "orderId"),
         text(member(status, "logisticsStatus", "status"), "status.logisticsStatus"),
         optional_text(doc.get("trackingNumber"), "trackingNumber"),

@@ -12,27 +12,9 @@ import hashlib
 
 import orjson
 
-from ordersync.wire.hubrise_values import (
-    format_decimal,
-    format_money,
-    format_time,
-    parse_decimal,
-    parse_money,
-    parse_time,
-    zone,
-)
+from ordersync.wire.hubrise_values import parse_time, zone
 
-__all__ = [
-    "decode_cursor",
-    "encode_cursor",
-    "format_decimal",
-    "format_money",
-    "format_time",
-    "parse_decimal",
-    "parse_money",
-    "parse_time",
-    "zone",
-]
+__all__ = ["decode_cursor", "encode_cursor", "parse_time", "zone"]  # the routes' imports
 
 _MAX_KEY = 2**63 - 1
 
