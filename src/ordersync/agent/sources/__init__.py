@@ -1,4 +1,5 @@
-"""Sources: one per platform dialect; each turns a page request into neutral `Record`s."""
+"""Sources: one per platform dialect; each turns a page request into `Record`s, read with the
+dialect's codec (`ordersync.wire`): the document as received plus its typed snapshot."""
 
 from __future__ import annotations
 
