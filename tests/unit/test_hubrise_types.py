@@ -8,9 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from ordersync.domain import NewOrder, format_dow, parse_dow
-from ordersync.hub.dialects.hubrise_types import (
-    decode_cursor,
-    encode_cursor,
+from ordersync.hub.dialects.hubrise_types import decode_cursor, encode_cursor
+from ordersync.wire.hubrise_values import (
     format_decimal,
     format_money,
     format_time,

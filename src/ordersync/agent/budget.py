@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from ordersync.agent.errors import SourceError
+from ordersync.agent.errors import RequestAborted
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.retry import parse_retry_after
 from ordersync.domain.timestamps import format_rfc3339
@@ -70,7 +70,7 @@ log = structlog.get_logger("ordersync.agent.budget")
 CLASSES = ENDPOINT_CLASSES
 
 
-class BudgetClosed(SourceError):
+class BudgetClosed(RequestAborted):
     """The agent is stopping while a request waited for quota; nothing was sent."""
 
 

@@ -23,7 +23,7 @@ from typing import Protocol, cast
 
 import structlog
 
-from ordersync.agent.errors import AgentError, AuthError
+from ordersync.agent.errors import AgentError, AuthError, RequestAborted
 from ordersync.agent.feeds import Batch, ChangeFeed
 from ordersync.agent.feeds.listing import ListingFeed, ListingSettings
 from ordersync.agent.metrics import AgentMetrics
@@ -68,16 +68,14 @@ async def run_every(
     stop_event: asyncio.Event,
 ) -> None:
     """Call `cycle(stop_event=...)` every `interval` seconds until `stop_event`. A refused
-    token ends the loop with `AuthError`; any other failure is logged and retried next cycle
-    from the stored positions."""
+    token ends the loop with `AuthError`, a request dropped by the stop with `RequestAborted`;
+    any other failure is logged and retried next cycle from the stored positions."""
     while not stop_event.is_set():
         try:
             await cycle(stop_event=stop_event)
-        except AuthError:
-            raise
+        except (AuthError, RequestAborted):
+            raise  # fatal for the source, or the clean stop of a request the stop dropped
         except AgentError as exc:
-            if stop_event.is_set():
-                return  # the request dropped by the stop is no failure: nothing was applied
             log.warning("sync_cycle_failed", source=source, error=str(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop_event.wait(), interval)
@@ -181,6 +179,8 @@ class SyncEngine:
                 for state in self._status.values():
                     state.stopped = True
                 raise
+            except RequestAborted:
+                raise  # stopping: the other feeds' requests are dropped too
             except AgentError as exc:
                 failure = failure or exc
         if failure is not None:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ordersync.agent.budget import Budget, BudgetBook, BudgetClosed, Pause
+from ordersync.agent.budget import Budget, BudgetBook, Pause
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
 from ordersync.agent.engine import StreamStatus, SyncEngine
@@ -204,7 +204,7 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
         except AuthError as exc:
             runtime.stopped[name] = str(exc)
             log.error("source_stopped", source=name, reason=str(exc))
-        except (BudgetClosed, RequestAborted):
+        except RequestAborted:  # also BudgetClosed
             pass  # stopped while waiting: that page was not applied, its cursor did not move
 
     async with stopping_on(runtime, stop):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ordersync import kinds
 from ordersync.agent.paging import TiePager
-from ordersync.agent.records import STREAM_KINDS
 from ordersync.agent.sinks.base import Sink
 from ordersync.agent.sinks.quarantine import Quarantined
 from ordersync.agent.sources import Source
@@ -71,7 +71,7 @@ async def verify_replica(source: Source, sink: Sink, *, page_size: int = 100) ->
     held = await quarantined(sink, source.name)
     for stream in source.streams:
         platform = await platform_versions(source, stream, page_size)
-        replica = await sink.load_versions(source.name, STREAM_KINDS[stream])
+        replica = await sink.load_versions(source.name, kinds.by_stream(stream).name)
         reports.append(
             StreamReport(
                 stream,
@@ -82,7 +82,7 @@ async def verify_replica(source: Source, sink: Sink, *, page_size: int = 100) ->
                     i for i in platform.keys() & replica.keys() if replica[i] < platform[i]
                 ),
                 extra=sorted(replica.keys() - platform.keys()),
-                quarantined=[q for q in held if q.kind == STREAM_KINDS[stream]],
+                quarantined=[q for q in held if q.kind == kinds.by_stream(stream).name],
             )
         )
     return VerifyReport(source.name, reports)

@@ -1,25 +1,31 @@
 """The pure domain: orders, shipments, their lifecycle and validation. No I/O imports here."""
 
-from ordersync.domain.lifecycle import (
-    CANCELABLE,
-    OrderStatus,
-    ShipmentStatus,
-    check_transition,
-)
-from ordersync.domain.orders import (
-    Address,
-    LineItem,
-    NewOrder,
-    Order,
-    OrderLine,
-    OrderPolicy,
-    PickFrom,
-    ValueAddedService,
-    stamp_change,
-)
-from ordersync.domain.shipments import NewShipment, Shipment, ShipmentLine
-from ordersync.domain.timestamps import format_rfc3339, now_ms, parse_rfc3339_ms
-from ordersync.domain.weekdays import format_dow, normalize_weekdays, parse_dow
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ordersync.domain.lifecycle import (
+        CANCELABLE,
+        OrderStatus,
+        ShipmentStatus,
+        check_transition,
+    )
+    from ordersync.domain.orders import (
+        Address,
+        LineItem,
+        NewOrder,
+        Order,
+        OrderLine,
+        OrderPolicy,
+        PickFrom,
+        ValueAddedService,
+        stamp_change,
+    )
+    from ordersync.domain.shipments import NewShipment, Shipment, ShipmentLine
+    from ordersync.domain.timestamps import format_rfc3339, now_ms, parse_rfc3339_ms
+    from ordersync.domain.weekdays import format_dow, normalize_weekdays, parse_dow
 
 __all__ = [
     "CANCELABLE",
@@ -45,3 +51,39 @@ __all__ = [
     "parse_rfc3339_ms",
     "stamp_change",
 ]
+
+# Names are imported on first use, so that a light module (snapshots, timestamps) does not pull
+# in pydantic and the models: the agent's SQLite writer process imports only what it needs.
+_HOMES = {
+    "CANCELABLE": "lifecycle",
+    "OrderStatus": "lifecycle",
+    "ShipmentStatus": "lifecycle",
+    "check_transition": "lifecycle",
+    "Address": "orders",
+    "LineItem": "orders",
+    "NewOrder": "orders",
+    "Order": "orders",
+    "OrderLine": "orders",
+    "OrderPolicy": "orders",
+    "PickFrom": "orders",
+    "ValueAddedService": "orders",
+    "stamp_change": "orders",
+    "NewShipment": "shipments",
+    "Shipment": "shipments",
+    "ShipmentLine": "shipments",
+    "format_rfc3339": "timestamps",
+    "now_ms": "timestamps",
+    "parse_rfc3339_ms": "timestamps",
+    "format_dow": "weekdays",
+    "normalize_weekdays": "weekdays",
+    "parse_dow": "weekdays",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'ordersync.domain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ordersync.domain.{home}"), name)
+    globals()[name] = value
+    return value

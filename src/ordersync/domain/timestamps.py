@@ -19,7 +19,8 @@ def to_ms(moment: datetime) -> int:
     """Milliseconds since the epoch; a naive datetime is refused rather than guessed."""
     if moment.tzinfo is None:
         raise ValueError("timestamp must carry a time zone offset (RFC 3339)")
-    return int(moment.timestamp() * 1000) if moment.microsecond % 1000 == 0 else _exact_ms(moment)
+    # round: the float product of a whole millisecond can fall just below it (e.g. 852.9999).
+    return round(moment.timestamp() * 1000) if moment.microsecond % 1000 == 0 else _exact_ms(moment)
 
 
 def _exact_ms(moment: datetime) -> int:

@@ -19,8 +19,10 @@ from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.records import Cursor, Record
 from ordersync.agent.sinks.jsonl import JsonlSink
 from ordersync.agent.sinks.sql import SqlSink, orders
+from ordersync.agent.sources.masonhub import parse_record
 from ordersync.agent.verify import verify_replica
 from ordersync.domain import NewOrder
+from ordersync.domain.timestamps import format_rfc3339
 from tests.integration.agent.harness import (
     SOURCE,
     Hub,
@@ -34,14 +36,25 @@ from tests.support import order_payload
 BACKENDS = ["sqlite", "sqlite-reference", "postgresql"]
 
 
-def order(oid: str, version: int = 1, **line: Any) -> Record:
+GOOD_LINE = {
+    "line_number": 1,
+    "sku_customer_identifier": "SKU-1",
+    "quantity": "2",
+    "unit_price": "9",
+}
+
+
+def order(oid: str, version: int = 1, lines: list[Any] | None = None, **line: Any) -> Record:
+    """A MasonHub order document as the source reads it (its codec's snapshot or problem)."""
     data = order_payload(f"C-{oid}")
-    data["line_items"] = [
-        {"line_number": 1, "sku_customer_identifier": "SKU-1", "quantity": "2", "unit_price": "9"}
-        | line
-    ]
-    data |= {"id": oid, "version": version, "status": "open"}
-    return Record("order", oid, version, 1_000 + version, data)
+    data["line_items"] = [GOOD_LINE | line] if lines is None else lines
+    data |= {
+        "id": oid,
+        "version": version,
+        "status": "open",
+        "updated_at": format_rfc3339(1_000 + version),
+    }
+    return parse_record("order", data)
 
 
 @pytest.fixture
@@ -72,10 +85,11 @@ async def open_replica(
 @pytest.mark.parametrize(
     ("line", "named"),
     [
-        ({"quantity": "abc"}, "quantity 'abc' is not a decimal amount"),
-        ({"unit_price": "NaN"}, "unit_price 'NaN' is not a decimal amount"),
-        ({"line_number": None}, "line_number"),
-        ("not a line", "line_items is not a list of lines"),
+        ({"quantity": "abc"}, "line_items[0].quantity: 'abc' is not a decimal amount"),
+        ({"unit_price": "NaN"}, "line_items[0].unit_price: 'NaN' is not a decimal amount"),
+        ({"line_number": None}, "line_items[0].line_number: None"),
+        ({"line_number": "1"}, "line_items[0].line_number: '1'"),
+        ("not a line", "line_items[0]: 'not a line'"),
         ("two lines numbered 1", "the replica refused it"),  # found by the database itself
         ({"sku_customer_identifier": "\udc80"}, "order_lines.sku contains a lone surrogate"),
     ],
@@ -86,12 +100,10 @@ async def test_a_record_the_replica_cannot_store_is_quarantined_and_the_page_com
     """A malformed line no longer refuses the page: the other records and the cursor commit,
     the record is kept exactly in the quarantine (document, version, stream, reason, attempt)."""
     sink = await open_replica(backend)
-    bad = order("o-1")
-    good_line = bad.data["line_items"][0]
     if line == "two lines numbered 1":
-        bad.data["line_items"] = [good_line, good_line | {"sku_customer_identifier": "SKU-2"}]
+        bad = order("o-1", lines=[GOOD_LINE, GOOD_LINE | {"sku_customer_identifier": "SKU-2"}])
     else:
-        bad.data["line_items"] = [good_line | line if isinstance(line, dict) else line]
+        bad = order("o-1", lines=[GOOD_LINE | line if isinstance(line, dict) else line])
     result = await sink.apply_page("s", "orders", [bad, order("o-2")], Cursor(1_002, "o-2"))
     assert (result.applied, result.duplicates, result.quarantined) == (1, 0, 1)
     assert await sink.load_versions("s", "order") == {"o-2": 1}
@@ -210,8 +222,7 @@ async def test_postgresql_refusals_found_by_the_database_quarantine_one_record(
     runs again one SAVEPOINT per record; only that record is quarantined."""
     sink = await open_replica("postgresql")
     bad = order("o-1")
-    version = change.get("version", 1)
-    bad = Record("order", "o-1", version, bad.updated_at_ms, bad.data | change)
+    bad = parse_record("order", bad.data | change)
     result = await sink.apply_page("s", "orders", [bad, order("o-2")], Cursor(1_002, "o-2"))
     assert (result.applied, result.quarantined) == (1, 1)
     (held,) = await sink.load_quarantine("s")

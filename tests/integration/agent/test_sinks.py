@@ -7,6 +7,7 @@ import sqlite3
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, select, text
@@ -16,11 +17,21 @@ from ordersync.agent.errors import SinkError
 from ordersync.agent.records import Cursor, Record
 from ordersync.agent.sinks.jsonl import JsonlSink
 from ordersync.agent.sinks.sql import SqlSink, applied_versions, order_lines, orders
+from ordersync.agent.sources.masonhub import parse_record
+from ordersync.domain import format_rfc3339
 from tests.integration.agent.conftest import SinkFactory
 from tests.support import order_payload
 
 
-def order(version: int, *, price: str = "9.99", qty: str = "2", oid: str = "o-1") -> Record:
+def order(
+    version: int,
+    *,
+    price: str = "9.99",
+    qty: str = "2",
+    oid: str = "o-1",
+    lines: list[Any] | None = None,
+) -> Record:
+    """A MasonHub order document as a source reads it (snapshot and document)."""
     data = order_payload(
         "C-1",
         line_items=[
@@ -30,15 +41,17 @@ def order(version: int, *, price: str = "9.99", qty: str = "2", oid: str = "o-1"
                 "quantity": qty,
                 "unit_price": price,
             }
-        ],
+        ]
+        if lines is None
+        else lines,
     )
     data |= {
         "id": oid,
         "version": version,
         "status": "open",
-        "updated_at": "2024-01-01T00:00:00.000Z",
+        "updated_at": format_rfc3339(1_000 + version),
     }
-    return Record("order", oid, version, 1_000 + version, data)
+    return parse_record("order", data)
 
 
 async def test_older_and_repeated_versions_are_duplicates_not_writes(
@@ -98,12 +111,11 @@ async def test_a_failure_inside_a_page_keeps_neither_its_writes_nor_its_cursor(
 
 
 def two_line_order(version: int, oid: str, skus: tuple[str, ...]) -> Record:
-    record = order(version, oid=oid)
-    record.data["line_items"] = [
+    lines = [
         {"line_number": n, "sku_customer_identifier": sku, "quantity": "1", "unit_price": "2.50"}
         for n, sku in enumerate(skus, start=1)
     ]
-    return record
+    return order(version, oid=oid, lines=lines)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -16,6 +16,8 @@ import pytest
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import Cursor, Record
 from ordersync.agent.sinks.sql import SqlSink
+from ordersync.agent.sources.masonhub import parse_record
+from ordersync.domain import format_rfc3339
 from tests.integration.agent.harness import (
     SOURCE,
     Hub,
@@ -31,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def order(oid: str, ms: int) -> Record:
     data = order_payload(oid.upper())
-    data |= {"id": oid, "version": 1, "status": "open", "updated_at": "2024-01-01T00:00:00Z"}
+    data |= {"id": oid, "version": 1, "status": "open", "updated_at": format_rfc3339(ms)}
     for number, line in enumerate(data["line_items"], 1):
         line["line_number"] = number
-    return Record("order", oid, 1, ms, data)
+    return parse_record("order", data)
 
 
 def page(*ids: str, start: int) -> list[Record]:
@@ -120,13 +122,14 @@ async def test_the_writer_lets_the_agent_handle_ctrl_c_and_stop_signals(tmp_path
 
 AGENT_SCRIPT = """
 import asyncio, sys
-from ordersync.agent.records import Cursor, Record
+from ordersync.agent.records import Cursor
 from ordersync.agent.sinks.sql import SqlSink
+from ordersync.agent.sources.masonhub import parse_record
 
 async def main():
     sink = await SqlSink.open(sys.argv[1])
-    data = {"id": "o-1", "status": "open", "line_items": []}
-    await sink.apply_page("s", "orders", [Record("order", "o-1", 1, 1, data)], Cursor(1, "o-1"))
+    data = {"id": "o-1", "version": 1, "status": "open", "updated_at": "2024-01-01T00:00:00Z"}
+    await sink.apply_page("s", "orders", [parse_record("order", data)], Cursor(1, "o-1"))
     print(sink._writer.pid, flush=True)
     await asyncio.sleep(60)
 

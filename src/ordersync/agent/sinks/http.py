@@ -97,7 +97,7 @@ class HttpSink(HeldVersions):
                         "version": r.version,
                         "idempotency_key": r.key,
                         "updated_at": format_rfc3339(r.updated_at_ms),
-                        "data": r.data,
+                        "data": r.document,
                     }
                     for r in newer
                 ],

@@ -103,7 +103,7 @@ def _line(source: str, record: Record) -> bytes:
         "version": record.version,
         "updated_at": format_rfc3339(record.updated_at_ms),
         "source": source,
-        "data": record.data,
+        "data": record.document,
     }
     return document_json(change).encode() + b"\n"
 

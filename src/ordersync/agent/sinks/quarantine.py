@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 import structlog
 
 from ordersync.agent.errors import SinkError
-from ordersync.agent.records import Kind, Record
+from ordersync.agent.records import Kind, Record, decode_record
 from ordersync.agent.sinks.base import latest_per_id
 from ordersync.agent.sinks.rows import (
     ENTITY_COLUMNS,
@@ -36,6 +37,7 @@ from ordersync.agent.sinks.rows import (
     document_json,
     prepare,
 )
+from ordersync.wire.fields import exact_json
 
 log = structlog.get_logger("ordersync.agent.sinks.quarantine")
 
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     source VARCHAR(50) NOT NULL,
     kind VARCHAR(20) NOT NULL,
     id TEXT NOT NULL,
+    dialect VARCHAR(20) NOT NULL,
     version BIGINT NOT NULL,
     stream VARCHAR(30) NOT NULL,
     updated_at_ms BIGINT NOT NULL,
@@ -59,22 +62,22 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 # A version held back again counts an attempt; a newer one replaces the older (attempts anew).
 _KEEP = """
-INSERT INTO quarantine (source, kind, id, version, stream, updated_at_ms, document, reason,
-                        first_attempt_ms, last_attempt_ms, attempts)
-VALUES (:source, :kind, :id, :version, :stream, :updated_at_ms, :document, :reason,
+INSERT INTO quarantine (source, kind, id, dialect, version, stream, updated_at_ms, document,
+                        reason, first_attempt_ms, last_attempt_ms, attempts)
+VALUES (:source, :kind, :id, :dialect, :version, :stream, :updated_at_ms, :document, :reason,
         :stamp, :stamp, 1)
 ON CONFLICT (source, kind, id) DO UPDATE SET
     attempts = CASE WHEN quarantine.version = excluded.version
                     THEN quarantine.attempts + 1 ELSE 1 END,
     first_attempt_ms = CASE WHEN quarantine.version = excluded.version
                             THEN quarantine.first_attempt_ms ELSE excluded.first_attempt_ms END,
-    version = excluded.version, stream = excluded.stream,
+    version = excluded.version, stream = excluded.stream, dialect = excluded.dialect,
     updated_at_ms = excluded.updated_at_ms, document = excluded.document,
     reason = excluded.reason, last_attempt_ms = excluded.last_attempt_ms
 WHERE excluded.version >= quarantine.version
 """
 _ROW_COLUMNS = (
-    "source, kind, id, version, stream, updated_at_ms, document, reason, "
+    "source, kind, id, dialect, version, stream, updated_at_ms, document, reason, "
     "first_attempt_ms, last_attempt_ms, attempts"
 )
 
@@ -94,6 +97,7 @@ class HeldBack:
 
     kind: Kind
     id: str
+    dialect: str
     version: int
     updated_at_ms: int
     document: str  # the wire document as received, as JSON text
@@ -107,6 +111,7 @@ class Quarantined:
     source: str
     kind: Kind
     id: str
+    dialect: str
     version: int
     stream: str
     updated_at_ms: int
@@ -117,26 +122,31 @@ class Quarantined:
     attempts: int
 
     def record(self) -> Record:
-        """The record as it arrived, to apply again."""
-        return Record(
-            self.kind, self.id, self.version, self.updated_at_ms, from_json(self.document)
-        )
+        """The record as it arrived, read again by its dialect's codec (which may take it now),
+        to apply again."""
+        document = from_json(self.document)
+        if self.dialect:
+            return decode_record(self.kind, self.dialect, document, data=exact_json(document))
+        return Record(self.kind, self.id, self.version, self.updated_at_ms, exact_json(document))
 
 
 to_json = document_json
 
 
 def from_json(text: str) -> Any:
-    return json.loads(text)  # exact for whatever `to_json` wrote
+    """Exact for whatever `to_json` wrote: JSON numbers come back as Decimal, as sources read
+    them (`exact_json` writes them back as the same text)."""
+    return json.loads(text, parse_float=Decimal)
 
 
 def held_back(record: Record, reason: str) -> HeldBack:
     return HeldBack(
         record.kind,
         record.id,
+        record.dialect,
         record.version,
         record.updated_at_ms,
-        to_json(record.data),
+        to_json(record.document),
         reason,
     )
 
@@ -241,7 +251,7 @@ def from_prepared(row: Prepared, reason: str) -> HeldBack:
     """A record the writer process could not store (it has the prepared row, not the Record):
     the entity row ends with the document, and its fourth value is updated_at_ms."""
     entity = row[3]
-    return HeldBack(row[0], row[1], row[2], int(entity[3]), str(entity[-1]), reason)
+    return HeldBack(row[0], row[1], row[5], row[2], int(entity[3]), str(entity[-1]), reason)
 
 
 def _printable(text: str) -> str:
@@ -303,6 +313,7 @@ def _keep(execute: Execute, source: str, stream: str, held: Sequence[HeldBack], 
             rows.append(
                 {
                     "source": source, "kind": kind, "id": _printable(item.id),
+                    "dialect": item.dialect,
                     "version": item.version, "stream": stream,
                     "updated_at_ms": item.updated_at_ms, "document": item.document,
                     "reason": _printable(item.reason), "stamp": stamp,

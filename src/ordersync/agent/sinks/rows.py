@@ -10,38 +10,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import Kind, Record
+from ordersync.domain.snapshots import LineSnapshot, Snapshot
+from ordersync.kinds import KINDS, by_name
 
-# Table names and their columns in order; `sql.py` defines the tables and checks it against these.
-ENTITY_TABLES: dict[Kind, str] = {"order": "orders", "shipment": "shipments"}
+# Table names and their columns in order, from the kinds registry: a kind's row holds the
+# snapshot fields it names (`EntityKind.columns`); `sql.py` defines the tables and checks them.
+ENTITY_TABLES: dict[Kind, str] = {kind.name: kind.table for kind in KINDS.values()}
 ENTITY_COLUMNS: dict[Kind, tuple[str, ...]] = {
-    "order": (
-        "seq",
-        "source",
-        "id",
-        "version",
-        "updated_at_ms",
-        "status",
-        "customer_identifier",
-        "data",
-    ),
-    "shipment": (
-        "seq",
-        "source",
-        "id",
-        "version",
-        "updated_at_ms",
-        "order_id",
-        "status",
-        "tracking_number",
-        "data",
-    ),
+    kind.name: ("seq", "source", "id", "version", "updated_at_ms", *kind.columns, "data")
+    for kind in KINDS.values()
 }
 LINE_COLUMNS = ("order_seq", "line_number", "source", "order_id", "sku", "quantity", "unit_price")
 APPLIED_COLUMNS = ("kind", "entity_seq", "version", "source", "id", "applied_at_ms")
@@ -65,45 +48,28 @@ def document_json(document: Any) -> str:
         return json.dumps(document, ensure_ascii=True)
 
 
+def snapshot(r: Record) -> Snapshot:
+    """The record's snapshot; SinkError (the record cannot be stored: see `quarantine`) for a
+    record whose document its codec refused (`Record.problem`, naming kind, id, field, value)."""
+    if r.problem is not None:
+        raise SinkError(r.problem)
+    kind = by_name(r.kind)
+    if not isinstance(r.snapshot, kind.snapshot):
+        raise SinkError(f"{r.kind} {r.id}: no {kind.snapshot.__name__} was read from it")
+    return r.snapshot
+
+
 def entity_values(seq: int | None, source: str, r: Record) -> Values:
-    """One `orders` or `shipments` row (ENTITY_COLUMNS[r.kind]); seq None: not yet given."""
-    data = r.data
-    document = document_json(data)
-    if r.kind == "order":
-        return (
-            seq,
-            source,
-            r.id,
-            r.version,
-            r.updated_at_ms,
-            data.get("status"),
-            data.get("customer_identifier"),
-            document,
-        )
-    return (
-        seq,
-        source,
-        r.id,
-        r.version,
-        r.updated_at_ms,
-        data.get("order_id"),
-        data.get("status"),
-        data.get("tracking_number"),
-        document,
-    )
+    """One entity row (ENTITY_COLUMNS[r.kind]); seq None: not yet given."""
+    held = snapshot(r)
+    fields = tuple(getattr(held, column) for column in by_name(r.kind).columns)
+    document = document_json(r.document)
+    return (seq, source, r.id, r.version, r.updated_at_ms, *fields, document)
 
 
-def line_values(seq: int, source: str, r: Record, item: dict[str, Any]) -> Values:
+def line_values(seq: int, source: str, r: Record, line: LineSnapshot) -> Values:
     """One `order_lines` row (LINE_COLUMNS), amounts as exact Decimals."""
-    return (
-        seq,
-        line_number(item, r.id),
-        source,
-        r.id,
-        item.get("sku_customer_identifier"),
-        exact_decimal(item.get("quantity"), r.id, "quantity"),
-        exact_decimal(item.get("unit_price"), r.id, "unit_price"),
-    )
+    return (seq, line.line_number, source, r.id, line.sku, line.quantity, line.unit_price)
 
 
 def applied_values(kind: Kind, seq: int, source: str, r: Record, stamp: int) -> Values:
@@ -112,22 +78,23 @@ def applied_values(kind: Kind, seq: int, source: str, r: Record, stamp: int) -> 
 
 
 # A record as the SQLite writer process takes it: (kind, id, version, the entity row after its
-# seq, the order's line rows after their order_seq), amounts as text (sqlite3 binds no Decimal).
+# seq, the order's line rows after their order_seq, the dialect whose codec read it), amounts
+# as text (sqlite3 binds no Decimal).
 # The agent builds it, and so checks the page's data, before the page leaves for the writer.
-Prepared = tuple[Kind, str, int, Values, list[Values]]
+Prepared = tuple[Kind, str, int, Values, list[Values], str]
 
 
 def prepare(source: str, r: Record) -> Prepared:
     lines = []
-    if r.kind == "order":
-        for item in line_items(r):
-            row = line_values(0, source, r, item)
+    if by_name(r.kind).line_table is not None:
+        for line in line_items(r):
+            row = line_values(0, source, r, line)
             quantity, price = row[5], row[6]
             lines.append(
                 (*row[1:5], None if quantity is None else str(quantity),
                  None if price is None else str(price))
             )  # fmt: skip
-    return (r.kind, r.id, r.version, entity_values(None, source, r)[1:], lines)
+    return (r.kind, r.id, r.version, entity_values(None, source, r)[1:], lines, r.dialect)
 
 
 def by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
@@ -137,35 +104,7 @@ def by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
     return groups
 
 
-def line_items(record: Record) -> list[dict[str, Any]]:
-    """An order's lines; SinkError (the record cannot be stored) if they are not a list of
-    objects."""
-    items = record.data.get("line_items") or []
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise SinkError(f"order {record.id}: line_items is not a list of lines")
-    return items
-
-
-def line_number(item: dict[str, Any], order_id: str) -> int:
-    try:
-        return int(item["line_number"])
-    except (KeyError, TypeError, ValueError):
-        raise SinkError(
-            f"order {order_id}: a line without a valid line_number ({item.get('line_number')!r})"
-        ) from None
-
-
-def exact_decimal(value: Any, order_id: str, field: str) -> Decimal | None:
-    """A line amount as an exact Decimal; SinkError (the record cannot be stored) for anything
-    that is not a finite decimal number."""
-    # Decimals arrive as JSON strings; a JSON number would already be a float, so str() of it
-    # is the shortest repr that round-trips, never the binary expansion.
-    if value is None:
-        return None
-    try:
-        amount = Decimal(str(value))
-    except ArithmeticError:  # decimal.InvalidOperation
-        amount = None
-    if amount is None or not amount.is_finite():
-        raise SinkError(f"order {order_id}: line {field} {value!r} is not a decimal amount")
-    return amount
+def line_items(record: Record) -> tuple[LineSnapshot, ...]:
+    """The lines of a record whose kind has them (`EntityKind.line_table`)."""
+    lines: tuple[LineSnapshot, ...] = getattr(snapshot(record), "lines", ())
+    return lines

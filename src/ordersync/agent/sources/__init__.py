@@ -1,11 +1,10 @@
-"""Sources: one per platform dialect; each turns a page request into neutral `Record`s."""
+"""Sources: one per platform dialect; each turns a page request into `Record`s, read with the
+dialect's codec (`ordersync.wire`): the document as received plus its typed snapshot."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Protocol
 
-from ordersync.agent.errors import ProtocolError
 from ordersync.agent.records import FetchedPage
 
 
@@ -34,11 +33,3 @@ class Source(Protocol):
     ) -> FetchedPage:
         """`after_id` is sent only to sources whose pages said `keyset=True`."""
         ...
-
-
-def sane_decimal(number: Decimal) -> Decimal:
-    """The number, if finite and of a sane magnitude: written out in full, 1e999999999 would be
-    a billion digits (memory the agent does not have)."""
-    if not number.is_finite() or abs(number.adjusted()) > 100:
-        raise ProtocolError(f"{number} is not a quantity or price")
-    return number

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ordersync import kinds
 from ordersync.agent.client import ApiClient
 from ordersync.agent.errors import ProtocolError, malformed_answer
-from ordersync.agent.records import STREAM_KINDS, FetchedPage, Kind, Record
-from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
+from ordersync.agent.records import FetchedPage, Kind, Record, decode_record
+from ordersync.domain.timestamps import format_rfc3339
+from ordersync.wire import WireError
+
+STREAMS = kinds.streams("masonhub")
 
 
 class MasonHubSource:
@@ -23,9 +27,11 @@ class MasonHubSource:
         streams: tuple[str, ...] = ("orders", "shipments"),
         statuses: tuple[str, ...] = (),
     ) -> None:
-        unknown = set(streams) - STREAM_KINDS.keys()
+        unknown = set(streams) - set(STREAMS)
         if unknown:
-            raise ValueError(f"unknown MasonHub streams {sorted(unknown)}; use orders, shipments")
+            raise ValueError(
+                f"unknown MasonHub streams {sorted(unknown)}; use {', '.join(STREAMS)}"
+            )
         self.client = client
         self.name = name
         self.streams = streams
@@ -59,7 +65,7 @@ class MasonHubSource:
         summary: bool = False,
         after_id: str | None = None,
     ) -> FetchedPage:
-        kind = STREAM_KINDS[stream]
+        kind = kinds.by_stream(stream).name
         response = await self.client.get_json(
             f"/{stream}", self.page_params(since_ms, offset, limit, summary, after_id)
         )
@@ -67,7 +73,7 @@ class MasonHubSource:
             data = response.body.get("data") if isinstance(response.body, dict) else None
             if not isinstance(data, list):
                 raise ProtocolError(f"{self.name}: /{stream} answered without a data array")
-            records = [parse_record(kind, item) for item in data]
+            records = [parse_record(kind, item, summary=summary) for item in data]
         keyset = (
             response.headers is not None
             and response.headers.get("x-ordersync-keyset", "") == "after_id"
@@ -75,14 +81,10 @@ class MasonHubSource:
         return FetchedPage(records, response.server_time_ms, keyset)
 
 
-def parse_record(kind: Kind, item: Any) -> Record:
+def parse_record(kind: Kind, item: Any, *, summary: bool = False) -> Record:
+    """A record of a MasonHub document (see `decode_record`); ProtocolError when its id,
+    version or updated_at is unreadable."""
     try:
-        return Record(
-            kind,
-            str(item["id"]),
-            int(item["version"]),
-            parse_rfc3339_ms(item["updated_at"]),
-            item,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
+        return decode_record(kind, "masonhub", item, summary=summary)
+    except WireError as exc:
         raise ProtocolError(f"a {kind} without a valid id, version or updated_at: {exc}") from exc

@@ -3,25 +3,26 @@
 The poll filter `lastUpdatedAfter` is exclusive and results ascend by `lastUpdatedAt`, so the
 engine's inclusive `updated_at >= since` is asked as `lastUpdatedAfter = since - 1 ms` (the
 timestamps have millisecond precision), with `offset` counted from there: exactly the listing
-`TiePager` walks. Records reach the sink in the neutral shape (the fields the sinks index) with
-the document as received under `wire`; quantities and prices stay exact text, never float.
+`TiePager` walks. Records carry the document as received and its snapshot, read by
+`ordersync.wire.tradecloud`; quantities and prices stay exact, never float.
 
 Echo: each order names the connection that made its last change (`lastUpdatedBy`). With
 `echo="skip"` and our own connection's name, a change we made ourselves is still applied (the
-replica must hold every version) but marked `"echo": true` and counted, not taken for a change
+replica must hold every version) but marked as an echo (`Record.echo`; the replica's document
+gets `"echo": true`) and counted, not taken for a change
 made by someone else; `echo="apply"` treats it like any other change.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any, Literal
 
+from ordersync import kinds
 from ordersync.agent.client import ApiClient
 from ordersync.agent.errors import ProtocolError, malformed_answer
-from ordersync.agent.records import STREAM_KINDS, FetchedPage, Kind, Record
-from ordersync.agent.sources import sane_decimal
-from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
+from ordersync.agent.records import FetchedPage, Kind, Record, decode_record
+from ordersync.domain.timestamps import format_rfc3339
+from ordersync.wire.tradecloud import as_received
 
 EchoMode = Literal["skip", "apply"]
 _ENDPOINTS = {"orders": "/order-search/poll", "shipments": "/shipment/poll"}
@@ -77,7 +78,7 @@ class TradecloudSource:
         summary: bool = False,
         after_id: str | None = None,  # never sent: Tradecloud has no keyset continuation
     ) -> FetchedPage:
-        kind = STREAM_KINDS[stream]
+        kind = kinds.by_stream(stream).name
         response = await self.client.post_json(
             _ENDPOINTS[stream], self.poll_body(since_ms, offset, limit)
         )
@@ -92,20 +93,13 @@ class TradecloudSource:
 
     def _record(self, kind: Kind, item: Any) -> Record:
         try:
-            neutral = neutral_order(item) if kind == "order" else neutral_shipment(item)
-            record = Record(
-                kind,
-                str(item["id"]),
-                int(item["version"]),
-                parse_rfc3339_ms(item["lastUpdatedAt"]),
-                neutral,
-            )
+            echo = self.is_echo(item)
+            record = decode_record(kind, "tradecloud", item, data=as_received(item), echo=echo)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(
                 f"a Tradecloud {kind} without a valid id, version or lastUpdatedAt: {exc!r}"
             ) from exc
-        if self.is_echo(item):
-            neutral["echo"] = True
+        if record.echo:
             self._echoes.add(record.key)
         return record
 
@@ -115,59 +109,3 @@ class TradecloudSource:
             and self.connection_name is not None
             and item.get("lastUpdatedBy") == self.connection_name
         )
-
-
-def exact(value: Any) -> str | None:
-    """A quantity or price as exact decimal text; JSON numbers arrive as Decimal (the client
-    decodes with `exact_numbers`), never as float."""
-    if value is None:
-        return None
-    if isinstance(value, float):
-        raise ProtocolError(f"decimal {value!r} was decoded as a float; exactness is lost")
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise ProtocolError(f"{value!r} is not a decimal value")
-    return format(sane_decimal(Decimal(value)), "f")
-
-
-def neutral_order(item: dict[str, Any]) -> dict[str, Any]:
-    status = item.get("status") or {}
-    return {
-        "id": item["id"],
-        "version": item["version"],
-        "updated_at": item["lastUpdatedAt"],
-        "status": f"{status.get('processStatus')}/{status.get('logisticsStatus')}",
-        "customer_identifier": (item.get("buyerOrder") or {}).get("purchaseOrderNumber"),
-        "line_items": [
-            {
-                "line_number": int(line["buyerLine"]["position"]),
-                "sku_customer_identifier": (line["buyerLine"].get("item") or {}).get("number"),
-                "quantity": exact(line["buyerLine"].get("quantity")),
-                "unit_price": exact(line["buyerLine"].get("netPrice")),
-            }
-            for line in item.get("lines") or ()
-        ],
-        "wire": _json_safe(item),
-    }
-
-
-def neutral_shipment(item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": item["id"],
-        "version": item["version"],
-        "updated_at": item["lastUpdatedAt"],
-        "order_id": item.get("orderId"),
-        "status": (item.get("status") or {}).get("logisticsStatus"),
-        "tracking_number": item.get("trackingNumber"),
-        "wire": _json_safe(item),
-    }
-
-
-def _json_safe(value: Any) -> Any:
-    """The document with Decimals as exact text, so sinks can serialise it as JSON."""
-    if isinstance(value, Decimal):
-        return format(sane_decimal(value), "f")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value

@@ -1,11 +1,5 @@
-"""HubRise shapes of the hub's entities: orders, shipments and callback events rendered for the
-wire, and a HubRise order body mapped to a domain `NewOrder`.
-
-Where HubRise has a field, ours maps onto it (`ref` is our `customer_identifier`, `customer` our
-shipping address, `service_type_ref` our shipper service level, `items` our lines); where it has
-none, our own field is kept under its own name (`billing_address`, `shipping_provider`,
-`delivery_days` as DOW, `version`, `updated_at`, ...), so nothing the domain holds is lost.
-"""
+"""HubRise request bodies mapped to a domain `NewOrder`, and the hub's rows rendered through
+the HubRise codec (`ordersync.wire.hubrise`, which renders orders, shipments and events)."""
 
 from __future__ import annotations
 
@@ -13,32 +7,17 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from ordersync.domain import NewOrder, OrderStatus, format_rfc3339
-from ordersync.domain.timestamps import parse_rfc3339_ms
-from ordersync.domain.weekdays import format_dow, parse_dow
-from ordersync.hub.dialects.hubrise_types import (
-    format_decimal,
-    format_money,
-    format_time,
-    parse_decimal,
-    parse_money,
-    parse_time,
-    zone,
-)
+from ordersync.domain.weekdays import parse_dow
 from ordersync.hub.errors import ApiError
-from ordersync.store.hubrise import Event, Location, OrderRow
+from ordersync.store.hubrise import Location, OrderRow
+from ordersync.wire.hubrise import STATUS_OUT, render_event, render_order
+from ordersync.wire.hubrise_values import format_money, parse_decimal, parse_money, parse_time, zone
 
-STATUS_OUT = {
-    "open": "new",
-    "atWarehouse": "received",
-    "inProcess": "in_preparation",
-    "packed": "awaiting_shipment",
-    "fulfilled": "in_delivery",
-    "delivered": "completed",
-    "canceled": "cancelled",
-}
+__all__ = ["STATUS_OUT", "render_event", "render_order"]
+
 STATUS_IN = {wire: OrderStatus(ours) for ours, wire in STATUS_OUT.items()}
 # HubRise statuses our lifecycle has no equivalent for: a valid filter that matches nothing.
 UNMAPPED_STATUSES = frozenset({"accepted", "awaiting_collection", "rejected", "delivery_failed"})
@@ -51,122 +30,8 @@ def clean_message(message: str) -> str:
     return message.removeprefix("Value error, ")
 
 
-def render_order(
-    doc: dict[str, Any], location: Location, private_ref: str | None
-) -> dict[str, Any]:
-    tz, currency = zone(location.timezone), location.currency
-
-    def at(text: str) -> str:
-        return format_time(parse_rfc3339_ms(text), tz)
-
-    items, total = [], Decimal(0)
-    for line in doc["line_items"]:
-        price, quantity = Decimal(line["unit_price"]), Decimal(line["quantity"])
-        subtotal = Decimal(format_money(price * quantity, currency).partition(" ")[0])
-        total += subtotal
-        items.append(
-            {
-                "line_number": line["line_number"],
-                "product_name": line["sku_customer_identifier"],
-                "sku_ref": line["sku_customer_identifier"],
-                "price": format_money(price, currency),
-                "quantity": format_decimal(quantity),
-                "subtotal": format_money(subtotal, currency),
-            }
-        )
-    days = doc.get("delivery_days")
-    return {
-        "id": doc["id"],
-        "location_id": location.name,
-        "private_ref": private_ref,
-        "ref": doc["customer_identifier"],
-        "status": STATUS_OUT[doc["status"]],
-        "service_type": "delivery",
-        "service_type_ref": doc["shipper_service_level"],
-        "created_at": at(doc["created_at"]),
-        "customer_notes": None,
-        "items": items,
-        "total": format_money(total, currency),
-        "customer": _render_address(doc["shipping_address"]),
-        # Ours, where HubRise has no field.
-        "billing_address": _render_address(doc["billing_address"]),
-        "delivery_days": None if days is None else format_dow(days),
-        "shipping_provider": doc["shipping_provider"],
-        "order_type": doc["order_type"],
-        "priority": doc["priority"],
-        "order_policy": doc["order_policy"],
-        "pick_from": doc["pick_from"],
-        "value_added_services": doc["value_added_services"],
-        "submitted_at": at(doc["submitted_at"]),
-        "version": doc["version"],
-        "updated_at": at(doc["updated_at"]),
-    }
-
-
-def _render_address(address: dict[str, Any]) -> dict[str, Any]:
-    first, _, last = address["name"].partition(" ")
-    return {
-        "first_name": first,
-        "last_name": last or None,
-        "address_1": address["address1"],
-        "address_2": address.get("address2"),
-        "city": address["city"],
-        "state": address["state"] or None,
-        "postal_code": address["postal_code"],
-        "country": address["country"],
-    }
-
-
-def render_shipment(doc: dict[str, Any], location: Location) -> dict[str, Any]:
-    tz = zone(location.timezone)
-    return {
-        "id": doc["id"],
-        "location_id": location.name,
-        "order_id": doc["order_id"],
-        "ref": doc["customer_identifier"],
-        "status": doc["status"],
-        "carrier": doc["carrier"],
-        "service_level": doc["service_level"],
-        "tracking_number": doc["tracking_number"],
-        "shipped_at": format_time(parse_rfc3339_ms(doc["shipped_at"]), tz),
-        "items": [
-            {
-                "line_number": line["line_number"],
-                "sku_ref": line["sku_customer_identifier"],
-                "quantity": format_decimal(Decimal(line["quantity"])),
-            }
-            for line in doc["lines"]
-        ],
-        "version": doc["version"],
-        "created_at": format_time(parse_rfc3339_ms(doc["created_at"]), tz),
-        "updated_at": format_time(parse_rfc3339_ms(doc["updated_at"]), tz),
-    }
-
-
 def render_row(row: OrderRow, location: Location) -> dict[str, Any]:
     return render_order(orjson.loads(row.doc), location, row.private_ref)
-
-
-def render_event(event: Event, location: Location) -> dict[str, Any]:
-    state: dict[str, Any] | None = None
-    order_id = event.entity_id
-    if event.doc is not None:
-        doc = orjson.loads(event.doc)
-        if event.kind == "order":
-            state = render_order(doc, location, event.private_ref)
-        else:
-            state, order_id = render_shipment(doc, location), doc["order_id"]
-    return {
-        "id": str(event.seq),
-        "created_at": format_time(event.created_at, zone(location.timezone)),
-        "resource_type": event.kind,
-        "event_type": event.event_type,
-        "resource_id": event.entity_id,
-        "order_id": order_id,
-        "location_id": location.name,
-        "version": event.version,
-        "new_state": state,
-    }
 
 
 # -- request bodies ----------------------------------------------------------------------------
@@ -192,7 +57,8 @@ class ItemIn(_Wire):
     product_name: str | None = None  # not kept: the hub knows products by sku_ref
     sku_ref: str
     price: str
-    quantity: str | int | Decimal
+    # Strict: lax validation would take `true` as the quantity 1, which the agent refuses.
+    quantity: StrictStr | StrictInt | Decimal
     subtotal: str | None = None  # derived; accepted so that a rendered order can be sent back
 
 

@@ -1,9 +1,7 @@
-"""HubRise's common data types (seed 003, section 5) and its listing cursor, as text <-> values.
+"""HubRise's listing cursor (seed 003): an opaque keyset position, as the hub hands it out.
 
-- Money: 2 decimals, a space, the ISO 4217 currency: `"8.90 EUR"`, `"-0.05 GBP"`.
-- Decimals: strings, never floats: `"1"`, `"-2.5"`.
-- Times: ISO 8601 in the location's time zone: `"2020-08-20T06:42:46+02:00"`.
-- DOW: 7 characters, Monday to Sunday, a day's digit or `-`: `"12345--"` (see `domain.weekdays`).
+The common data types (money, decimals, times) live in `ordersync.wire.hubrise_values`, shared
+with the agent.
 """
 
 from __future__ import annotations
@@ -11,93 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
-from datetime import UTC, date, datetime, time
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from ordersync.domain.timestamps import from_ms, to_ms
+from ordersync.wire.hubrise_values import parse_time, zone
 
-_MONEY = re.compile(r"-?\d+\.\d{2} [A-Z]{3}")
-_DECIMAL = re.compile(r"-?\d+(\.\d+)?")
-_CENT = Decimal("0.01")
+__all__ = ["decode_cursor", "encode_cursor", "parse_time", "zone"]  # the routes' imports
+
 _MAX_KEY = 2**63 - 1
-
-
-def format_money(amount: Decimal, currency: str) -> str:
-    """Rounded half up to the cent: HubRise has no sub-cent amounts."""
-    cents = amount.quantize(_CENT, rounding=ROUND_HALF_UP)
-    if cents == 0:
-        cents = abs(cents)  # never "-0.00"
-    return f"{cents:f} {currency}"
-
-
-def parse_money(text: object) -> tuple[Decimal, str]:
-    if not isinstance(text, str) or not _MONEY.fullmatch(text):
-        raise ValueError(f"{text!r} is not a valid monetary amount (expected e.g. '8.90 EUR')")
-    amount, _, currency = text.partition(" ")
-    return Decimal(amount), currency
-
-
-def format_decimal(value: Decimal) -> str:
-    """The shortest exact text: Decimal('2.000') -> "2", Decimal('1E+2') -> "100"."""
-    return "0" if value == 0 else f"{value.normalize():f}"
-
-
-def parse_decimal(value: object) -> Decimal:
-    """A decimal string such as "-2.5"; a JSON integer is taken too (HubRise's own examples
-    send quantities as 2). Floats are refused: they are exactly what decimal strings avoid."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a decimal value (expected a string such as '2.5')")
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, str) and _DECIMAL.fullmatch(value):
-        try:
-            return Decimal(value)
-        except InvalidOperation:  # pragma: no cover - the pattern already excludes these
-            pass
-    raise ValueError(f"{value!r} is not a decimal value (expected a string such as '2.5')")
-
-
-def zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-def format_time(ms: int, tz: ZoneInfo) -> str:
-    """ISO 8601 in `tz`, to the second as HubRise writes times, with milliseconds when the
-    instant has them (the hub stamps to the millisecond; dropping them would blur order)."""
-    local = from_ms(ms).astimezone(tz)
-    return local.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
-
-
-def parse_time(text: object, tz: ZoneInfo) -> int:
-    """Epoch milliseconds of an ISO 8601 date-time; without an offset (or a plain date, taken
-    as its midnight) it is read in the location's time zone, as HubRise renders times there."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(
-            f"{text!r} is not an ISO 8601 time (expected e.g. 2020-08-20T06:42:46+02:00)"
-        )
-    cleaned = text.strip()
-    try:
-        if len(cleaned) == 10:
-            moment = datetime.combine(date.fromisoformat(cleaned), time(0))
-        else:
-            moment = datetime.fromisoformat(cleaned.replace("z", "Z"))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=tz)
-        return to_ms(moment.astimezone(UTC))
-    except (ValueError, OverflowError):
-        raise ValueError(
-            f"{text!r} is not an ISO 8601 time (expected e.g. 2020-08-20T06:42:46+02:00)"
-        ) from None
-
-
-# -- cursors ---------------------------------------------------------------------------------
 
 
 def encode_cursor(created_at: int, order_id: str) -> str:

@@ -21,55 +21,9 @@ from ordersync.domain import parse_rfc3339_ms
 from ordersync.hub.auth import tradecloud_principal
 from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.store.store import ListQuery, Principal, Store
+from ordersync.wire.tradecloud import LINE_STATUS, render_order, render_shipment
 
 router = APIRouter(prefix="/v2", tags=["tradecloud"])
-
-# Our lifecycle seen through Tradecloud's line status fields.
-_LINE_STATUS: dict[str, dict[str, str | None]] = {
-    "open": {
-        "processStatus": "Issued",
-        "inProgressStatus": "Issued",
-        "logisticsStatus": "Open",
-        "deliveryLineStatus": "NotDelivered",
-    },
-    "atWarehouse": {
-        "processStatus": "InProgress",
-        "inProgressStatus": "Confirmed",
-        "logisticsStatus": "Open",
-        "deliveryLineStatus": "NotDelivered",
-    },
-    "inProcess": {
-        "processStatus": "Confirmed",
-        "inProgressStatus": None,
-        "logisticsStatus": "Produced",
-        "deliveryLineStatus": "NotDelivered",
-    },
-    "packed": {
-        "processStatus": "Confirmed",
-        "inProgressStatus": None,
-        "logisticsStatus": "ReadyToShip",
-        "deliveryLineStatus": "NotDelivered",
-    },
-    "fulfilled": {
-        "processStatus": "Confirmed",
-        "inProgressStatus": None,
-        "logisticsStatus": "Shipped",
-        "deliveryLineStatus": "NotDelivered",
-    },
-    "delivered": {
-        "processStatus": "Completed",
-        "inProgressStatus": None,
-        "logisticsStatus": "Delivered",
-        "deliveryLineStatus": "Delivered",
-    },
-    "canceled": {
-        "processStatus": "Cancelled",
-        "inProgressStatus": None,
-        "logisticsStatus": "Cancelled",
-        "deliveryLineStatus": "NotDelivered",
-    },
-}
-_SHIPMENT_STATUS = {"shipped": "Shipped", "in_transit": "InTransit", "delivered": "Delivered"}
 
 
 Caller = Annotated[Principal, Depends(tradecloud_principal)]
@@ -123,77 +77,12 @@ def _matching_statuses(filters: Filters) -> tuple[str, ...] | None:
         return None
     return tuple(
         status
-        for status, fields in _LINE_STATUS.items()
+        for status, fields in LINE_STATUS.items()
         if (filters.processStatus is None or fields["processStatus"] in filters.processStatus)
         and (
             filters.logisticsStatus is None or fields["logisticsStatus"] in filters.logisticsStatus
         )
     )
-
-
-def render_order(doc: dict[str, Any]) -> dict[str, Any]:
-    line_status = _LINE_STATUS[doc["status"]]
-    return {
-        "id": doc["id"],
-        "version": doc["version"],
-        "buyerOrder": {
-            "purchaseOrderNumber": doc["customer_identifier"],
-            "orderType": doc["order_type"],
-            "priority": doc["priority"],
-            "issuedAt": doc["submitted_at"],
-            "shippingProvider": doc["shipping_provider"],
-            "shippingServiceLevel": doc["shipper_service_level"],
-            "deliveryAddress": doc["shipping_address"],
-            "invoiceAddress": doc["billing_address"],
-            "orderPolicy": doc["order_policy"],
-        },
-        "lines": [
-            {
-                "id": f"{doc['id']}:{line['line_number']}",
-                "buyerLine": {
-                    "position": f"{line['line_number']:04d}",
-                    "item": {"number": line["sku_customer_identifier"]},
-                    "quantity": line["quantity"],
-                    "netPrice": line["unit_price"],
-                },
-                "status": line_status,
-                "lastUpdatedAt": line.get("updated_at") or doc["updated_at"],
-            }
-            for line in doc["line_items"]
-        ],
-        "status": {
-            "processStatus": line_status["processStatus"],
-            "logisticsStatus": line_status["logisticsStatus"],
-        },
-        "createdAt": doc["created_at"],
-        "lastUpdatedAt": doc["updated_at"],
-        "lastUpdatedBy": doc.get("updated_by"),
-    }
-
-
-def render_shipment(doc: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": doc["id"],
-        "version": doc["version"],
-        "orderId": doc["order_id"],
-        "purchaseOrderNumber": doc["customer_identifier"],
-        "carrier": doc["carrier"],
-        "serviceLevel": doc["service_level"],
-        "trackingNumber": doc["tracking_number"],
-        "shippedAt": doc["shipped_at"],
-        "lines": [
-            {
-                "position": f"{line['line_number']:04d}",
-                "item": {"number": line["sku_customer_identifier"]},
-                "quantity": line["quantity"],
-                "meta": {"lastUpdatedAt": doc["updated_at"]},
-            }
-            for line in doc["lines"]
-        ],
-        "status": {"logisticsStatus": _SHIPMENT_STATUS.get(doc["status"], doc["status"])},
-        "lastUpdatedAt": doc["updated_at"],
-        "lastUpdatedBy": doc.get("updated_by"),
-    }
 
 
 def _page_body(items: list[dict[str, Any]], total: int) -> Response:
