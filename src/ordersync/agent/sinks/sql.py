@@ -9,9 +9,10 @@ Decimals are exact: TEXT on SQLite, NUMERIC on PostgreSQL, never float.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import contextlib
+from collections.abc import Awaitable, Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -28,15 +29,17 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id, settled
+from ordersync.agent.sinks.checkpoint_file import descends
 from ordersync.agent.sinks.rows import (
     APPLIED_COLUMNS,
     ENTITY_COLUMNS,
@@ -51,7 +54,10 @@ from ordersync.agent.sinks.rows import (
 from ordersync.agent.sinks.sqlite_fast import UNCHECKED, Unchecked
 from ordersync.agent.sinks.writer_process import WriterProcess
 from ordersync.domain.timestamps import now_ms
+from ordersync.errors import ConfigurationError
 from ordersync.store.engine import SQLITE_BUSY_TIMEOUT_MS, create_engines, parse_database_url
+
+Writer = Literal["process", "inline"]
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -172,7 +178,14 @@ class SqlSink:
         self._writer_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, url: str, *, fault_hook: FaultHook | None = None) -> SqlSink:
+    async def open(
+        cls, url: str, *, fault_hook: FaultHook | None = None, writer: Writer = "process"
+    ) -> SqlSink:
+        """On SQLite, `writer` picks the write path: "process" (`sqlite_fast` in a writer
+        process, the default) or "inline" (the SQLAlchemy apply every backend shares, the
+        reference contract). PostgreSQL always writes inline."""
+        if writer not in ("process", "inline"):
+            raise ConfigurationError(f"writer must be 'process' or 'inline', not {writer!r}")
         sink = cls(url, create_engines(parse_database_url(url), pool_size=2), fault_hook=fault_hook)
         try:
             async with sink.engine.begin() as conn:
@@ -180,39 +193,59 @@ class SqlSink:
         except SinkError:
             await sink.close()
             raise
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             await sink.close()
-            raise SinkError(f"cannot open the replica at {url}: {exc}") from exc
-        if sink.backend == "sqlite":
+            raise SinkError(f"cannot open the replica at {sink.safe_url}: {exc}") from exc
+        if sink.backend == "sqlite" and writer == "process":
             sink._sqlite_path = parse_database_url(url).sync_url.removeprefix("sqlite:///")
         return sink
 
     async def close(self) -> None:
-        async with self._writer_lock:
-            if self._writer is not None:
-                await self._writer.close()
-                self._writer = None
-        await self.engine.dispose()
-        if self._reader is not self.engine:
-            await self._reader.dispose()
+        with self._translated("cannot close the connections"):
+            async with self._writer_lock:
+                if self._writer is not None:
+                    await self._writer.close()
+                    self._writer = None
+            await self.engine.dispose()
+            if self._reader is not self.engine:
+                await self._reader.dispose()
 
     async def load_cursor(self, source: str, stream: str) -> Cursor | None:
         c = checkpoints.c
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(c.updated_at_ms, c.last_id).where(c.source == source, c.stream == stream)
-                )
-            ).first()
+        with self._translated(f"cannot read the cursor of {source}/{stream}"):
+            async with self.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(c.updated_at_ms, c.last_id).where(
+                            c.source == source, c.stream == stream
+                        )
+                    )
+                ).first()
         return None if row is None else Cursor(int(row[0]), str(row[1]))
 
     async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
         table = TABLES[kind]
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(table.c.id, table.c.version).where(table.c.source == source)
-            )
-            return {str(r[0]): int(r[1]) for r in rows}
+        with self._translated(f"cannot read the {kind} versions of {source}"):
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(
+                    select(table.c.id, table.c.version).where(table.c.source == source)
+                )
+                return {str(r[0]): int(r[1]) for r in rows}
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """Driver and OS errors become SinkError: the engine fails the cycle, not the agent."""
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            # The driver's own message: SQLAlchemy's adds the statement and a link.
+            detail = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
+            raise SinkError(f"{what} from the replica at {self.safe_url}: {detail}") from exc
+
+    @property
+    def safe_url(self) -> str:
+        """The replica's URL without its password, for messages."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
     async def apply_page(
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
@@ -228,7 +261,7 @@ class SqlSink:
                 fire(self.fault_hook, "before_cursor")
                 await self._save_cursor(conn, source, stream, new_cursor)
                 fire(self.fault_hook, "after_cursor")
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise SinkError(f"the replica refused a page of {source}/{stream}: {exc}") from exc
         return ApplyResult(applied, len(records) - applied)
 
@@ -263,25 +296,20 @@ class SqlSink:
     ) -> int:
         table = TABLES[kind]
         latest = latest_per_id(records)
-        ids = [record.id for record in latest.values()]
-        held = await self._held(conn, table, source, ids)
-        newer = [r for r in latest.values() if r.version > held.get(r.id, (0, 0))[0]]
+        # Only a shortcut: a version this read finds held is not newer, whatever happens next.
+        held = await self._held(conn, table, source, [r.id for r in latest.values()])
+        # In id order, so that two writers lock shared rows in the same order.
+        candidates = sorted(
+            (r for r in latest.values() if r.version > held.get(r.id, 0)), key=lambda r: r.id
+        )
+        if not candidates:
+            return 0
+        won = await self._upsert_winners(conn, table, kind, source, candidates)
+        newer = [r for r in candidates if r.id in won]
         if not newer:
             return 0
-        columns = ENTITY_COLUMNS[kind][1:]  # seq is given by the database
-        await conn.execute(
-            self._upsert_if_newer(table),
-            [dict(zip(columns, entity_values(None, source, r)[1:], strict=True)) for r in newer],
-        )
-        seqs = {i: seq for i, (_, seq) in held.items()}
-        first_seen = [r.id for r in newer if r.id not in seqs]
-        if first_seen:
-            seqs |= {
-                i: seq
-                for i, (_, seq) in (await self._held(conn, table, source, first_seen)).items()
-            }
         if kind == "order":
-            await self._replace_lines(conn, source, newer, seqs, held)
+            await self._replace_lines(conn, source, newer, won)
         fire(self.fault_hook, "mid_apply")
         stamp = now_ms()
         await conn.execute(
@@ -290,7 +318,7 @@ class SqlSink:
                 dict(
                     zip(
                         APPLIED_COLUMNS,
-                        applied_values(kind, seqs[r.id], source, r, stamp),
+                        applied_values(kind, won[r.id], source, r, stamp),
                         strict=True,
                     )
                 )
@@ -299,31 +327,38 @@ class SqlSink:
         )
         return len(newer)
 
+    async def _upsert_winners(
+        self, conn: AsyncConnection, table: Table, kind: Kind, source: str, records: list[Record]
+    ) -> dict[str, int]:
+        """Upsert if newer; id -> seq of the rows this statement wrote. The statement decides
+        under the row's lock: a version another writer committed after the held read makes
+        this one lose, and it is then left out here (no lines, no ledger row for it)."""
+        columns = ENTITY_COLUMNS[kind][1:]  # seq is given by the database
+        statement = upsert_if_newer(table, self.backend).returning(table.c.id, table.c.seq)
+        rows = await conn.execute(
+            statement,
+            [dict(zip(columns, entity_values(None, source, r)[1:], strict=True)) for r in records],
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
     @staticmethod
     async def _held(
         conn: AsyncConnection, table: Table, source: str, ids: list[str]
-    ) -> dict[str, tuple[int, int]]:
-        """id -> (version, seq) of the rows the replica holds among `ids`."""
+    ) -> dict[str, int]:
+        """id -> version of the rows the replica holds among `ids`."""
         c = table.c
-        rows = await conn.execute(
-            select(c.id, c.version, c.seq).where(c.source == source, c.id.in_(ids))
-        )
-        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+        rows = await conn.execute(select(c.id, c.version).where(c.source == source, c.id.in_(ids)))
+        return {str(r[0]): int(r[1]) for r in rows}
 
-    def _upsert_if_newer(self, table: Table) -> Any:
-        return upsert_if_newer(table, self.backend)
-
+    @staticmethod
     async def _replace_lines(
-        self,
-        conn: AsyncConnection,
-        source: str,
-        newer: list[Record],
-        seqs: dict[str, int],
-        held: dict[str, tuple[int, int]],
+        conn: AsyncConnection, source: str, newer: list[Record], seqs: dict[str, int]
     ) -> None:
-        replaced = [seqs[r.id] for r in newer if r.id in held]
-        if replaced:
-            await conn.execute(delete(order_lines).where(order_lines.c.order_seq.in_(replaced)))
+        # Every winner's old lines go, even for a row the held read did not see: another
+        # writer may have inserted it, with its lines, since.
+        await conn.execute(
+            delete(order_lines).where(order_lines.c.order_seq.in_([seqs[r.id] for r in newer]))
+        )
         lines = [
             dict(zip(LINE_COLUMNS, line_values(seqs[r.id], source, r, item), strict=True))
             for r in newer
@@ -335,6 +370,7 @@ class SqlSink:
     async def _save_cursor(
         self, conn: AsyncConnection, source: str, stream: str, cursor: Cursor
     ) -> None:
+        """Store `cursor` unless the stored one is ahead of it (`checkpoint_file.descends`)."""
         dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
         values = {
             "source": source,
@@ -344,11 +380,20 @@ class SqlSink:
             "committed_at_ms": now_ms(),
         }
         statement = dialect_insert(checkpoints).values(values)
+        stored = self._position(checkpoints.c.updated_at_ms, checkpoints.c.last_id)
+        incoming = self._position(statement.excluded.updated_at_ms, statement.excluded.last_id)
         await conn.execute(
             statement.on_conflict_do_update(
                 index_elements=[checkpoints.c.source, checkpoints.c.stream],
                 set_={k: v for k, v in values.items() if k not in ("source", "stream")},
+                where=incoming <= stored if descends(stream) else incoming >= stored,
             )
+        )
+
+    def _position(self, updated_at_ms: Any, last_id: Any) -> Any:
+        # Ids compare byte by byte, as in Python and SQLite, not by the server's locale.
+        return tuple_(
+            updated_at_ms, last_id.collate("C") if self.backend == "postgresql" else last_id
         )
 
 

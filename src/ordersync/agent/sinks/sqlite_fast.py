@@ -24,6 +24,7 @@ import structlog
 
 from ordersync.agent.records import Cursor, Kind
 from ordersync.agent.sinks.base import FaultHook, fire
+from ordersync.agent.sinks.checkpoint_file import descends
 from ordersync.agent.sinks.rows import ENTITY_COLUMNS, ENTITY_TABLES, TABLE_COLUMNS, Prepared
 
 log = structlog.get_logger("ordersync.agent.sinks")
@@ -118,9 +119,15 @@ class SqliteWriter:
             self._updates[kind] = f"UPDATE {table} SET {assigned} WHERE seq = ?1 AND version < ?4"
         self._lines = _insert("order_lines")
         self._applied = _insert("applied_versions")
-        self._cursor = _insert("checkpoints") + (
-            " ON CONFLICT (source, stream) DO UPDATE SET updated_at_ms = excluded.updated_at_ms,"
+        # The cursor never moves back (see checkpoint_file.may_replace): forward streams keep
+        # a stored cursor ahead of the page's, descending ones a stored cursor below it.
+        self._cursor, self._descending_cursor = (
+            _insert("checkpoints")
+            + " ON CONFLICT (source, stream) DO UPDATE SET updated_at_ms = excluded.updated_at_ms,"
             " last_id = excluded.last_id, committed_at_ms = excluded.committed_at_ms"
+            f" WHERE (excluded.updated_at_ms, excluded.last_id) {op}"
+            " (checkpoints.updated_at_ms, checkpoints.last_id)"
+            for op in (">=", "<=")
         )
         self._checkpointer.start()
 
@@ -156,7 +163,8 @@ class SqliteWriter:
             for kind, group in groups.items():
                 applied += self._apply_kind(db, source, kind, group, stamp, hook)
             fire(hook, "before_cursor")
-            db.execute(self._cursor, (source, stream, cursor.updated_at_ms, cursor.last_id, stamp))
+            store_cursor = self._descending_cursor if descends(stream) else self._cursor
+            db.execute(store_cursor, (source, stream, cursor.updated_at_ms, cursor.last_id, stamp))
             fire(hook, "after_cursor")
             db.execute("COMMIT")
             self._checkpointer.committed()
