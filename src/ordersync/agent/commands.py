@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,7 +46,8 @@ def run(
     log_format: Annotated[str, typer.Option(help="json or console.")] = "json",
 ) -> None:
     """Sync every configured source into the sink until SIGINT/SIGTERM."""
-    from ordersync.agent.runner import open_runtime, preflight, run_sources, serving_observability
+    from ordersync.agent.lease import ReplicaInUse
+    from ordersync.agent.runner import open_runtime, preflight, run_owning_replica
 
     configure_logging(_log_format(log_format))
 
@@ -62,8 +64,7 @@ def run(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            async with serving_observability(runtime, settings.port):
-                await run_sources(runtime, stop, once=once)
+            await run_owning_replica(runtime, stop, once=once, announce=_say)
         finally:
             await runtime.close()
         for name, reason in runtime.stopped.items():
@@ -72,9 +73,17 @@ def run(
 
     try:
         code = asyncio.run(main())
+    except ReplicaInUse as exc:
+        _say(str(exc))
+        raise typer.Exit(2) from None
     except OrdersyncError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)
+
+
+def _say(line: str) -> None:
+    """One plain line on stderr (not wrapped to the terminal's width, unlike rich)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _log_format(value: str) -> LogFormat:
