@@ -3,13 +3,19 @@ who holds it, a standby that waits and takes over, a refusal, a lease that is lo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
+from ordersync.agent.config import parse_config
+from ordersync.agent.errors import SinkError
 from ordersync.agent.lease import (
     POLL_SECONDS,
     Lease,
@@ -17,6 +23,16 @@ from ordersync.agent.lease import (
     acquire,
     shown,
 )
+from ordersync.agent.runner import open_runtime, run_owning_replica
+from ordersync.agent.sinks.base import Sink
+from tests.integration.agent.harness import (
+    BASE_URL,
+    SOURCE,
+    Hub,
+    assert_applied_at_most_once,
+    assert_replica_equals_hub,
+)
+from tests.integration.agent.test_sink_errors import terminate_backends
 
 ME = f"agent pid {os.getpid()} on host {socket.gethostname()}"
 
@@ -94,8 +110,6 @@ async def test_a_second_agent_configured_not_to_wait_is_refused_naming_the_holde
 async def test_a_standby_told_to_stop_lets_go_of_what_it_took(tmp_path: Path) -> None:
     """Sources are taken in name order: B takes "a", waits for "b" that A holds, is stopped,
     and "a" is free again for anyone."""
-    import asyncio
-
     replica = (f"sqlite:///{tmp_path}/replica.db", tmp_path / "state.json")
     holder_of_b = await take(replica, "b", standby=True)
     stop = asyncio.Event()
@@ -140,3 +154,67 @@ async def test_a_postgresql_lease_whose_session_ended_counts_as_lost(pg_url: str
     assert other is not None
     await other.release()
     await lease.release()
+
+
+async def test_an_agent_whose_replica_server_ends_every_session_retakes_the_lease_and_recovers(
+    hub: Hub, pg_url: str, tmp_path: Path
+) -> None:
+    """`run_owning_replica` on a PostgreSQL replica whose server ends every session mid-run,
+    the lease's too: one line says the lease was lost, the agent takes it again (nobody else
+    holds it), syncs what came meanwhile, and nothing escapes the run."""
+    await hub.create_orders(30)
+    raw = {
+        "sources": [
+            {
+                "name": SOURCE,
+                "base_url": BASE_URL,
+                "token_env": "HUB_TOKEN",
+                "interval": 0.05,
+                "lookback": 2,
+            }
+        ],
+        "sink": {"url": pg_url},
+    }
+    runtime = await open_runtime(
+        parse_config(raw, {}),
+        {"HUB_TOKEN": hub.token},
+        transport=httpx.ASGITransport(app=hub.app),
+        state_dir=tmp_path,
+    )
+    stop = asyncio.Event()
+    lines: list[str] = []
+    with capture_logs() as logs:
+        running = asyncio.create_task(
+            run_owning_replica(
+                runtime, stop, announce=lines.append, state_dir=tmp_path, poll_seconds=0.05
+            )
+        )
+        await until(lambda: holds(runtime.sink, 30), running)
+        terminate_backends(pg_url)
+        await hub.create_orders(10)
+        await until(lambda: holds(runtime.sink, 40), running)
+        stop.set()
+        await running
+    await assert_replica_equals_hub(hub, runtime.sink)
+    await assert_applied_at_most_once(runtime.sink)
+    await runtime.close()
+    assert lines == [f"replica {shown(pg_url)}: lease lost; sync stopped, taking it again"]
+    assert any(e["event"] == "replica_lease_lost" for e in logs)
+
+
+async def holds(sink: Sink, orders: int) -> bool:
+    try:
+        return len(await sink.load_versions(SOURCE, "order")) == orders
+    except SinkError:  # the sink's own pool meets the ended sessions too
+        return False
+
+
+async def until(condition: Callable[[], Awaitable[bool]], running: asyncio.Task[None]) -> None:
+    for _ in range(2_400):  # a hang guard (2 min), not a speed requirement
+        if running.done():
+            running.result()
+            raise AssertionError("the agent stopped")
+        if await condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("never happened")
