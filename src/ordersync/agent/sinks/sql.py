@@ -4,6 +4,12 @@ Exactly-once effect: the page's upserts, its `applied_versions` rows and the new
 in one transaction. `applied_versions` has (source, kind, id, version) as primary key, so a
 version applied twice would abort the transaction instead of silently happening.
 Decimals are exact: TEXT on SQLite, NUMERIC on PostgreSQL, never float.
+
+Safe beside a second writer (another agent, one whose lease just lapsed): the conditional upsert
+decides under the row's lock which versions win, and its RETURNING names them; only those get
+their lines and ledger rows. The cursor is stored only at or past the stored one
+(`checkpoint_file.may_replace`). On SQLite, `writer="process"` (default) applies pages through
+`sqlite_fast` in a writer process; `writer="inline"` runs this module's apply, the reference.
 """
 
 from __future__ import annotations
@@ -277,7 +283,8 @@ class SqlSink:
         Elsewhere: apply it now."""
         if self._sqlite_path is None:
             return settled(await self.apply_page(source, stream, records, new_cursor))
-        writer = await self._sqlite_writer(self._sqlite_path)
+        with self._translated("cannot start the writer process"):
+            writer = await self._sqlite_writer(self._sqlite_path)
         return await writer.submit(
             source, stream, records, new_cursor, now_ms(), base=base, hook=self.fault_hook
         )
