@@ -53,18 +53,18 @@ def _wait_until_blocked_on_a_lock(url: str, deadline_s: float = 60) -> None:
 
 
 class _WriterA(threading.Thread):
-    """Applies version 2 with cursor C2 through its own SqlSink on its own event loop."""
+    """Applies one version (v2) with its cursor through its own SqlSink on its own loop."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, record: Record = V2, cursor: Cursor = C2) -> None:
         super().__init__(daemon=True)
-        self.url = url
+        self.url, self.record, self.cursor = url, record, cursor
         self.result: object = None
 
     def run(self) -> None:
         async def apply() -> object:
             sink = await SqlSink.open(self.url)
             try:
-                return await sink.apply_page("s", "orders", [V2], C2)
+                return await sink.apply_page("s", "orders", [self.record], self.cursor)
             finally:
                 await sink.close()
 
@@ -112,6 +112,31 @@ async def test_forced_interleaving_keeps_the_winning_version_whole_on_postgresql
     assert skus == ["v3"], "the lines must be those of the version the row holds"
     assert ledger == [1, 3], "a version that lost the row must not enter the ledger"
     assert cursor == C3, "the stored cursor moved backwards"
+
+
+async def test_a_row_another_writer_inserted_after_the_held_read_gets_only_the_winners_lines(
+    pg_url: str,
+) -> None:
+    """B inserts v1 (with its line) and holds it uncommitted; A's held read finds nothing, its
+    upsert of v2 waits, then updates B's row: B's lines go, only v2's remain, ledger 1 and 2."""
+    writer_a = _WriterA(pg_url, V2, C2)
+
+    def b_holds_v1_uncommitted(step: str) -> None:
+        if step == "before_cursor" and not writer_a.is_alive() and writer_a.result is None:
+            writer_a.start()
+            _wait_until_blocked_on_a_lock(pg_url)
+
+    writer_b = await SqlSink.open(pg_url, fault_hook=b_holds_v1_uncommitted)
+    await writer_b.apply_page("s", "orders", [V1], C1)
+    await asyncio.to_thread(writer_a.join, 60)
+    assert not isinstance(writer_a.result, BaseException), writer_a.result
+    async with writer_b.engine.connect() as conn:
+        version = (await conn.execute(select(orders.c.version))).scalar_one()
+        skus = [r[0] for r in await conn.execute(select(order_lines.c.sku))]
+        ledger = sorted(r[0] for r in await conn.execute(select(applied_versions.c.version)))
+    cursor = await writer_b.load_cursor("s", "orders")
+    await writer_b.close()
+    assert (version, sorted(skus), ledger, cursor) == (2, ["v2-a", "v2-b"], [1, 2], C2)
 
 
 async def test_a_page_behind_the_stored_cursor_never_moves_it_back(

@@ -34,6 +34,7 @@ from sqlalchemy import (
     delete,
     insert,
     inspect,
+    literal_column,
     select,
     tuple_,
 )
@@ -311,12 +312,12 @@ class SqlSink:
         )
         if not candidates:
             return 0
-        won = await self._upsert_winners(conn, table, kind, source, candidates)
+        won, updated = await self._upsert_winners(conn, table, kind, source, candidates, held)
         newer = [r for r in candidates if r.id in won]
         if not newer:
             return 0
         if kind == "order":
-            await self._replace_lines(conn, source, newer, won)
+            await self._replace_lines(conn, source, newer, won, updated)
         fire(self.fault_hook, "mid_apply")
         stamp = now_ms()
         await conn.execute(
@@ -335,18 +336,37 @@ class SqlSink:
         return len(newer)
 
     async def _upsert_winners(
-        self, conn: AsyncConnection, table: Table, kind: Kind, source: str, records: list[Record]
-    ) -> dict[str, int]:
-        """Upsert if newer; id -> seq of the rows this statement wrote. The statement decides
-        under the row's lock: a version another writer committed after the held read makes
-        this one lose, and it is then left out here (no lines, no ledger row for it)."""
+        self,
+        conn: AsyncConnection,
+        table: Table,
+        kind: Kind,
+        source: str,
+        records: list[Record],
+        held: dict[str, int],
+    ) -> tuple[dict[str, int], set[str]]:
+        """Upsert if newer: (id -> seq of the rows this statement wrote, the ids among them it
+        updated rather than inserted). The statement decides under the row's lock: a version
+        another writer committed after the held read loses, and is left out here (no lines,
+        no ledger row for it)."""
         columns = ENTITY_COLUMNS[kind][1:]  # seq is given by the database
         statement = upsert_if_newer(table, self.backend).returning(table.c.id, table.c.seq)
-        rows = await conn.execute(
-            statement,
-            [dict(zip(columns, entity_values(None, source, r)[1:], strict=True)) for r in records],
-        )
-        return {str(r[0]): int(r[1]) for r in rows}
+        if self.backend == "postgresql":
+            # xmax is 0 on a row version this statement inserted; an updated one carries ours.
+            statement = statement.returning(literal_column("xmax::text <> '0'"))
+        rows = (
+            await conn.execute(
+                statement,
+                [
+                    dict(zip(columns, entity_values(None, source, r)[1:], strict=True))
+                    for r in records
+                ],
+            )
+        ).all()
+        won = {str(row[0]): int(row[1]) for row in rows}
+        if self.backend == "postgresql":
+            return won, {str(row[0]) for row in rows if row[2]}
+        # SQLite: BEGIN IMMEDIATE, nobody wrote since the held read, which saw every row.
+        return won, won.keys() & held.keys()
 
     @staticmethod
     async def _held(
@@ -359,13 +379,18 @@ class SqlSink:
 
     @staticmethod
     async def _replace_lines(
-        conn: AsyncConnection, source: str, newer: list[Record], seqs: dict[str, int]
+        conn: AsyncConnection,
+        source: str,
+        newer: list[Record],
+        seqs: dict[str, int],
+        updated: set[str],
     ) -> None:
-        # Every winner's old lines go, even for a row the held read did not see: another
-        # writer may have inserted it, with its lines, since.
-        await conn.execute(
-            delete(order_lines).where(order_lines.c.order_seq.in_([seqs[r.id] for r in newer]))
-        )
+        # The old lines of every row the upsert updated go, even of a row the held read did
+        # not see: another writer may have inserted it, with its lines, since. A row it
+        # inserted has none (and skipping that DELETE keeps a backfill's plans cheap).
+        if updated:
+            replaced = [seqs[i] for i in updated]
+            await conn.execute(delete(order_lines).where(order_lines.c.order_seq.in_(replaced)))
         lines = [
             dict(zip(LINE_COLUMNS, line_values(seqs[r.id], source, r, item), strict=True))
             for r in newer
