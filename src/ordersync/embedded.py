@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
@@ -24,17 +25,36 @@ class EmbeddedServer(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def serving(app: Any, host: str, port: int) -> AsyncIterator[EmbeddedServer]:
-    """Serve `app` on host:port for the duration of the block; fail clearly if it can't bind."""
+    """Serve `app` on host:port for the duration of the block. A port that cannot be bound is a
+    ConfigurationError naming it: uvicorn itself would end the whole process (SystemExit 3,
+    with nothing said at log level "critical")."""
+    try:
+        sock = socket.create_server((host, port))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; another program (or "
+            f"another agent) uses port {port}: choose a free one (port in the config)"
+        ) from None
     server = EmbeddedServer(
         uvicorn.Config(app, host=host, port=port, log_level="critical", access_log=False)
     )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            raise ConfigurationError(f"cannot serve on {host}:{port} (port in use?)")
-        await asyncio.sleep(0.02)
+    task = asyncio.create_task(_serve(server, sock))
     try:
+        while not server.started:
+            if task.done():
+                task.result()  # its ConfigurationError
+                raise ConfigurationError(f"cannot serve on {host}:{port}")
+            await asyncio.sleep(0.02)
         yield server
     finally:
         server.should_exit = True
-        await task
+        with contextlib.suppress(ConfigurationError):
+            await task
+        sock.close()
+
+
+async def _serve(server: EmbeddedServer, sock: socket.socket) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:  # uvicorn's way to report a failed startup: not ours to exit
+        raise ConfigurationError(f"the embedded server failed to start (exit {exc.code})") from None

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -46,13 +47,8 @@ def run(
 ) -> None:
     """Sync every configured source into the sink until SIGINT/SIGTERM."""
     from ordersync.agent.errors import RequestAborted
-    from ordersync.agent.runner import (
-        open_runtime,
-        preflight,
-        run_sources,
-        serving_observability,
-        stopping_on,
-    )
+    from ordersync.agent.lease import ReplicaInUse
+    from ordersync.agent.runner import open_runtime, preflight, run_owning_replica, stopping_on
 
     configure_logging(_log_format(log_format))
 
@@ -72,10 +68,9 @@ def run(
                 return 0
             # What exists now (modules, config, engines) lives as long as the process. Frozen,
             # the garbage collector's full passes stop re-scanning it while pages stream
-            # through: ~0.2 s of a 100,000-order backfill (bench/README.md).
+            # through (bench/README.md).
             gc.freeze()
-            async with serving_observability(runtime, settings.port):
-                await run_sources(runtime, stop, once=once)
+            await run_owning_replica(runtime, stop, once=once, announce=_say)
         finally:
             await runtime.close()
         for name, reason in runtime.stopped.items():
@@ -84,9 +79,17 @@ def run(
 
     try:
         code = asyncio.run(main())
+    except ReplicaInUse as exc:
+        _say(str(exc))
+        raise typer.Exit(2) from None
     except OrdersyncError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)
+
+
+def _say(line: str) -> None:
+    """One plain line on stderr (not wrapped to the terminal's width, unlike rich)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _log_format(value: str) -> LogFormat:

@@ -1,5 +1,7 @@
 """The agent's configuration: a TOML file, then `ORDERSYNC_*` environment overrides.
 
+    standby = true                   # another agent holds the replica: wait (false: exit 2)
+
     [[sources]]
     name = "masonhub"
     dialect = "masonhub"
@@ -146,6 +148,10 @@ class AgentConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     port: int | None = Field(default=None, ge=0, le=65535, description="metrics HTTP port")
+    standby: bool = Field(
+        default=True,
+        description="another agent holds the replica: wait as hot standby (true) or exit 2",
+    )
 
     @field_validator("sources")
     @classmethod

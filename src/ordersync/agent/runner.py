@@ -29,6 +29,7 @@ from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
 from ordersync.agent.engine import StreamStatus, SyncEngine
 from ordersync.agent.errors import AuthError, RequestAborted, Unreachable
+from ordersync.agent.lease import POLL_SECONDS, Lease, acquire, shown
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.platforms import PLATFORMS
 from ordersync.agent.sinks import open_sink
@@ -40,6 +41,7 @@ from ordersync.errors import ConfigurationError
 log = structlog.get_logger("ordersync.agent")
 
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+HTTP_STATE = "ordersync-http-sink-state.json"  # an HTTP sink's cursors, in the state directory
 
 
 @dataclass
@@ -78,9 +80,7 @@ async def open_runtime(
     stamina.instrumentation.set_on_retry_hooks(())
     metrics = AgentMetrics()
     sink_http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT)
-    sink = await open_sink(
-        config.sink.url, http=sink_http, state_path=state_dir / "ordersync-http-sink-state.json"
-    )
+    sink = await open_sink(config.sink.url, http=sink_http, state_path=state_dir / HTTP_STATE)
     runtime = AgentRuntime(config, sink, metrics, clients=[sink_http], budgets=budgets(metrics))
     metrics.watch_quarantine(lambda: getattr(sink, "quarantine_counts", {}))
     for source_config in config.sources:
@@ -264,3 +264,77 @@ async def serving_observability(runtime: AgentRuntime, port: int | None) -> Asyn
         return
     async with serving(observability_app(runtime), "127.0.0.1", port):
         yield
+
+
+async def run_owning_replica(
+    runtime: AgentRuntime,
+    stop: asyncio.Event,
+    *,
+    once: bool = False,
+    announce: Callable[[str], None] = print,
+    state_dir: Path = Path("."),
+    poll_seconds: float = POLL_SECONDS,
+) -> None:
+    """Take the replica's lease (`lease.py`; as standby, wait for it), then serve /metrics and
+    /status and run every source until `stop`. A lease lost meanwhile (its database session
+    ended) stops the sources and goes back to taking it: the agent resumes if the lease is
+    free, or waits behind the agent that took it."""
+    config = runtime.config
+
+    async def nap(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    while not stop.is_set():
+        lease = await acquire(
+            config.sink.url,
+            [source.name for source in config.sources],
+            standby=config.standby,
+            state_path=state_dir / HTTP_STATE,
+            stop=stop,
+            announce=announce,
+            sleep=nap,
+            poll_seconds=poll_seconds,
+        )
+        if lease is None:
+            return
+        try:
+            lost = await _run_while_held(runtime, lease, stop, once, poll_seconds)
+        finally:
+            await lease.release()
+        if not lost or once:
+            return
+        announce(f"replica {shown(config.sink.url)}: lease lost; sync stopped, taking it again")
+
+
+async def _run_while_held(
+    runtime: AgentRuntime, lease: Lease, stop: asyncio.Event, once: bool, poll_seconds: float
+) -> bool:
+    """Run the sources until `stop` or the lease is lost; True if it was lost."""
+    ending = asyncio.Event()
+    lost = False
+
+    async def watch() -> None:
+        nonlocal lost
+        while not ending.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ending.wait(), poll_seconds)
+            if not ending.is_set() and not await lease.held():
+                lost = True
+                log.error("replica_lease_lost", replica=shown(lease.url))
+                ending.set()
+
+    async def forward_stop() -> None:
+        await stop.wait()
+        ending.set()
+
+    helpers = [asyncio.ensure_future(watch()), asyncio.ensure_future(forward_stop())]
+    try:
+        async with serving_observability(runtime, runtime.config.port):
+            await run_sources(runtime, ending, once=once)
+    finally:
+        ending.set()
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+    return lost

@@ -9,6 +9,7 @@ import pytest
 
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
+from ordersync.agent.sinks.sql import SqlSink
 from tests.integration.agent.harness import DIALECTS, Hub, open_hub
 
 
@@ -28,11 +29,13 @@ def dialect(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "jsonl"])
+@pytest.fixture(params=["sqlite", "sqlite-inline", "postgresql", "jsonl"])
 async def sink_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[SinkFactory]:
-    """Opens (and reopens, as a restarted agent would) one replica of the given backend."""
+    """Opens (and reopens, as a restarted agent would) one replica of the given backend:
+    SQLite through its writer process, SQLite through the SQLAlchemy apply ("sqlite-inline",
+    the reference every SQL write path must match), PostgreSQL, or a JSONL file."""
     if (
         request.param == "jsonl"
         and "dialect" in request.fixturenames
@@ -43,13 +46,16 @@ async def sink_factory(
         request.getfixturevalue("pg_url")
         if request.param == "postgresql"
         else f"sqlite:///{tmp_path}/replica.db"
-        if request.param == "sqlite"
+        if request.param.startswith("sqlite")
         else f"jsonl://{tmp_path}/replica.jsonl"
     )
     opened: list[Sink] = []
 
     async def factory(**kwargs: object) -> Sink:
-        sink = await open_sink(url, **kwargs)  # type: ignore[arg-type]
+        if request.param == "sqlite-inline":
+            sink: Sink = await SqlSink.open(url, writer="inline", **kwargs)  # type: ignore[arg-type]
+        else:
+            sink = await open_sink(url, **kwargs)  # type: ignore[arg-type]
         opened.append(sink)
         return sink
 

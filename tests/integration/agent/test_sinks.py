@@ -22,6 +22,16 @@ from ordersync.domain import format_rfc3339
 from tests.integration.agent.conftest import SinkFactory
 from tests.support import order_payload
 
+# SQLite through its writer process, SQLite through the SQLAlchemy apply, PostgreSQL.
+SQL_BACKENDS = ["sqlite", "sqlite-inline", "postgresql"]
+
+
+async def open_sql(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> SqlSink:
+    if backend == "postgresql":
+        return await SqlSink.open(request.getfixturevalue("pg_url"))
+    writer = "inline" if backend == "sqlite-inline" else "process"
+    return await SqlSink.open(f"sqlite:///{tmp_path}/r.db", writer=writer)
+
 
 def order(
     version: int,
@@ -67,13 +77,12 @@ async def test_older_and_repeated_versions_are_duplicates_not_writes(
     assert await sink.load_cursor("s", "orders") == Cursor(1_002, "o-1")
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
 async def test_decimals_are_stored_exactly_never_as_float(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """TEXT on SQLite, NUMERIC on PostgreSQL: 0.1 and 30 significant digits survive."""
-    url = f"sqlite:///{tmp_path}/r.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
-    sink = await SqlSink.open(url)
+    sink = await open_sql(backend, tmp_path, request)
     price, qty = "0.10", "123456789012345678.000000000001"
     await sink.apply_page("s", "orders", [order(1, price=price, qty=qty)], Cursor(1, ""))
     async with sink.engine.connect() as conn:
@@ -89,20 +98,25 @@ async def test_decimals_are_stored_exactly_never_as_float(
         ).scalar_one()
     await sink.close()
     assert row == (Decimal(price), Decimal(qty))
-    assert kind == ("text" if backend == "sqlite" else "numeric")
+    assert kind == ("numeric" if backend == "postgresql" else "text")
 
 
 async def test_a_failure_inside_a_page_keeps_neither_its_writes_nor_its_cursor(
     tmp_path: Path, pg_url: str
 ) -> None:
-    """SQL sinks: entities, ledger and cursor commit together or not at all (both backends)."""
-    for url in (f"sqlite:///{tmp_path}/r.db", pg_url):
+    """SQL sinks: entities, ledger and cursor commit together or not at all (every backend
+    and SQLite write path)."""
+    for url, writer in (
+        (f"sqlite:///{tmp_path}/r.db", "process"),
+        (f"sqlite:///{tmp_path}/inline.db", "inline"),
+        (pg_url, "process"),
+    ):
 
         def boom(step: str) -> None:
             if step == "after_cursor":
                 raise RuntimeError("crash")
 
-        sink = await SqlSink.open(url, fault_hook=boom)
+        sink = await SqlSink.open(url, fault_hook=boom, writer=writer)  # type: ignore[arg-type]
         with pytest.raises(RuntimeError):
             await sink.apply_page("s", "orders", [order(1)], Cursor(1_001, "o-1"))
         assert await sink.load_versions("s", "order") == {}
@@ -118,14 +132,13 @@ def two_line_order(version: int, oid: str, skus: tuple[str, ...]) -> Record:
     return order(version, oid=oid, lines=lines)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
 async def test_a_newer_version_replaces_the_lines_of_its_order_only(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Lines hang off their order by `order_seq`; an update swaps that order's lines, and a
     second application of a version is refused by the ledger's key, not only by the check."""
-    url = f"sqlite:///{tmp_path}/r.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
-    sink = await SqlSink.open(url)
+    sink = await open_sql(backend, tmp_path, request)
     await sink.apply_page(
         "s",
         "orders",

@@ -1,8 +1,15 @@
 """Cursors in a sidecar JSON file, replaced atomically: write a temporary file, fsync it,
-rename it over the old one, fsync the directory. A crash leaves the old file or the new one."""
+rename it over the old one, fsync the directory. A crash leaves the old file or the new one.
+
+A stored cursor never moves backwards, whoever writes it (a second agent, a writer that lost
+its lease mid-page): every sink stores a page's cursor only if it is at or past the stored one
+(`may_replace`). Here the file is re-read under an exclusive lock before each save, so a writer
+holding an old view of it cannot overwrite a newer cursor.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -10,28 +17,54 @@ import orjson
 
 from ordersync.agent.records import Cursor
 
+# HubRise's backfill walks newest first: its position descends to (0, "") at the end.
+DESCENDING_SUFFIX = "-backfill"
+
+
+def descends(stream: str) -> bool:
+    """True for a stream whose position moves down (a newest-first backfill walk)."""
+    return stream.endswith(DESCENDING_SUFFIX)
+
+
+def may_replace(stream: str, stored: Cursor | None, new: Cursor) -> bool:
+    """Whether `new` may replace `stored`: equal or further along the stream's direction."""
+    if stored is None:
+        return True
+    new_at, stored_at = (new.updated_at_ms, new.last_id), (stored.updated_at_ms, stored.last_id)
+    return new_at <= stored_at if descends(stream) else new_at >= stored_at
+
 
 class CheckpointFile:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._cursors: dict[str, dict[str, object]] = (
-            orjson.loads(path.read_bytes()) if path.exists() else {}
-        )
+        self._cursors = self._read()
 
     def load(self, source: str, stream: str) -> Cursor | None:
-        entry = self._cursors.get(f"{source}/{stream}")
-        if entry is None:
-            return None
-        return Cursor(int(entry["updated_at_ms"]), str(entry["last_id"]))  # type: ignore[call-overload]
+        return _cursor(self._cursors.get(f"{source}/{stream}"))
 
     def save(self, source: str, stream: str, cursor: Cursor) -> None:
-        cursors = {
-            **self._cursors,
-            f"{source}/{stream}": {
-                "updated_at_ms": cursor.updated_at_ms,
-                "last_id": cursor.last_id,
-            },
-        }
+        """Store `cursor`, unless the file holds one further along (then keep that one)."""
+        key = f"{source}/{stream}"
+        with open(self.path.with_name(self.path.name + ".lock"), "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            stored = self._read()
+            if not may_replace(stream, _cursor(stored.get(key)), cursor):
+                self._cursors = stored
+                return
+            cursors = {
+                **stored,
+                key: {"updated_at_ms": cursor.updated_at_ms, "last_id": cursor.last_id},
+            }
+            self._write(cursors)
+        self._cursors = cursors
+
+    def _read(self) -> dict[str, dict[str, object]]:
+        try:
+            return orjson.loads(self.path.read_bytes())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return {}
+
+    def _write(self, cursors: dict[str, dict[str, object]]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "wb") as handle:
             handle.write(orjson.dumps(cursors, option=orjson.OPT_INDENT_2))
@@ -39,7 +72,12 @@ class CheckpointFile:
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
         _fsync_directory(self.path.parent)
-        self._cursors = cursors
+
+
+def _cursor(entry: dict[str, object] | None) -> Cursor | None:
+    if entry is None:
+        return None
+    return Cursor(int(entry["updated_at_ms"]), str(entry["last_id"]))  # type: ignore[call-overload]
 
 
 def _fsync_directory(directory: Path) -> None:

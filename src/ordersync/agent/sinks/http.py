@@ -58,16 +58,22 @@ class HttpSink(HeldVersions):
     async def open(
         cls, url: str, http: httpx.AsyncClient, state_path: Path, **options: Any
     ) -> HttpSink:
-        sink = cls(url, http, state_path, **options)
-        if sink.ledger_path.exists():
-            for line in sink.ledger_path.read_bytes().splitlines():
-                parts = line.decode().split(" ")
-                if len(parts) != 4:
+        try:
+            sink = cls(url, http, state_path, **options)
+            sink._read_ledger()
+        except (OSError, ValueError) as exc:  # ValueError: a state file that is not JSON
+            raise SinkError(f"cannot read the HTTP sink's state at {state_path}: {exc}") from exc
+        return sink
+
+    def _read_ledger(self) -> None:
+        if self.ledger_path.exists():
+            for line in self.ledger_path.read_bytes().splitlines():
+                parts = line.decode(errors="replace").split(" ")
+                if len(parts) != 4 or not parts[3].isdigit():
                     continue  # a line torn by a crash: that page is re-sent, keyed the same
                 source, kind, entity_id, version = parts
                 key = (source, kind, entity_id)
-                sink._held[key] = max(sink._held.get(key, 0), int(version))
-        return sink
+                self._held[key] = max(self._held.get(key, 0), int(version))
 
     async def close(self) -> None:
         """The http client belongs to the caller."""
@@ -76,13 +82,18 @@ class HttpSink(HeldVersions):
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
     ) -> ApplyResult:
         newer = self.newer_than_held(source, records)
-        if newer:
-            await self._deliver(source, stream, newer)
-            fire(self.fault_hook, "mid_apply")
-            self._remember(source, newer)
-        fire(self.fault_hook, "before_cursor")
-        self.checkpoints.save(source, stream, new_cursor)
-        fire(self.fault_hook, "after_cursor")
+        try:
+            if newer:
+                await self._deliver(source, stream, newer)
+                fire(self.fault_hook, "mid_apply")
+                self._remember(source, newer)
+            fire(self.fault_hook, "before_cursor")
+            self.checkpoints.save(source, stream, new_cursor)
+            fire(self.fault_hook, "after_cursor")
+        except (OSError, httpx.HTTPError) as exc:
+            # The ledger or the cursor file could not be written, or the request could not be
+            # built or read: the page fails this cycle, and is re-sent (same key) the next.
+            raise SinkError(f"a page of {source}/{stream} for {self.url} failed: {exc}") from exc
         return ApplyResult(len(newer), len(records) - len(newer))
 
     async def _deliver(self, source: str, stream: str, newer: list[Record]) -> None:

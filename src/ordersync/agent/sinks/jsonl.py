@@ -38,10 +38,10 @@ class JsonlSink(HeldVersions):
 
     @classmethod
     async def open(cls, path: str | Path, *, fault_hook: FaultHook | None = None) -> JsonlSink:
-        sink = cls(Path(path), fault_hook=fault_hook)
         try:
+            sink = cls(Path(path), fault_hook=fault_hook)
             sink._recover()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a line or checkpoint is not JSON
             raise SinkError(f"cannot open {path}: {exc}") from exc
         return sink
 
@@ -64,8 +64,11 @@ class JsonlSink(HeldVersions):
 
     async def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except OSError as exc:
+                raise SinkError(f"cannot close {self.path}: {exc}") from exc
 
     async def apply_page(
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor

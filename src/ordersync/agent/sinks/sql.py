@@ -6,15 +6,22 @@ version applied twice would abort the transaction instead of silently happening.
 Decimals are exact: TEXT on SQLite, NUMERIC on PostgreSQL, never float.
 A record the replica cannot store goes to the `quarantine` table in that same transaction
 (`quarantine.py`), so one record never holds its stream back.
+
+Safe beside a second writer (another agent, one whose lease just lapsed): the conditional upsert
+decides under the row's lock which versions win, and its RETURNING names them; only those get
+their lines and ledger rows. The cursor is stored only at or past the stored one
+(`checkpoint_file.may_replace`). On SQLite, `writer="process"` (default) applies pages through
+`sqlite_fast` in a writer process; `writer="inline"` runs this module's apply, the reference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import (
@@ -31,17 +38,20 @@ from sqlalchemy import (
     delete,
     insert,
     inspect,
+    literal_column,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
 from ordersync.agent.sinks import quarantine_sql
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id, settled
+from ordersync.agent.sinks.checkpoint_file import descends
 from ordersync.agent.sinks.quarantine import HeldBack, Quarantined, screen
 from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
 from ordersync.agent.sinks.rows import (
@@ -58,9 +68,12 @@ from ordersync.agent.sinks.rows import (
 from ordersync.agent.sinks.sqlite_fast import UNCHECKED, Unchecked
 from ordersync.agent.sinks.writer_process import WriterProcess
 from ordersync.domain.timestamps import now_ms
+from ordersync.errors import ConfigurationError
+from ordersync.kinds import KINDS, by_name
 from ordersync.store.engine import SQLITE_BUSY_TIMEOUT_MS, create_engines, parse_database_url
 
 log = structlog.get_logger("ordersync.agent.sinks")
+Writer = Literal["process", "inline"]
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -160,7 +173,7 @@ replica_meta = Table(
     Column("name", String(50), primary_key=True),
     Column("value", String(200), nullable=False),
 )
-TABLES: dict[Kind, Table] = {"order": orders, "shipment": shipments}
+TABLES: dict[Kind, Table] = {k.name: metadata.tables[k.table] for k in KINDS.values()}
 for _name, _columns in TABLE_COLUMNS.items():  # rows.py's tuples must match the tables
     if tuple(metadata.tables[_name].columns.keys()) != _columns:
         raise RuntimeError(f"{_name}: columns {metadata.tables[_name].columns.keys()} differ")
@@ -185,7 +198,14 @@ class SqlSink:
         self._streams_read: dict[str, set[str]] = {}  # source -> streams whose cursor was read
 
     @classmethod
-    async def open(cls, url: str, *, fault_hook: FaultHook | None = None) -> SqlSink:
+    async def open(
+        cls, url: str, *, fault_hook: FaultHook | None = None, writer: Writer = "process"
+    ) -> SqlSink:
+        """On SQLite, `writer` picks the write path: "process" (`sqlite_fast` in a writer
+        process, the default) or "inline" (the SQLAlchemy apply every backend shares, the
+        reference contract). PostgreSQL always writes inline."""
+        if writer not in ("process", "inline"):
+            raise ConfigurationError(f"writer must be 'process' or 'inline', not {writer!r}")
         sink = cls(url, create_engines(parse_database_url(url), pool_size=2), fault_hook=fault_hook)
         try:
             async with sink.engine.begin() as conn:
@@ -193,12 +213,14 @@ class SqlSink:
         except SinkError:
             await sink.close()
             raise
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             await sink.close()
-            raise SinkError(f"cannot open the replica at {url}: {exc}") from exc
+            raise SinkError(f"cannot open the replica at {sink.safe_url}: {exc}") from exc
         if sink.backend == "sqlite":
-            sink._sqlite_path = parse_database_url(url).sync_url.removeprefix("sqlite:///")
-            sink._file = ReplicaFile(sink._sqlite_path)
+            path = parse_database_url(url).sync_url.removeprefix("sqlite:///")
+            sink._file = ReplicaFile(path)
+            if writer == "process":
+                sink._sqlite_path = path
         return sink
 
     def _check_file(self) -> None:
@@ -209,18 +231,19 @@ class SqlSink:
             self._file.check()
 
     async def close(self) -> None:
-        async with self._writer_lock:
-            if self._writer is not None:
-                await self._writer.close()
-                self._writer = None
-        try:
-            self._check_file()
-        except ReplicaFault as exc:  # closing the last connection would checkpoint into it
-            log.error("replica_left_open", error=str(exc))
-            return
-        await self.engine.dispose()
-        if self._reader is not self.engine:
-            await self._reader.dispose()
+        with self._translated("cannot close the connections"):
+            async with self._writer_lock:
+                if self._writer is not None:
+                    await self._writer.close()
+                    self._writer = None
+            try:
+                self._check_file()
+            except ReplicaFault as exc:  # closing the last connection would checkpoint into it
+                log.error("replica_left_open", error=str(exc))
+                return
+            await self.engine.dispose()
+            if self._reader is not self.engine:
+                await self._reader.dispose()
 
     async def load_cursor(self, source: str, stream: str) -> Cursor | None:
         """The stored cursor. The engine reads it at the start of every cycle, so this is
@@ -234,12 +257,15 @@ class SqlSink:
     async def _stored_cursor(self, source: str, stream: str) -> Cursor | None:
         self._check_file()
         c = checkpoints.c
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(c.updated_at_ms, c.last_id).where(c.source == source, c.stream == stream)
-                )
-            ).first()
+        with self._translated(f"cannot read the cursor of {source}/{stream}"):
+            async with self.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(c.updated_at_ms, c.last_id).where(
+                            c.source == source, c.stream == stream
+                        )
+                    )
+                ).first()
         return None if row is None else Cursor(int(row[0]), str(row[1]))
 
     async def retry_quarantine(self, source: str, stream: str) -> None:
@@ -276,11 +302,27 @@ class SqlSink:
     async def load_versions(self, source: str, kind: Kind) -> dict[str, int]:
         table = TABLES[kind]
         self._check_file()
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(table.c.id, table.c.version).where(table.c.source == source)
-            )
-            return {str(r[0]): int(r[1]) for r in rows}
+        with self._translated(f"cannot read the {kind} versions of {source}"):
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(
+                    select(table.c.id, table.c.version).where(table.c.source == source)
+                )
+                return {str(r[0]): int(r[1]) for r in rows}
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """Driver and OS errors become SinkError: the engine fails the cycle, not the agent."""
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            # The driver's own message: SQLAlchemy's adds the statement and a link.
+            detail = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
+            raise SinkError(f"{what} from the replica at {self.safe_url}: {detail}") from exc
+
+    @property
+    def safe_url(self) -> str:
+        """The replica's URL without its password, for messages."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
     async def apply_page(
         self, source: str, stream: str, records: Sequence[Record], new_cursor: Cursor
@@ -300,7 +342,7 @@ class SqlSink:
                 applied, quarantined = await self._apply(
                     source, stream, records, storable, held, new_cursor, one_by_one=True
                 )
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise SinkError(f"the replica refused a page of {source}/{stream}: {exc}") from exc
         return ApplyResult(applied, len(records) - applied - quarantined, quarantined)
 
@@ -345,7 +387,8 @@ class SqlSink:
         Elsewhere: apply it now."""
         if self._sqlite_path is None:
             return settled(await self.apply_page(source, stream, records, new_cursor))
-        writer = await self._sqlite_writer(self._sqlite_path)
+        with self._translated("cannot start the writer process"):
+            writer = await self._sqlite_writer(self._sqlite_path)
         return await writer.submit(
             source, stream, records, new_cursor, now_ms(), base=base, hook=self.fault_hook
         )
@@ -366,25 +409,20 @@ class SqlSink:
     ) -> int:
         table = TABLES[kind]
         latest = latest_per_id(records)
-        ids = [record.id for record in latest.values()]
-        held = await self._held(conn, table, source, ids)
-        newer = [r for r in latest.values() if r.version > held.get(r.id, (0, 0))[0]]
+        # Only a shortcut: a version this read finds held is not newer, whatever happens next.
+        held = await self._held(conn, table, source, [r.id for r in latest.values()])
+        # In id order, so that two writers lock shared rows in the same order.
+        candidates = sorted(
+            (r for r in latest.values() if r.version > held.get(r.id, 0)), key=lambda r: r.id
+        )
+        if not candidates:
+            return 0
+        won, updated = await self._upsert_winners(conn, table, kind, source, candidates, held)
+        newer = [r for r in candidates if r.id in won]
         if not newer:
             return 0
-        columns = ENTITY_COLUMNS[kind][1:]  # seq is given by the database
-        await conn.execute(
-            self._upsert_if_newer(table),
-            [dict(zip(columns, entity_values(None, source, r)[1:], strict=True)) for r in newer],
-        )
-        seqs = {i: seq for i, (_, seq) in held.items()}
-        first_seen = [r.id for r in newer if r.id not in seqs]
-        if first_seen:
-            seqs |= {
-                i: seq
-                for i, (_, seq) in (await self._held(conn, table, source, first_seen)).items()
-            }
-        if kind == "order":
-            await self._replace_lines(conn, source, newer, seqs, held)
+        if by_name(kind).line_table is not None:
+            await self._replace_lines(conn, source, newer, won, updated)
         fire(self.fault_hook, "mid_apply")
         stamp = now_ms()
         await conn.execute(
@@ -393,7 +431,7 @@ class SqlSink:
                 dict(
                     zip(
                         APPLIED_COLUMNS,
-                        applied_values(kind, seqs[r.id], source, r, stamp),
+                        applied_values(kind, won[r.id], source, r, stamp),
                         strict=True,
                     )
                 )
@@ -402,30 +440,61 @@ class SqlSink:
         )
         return len(newer)
 
+    async def _upsert_winners(
+        self,
+        conn: AsyncConnection,
+        table: Table,
+        kind: Kind,
+        source: str,
+        records: list[Record],
+        held: dict[str, int],
+    ) -> tuple[dict[str, int], set[str]]:
+        """Upsert if newer: (id -> seq of the rows this statement wrote, the ids among them it
+        updated rather than inserted). The statement decides under the row's lock: a version
+        another writer committed after the held read loses, and is left out here (no lines,
+        no ledger row for it)."""
+        columns = ENTITY_COLUMNS[kind][1:]  # seq is given by the database
+        statement = upsert_if_newer(table, self.backend).returning(table.c.id, table.c.seq)
+        if self.backend == "postgresql":
+            # xmax is 0 on a row version this statement inserted; an updated one carries ours.
+            statement = statement.returning(literal_column("xmax::text <> '0'"))
+        rows = (
+            await conn.execute(
+                statement,
+                [
+                    dict(zip(columns, entity_values(None, source, r)[1:], strict=True))
+                    for r in records
+                ],
+            )
+        ).all()
+        won = {str(row[0]): int(row[1]) for row in rows}
+        if self.backend == "postgresql":
+            return won, {str(row[0]) for row in rows if row[2]}
+        # SQLite: BEGIN IMMEDIATE, nobody wrote since the held read, which saw every row.
+        return won, won.keys() & held.keys()
+
     @staticmethod
     async def _held(
         conn: AsyncConnection, table: Table, source: str, ids: list[str]
-    ) -> dict[str, tuple[int, int]]:
-        """id -> (version, seq) of the rows the replica holds among `ids`."""
+    ) -> dict[str, int]:
+        """id -> version of the rows the replica holds among `ids`."""
         c = table.c
-        rows = await conn.execute(
-            select(c.id, c.version, c.seq).where(c.source == source, c.id.in_(ids))
-        )
-        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+        rows = await conn.execute(select(c.id, c.version).where(c.source == source, c.id.in_(ids)))
+        return {str(r[0]): int(r[1]) for r in rows}
 
-    def _upsert_if_newer(self, table: Table) -> Any:
-        return upsert_if_newer(table, self.backend)
-
+    @staticmethod
     async def _replace_lines(
-        self,
         conn: AsyncConnection,
         source: str,
         newer: list[Record],
         seqs: dict[str, int],
-        held: dict[str, tuple[int, int]],
+        updated: set[str],
     ) -> None:
-        replaced = [seqs[r.id] for r in newer if r.id in held]
-        if replaced:
+        # The old lines of every row the upsert updated go, even of a row the held read did
+        # not see: another writer may have inserted it, with its lines, since. A row it
+        # inserted has none (and skipping that DELETE keeps a backfill's plans cheap).
+        if updated:
+            replaced = [seqs[i] for i in updated]
             await conn.execute(delete(order_lines).where(order_lines.c.order_seq.in_(replaced)))
         lines = [
             dict(zip(LINE_COLUMNS, line_values(seqs[r.id], source, r, item), strict=True))
@@ -438,6 +507,7 @@ class SqlSink:
     async def _save_cursor(
         self, conn: AsyncConnection, source: str, stream: str, cursor: Cursor
     ) -> None:
+        """Store `cursor` unless the stored one is ahead of it (`checkpoint_file.descends`)."""
         dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
         values = {
             "source": source,
@@ -447,11 +517,20 @@ class SqlSink:
             "committed_at_ms": now_ms(),
         }
         statement = dialect_insert(checkpoints).values(values)
+        stored = self._position(checkpoints.c.updated_at_ms, checkpoints.c.last_id)
+        incoming = self._position(statement.excluded.updated_at_ms, statement.excluded.last_id)
         await conn.execute(
             statement.on_conflict_do_update(
                 index_elements=[checkpoints.c.source, checkpoints.c.stream],
                 set_={k: v for k, v in values.items() if k not in ("source", "stream")},
+                where=incoming <= stored if descends(stream) else incoming >= stored,
             )
+        )
+
+    def _position(self, updated_at_ms: Any, last_id: Any) -> Any:
+        # Ids compare byte by byte, as in Python and SQLite, not by the server's locale.
+        return tuple_(
+            updated_at_ms, last_id.collate("C") if self.backend == "postgresql" else last_id
         )
 
 

@@ -26,9 +26,11 @@ import structlog
 from ordersync.agent.records import Cursor, Kind
 from ordersync.agent.sinks import quarantine
 from ordersync.agent.sinks.base import FaultHook, fire
+from ordersync.agent.sinks.checkpoint_file import descends
 from ordersync.agent.sinks.quarantine import HeldBack
 from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
 from ordersync.agent.sinks.rows import ENTITY_COLUMNS, ENTITY_TABLES, TABLE_COLUMNS, Prepared
+from ordersync.kinds import by_name
 
 log = structlog.get_logger("ordersync.agent.sinks")
 
@@ -129,9 +131,15 @@ class SqliteWriter:
             self._updates[kind] = f"UPDATE {table} SET {assigned} WHERE seq = ?1 AND version < ?4"
         self._lines = _insert("order_lines")
         self._applied = _insert("applied_versions")
-        self._cursor = _insert("checkpoints") + (
-            " ON CONFLICT (source, stream) DO UPDATE SET updated_at_ms = excluded.updated_at_ms,"
+        # The cursor never moves back (see checkpoint_file.may_replace): forward streams keep
+        # a stored cursor ahead of the page's, descending ones a stored cursor below it.
+        self._cursor, self._descending_cursor = (
+            _insert("checkpoints")
+            + " ON CONFLICT (source, stream) DO UPDATE SET updated_at_ms = excluded.updated_at_ms,"
             " last_id = excluded.last_id, committed_at_ms = excluded.committed_at_ms"
+            f" WHERE (excluded.updated_at_ms, excluded.last_id) {op}"
+            " (checkpoints.updated_at_ms, checkpoints.last_id)"
+            for op in (">=", "<=")
         )
         self._checkpointer.start()
 
@@ -209,7 +217,8 @@ class SqliteWriter:
                 ids.setdefault(kind, []).append(entity_id)
             kept, total = quarantine.settle(_executor(db), source, stream, ids, held, stamp)
             fire(hook, "before_cursor")
-            db.execute(self._cursor, (source, stream, cursor.updated_at_ms, cursor.last_id, stamp))
+            store_cursor = self._descending_cursor if descends(stream) else self._cursor
+            db.execute(store_cursor, (source, stream, cursor.updated_at_ms, cursor.last_id, stamp))
             fire(hook, "after_cursor")
             db.execute("COMMIT")
             self._checkpointer.committed()
@@ -280,7 +289,7 @@ class SqliteWriter:
         replaced = [r for r in newer if r[1] in held]
         if replaced:
             db.executemany(self._updates[kind], [(seqs[r[1]], *r[3]) for r in replaced])
-        if kind == "order":
+        if by_name(kind).line_table is not None:
             if replaced:
                 marks = ",".join("?" * len(replaced))
                 db.execute(
