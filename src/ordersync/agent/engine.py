@@ -233,8 +233,9 @@ class SyncEngine:
             )
 
         last: Batch | None = None
-        # The batch sent to the sink and not yet known committed.
-        committing: Committing | None = None
+        # Batches sent to the sink and not yet known committed, oldest first: at most one
+        # while the next is read, none past a batch with an after-commit step.
+        pending: list[Committing] = []
         walk = feed.walk(position, may_fetch)
         try:
             async for batch in walk:
@@ -243,24 +244,19 @@ class SyncEngine:
                 counts.fetched += batch.fetched
                 await self._fire("after_fetch", stream)
                 if batch.records or batch.position != position:
-                    sent = await self._send(stream, batch, position)
+                    pending.append(Committing(batch, await self._send(stream, batch, position)))
                     position = batch.position
-                    if committing is not None:
-                        await self._committed(stream, state, counts, committing)
-                    committing = Committing(batch, sent)
-                    if batch.after_commit is not None:  # a barrier: nothing may pass it
-                        committing = None
-                        await self._committed(stream, state, counts, Committing(batch, sent))
+                    while len(pending) > 1 or (pending and pending[0].batch.after_commit):
+                        await self._committed(stream, state, counts, pending.pop(0))
                 if stop_event is not None and stop_event.is_set():
                     break
-            if committing is not None:
-                page, committing = committing, None
-                await self._committed(stream, state, counts, page)
+            while pending:
+                await self._committed(stream, state, counts, pending.pop(0))
         finally:
             await walk.aclose()  # type: ignore[attr-defined]
-            if committing is not None:  # leaving on an error: the batch still ends, whole
+            for page in pending:  # leaving on an error: each batch sent still ends, whole
                 with contextlib.suppress(Exception):
-                    await committing.outcome
+                    await page.outcome
         if last is not None and last.caught_up:
             self._caught_up(stream, state, last.view_as_of_ms)
 

@@ -103,6 +103,24 @@ class Cursor:
     last_id: str = ""
 
 
+# HubRise's backfill walks newest first: its position descends to (0, "") at the end.
+DESCENDING_SUFFIX = "-backfill"
+
+
+def descends(stream: str) -> bool:
+    """True for a stream whose position moves down (a newest-first backfill walk)."""
+    return stream.endswith(DESCENDING_SUFFIX)
+
+
+def may_replace(stream: str, stored: Cursor | None, new: Cursor) -> bool:
+    """Whether `new` may replace `stored`: equal or further along the stream's direction. No
+    feed yields a position that may not, and no sink stores one."""
+    if stored is None:
+        return True
+    new_at, stored_at = (new.updated_at_ms, new.last_id), (stored.updated_at_ms, stored.last_id)
+    return new_at <= stored_at if descends(stream) else new_at >= stored_at
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     applied: int

@@ -1,7 +1,7 @@
 """Cheap exact `total` for listings filtered by `updated_since`.
 
-Counting the rows with `updated_at >= X` walks every one of them: 30-70 ms for a million rows on
-SQLite, paid by every page of a walk. Instead, each write moves one unit between time buckets at
+Counting the rows with `updated_at >= X` walks every one of them, and every page of a walk
+would pay it (bench/README.md). Instead, each write moves one unit between time buckets at
 four spans (second, minute, hour, day) in `update_counts`, in the write's own transaction. A
 count is then the exact rows of X's own second, plus the rest of X's minute by seconds, plus the
 rest of X's hour by minutes, plus the rest of X's day by hours, plus every later day: at most

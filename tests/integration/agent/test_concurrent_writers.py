@@ -13,6 +13,8 @@ from sqlalchemy import select
 
 from ordersync.agent.records import Cursor, Record
 from ordersync.agent.sinks.sql import SqlSink, applied_versions, order_lines, orders
+from ordersync.agent.sources.masonhub import parse_record
+from ordersync.domain.timestamps import format_rfc3339
 from tests.integration.agent.conftest import SinkFactory
 from tests.support import order_payload
 
@@ -25,8 +27,9 @@ def order(version: int, skus: tuple[str, ...], oid: str = "o-1") -> Record:
             for n, sku in enumerate(skus, 1)
         ],
     )
-    data |= {"id": oid, "version": version, "status": "open", "updated_at": "2024-01-01T00:00Z"}
-    return Record("order", oid, version, 1_000 + version, data)
+    stamp = format_rfc3339(1_000 + version)
+    data |= {"id": oid, "version": version, "status": "open", "updated_at": stamp}
+    return parse_record("order", data)
 
 
 V1, V2, V3 = order(1, ("v1",)), order(2, ("v2-a", "v2-b")), order(3, ("v3",))

@@ -16,6 +16,8 @@ from ordersync.agent.records import Cursor, Record
 from ordersync.agent.sinks.http import HttpSink
 from ordersync.agent.sinks.jsonl import JsonlSink
 from ordersync.agent.sinks.sql import SqlSink
+from ordersync.agent.sources.masonhub import parse_record
+from ordersync.domain.timestamps import format_rfc3339
 from tests.integration.agent.harness import Hub, assert_replica_equals_hub, build_engine
 from tests.support import order_payload
 
@@ -35,9 +37,10 @@ def terminate_backends(url: str) -> int:
 
 def record(oid: str = "o-1") -> Record:
     data = order_payload("C-1") | {"id": oid, "version": 1, "status": "open"}
+    data["updated_at"] = format_rfc3339(1_000)
     for number, line in enumerate(data["line_items"], 1):
         line["line_number"] = number
-    return Record("order", oid, 1, 1_000, data)
+    return parse_record("order", data)
 
 
 async def test_reads_of_a_replica_whose_connections_died_raise_sink_error(pg_url: str) -> None:

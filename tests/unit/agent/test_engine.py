@@ -202,3 +202,61 @@ async def test_a_page_is_not_held_back_while_the_next_request_waits_for_quota() 
     )
     await engine.run_cycle()
     assert events[:4] == ["sent 1", "write 1", "written 1", "sent 2"], events
+
+
+class PipelinedMemorySink(MemorySink):
+    """Takes the next page before the last one committed, each committing a moment later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+        self.ended = 0
+
+    async def submit_page(
+        self,
+        source: str,
+        stream: str,
+        records: Sequence[Record],
+        new_cursor: Cursor,
+        base: Cursor | None,
+    ) -> asyncio.Task[ApplyResult]:
+        self.sent += 1
+        number = self.sent
+
+        async def commit() -> ApplyResult:
+            await asyncio.sleep(0.02 * number)  # page k+1 ends well after page k
+            self.ended += 1
+            return await self.apply_page(source, stream, records, new_cursor)
+
+        return asyncio.ensure_future(commit())
+
+
+async def test_a_failure_after_a_commit_leaves_no_page_in_flight() -> None:
+    """When a step fails after page k's commit while page k+1 is already with the sink, the
+    engine waits for page k+1 to end before it raises: a restarted agent never reads a cursor
+    that a page still in flight moves afterwards."""
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_first_commit(step: str, stream: str) -> None:
+        if step == "after_commit":
+            raise Crash
+
+    records = [rec(1_000 + i, f"r{i:03}") for i in range(50)]
+    sink = PipelinedMemorySink()
+    engine = SyncEngine(
+        ListSource(records, server_time_ms=100_000),
+        sink,
+        settings=EngineSettings(lookback_ms=0, page_size=10),
+        metrics=AgentMetrics(CollectorRegistry()),
+        hook=crash_at_first_commit,
+    )
+    try:
+        await engine.run_cycle()
+    except Crash:
+        pass
+    else:
+        raise AssertionError("the hook did not fire")
+    assert sink.sent == 2
+    assert sink.ended == sink.sent, "a page sent to the sink was still in flight"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ordersync.agent.feeds import Batch, ChangeFeed, MayFetch
-from ordersync.agent.records import Cursor
+from ordersync.agent.records import Cursor, may_replace
 from ordersync.agent.sources.hubrise import Event, HubRiseSource
 
 BACKFILL = "orders-backfill"
@@ -67,10 +67,13 @@ class BackfillFeed:
             fetches += 1
             token = page.next_cursor
             if token is None or not page.records:
-                position = BACKFILL_DONE
+                reached = BACKFILL_DONE
             else:
-                position = Cursor(page.created_at_ms[-1], page.records[-1].id)
-            done = position == BACKFILL_DONE
+                reached = Cursor(page.created_at_ms[-1], page.records[-1].id)
+            # A resumed walk re-reads the instant it stopped at: never back up the stream.
+            if may_replace(self.stream, position, reached):
+                position = reached
+            done = reached == BACKFILL_DONE
             yield Batch(page.records, position, len(page.records), caught_up=done)
             if done:
                 return

@@ -3,8 +3,8 @@ rename it over the old one, fsync the directory. A crash leaves the old file or 
 
 A stored cursor never moves backwards, whoever writes it (a second agent, a writer that lost
 its lease mid-page): every sink stores a page's cursor only if it is at or past the stored one
-(`may_replace`). Here the file is re-read under an exclusive lock before each save, so a writer
-holding an old view of it cannot overwrite a newer cursor.
+(`records.may_replace`). Here the file is re-read under an exclusive lock before each save, so
+a writer holding an old view of it cannot overwrite a newer cursor.
 """
 
 from __future__ import annotations
@@ -15,23 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from ordersync.agent.records import Cursor
-
-# HubRise's backfill walks newest first: its position descends to (0, "") at the end.
-DESCENDING_SUFFIX = "-backfill"
-
-
-def descends(stream: str) -> bool:
-    """True for a stream whose position moves down (a newest-first backfill walk)."""
-    return stream.endswith(DESCENDING_SUFFIX)
-
-
-def may_replace(stream: str, stored: Cursor | None, new: Cursor) -> bool:
-    """Whether `new` may replace `stored`: equal or further along the stream's direction."""
-    if stored is None:
-        return True
-    new_at, stored_at = (new.updated_at_ms, new.last_id), (stored.updated_at_ms, stored.last_id)
-    return new_at <= stored_at if descends(stream) else new_at >= stored_at
+from ordersync.agent.records import Cursor, may_replace
 
 
 class CheckpointFile:

@@ -10,7 +10,7 @@ A record the replica cannot store goes to the `quarantine` table in that same tr
 Safe beside a second writer (another agent, one whose lease just lapsed): the conditional upsert
 decides under the row's lock which versions win, and its RETURNING names them; only those get
 their lines and ledger rows. The cursor is stored only at or past the stored one
-(`checkpoint_file.may_replace`). On SQLite, `writer="process"` (default) applies pages through
+(`records.may_replace`). On SQLite, `writer="process"` (default) applies pages through
 `sqlite_fast` in a writer process; `writer="inline"` runs this module's apply, the reference.
 """
 
@@ -48,10 +48,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersync.agent.errors import SinkError
-from ordersync.agent.records import ApplyResult, Cursor, Kind, Record
+from ordersync.agent.records import ApplyResult, Cursor, Kind, Record, descends
 from ordersync.agent.sinks import quarantine_sql
 from ordersync.agent.sinks.base import FaultHook, fire, latest_per_id, settled
-from ordersync.agent.sinks.checkpoint_file import descends
 from ordersync.agent.sinks.quarantine import HeldBack, Quarantined, screen
 from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
 from ordersync.agent.sinks.rows import (
@@ -507,7 +506,7 @@ class SqlSink:
     async def _save_cursor(
         self, conn: AsyncConnection, source: str, stream: str, cursor: Cursor
     ) -> None:
-        """Store `cursor` unless the stored one is ahead of it (`checkpoint_file.descends`)."""
+        """Store `cursor` unless the stored one is ahead of it (`records.descends`)."""
         dialect_insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
         values = {
             "source": source,

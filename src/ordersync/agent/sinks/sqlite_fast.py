@@ -1,8 +1,8 @@
 """The SQL sink's write path on SQLite: one plain `sqlite3` transaction per page.
 
 Through aiosqlite every statement, every fetch, the BEGIN and the COMMIT each cross to the
-driver's thread and back, and SQLAlchemy processes the parameters of every row: a page of 100
-orders cost ~16 ms of CPU, four times what SQLite itself needs. Here a whole page (read held
+driver's thread and back, and SQLAlchemy processes the parameters of every row: a page costs
+several times what SQLite itself needs (bench/README.md). Here a whole page (read held
 versions, insert or update, lines, applied ledger, cursor) runs as one plain `sqlite3`
 transaction, with rows built as tuples straight from the records (`rows.py`). It runs in a
 process of its own (`writer_process.py`), so the agent parses the next page while SQLite
@@ -23,10 +23,9 @@ from typing import Any
 
 import structlog
 
-from ordersync.agent.records import Cursor, Kind
+from ordersync.agent.records import Cursor, Kind, descends
 from ordersync.agent.sinks import quarantine
 from ordersync.agent.sinks.base import FaultHook, fire
-from ordersync.agent.sinks.checkpoint_file import descends
 from ordersync.agent.sinks.quarantine import HeldBack
 from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
 from ordersync.agent.sinks.rows import ENTITY_COLUMNS, ENTITY_TABLES, TABLE_COLUMNS, Prepared
@@ -131,7 +130,7 @@ class SqliteWriter:
             self._updates[kind] = f"UPDATE {table} SET {assigned} WHERE seq = ?1 AND version < ?4"
         self._lines = _insert("order_lines")
         self._applied = _insert("applied_versions")
-        # The cursor never moves back (see checkpoint_file.may_replace): forward streams keep
+        # The cursor never moves back (see records.may_replace): forward streams keep
         # a stored cursor ahead of the page's, descending ones a stored cursor below it.
         self._cursor, self._descending_cursor = (
             _insert("checkpoints")

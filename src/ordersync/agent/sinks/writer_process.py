@@ -1,7 +1,7 @@
 """The SQLite replica's writer, in a process of its own, with pages pipelined to it.
 
-In one process a backfill page's HTTP and parsing (~3.5 ms of CPU) and its SQLite transaction
-(~4 ms) take turns on one core: a writer thread only added GIL handoffs (bench/README.md). Here
+In one process a backfill page's HTTP and parsing and its SQLite transaction take turns on one
+core, and a writer thread only added GIL handoffs (figures in bench/README.md). Here
 the agent sends each page down a pipe to this process, and the engine sends the next page before
 it awaits the previous one's commit, so the writer always has a page ready while the agent
 fetches and parses the one after: both cores work.
