@@ -210,16 +210,15 @@ class CallCounter:
 
 def _hub_worker(argv: list[str]) -> None:
     """`ordersync hub serve ARGV`, its app wrapped in `CallCounter` (the hub logs no access)."""
-    import uvicorn
-
     from ordersync.cli import app
+    from ordersync.hub import serve
 
-    serve = uvicorn.run
+    build = serve.create_app
 
-    def counted_run(asgi_app: Any, *args: Any, **kwargs: Any) -> Any:
-        return serve(CallCounter(asgi_app), *args, **kwargs)
+    def counted_app(*args: Any, **kwargs: Any) -> Any:
+        return CallCounter(build(*args, **kwargs))
 
-    uvicorn.run = counted_run
+    serve.create_app = counted_app  # type: ignore[assignment]  # one worker: nothing pickled
     app(["hub", "serve", *argv], prog_name="ordersync")
 
 

@@ -19,7 +19,6 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -50,10 +49,6 @@ from ordersync.agent.retry import (
 from ordersync.domain.timestamps import format_rfc3339, now_ms
 
 Sleep = Callable[[float], Awaitable[None]]
-# Set by the engine around a read-ahead fetch: set once that request's bytes are on the wire, so
-# that the engine hands the current page to the sink only after the next request has left and
-# the platform works on it meanwhile.
-request_sent: ContextVar[asyncio.Event | None] = ContextVar("request_sent", default=None)
 Params = Mapping[str, str | int] | Sequence[tuple[str, str | int]]
 T = TypeVar("T")
 log = structlog.get_logger("ordersync.agent.api")
@@ -267,7 +262,6 @@ class ApiClient:
             params=_query(params),
             headers=self._headers if body is None else self._json_headers,
             content=None if body is None else orjson.dumps(body),
-            extensions={"trace": _trace},
         )
         try:
             async with asyncio.timeout(self.deadline):
@@ -357,14 +351,6 @@ class ApiClient:
             attempt=attempt,
             **({"error": error} if error else {}),
         )
-
-
-async def _trace(event: str, info: Mapping[str, Any]) -> None:
-    # httpcore's trace events; transports without them (ASGITransport) simply never call this.
-    if event.endswith(".send_request_body.complete"):
-        sent = request_sent.get()
-        if sent is not None:
-            sent.set()
 
 
 _NOT_JSON: Any = object()  # a body that does not decode: its own value, so messages can say so
