@@ -15,13 +15,17 @@ from ordersync.agent.commands import agent_app
 from ordersync.errors import OrdersyncError
 from ordersync.hub import DEFAULT_DB_URL
 
+# Help texts are plain text: with rich markup, "[[sources]]" or "[default: 5]" would vanish.
 app = typer.Typer(
     help="ordersync: an order platform (hub) and the ERP-side agent that mirrors it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-hub_app = typer.Typer(help="The order platform server.", no_args_is_help=True)
-token_app = typer.Typer(help="Connection tokens.", no_args_is_help=True)
+hub_app = typer.Typer(
+    help="The order platform server.", no_args_is_help=True, rich_markup_mode=None
+)
+token_app = typer.Typer(help="Connection tokens.", no_args_is_help=True, rich_markup_mode=None)
 hub_app.add_typer(token_app, name="token")
 app.add_typer(hub_app, name="hub")
 app.add_typer(agent_app, name="agent")

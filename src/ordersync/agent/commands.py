@@ -19,7 +19,9 @@ from ordersync.agent.config import AgentConfig, load_config
 from ordersync.errors import OrdersyncError
 from ordersync.logs import LogFormat, configure_logging
 
-agent_app = typer.Typer(help="The ERP-side sync agent.", no_args_is_help=True)
+agent_app = typer.Typer(
+    help="The ERP-side sync agent.", no_args_is_help=True, rich_markup_mode=None
+)
 err = Console(stderr=True)
 
 ConfigOption = Annotated[
