@@ -345,7 +345,8 @@ class ApiClient:
             source=self.source,
             endpoint=endpoint,
             query_params=_loggable(params),
-            response_code=code,
+            # A number, as seed 000 logs it; a failure without an answer says what happened.
+            response_code=int(code) if code.isdigit() else code,
             records_returned=records,
             processing_time_ms=round(elapsed * 1000, 1),
             attempt=attempt,

@@ -37,7 +37,7 @@ async def test_each_call_logs_the_seed_000_fields() -> None:
         await client.get_json("/orders", {"limit": 100})
     (line,) = [entry for entry in logs if entry["event"] == "api_call"]
     assert line["endpoint"] == "/orders" and line["query_params"] == {"limit": 100}
-    assert line["response_code"] == "200" and line["records_returned"] == 2
+    assert line["response_code"] == 200 and line["records_returned"] == 2
     assert {"timestamp", "processing_time_ms", "source", "attempt"} <= line.keys()
 
 
