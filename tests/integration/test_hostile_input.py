@@ -279,3 +279,13 @@ def test_a_5000_digit_number_is_refused_in_plain_words(hub: Hub, dialect: str, p
     assert body["error_type"] == "bad_request"
     assert "a number has more than 4300 digits" in body["message"]
     assert "sys." not in response.text and "set_int_max_str_digits" not in response.text
+
+
+@pytest.mark.parametrize("name", ["offset", "limit"])
+@pytest.mark.parametrize("path", ["/api/v1/orders", "/api/v1/shipments"])
+def test_a_5000_digit_query_integer_is_a_400_naming_it(hub: Hub, path: str, name: str) -> None:
+    """A 5,000-digit offset or limit is a 400 naming it (the lean route's int() used to 500)."""
+    response = hub.masonhub.get(f"{path}?{name}={'9' * 5000}")
+    assert response.status_code == 400, response.text
+    assert response.json()["error_type"] == "bad_request"
+    assert _fields(response) == [name]

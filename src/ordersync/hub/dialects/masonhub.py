@@ -300,6 +300,8 @@ def _plain_int(value: str, low: int, high: int) -> int | None:
     """A canonical decimal integer within [low, high] ("0", "42"; not "042", "+1", " 1")."""
     if not (value.isascii() and value.isdigit()) or (value[0] == "0" and value != "0"):
         return None
+    if len(value) > len(str(high)):
+        return None  # out of range; and int() refuses more than 4300 digits with a ValueError
     number = int(value)
     return number if low <= number <= high else None
 
