@@ -92,11 +92,12 @@ def test_masonhub_unstorable_text_in_a_field_refuses_the_order_naming_it(
     hub: Hub, bad: str
 ) -> None:
     """A lone surrogate or NUL in a MasonHub order field is a 422 naming the field, not a 500."""
-    order = order_payload(_unique("PO"), shipping_provider=bad)
+    order = order_payload(_unique("PO"))
+    order["shipping_address"]["name"] = bad
     response = _post(hub.masonhub, "/api/v1/orders", [order])
     assert response.status_code == 422, response.text
     assert response.json()["error_type"] == "unprocessable_entity"
-    assert "[0].shipping_provider" in _fields(response)
+    assert _fields(response) == ["[0].shipping_address.name"]
 
 
 @pytest.mark.parametrize("bad", [SURROGATE, NUL], ids=["surrogate", "nul"])
@@ -132,6 +133,17 @@ def test_masonhub_mixed_batch_creates_the_valid_order_and_reports_it(hub: Hub) -
     assert fetched.status_code == 200 and fetched.json()["customer_identifier"] == good
     again = _post(hub.masonhub, "/api/v1/orders", [order_payload(good)])
     assert again.status_code == 422  # a duplicate: it was stored exactly once
+
+
+def test_a_surrogate_sent_as_raw_utf8_bytes_is_refused_like_the_escape(hub: Hub) -> None:
+    """A surrogate encoded directly in the body bytes (ED A0 80, which the JSON reader decodes
+    leniently) is refused like the escaped form, naming the field."""
+    body = _raw([order_payload("PLACEHOLDER")]).replace(b"PLACEHOLDER", b"\xed\xa0\x80")
+    response = hub.masonhub.post(
+        "/api/v1/orders", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert _fields(response) == ["[0].customer_identifier"]
 
 
 @pytest.mark.parametrize("bad", [SURROGATE, f"r{NUL}"], ids=["surrogate", "nul"])
