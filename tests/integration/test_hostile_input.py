@@ -279,7 +279,7 @@ def test_tradecloud_offset_at_the_cap_is_served(hub: Hub) -> None:
     ("dialect", "path"), [("masonhub", "/api/v1/orders"), ("hubrise", "/v1/location/orders")]
 )
 def test_a_5000_digit_number_is_refused_in_plain_words(hub: Hub, dialect: str, path: str) -> None:
-    """A 5,000-digit number is a 400 saying so, without naming a Python internal."""
+    """A 5,000-digit number is a 400 saying so and naming its member, no Python internal."""
     content = b'[{"priority": ' + b"9" * 5000 + b"}]"
     if dialect == "hubrise":
         content = b'{"ref": "x", "total": ' + b"9" * 5000 + b"}"
@@ -290,6 +290,7 @@ def test_a_5000_digit_number_is_refused_in_plain_words(hub: Hub, dialect: str, p
     body = response.json()
     assert body["error_type"] == "bad_request"
     assert "a number has more than 4300 digits" in body["message"]
+    assert _fields(response) == ["priority" if dialect == "masonhub" else "total"]
     assert "sys." not in response.text and "set_int_max_str_digits" not in response.text
 
 

@@ -20,7 +20,8 @@ from ordersync.hub.errors import ApiError, FieldErrors
 
 # CPython's limit on int(str) (sys.get_int_max_str_digits); the JSON parser inherits it.
 MAX_INT_DIGITS = 4300
-_LONG_NUMBER = re.compile(rb"-?\d{%d,}" % (MAX_INT_DIGITS + 1))
+# The number, and the member name before it when it is an object member's value.
+_LONG_NUMBER = re.compile(rb'(?:"((?:[^"\\]|\\.){0,200})"\s*:\s*)?-?\d{%d,}' % (MAX_INT_DIGITS + 1))
 
 
 def parse_json(raw: bytes) -> Any:
@@ -33,17 +34,20 @@ def parse_json(raw: bytes) -> Any:
         # Arrays nested thousands deep exhaust the parser's stack: a malformed request.
         raise _not_json("the body is nested too deeply") from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        long_number = _LONG_NUMBER.search(raw)
-        if long_number is not None and not isinstance(exc, json.JSONDecodeError):
-            # The parser's own message names a Python internal (sys.set_int_max_str_digits).
-            raise _not_json(
-                f"a number has more than {MAX_INT_DIGITS} digits (at byte {long_number.start()})"
-            ) from None
+        if not isinstance(exc, json.JSONDecodeError):
+            long_number = _LONG_NUMBER.search(raw)
+            if long_number is not None:
+                # The parser's own message names a Python internal (sys.set_int_max_str_digits).
+                name = long_number.group(1)
+                raise _not_json(
+                    f"a number has more than {MAX_INT_DIGITS} digits",
+                    "body" if name is None else name.decode("utf-8", "backslashreplace"),
+                ) from None
         raise _not_json(str(exc)) from None
 
 
-def _not_json(reason: str) -> ApiError:
-    return ApiError(400, f"request body is not valid JSON: {reason}", [("body", reason)])
+def _not_json(reason: str, field: str = "body") -> ApiError:
+    return ApiError(400, f"request body is not valid JSON: {reason}", [(field, reason)])
 
 
 def text_errors(value: Any, field: str = "") -> FieldErrors:
