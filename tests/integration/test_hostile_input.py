@@ -302,3 +302,25 @@ def test_a_5000_digit_query_integer_is_a_400_naming_it(hub: Hub, path: str, name
     assert response.status_code == 400, response.text
     assert response.json()["error_type"] == "bad_request"
     assert _fields(response) == [name]
+
+
+def test_the_offset_cap_is_a_hub_setting(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ORDERSYNC_HUB_MAX_OFFSET moves the cap on both dialects (and both MasonHub routes)."""
+    monkeypatch.setenv("ORDERSYNC_HUB_MAX_OFFSET", "50")
+    db_url = f"sqlite:///{tmp_path_factory.mktemp('cap')}/hub.db"
+    settings = HubSettings.from_env(db_url=db_url, quotas=QuotaPolicy())
+    assert settings.max_offset == 50
+    mh, tc, _ = asyncio.run(_tokens(db_url))
+    with (
+        serve_in_thread(create_app(settings)) as base,
+        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {mh}"}) as masonhub,
+        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tc}"}) as tradecloud,
+    ):
+        assert masonhub.get("/api/v1/orders?offset=50").status_code == 200
+        assert masonhub.get("/api/v1/orders?offset=51").status_code == 400
+        assert masonhub.get("/api/v1/orders?offset=51&limit=5&limit=6").status_code == 400
+        assert tradecloud.post("/v2/order-search/poll", json={"offset": 50}).status_code == 200
+        refused = tradecloud.post("/v2/order-search/poll", json={"offset": 51})
+        assert refused.status_code == 400 and "at most 50" in refused.json()["message"]

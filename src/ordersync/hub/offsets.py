@@ -13,18 +13,25 @@ from __future__ import annotations
 from ordersync.hub.errors import ApiError
 
 MAX_OFFSET = 10_000
+# Beyond a signed 64-bit integer SQLite and PostgreSQL fail with an overflow, whatever the setting.
+DATABASE_MAX_OFFSET = 2**63 - 1
 
 
-def check_offset(offset: int, *, re_anchor: str) -> int:
-    """`offset` if within the cap; else a 400 telling the client how to page instead."""
-    if offset > MAX_OFFSET:
+def offset_cap(setting: int) -> int:
+    """The cap a hub configured with `setting` (HubSettings.max_offset) applies."""
+    return max(0, min(setting, DATABASE_MAX_OFFSET))
+
+
+def check_offset(offset: int, cap: int, *, re_anchor: str) -> int:
+    """`offset` if within `cap`; else a 400 telling the client how to page instead."""
+    if offset > cap:
         raise ApiError(
             400,
-            f"offset is at most {MAX_OFFSET}",
+            f"offset is at most {cap}",
             [
                 (
                     "offset",
-                    f"at most {MAX_OFFSET}: to page deeper, re-anchor with {re_anchor} on the "
+                    f"at most {cap}: to page deeper, re-anchor with {re_anchor} on the "
                     "last record's timestamp (and after_id on its id, where the listing "
                     "advertises the X-Ordersync-Keyset: after_id extension)",
                 )

@@ -49,8 +49,14 @@ def _listing(body: bytes) -> Response:
 
 # An async dependency: a plain `def` one would cost a thread-pool hop per request.
 async def _list_query(
+    request: Request,
     id: Annotated[list[UUID] | None, Query(max_length=30, description="1..30 ids")] = None,
-    offset: Annotated[int, Query(ge=0, description=f"Pagination offset, at most {MAX_OFFSET}")] = 0,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0, description=f"Pagination offset, at most {MAX_OFFSET} (hub setting max_offset)"
+        ),
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=100, description="Number of results")] = 30,
     sdt: Annotated[
         str | None, Query(description="Start date for the updated_at filter (RFC 3339, inclusive)")
@@ -65,7 +71,7 @@ async def _list_query(
         ),
     ] = None,
 ) -> ListQuery:
-    check_offset(offset, re_anchor="updated_since")
+    check_offset(offset, request.app.state.max_offset, re_anchor="updated_since")
     since = _since(sdt, updated_since)
     if after_id is not None and since is None:
         raise ApiError(
@@ -257,7 +263,7 @@ _SINGLE = frozenset({"offset", "limit", "sdt", "updated_since", "list_type", "af
 
 
 def _plain_listing(
-    items: list[tuple[str, str]], statuses: frozenset[str]
+    items: list[tuple[str, str]], statuses: frozenset[str], max_offset: int = MAX_OFFSET
 ) -> tuple[ListQuery, bool] | None:
     """(query, summary) from a query string FastAPI would accept as is, with the same values;
     None when in any doubt (the FastAPI route then decides, errors included)."""
@@ -280,7 +286,7 @@ def _plain_listing(
         # FastAPI ignores unknown parameters; so does this.
     if len(ids) > 30:
         return None
-    offset = _plain_int(single.get("offset", "0"), 0, MAX_OFFSET)
+    offset = _plain_int(single.get("offset", "0"), 0, max_offset)
     limit = _plain_int(single.get("limit", "30"), 1, 100)
     list_type = single.get("list_type", "detail")
     if offset is None or limit is None or list_type not in ("detail", "summary"):
@@ -322,7 +328,9 @@ class _LeanListing:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         plain = (
-            _plain_listing(request.query_params.multi_items(), self.statuses)
+            _plain_listing(
+                request.query_params.multi_items(), self.statuses, request.app.state.max_offset
+            )
             if scope["method"] == "GET"
             else None
         )

@@ -54,7 +54,7 @@ async def _poll_request(request: Request) -> tuple[PollRequest, ListQuery]:
         errors = pydantic_errors(exc.errors())
         status = 400 if any(e["type"] == "json_invalid" for e in exc.errors()) else 422
         raise ApiError(status, "request body is invalid", errors) from None
-    check_offset(poll.offset, re_anchor="filters.lastUpdatedAfter")
+    check_offset(poll.offset, request.app.state.max_offset, re_anchor="filters.lastUpdatedAfter")
     since = None
     if poll.filters.lastUpdatedAfter is not None:
         try:
