@@ -14,6 +14,8 @@ from ordersync.hub.body_limit import BodySizeLimit
 from ordersync.hub.dialects import hubrise, masonhub, tradecloud
 from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
+from ordersync.hub.nul_guard import NulGuard
+from ordersync.hub.offsets import offset_cap
 from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.hub.simulator import Simulation
@@ -63,6 +65,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
         ),
     )
     app.state.store = hub_store
+    app.state.max_offset = offset_cap(settings.max_offset)
     app.state.hubrise_store = HubRiseStore(hub_store)
     app.state.warehouse = simulation  # runs while the lifespan does
     install_error_handlers(app)
@@ -74,6 +77,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    app.add_middleware(NulGuard)
     if settings.faults.any_http:
         app.add_middleware(FaultInjector, settings=settings.faults, prefixes=API_PREFIXES)
     install_rate_limits(app, settings, hub_store)

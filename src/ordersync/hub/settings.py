@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ordersync.hub import DEFAULT_DB_URL
 from ordersync.hub.faults import FaultSettings
+from ordersync.hub.offsets import MAX_OFFSET
 from ordersync.quotas import QuotaPolicy
 
 
@@ -18,6 +19,9 @@ class HubSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1_048_576
+    # The deepest listing offset served (see hub/offsets.py); raised only for baselines that
+    # page a whole backlog by offset, as a generic offset paginator does.
+    max_offset: int = MAX_OFFSET
     simulate_rate: float = 0.0
     simulate_seed: int | None = None
     simulate_account: str = "demo"
@@ -35,6 +39,8 @@ class HubSettings:
             values["db_url"] = env["ORDERSYNC_HUB_DB"]
         if "ORDERSYNC_HUB_MAX_BODY_BYTES" in env:
             values["max_body_bytes"] = int(env["ORDERSYNC_HUB_MAX_BODY_BYTES"])
+        if "ORDERSYNC_HUB_MAX_OFFSET" in env:
+            values["max_offset"] = int(env["ORDERSYNC_HUB_MAX_OFFSET"])
         if "ORDERSYNC_HUB_QUOTAS" in env:  # changes to the defaults, as `serve --quota` takes
             values["quotas"] = QuotaPolicy.from_specs(
                 env["ORDERSYNC_HUB_QUOTAS"], QuotaPolicy.hubrise_default()

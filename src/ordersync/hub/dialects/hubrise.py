@@ -12,9 +12,7 @@ PUT or DELETE and is refused on a GET.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Coroutine
-from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -49,6 +47,7 @@ from ordersync.hub.dialects.hubrise_types import (
     zone,
 )
 from ordersync.hub.errors import ApiError
+from ordersync.hub.json_body import parse_json, require_storable_text
 from ordersync.store.hubrise import (
     EVENT_KINDS,
     EVENT_TYPES,
@@ -214,12 +213,9 @@ async def _body(request: Request) -> Any:
             "the request body must be JSON (Content-Type: application/json)",
             error_type="unsupported_media_type",
         )
-    try:
-        return json.loads(raw or b"{}", parse_float=Decimal)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(
-            400, f"request body is not valid JSON: {exc}", [("body", str(exc))]
-        ) from None
+    payload = parse_json(raw or b"{}")
+    require_storable_text(payload)
+    return payload
 
 
 def _model(model: type[M], payload: Any) -> M:

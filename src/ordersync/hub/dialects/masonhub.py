@@ -8,10 +8,8 @@ front of their FastAPI routes (see `_LeanListing`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Any
 from uuid import UUID
@@ -27,12 +25,11 @@ from starlette.types import Receive, Scope, Send
 from ordersync.domain import NewOrder, OrderStatus, ShipmentStatus, parse_rfc3339_ms
 from ordersync.hub.auth import masonhub_credential, masonhub_principal, principal_of
 from ordersync.hub.errors import ApiError, pydantic_errors
+from ordersync.hub.json_body import parse_json, text_errors
+from ordersync.hub.offsets import MAX_OFFSET, check_offset
 from ordersync.store.store import ListQuery, Page, Principal, Store
 
 MAX_BATCH = 100
-# The largest offset both databases take (a signed 64-bit integer); beyond it SQLite and
-# PostgreSQL fail with an overflow, which would surface as a 500.
-MAX_OFFSET = 2**63 - 1
 
 router = APIRouter(prefix="/api/v1", tags=["masonhub"])
 Caller = Annotated[Principal, Depends(masonhub_principal)]
@@ -52,8 +49,14 @@ def _listing(body: bytes) -> Response:
 
 # An async dependency: a plain `def` one would cost a thread-pool hop per request.
 async def _list_query(
+    request: Request,
     id: Annotated[list[UUID] | None, Query(max_length=30, description="1..30 ids")] = None,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Pagination offset")] = 0,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0, description=f"Pagination offset, at most {MAX_OFFSET} (hub setting max_offset)"
+        ),
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=100, description="Number of results")] = 30,
     sdt: Annotated[
         str | None, Query(description="Start date for the updated_at filter (RFC 3339, inclusive)")
@@ -68,6 +71,7 @@ async def _list_query(
         ),
     ] = None,
 ) -> ListQuery:
+    check_offset(offset, request.app.state.max_offset, re_anchor="updated_since")
     since = _since(sdt, updated_since)
     if after_id is not None and since is None:
         raise ApiError(
@@ -142,6 +146,12 @@ async def create_orders(request: Request, caller: Caller) -> Response:
     results: list[dict[str, Any]] = [{} for _ in items]
     valid: list[tuple[int, NewOrder]] = []
     for index, item in enumerate(items):
+        # Refused per item, before the store: text no database can hold used to fail the whole
+        # batch with a 500 after the valid items had been saved.
+        unstorable = text_errors(item)
+        if unstorable:
+            results[index] = _refused(item, unstorable)
+            continue
         try:
             valid.append((index, NewOrder.model_validate(item)))
         except ValidationError as exc:
@@ -187,6 +197,8 @@ async def create_orders(request: Request, caller: Caller) -> Response:
 
 def _refused(item: Any, errors: list[tuple[str, str]]) -> dict[str, Any]:
     identifier = item.get("customer_identifier") if isinstance(item, dict) else None
+    if text_errors(identifier):
+        identifier = None  # cannot be echoed back
     return {
         "customer_identifier": identifier,
         "status": "refused",
@@ -195,17 +207,7 @@ def _refused(item: Any, errors: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _json_array(raw: bytes) -> list[Any]:
-    try:
-        # Decimal for every JSON number with a fraction: a float would turn 0.1 into
-        # 0.1000000000000000055511151231257827 before the domain ever saw it.
-        parsed = json.loads(raw, parse_float=Decimal)
-    except (ValueError, RecursionError) as exc:
-        # RecursionError: arrays nested thousands deep exhaust the parser's stack; that is a
-        # malformed request, not a server fault. (UnicodeDecodeError is a ValueError.)
-        message = str(exc)
-        raise ApiError(
-            400, f"request body is not valid JSON: {message}", [("body", message)]
-        ) from None
+    parsed = parse_json(raw)
     if not isinstance(parsed, list):
         raise ApiError(
             422,
@@ -261,7 +263,7 @@ _SINGLE = frozenset({"offset", "limit", "sdt", "updated_since", "list_type", "af
 
 
 def _plain_listing(
-    items: list[tuple[str, str]], statuses: frozenset[str]
+    items: list[tuple[str, str]], statuses: frozenset[str], max_offset: int = MAX_OFFSET
 ) -> tuple[ListQuery, bool] | None:
     """(query, summary) from a query string FastAPI would accept as is, with the same values;
     None when in any doubt (the FastAPI route then decides, errors included)."""
@@ -284,7 +286,7 @@ def _plain_listing(
         # FastAPI ignores unknown parameters; so does this.
     if len(ids) > 30:
         return None
-    offset = _plain_int(single.get("offset", "0"), 0, MAX_OFFSET)
+    offset = _plain_int(single.get("offset", "0"), 0, max_offset)
     limit = _plain_int(single.get("limit", "30"), 1, 100)
     list_type = single.get("list_type", "detail")
     if offset is None or limit is None or list_type not in ("detail", "summary"):
@@ -304,6 +306,8 @@ def _plain_int(value: str, low: int, high: int) -> int | None:
     """A canonical decimal integer within [low, high] ("0", "42"; not "042", "+1", " 1")."""
     if not (value.isascii() and value.isdigit()) or (value[0] == "0" and value != "0"):
         return None
+    if len(value) > len(str(high)):
+        return None  # out of range; and int() refuses more than 4300 digits with a ValueError
     number = int(value)
     return number if low <= number <= high else None
 
@@ -324,7 +328,9 @@ class _LeanListing:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         plain = (
-            _plain_listing(request.query_params.multi_items(), self.statuses)
+            _plain_listing(
+                request.query_params.multi_items(), self.statuses, request.app.state.max_offset
+            )
             if scope["method"] == "GET"
             else None
         )

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from ordersync.domain import parse_rfc3339_ms
 from ordersync.hub.auth import tradecloud_principal
 from ordersync.hub.errors import ApiError, pydantic_errors
+from ordersync.hub.offsets import check_offset
 from ordersync.store.store import ListQuery, Principal, Store
 from ordersync.wire.tradecloud import LINE_STATUS, render_order, render_shipment
 
@@ -53,6 +54,7 @@ async def _poll_request(request: Request) -> tuple[PollRequest, ListQuery]:
         errors = pydantic_errors(exc.errors())
         status = 400 if any(e["type"] == "json_invalid" for e in exc.errors()) else 422
         raise ApiError(status, "request body is invalid", errors) from None
+    check_offset(poll.offset, request.app.state.max_offset, re_anchor="filters.lastUpdatedAfter")
     since = None
     if poll.filters.lastUpdatedAfter is not None:
         try:
