@@ -271,9 +271,12 @@ def running_hub(db: Path, workdir: Path, dialect: str = "masonhub") -> Iterator[
     command = [sys.executable, __file__, "_hub", "--db", f"sqlite:///{db}", "--port", str(port)]
     # HubRise's quotas (10 listing pages a minute) would measure the quota, not the agent.
     command += ["--quota", "/v1/@heavy=off", "--quota", "/v1/@all=off"]
+    # dlt's baseline pages by plain offset through the whole backlog: lift the hub's offset
+    # cap (10,000 by default) past any N measured here.
+    env = os.environ | {"ORDERSYNC_HUB_MAX_OFFSET": str(2**62)}
     with open(workdir / "hub.log", "wb") as hub_log:
         process = subprocess.Popen(
-            command, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True
+            command, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
     url = f"http://127.0.0.1:{port}"
     sampler = RssSampler(process.pid)

@@ -3,12 +3,13 @@ and mirrors the rest, `agent verify` and `agent status` name the quarantined rec
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
 
-import httpx
-
+from ordersync.domain import NewOrder
+from ordersync.store.store import Store
 from tests.acceptance.test_demo_and_agent_cli import ORDERSYNC, agent, write_config
 from tests.support import cli_token, hub_process, order_payload
 
@@ -19,13 +20,10 @@ def test_a_nul_sku_on_postgresql_no_longer_stalls_the_agent(tmp_path: Path, pg_u
     "not in sync: 1 quarantined" (exit 1) and status shows the count."""
     db = f"sqlite:///{tmp_path}/hub.db"
     token = cli_token(db)
+    # The hub refuses a NUL at its API (a 422); another platform may still serve one, so the
+    # record is written straight into the hub's store.
+    asyncio.run(_seed_with_a_nul_sku(db, token))
     with hub_process(db) as base:
-        orders = [order_payload(f"Q-{i}") for i in range(3)]
-        orders[1]["line_items"][0]["sku_customer_identifier"] = "SKU\u0000X"
-        created = httpx.post(
-            f"{base}/api/v1/orders", headers={"Authorization": f"Bearer {token}"}, json=orders
-        )
-        assert created.status_code == 201, created.text
         config = write_config(tmp_path / "agent.toml", f"{base}/api/v1")
         env = {
             **os.environ, "MASONHUB_TOKEN": token, "ORDERSYNC_SINK_URL": pg_url, "COLUMNS": "250"
@@ -53,3 +51,14 @@ def test_a_nul_sku_on_postgresql_no_longer_stalls_the_agent(tmp_path: Path, pg_u
         assert "quarantined (source)" in status.stdout
         rows = [line for line in status.stdout.splitlines() if "masonhub" in line]
         assert len(rows) == 2 and all(row.rstrip(" │").endswith("1") for row in rows)
+
+
+async def _seed_with_a_nul_sku(db: str, token: str) -> None:
+    store = await Store.open(db)
+    try:
+        orders = [order_payload(f"Q-{i}") for i in range(3)]
+        orders[1]["line_items"][0]["sku_customer_identifier"] = "SKU\u0000X"
+        principal = await store.authenticate(token)
+        await store.create_orders(principal, [NewOrder.model_validate(o) for o in orders])
+    finally:
+        await store.close()
