@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ordersync.agent.commands import agent_app
 from ordersync.errors import OrdersyncError
@@ -46,7 +47,7 @@ def _run(coro: object) -> object:
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except OrdersyncError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -149,7 +150,7 @@ def hub_serve(
     try:
         quotas = QuotaPolicy.from_specs(quota_specs, QuotaPolicy.hubrise_default())
     except OrdersyncError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
     settings = HubSettings.from_env(
@@ -225,7 +226,7 @@ def demo(
     try:
         code = main_exit_code(settings)
     except OrdersyncError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import func, select
 
@@ -167,7 +168,7 @@ def _introduce(
     curl = PLATFORMS[settings.dialect].curl.format(
         token=token, base_url=base_url, connection=CONNECTION
     )
-    console.print(f"poll it yourself: {curl}", soft_wrap=True)
+    console.print(f"poll it yourself: {escape(curl)}", soft_wrap=True)
 
 
 async def _mirror_live(
@@ -271,7 +272,7 @@ async def _drain(runtime: AgentRuntime, console: Console, attempts: int = 10) ->
             for engine in runtime.engines.values():
                 applied += (await engine.run_cycle()).applied
         except AgentError as exc:
-            console.print(f"drain cycle failed, retrying: {exc}", style="yellow")
+            console.print(f"drain cycle failed, retrying: {escape(str(exc))}", style="yellow")
             continue
         quiet = quiet + 1 if applied == 0 else 0
         if quiet >= 2:

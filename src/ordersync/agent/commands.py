@@ -13,6 +13,7 @@ from typing import Annotated, Any, cast
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ordersync.agent.config import AgentConfig, load_config
@@ -37,7 +38,7 @@ ConfigOption = Annotated[
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
+    err.print(f"[red]error:[/red] {escape(str(exc))}")
     return typer.Exit(2)
 
 
@@ -76,7 +77,7 @@ def run(
         finally:
             await runtime.close()
         for name, reason in runtime.stopped.items():
-            err.print(f"[red]source {name} stopped:[/red] {reason}")
+            err.print(f"[red]source {name} stopped:[/red] {escape(reason)}")
         return 3 if runtime.stopped else 0
 
     try:

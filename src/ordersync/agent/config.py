@@ -77,7 +77,9 @@ class SourceConfig(_Strict):
     token_env: str
     interval: float = Field(default=300, gt=0, description="seconds between polls")
     lookback: float = Field(default=120, ge=0, description="seconds re-read before the cursor")
-    page_size: int = Field(default=100, ge=1, le=100)
+    page_size: int = Field(
+        default=100, ge=2, le=100, description="one slot of each page re-checks the last"
+    )
     statuses: list[str] = Field(default_factory=list, description="status-based polling")
     streams: list[Stream] = Field(default_factory=lambda: list(STREAMS))
     auth: Auth | None = Field(default=None, description="default: the dialect's own scheme")
@@ -168,6 +170,8 @@ def load_config(path: Path, environ: Mapping[str, str] = os.environ) -> AgentCon
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigurationError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
     return parse_config(raw, environ, origin=str(path))
@@ -201,7 +205,7 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
     if "ORDERSYNC_SINK_URL" in environ:
         merged["sink"]["url"] = environ["ORDERSYNC_SINK_URL"]
     if "ORDERSYNC_AGENT_PORT" in environ:
-        merged["port"] = int(environ["ORDERSYNC_AGENT_PORT"])
+        merged["port"] = environ["ORDERSYNC_AGENT_PORT"]  # validated with the rest
     for source in merged["sources"]:
         prefix = f"ORDERSYNC_SOURCE_{str(source.get('name', '')).upper().replace('-', '_')}_"
         for key in (
