@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from ordersync.cli import app
+from tests.acceptance.test_demo_and_agent_cli import ORDERSYNC
 
 CONFIG = """
 [[sources]]
@@ -21,11 +21,15 @@ def test_a_config_error_names_the_source_in_brackets(tmp_path: Path) -> None:
     """`sources[masonhub].page_size` stays whole (rich markup used to eat `[masonhub]`)."""
     config = tmp_path / "agent.toml"
     config.write_text(CONFIG)
-    result = CliRunner().invoke(
-        app,
-        ["agent", "run", "--config", str(config), "--once"],
-        env={"MASONHUB_TOKEN": "x", "COLUMNS": "200"},
+    # A process of its own: `agent run` configures logging for the whole process.
+    result = subprocess.run(
+        [*ORDERSYNC, "agent", "run", "--config", str(config), "--once"],
+        env=os.environ | {"MASONHUB_TOKEN": "x", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    assert result.exit_code == 2
-    assert "sources[masonhub].page_size" in result.output
-    assert "Traceback" not in result.output
+    assert result.returncode == 2, result.stderr
+    assert "sources[masonhub].page_size" in result.stderr
+    assert "Traceback" not in result.stderr
