@@ -7,6 +7,7 @@
     ├── NotFound                    no such entity in this account
     ├── Conflict                    a uniqueness rule would break (duplicate customer_identifier)
     ├── AuthenticationFailed        missing or unknown credentials
+    ├── WriteTimedOut               a write outlived the commit-lag bound: rolled back, retry
     └── ConfigurationError          settings or command-line input that cannot work
 
 The hub maps each to an HTTP status and `error_type`; the CLI prints their message without a
@@ -44,6 +45,12 @@ class Conflict(OrdersyncError):
 
 class AuthenticationFailed(OrdersyncError):
     pass
+
+
+class WriteTimedOut(OrdersyncError):
+    """A write transaction ran past the hub's write deadline (or a statement timeout) and
+    was rolled back, so that no commit ever becomes visible later than the advertised bound.
+    Nothing was changed; the request may be retried."""
 
 
 class ConfigurationError(OrdersyncError):

@@ -253,9 +253,11 @@ async def test_concurrent_moves_keep_versions_feed_and_totals_exact(
     page = await store.list_orders(principal.account_id, ListQuery(since=0), summary=True)
     assert page.total == 8
     assert {(item["status"], item["version"]) for item in page.items} == {("packed", 4)}
-    for since in (EPOCH, EPOCH + 1, EPOCH + MINUTE, EPOCH + MINUTE + 1):
+    # The clock stands still: each version is stamped 1 ms after the previous one (the third
+    # move of each order at EPOCH + MINUTE + 2).
+    for since in (EPOCH, EPOCH + 1, EPOCH + MINUTE, EPOCH + MINUTE + 2, EPOCH + MINUTE + 3):
         query = ListQuery(since=since, statuses=("packed",))
-        expected = 8 if since <= EPOCH + MINUTE else 0
+        expected = 8 if since <= EPOCH + MINUTE + 2 else 0
         assert (await store.list_orders(principal.account_id, query)).total == expected
 
 

@@ -3,21 +3,41 @@
 Each write is one transaction that bumps `version`, stamps `updated_at` from the hub clock,
 rewrites the entity's JSON document, appends to `changes` and moves the entity in the
 `update_counts` buckets. A crash at any line leaves either all of that or none of it.
+
+Time: each version's `updated_at` is strictly greater than the previous version's
+(`max(clock, previous + 1)`), whatever the clock of the host that writes it. A write must
+commit within `write_timeout_ms` of its start (so of its stamps): past that it is rolled back
+(`WriteTimedOut`), and on PostgreSQL `statement_timeout` and
+`idle_in_transaction_session_timeout` cut a statement or an idle transaction at the same bound.
+A commit therefore becomes visible at most about `commit_lag_ms(write_timeout_ms)` after its
+stamp; the hub advertises that bound (`X-Ordersync-Commit-Lag-Ms`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Integer, Row, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Row,
+    bindparam,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ordersync.domain import (
@@ -32,7 +52,7 @@ from ordersync.domain import (
     now_ms,
     stamp_change,
 )
-from ordersync.errors import AuthenticationFailed, NotFound
+from ordersync.errors import AuthenticationFailed, NotFound, WriteTimedOut
 from ordersync.store.counts import CountDeltas, bucket_params, bucket_total_query, exact_until
 from ordersync.store.engine import (
     DatabaseURL,
@@ -40,6 +60,7 @@ from ordersync.store.engine import (
     create_engines,
     parse_database_url,
 )
+from ordersync.store.events import allocate_event_ids
 from ordersync.store.tables import accounts, changes, connections, orders, shipments
 
 Clock = Callable[[], int]
@@ -47,6 +68,17 @@ TOKEN_PREFIX = "osk_"
 # SQLite listings up to this offset and without a status filter run on the event loop's thread
 # (see `_list`); larger ones in a reader thread.
 _SQLITE_INLINE_MAX_OFFSET = 1_000
+# How long a write transaction may take from its start (its stamps) to its commit.
+DEFAULT_WRITE_TIMEOUT_MS = 5_000
+# What host clocks may disagree by (NTP keeps them far closer); part of the advertised lag.
+CLOCK_SKEW_ALLOWANCE_MS = 1_000
+
+
+def commit_lag_ms(write_timeout_ms: int) -> int:
+    """The longest a committed version can take to become visible after its `updated_at`:
+    the write deadline, checked just before COMMIT, plus the COMMIT itself (cut by
+    `statement_timeout` = the same bound), plus the clock-skew allowance between hosts."""
+    return 2 * write_timeout_ms + CLOCK_SKEW_ALLOWANCE_MS
 
 
 @dataclass(frozen=True)
@@ -77,6 +109,9 @@ class Page:
 
     items: list[Any]
     total: int
+    # Each item's event id (the change that made its version; None if none was recorded),
+    # for the dialects to render as an extension field.
+    event_ids: list[int | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -98,31 +133,73 @@ class Store:
     """Async access to the hub database. Build with `await Store.open(url)`."""
 
     def __init__(
-        self, url: DatabaseURL, reader: AsyncEngine, writer: AsyncEngine, clock: Clock
+        self,
+        url: DatabaseURL,
+        reader: AsyncEngine,
+        writer: AsyncEngine,
+        clock: Clock,
+        *,
+        write_timeout_ms: int = DEFAULT_WRITE_TIMEOUT_MS,
     ) -> None:
         self.url = url
         self.reader = reader
         self.writer = writer
         self.clock = clock
+        self.write_timeout_ms = write_timeout_ms
         # SQLite: listings read through plain sqlite3 connections, at most one thread hop.
         self._sqlite_reads = (
             SqliteReadPool(url, reader.dialect) if url.backend == "sqlite" else None
         )
 
     @classmethod
-    async def open(cls, url: str, *, clock: Clock = now_ms, migrate: bool = True) -> Store:
-        store = cls.connect(url, clock=clock)
+    async def open(
+        cls,
+        url: str,
+        *,
+        clock: Clock = now_ms,
+        migrate: bool = True,
+        write_timeout_ms: int = DEFAULT_WRITE_TIMEOUT_MS,
+    ) -> Store:
+        store = cls.connect(url, clock=clock, write_timeout_ms=write_timeout_ms)
         if migrate:
             await store.migrate()
         return store
 
     @classmethod
-    def connect(cls, url: str, *, clock: Clock = now_ms) -> Store:
+    def connect(
+        cls, url: str, *, clock: Clock = now_ms, write_timeout_ms: int = DEFAULT_WRITE_TIMEOUT_MS
+    ) -> Store:
         """The store of `url` without any I/O yet: connections open on first use, in the event
         loop that uses them. Call `migrate()` before serving from a new database."""
         parsed = parse_database_url(url)
         reader, writer = create_engines(parsed)
-        return cls(parsed, reader, writer, clock)
+        if parsed.backend == "postgresql":
+            _bound_sessions(writer, write_timeout_ms)
+        return cls(parsed, reader, writer, clock, write_timeout_ms=write_timeout_ms)
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that commits within `write_timeout_ms` of its start or not at
+        all: past the deadline (or on a statement/idle timeout) it is rolled back and
+        `WriteTimedOut` raised, so that no version becomes visible later than the advertised
+        commit lag after its stamp. Stamps are read after `started`, so none is older."""
+        try:
+            async with self.writer.begin() as conn:
+                started = self.clock()
+                yield conn
+                took = self.clock() - started
+                if took > self.write_timeout_ms:
+                    raise WriteTimedOut(
+                        f"the write took {took} ms, past the hub's {self.write_timeout_ms} ms "
+                        "deadline, and was rolled back; retry it"
+                    )
+        except DBAPIError as exc:
+            if _timed_out(exc):
+                raise WriteTimedOut(
+                    f"the write hit the database's {self.write_timeout_ms} ms timeout and was "
+                    "rolled back; retry it"
+                ) from None
+            raise
 
     async def migrate(self) -> None:
         """Create or upgrade the tables."""
@@ -273,7 +350,7 @@ class Store:
                 rows = list((await conn.execute(statements.page, params)).all())
                 total = rows[0][-1] if rows else await conn.scalar(statements.total, params)
         items = [_summary(kind, row) for row in rows] if summary else [row[0] for row in rows]
-        return Page(items, int(total or 0))
+        return Page(items, int(total or 0), [row[-2] for row in rows])
 
     async def versions(self, account_id: int, kind: str) -> dict[str, int]:
         """Every id of `kind` ("order" or "shipment") in the account with its version: the
@@ -318,7 +395,7 @@ class Store:
         account_id = principal.account_id
         wanted = [i.customer_identifier for i in items if _storable(i.customer_identifier)]
         results: list[CreateResult] = []
-        async with self.writer.begin() as conn:
+        async with self._writing() as conn:
             taken = set(
                 (
                     await conn.scalars(
@@ -357,6 +434,11 @@ class Store:
                 deltas.add(account_id, "order", order.status, stamp, +1)
                 results.append(CreateResult(item.customer_identifier, order))
             if order_rows:
+                event_ids = await allocate_event_ids(conn, len(order_rows))
+                for order_row, change_row, event_id in zip(
+                    order_rows, change_rows, event_ids, strict=True
+                ):
+                    order_row["event_id"] = change_row["event_id"] = event_id
                 await conn.execute(insert(orders), order_rows)
                 await conn.execute(insert(changes), change_rows)
                 await deltas.apply(conn)
@@ -381,20 +463,24 @@ class Store:
         change: Callable[[Order], Order],
         event_type: str,
     ) -> Order:
-        async with self.writer.begin() as conn:
+        async with self._writing() as conn:
             row = await _locked_row(conn, orders, account_id, order_id, "order")
             before = Order.model_validate_json(row.doc)
-            stamp = max(self.clock(), int(row.updated_at))
+            stamp = _next_stamp(self.clock(), row)
             after = stamp_change(
                 before,
                 change(before),
                 format_rfc3339(stamp),
                 principal.connection_name if principal else None,
             )
+            (event_id,) = await allocate_event_ids(conn, 1)
             await conn.execute(
                 update(orders)
                 .where(orders.c.id == order_id)
-                .values(_order_row(after, account_id, int(row.created_at), stamp, principal))
+                .values(
+                    _order_row(after, account_id, int(row.created_at), stamp, principal)
+                    | {"event_id": event_id}
+                )
             )
             await _record_change(
                 conn,
@@ -405,13 +491,14 @@ class Store:
                 principal,
                 stamp,
                 (str(row.status), int(row.updated_at)),
+                event_id,
             )
         return after
 
     async def create_shipment(
         self, principal: Principal | None, account_id: int, new: NewShipment
     ) -> Shipment:
-        async with self.writer.begin() as conn:
+        async with self._writing() as conn:
             order_row = await _locked_row(conn, orders, account_id, new.order_id, "order")
             stamp = self.clock()
             shipment = Shipment(
@@ -422,23 +509,33 @@ class Store:
                 created_at=format_rfc3339(stamp),
                 updated_at=format_rfc3339(stamp),
             )
+            (event_id,) = await allocate_event_ids(conn, 1)
             await conn.execute(
                 insert(shipments).values(
                     _shipment_row(shipment, account_id, stamp, stamp, principal)
+                    | {"event_id": event_id}
                 )
             )
             await _record_change(
-                conn, "shipment", account_id, shipment, "shipment.created", principal, stamp, None
+                conn,
+                "shipment",
+                account_id,
+                shipment,
+                "shipment.created",
+                principal,
+                stamp,
+                None,
+                event_id,
             )
         return shipment
 
     async def transition_shipment(
         self, principal: Principal | None, account_id: int, shipment_id: str, target: ShipmentStatus
     ) -> Shipment:
-        async with self.writer.begin() as conn:
+        async with self._writing() as conn:
             row = await _locked_row(conn, shipments, account_id, shipment_id, "shipment")
             before = Shipment.model_validate_json(row.doc)
-            stamp = max(self.clock(), int(row.updated_at))
+            stamp = _next_stamp(self.clock(), row)
             after = before.model_copy(
                 update={
                     "status": target,
@@ -446,10 +543,14 @@ class Store:
                     "updated_at": format_rfc3339(stamp),
                 }
             )
+            (event_id,) = await allocate_event_ids(conn, 1)
             await conn.execute(
                 update(shipments)
                 .where(shipments.c.id == shipment_id)
-                .values(_shipment_row(after, account_id, int(row.created_at), stamp, principal))
+                .values(
+                    _shipment_row(after, account_id, int(row.created_at), stamp, principal)
+                    | {"event_id": event_id}
+                )
             )
             await _record_change(
                 conn,
@@ -460,6 +561,7 @@ class Store:
                 principal,
                 stamp,
                 (str(row.status), int(row.updated_at)),
+                event_id,
             )
         return after
 
@@ -522,6 +624,7 @@ def _list_statements(
         if summary
         else [c.doc]
     )
+    columns.append(c.event_id)  # next to last: `Page.event_ids`
     # `total` is uncorrelated: SQLite and PostgreSQL evaluate it once per statement, not per row.
     page_where = list(where)
     if has_after:  # the keyset continuation skips the anchor's rows up to after_id
@@ -626,9 +729,13 @@ async def _record_change(
     principal: Principal | None,
     stamp: int,
     before: tuple[str, int] | None,
+    event_id: int,
 ) -> None:
     await conn.execute(
-        insert(changes).values(_change_row(account_id, kind, entity, event_type, principal, stamp))
+        insert(changes).values(
+            _change_row(account_id, kind, entity, event_type, principal, stamp)
+            | {"event_id": event_id}
+        )
     )
     deltas = CountDeltas()
     if before is None:
@@ -636,6 +743,36 @@ async def _record_change(
     else:
         deltas.move(account_id, kind, before, (entity.status, stamp))
     await deltas.apply(conn)
+
+
+def _next_stamp(now: int, row: Row[Any]) -> int:
+    """The next version's `updated_at`: strictly after the previous one's, even when the
+    writing host's clock is behind the host that wrote it (or the clock did not move)."""
+    return max(now, int(row.updated_at) + 1)
+
+
+# query_canceled (statement_timeout) and idle_in_transaction_session_timeout
+_TIMEOUT_SQLSTATES = frozenset({"57014", "25P03"})
+
+
+def _timed_out(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _TIMEOUT_SQLSTATES
+
+
+def _bound_sessions(engine: AsyncEngine, timeout_ms: int) -> None:
+    """Every PostgreSQL session of `engine` cuts a statement, and a transaction left idle, at
+    `timeout_ms`: a commit can then never become visible long after its stamp, and no hub
+    connection can hold the event log's frontier (the cluster's xmin) back for long."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET statement_timeout = {int(timeout_ms)}")
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {int(timeout_ms)}")
+        cursor.close()
+        dbapi_connection.autocommit = autocommit
 
 
 def _order_row(

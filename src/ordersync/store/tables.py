@@ -56,6 +56,9 @@ orders = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("updated_by", Integer, ForeignKey("connections.id"), nullable=True),
     Column("doc", Text, nullable=False),
+    # The event id of the change that made this version (see `ordersync.store.events`);
+    # NULL only for rows no change was ever recorded for.
+    Column("event_id", BigInteger, nullable=True),
     UniqueConstraint("account_id", "customer_identifier", name="uq_orders_customer_identifier"),
     Index("ix_orders_account_updated", "account_id", "updated_at", "id"),
     Index("ix_orders_account_status_updated", "account_id", "status", "updated_at", "id"),
@@ -75,12 +78,15 @@ shipments = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("updated_by", Integer, ForeignKey("connections.id"), nullable=True),
     Column("doc", Text, nullable=False),
+    Column("event_id", BigInteger, nullable=True),  # as orders.event_id
     Index("ix_shipments_account_updated", "account_id", "updated_at", "id"),
     Index("ix_shipments_account_status_updated", "account_id", "status", "updated_at", "id"),
     Index("ix_shipments_order", "order_id"),
 )
 
 # The change feed (ARCHITECTURE.md, "The hub"): one row per write, in the write's transaction.
+# `event_id` is its commit-ordered id: a follower reading "after id X" below the log's frontier
+# can never miss a row that commits later with a smaller id (proof in `ordersync.store.events`).
 changes = Table(
     "changes",
     metadata,
@@ -94,7 +100,19 @@ changes = Table(
     Column("event_type", String(40), nullable=False),
     Column("connection_id", Integer, ForeignKey("connections.id"), nullable=True),
     Column("created_at", BigInteger, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
     Index("ix_changes_account_seq", "account_id", "seq"),
+    Index("ix_changes_account_event", "account_id", "event_id"),
+    Index("ix_changes_event", "event_id", unique=True),
+)
+
+# The event log's one row of state: every event id up to `pruned_through` has been pruned
+# (retention); a follower positioned below it has missed events and must resync.
+event_log = Table(
+    "event_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("pruned_through", BigInteger, nullable=False),
 )
 
 # Row counts per (kind, status, time bucket), kept in each write's transaction so that the
@@ -137,7 +155,8 @@ private_refs = Table(
 )
 
 # HubRise passive callbacks: at most one per connection. Its events are the `changes` rows of
-# other connections with `seq > watermark` that have no row in `callback_acks`; the watermark
+# other connections with `event_id > watermark` that have no row in `callback_acks` (whose
+# `seq` column holds event ids since migration 0006_event_log); the watermark
 # moves over acknowledged runs, and the ack rows below it are deleted. See
 # `ordersync.store.hubrise`.
 callbacks = Table(
