@@ -153,16 +153,20 @@ def hub_serve(
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
-    settings = HubSettings.from_env(
-        db_url=db,
-        host=host,
-        port=port,
-        simulate_rate=simulate,
-        simulate_seed=seed,
-        simulate_account=account,
-        max_body_bytes=max_body_bytes,
-        quotas=quotas,
-    )
+    try:
+        settings = HubSettings.from_env(
+            db_url=db,
+            host=host,
+            port=port,
+            simulate_rate=simulate,
+            simulate_seed=seed,
+            simulate_account=account,
+            max_body_bytes=max_body_bytes,
+            quotas=quotas,
+        )
+    except OrdersyncError as exc:  # an ORDERSYNC_HUB_* variable that is not a number
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     if workers > 1 and simulate:
         err.print("[red]error:[/red] run the simulator in a single-worker hub")
         raise typer.Exit(2)

@@ -454,7 +454,7 @@ def test_callback_listing_stays_right_after_many_out_of_order_acks(hub: Hub) -> 
 
     async def settle() -> tuple[int, list[str]]:
         store = await Store.open(hub.db_url, migrate=False)
-        queries = HubRiseStore(store, settle_ms=0)
+        queries = HubRiseStore(store)
         principal = await store.authenticate(hub.tokens["acker"])
         for event_id in order[30:]:
             await queries.acknowledge(principal, int(event_id))

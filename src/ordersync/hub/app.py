@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -19,8 +21,9 @@ from ordersync.hub.offsets import offset_cap
 from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.hub.simulator import Simulation
+from ordersync.store.events import DAY_MS, EventLog, prune_forever
 from ordersync.store.hubrise import HubRiseStore
-from ordersync.store.store import Store
+from ordersync.store.store import Store, commit_lag_ms
 
 API_PREFIXES = ("/api/", "/v2/", "/v1/")
 
@@ -34,10 +37,15 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     """
     owned = store is None
     hub_store = (
-        Store.connect(settings.db_url, clock=late_commit_clock(now_ms, settings.faults))
+        Store.connect(
+            settings.db_url,
+            clock=late_commit_clock(_skewed(now_ms, settings.clock_skew_ms), settings.faults),
+            write_timeout_ms=settings.write_timeout_ms,
+        )
         if store is None
         else store
     )
+    event_log = EventLog(hub_store, retention_ms=int(settings.event_retention_days * DAY_MS))
 
     simulation = Simulation(hub_store, settings) if settings.simulate_rate > 0 else None
 
@@ -48,7 +56,15 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
                 await hub_store.migrate()
             if simulation is not None:
                 await simulation.start()
-            yield
+            pruning = asyncio.ensure_future(
+                prune_forever(event_log, settings.event_prune_interval_s)
+            )
+            try:
+                yield
+            finally:
+                pruning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruning
         finally:
             if simulation is not None:
                 await simulation.stop()
@@ -67,6 +83,9 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.state.store = hub_store
     app.state.max_offset = offset_cap(settings.max_offset)
     app.state.hubrise_store = HubRiseStore(hub_store)
+    app.state.event_log = event_log
+    # Listings advertise it (X-Ordersync-Commit-Lag-Ms); the agent's default lookback.
+    app.state.commit_lag_ms = commit_lag_ms(hub_store.write_timeout_ms)
     app.state.warehouse = simulation  # runs while the lifespan does
     install_error_handlers(app)
     app.include_router(masonhub.router)
@@ -83,3 +102,10 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     install_rate_limits(app, settings, hub_store)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _skewed(clock: Callable[[], int], skew_ms: int) -> Callable[[], int]:
+    """TEST ONLY (HubSettings.clock_skew_ms): this hub's clock, off by `skew_ms`."""
+    if not skew_ms:
+        return clock
+    return lambda: clock() + skew_ms

@@ -26,7 +26,9 @@ from ordersync.errors import (
     InvalidTransition,
     NotFound,
     ValidationFailed,
+    WriteTimedOut,
 )
+from ordersync.store.events import PositionPruned
 
 log = structlog.get_logger("ordersync.hub")
 
@@ -39,11 +41,13 @@ _TYPE_BY_STATUS = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "unprocessable_entity",
     429: "too_many_requests",
     500: "internal_error",
+    503: "unavailable",
 }
 
 
@@ -58,6 +62,7 @@ class ApiError(Exception):
         *,
         error_type: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -65,16 +70,34 @@ class ApiError(Exception):
         self.errors = errors or []
         self.error_type = error_type or _TYPE_BY_STATUS.get(status, "error")
         self.headers = headers
+        self.extra = extra or {}  # more members of the body (e.g. `head` of a 410)
 
 
 def error_response(error: ApiError) -> Response:
     body: dict[str, Any] = {"error_type": error.error_type, "message": error.message}
     if error.errors:
         body["errors"] = [{"field": f, "message": m} for f, m in error.errors]
+    body.update(error.extra)
     headers = dict(error.headers or {})
     if error.status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
     return Response(orjson.dumps(body), error.status, headers, media_type="application/json")
+
+
+def write_timed_out(exc: WriteTimedOut) -> ApiError:
+    """503: the write was rolled back (nothing changed) and may be retried at once."""
+    return ApiError(503, str(exc), error_type="write_timeout", headers={"Retry-After": "1"})
+
+
+def position_pruned(exc: PositionPruned) -> ApiError:
+    """410: the follower's position is older than the retention; its body says how to resync."""
+    return ApiError(
+        410,
+        str(exc),
+        [("after", f"must be at least {exc.pruned_through} (the pruned horizon)")],
+        error_type="position_pruned",
+        extra={"head": exc.head, "pruned_through": exc.pruned_through},
+    )
 
 
 def pydantic_errors(raw: list[Any], *, drop_prefix: int = 0) -> FieldErrors:
@@ -114,6 +137,10 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(ApiError(409, str(exc)))
         if isinstance(exc, InvalidTransition):
             return error_response(ApiError(422, str(exc), [("status", str(exc))]))
+        if isinstance(exc, WriteTimedOut):
+            return error_response(write_timed_out(exc))
+        if isinstance(exc, PositionPruned):
+            return error_response(position_pruned(exc))
         assert isinstance(exc, ValidationFailed)
         return error_response(ApiError(422, str(exc), exc.errors))
 
@@ -136,6 +163,14 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for exc_type in (NotFound, AuthenticationFailed, Conflict, InvalidTransition, ValidationFailed):
+    for exc_type in (
+        NotFound,
+        AuthenticationFailed,
+        Conflict,
+        InvalidTransition,
+        ValidationFailed,
+        WriteTimedOut,
+        PositionPruned,
+    ):
         app.add_exception_handler(exc_type, on_domain)
     app.add_exception_handler(Exception, on_unexpected)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ordersync.errors import ConfigurationError
 from ordersync.hub import DEFAULT_DB_URL
 from ordersync.hub.faults import FaultSettings
 from ordersync.hub.offsets import MAX_OFFSET
@@ -29,6 +30,17 @@ class HubSettings:
     quotas: QuotaPolicy = field(default_factory=QuotaPolicy.hubrise_default)
     quota_store: str = "auto"  # auto (memory on SQLite, SQL on PostgreSQL) | memory | sql
     quota_clock: Callable[[], float] = time.time  # tests cross quota windows without waiting
+    # Event log retention: events older than this are pruned (a follower positioned before
+    # them gets 410 position_pruned); each worker prunes every `event_prune_interval_s`.
+    event_retention_days: float = 30.0
+    event_prune_interval_s: float = 300.0
+    # A write must commit within this of its start, else it is rolled back (503); also the
+    # PostgreSQL statement_timeout and idle_in_transaction_session_timeout. The advertised
+    # commit lag (X-Ordersync-Commit-Lag-Ms) is derived from it (store.commit_lag_ms).
+    write_timeout_ms: int = 5_000
+    # TEST ONLY: shift this hub's clock by so many ms (positive: ahead), to run hubs whose
+    # clocks disagree. Never set it in production.
+    clock_skew_ms: int = 0
 
     @classmethod
     def from_env(cls, **overrides: object) -> HubSettings:
@@ -47,5 +59,26 @@ class HubSettings:
             )
         if "ORDERSYNC_HUB_QUOTA_STORE" in env:
             values["quota_store"] = env["ORDERSYNC_HUB_QUOTA_STORE"]
+        for key, name, kind in _NUMBERS:
+            if name in env:
+                values[key] = _number(name, env[name], kind)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+_NUMBERS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
+    ("event_retention_days", "ORDERSYNC_HUB_EVENT_RETENTION_DAYS", float),
+    ("event_prune_interval_s", "ORDERSYNC_HUB_EVENT_PRUNE_INTERVAL_S", float),
+    ("write_timeout_ms", "ORDERSYNC_HUB_WRITE_TIMEOUT_MS", int),
+    ("clock_skew_ms", "ORDERSYNC_HUB_CLOCK_SKEW_MS", int),
+)
+
+
+def _number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
+    if name != "ORDERSYNC_HUB_CLOCK_SKEW_MS" and not value > 0:
+        raise ConfigurationError(f"{name}={raw!r} must be positive")
+    return value

@@ -219,16 +219,12 @@ class EventLog:
         deleted = 0
         while True:
             async with self.store.writer.begin() as conn:
-                pruned_through = int(
-                    await conn.scalar(_PRUNED_THROUGH.with_for_update()) or 0
-                )
+                pruned_through = int(await conn.scalar(_PRUNED_THROUGH.with_for_update()) or 0)
                 edge = await frontier(conn)
                 rows = (
                     await conn.execute(
                         select(changes.c.event_id, changes.c.created_at)
-                        .where(
-                            changes.c.event_id > pruned_through, changes.c.event_id < edge
-                        )
+                        .where(changes.c.event_id > pruned_through, changes.c.event_id < edge)
                         .order_by(changes.c.event_id)
                         .limit(batch)
                     )

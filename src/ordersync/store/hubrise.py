@@ -3,11 +3,18 @@ callbacks and their events. It reads and writes through the `Store`'s engines an
 changes an order: private refs and callback bookkeeping are not changes (no version bump, no
 `changes` row), so other connections see nothing of them.
 
-A callback's events are the `changes` rows of its account with `seq > watermark`, made by another
-connection (or by the hub itself, `connection_id` NULL), of a subscribed kind and type, and not
-acknowledged. An acknowledgement is a row in `callback_acks`; the watermark then moves over the
-run of acknowledged events above it and the ack rows below it are deleted, so the anti-join of
-the listing stays as small as the client's out-of-order acks.
+A callback's events are the `changes` rows of its account with `event_id > watermark`, made by
+another connection (or by the hub itself, `connection_id` NULL), of a subscribed kind and type,
+and not acknowledged; an event's id is its event-log id (`ordersync.store.events`), the same
+id the listings and the event log show for that change. An acknowledgement is a row in
+`callback_acks`; the watermark then moves over the run of acknowledged events above it and the
+ack rows below it are deleted, so the anti-join of the listing stays as small as the client's
+out-of-order acks.
+
+Events are listed as soon as they are visible, but the watermark only moves below the event
+log's frontier: an event below it is final, so no event the watermark passes can still appear
+(on PostgreSQL a transaction with a smaller id may commit after a larger one was acknowledged;
+it is then above the frontier, and the watermark waits for it).
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ordersync.errors import Conflict, NotFound
+from ordersync.store.events import frontier
 from ordersync.store.store import Principal, Store
 from ordersync.store.tables import (
     accounts,
@@ -39,12 +47,6 @@ from ordersync.store.tables import (
 EVENTS_PAGE = 100
 EVENT_KINDS = ("order", "shipment")
 EVENT_TYPES = ("create", "update")
-# How old an acknowledged change must be before the watermark may pass it. On PostgreSQL a
-# transaction takes its `seq` when it inserts and becomes visible when it commits, so a smaller
-# seq can appear after a larger one was served and acknowledged; a watermark that had already
-# passed it would hide that event for good. Transactions here last milliseconds; a minute is
-# far beyond any of them.
-SETTLE_MS = 60_000
 _LOCATION_CACHE_SECONDS = 10.0
 
 
@@ -81,6 +83,7 @@ class OrderRow:
     created_at: int
     doc: str
     private_ref: str | None
+    event_id: int | None = None  # the change that made this version (event log id)
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class Callback:
 
 @dataclass(frozen=True)
 class Event:
-    seq: int
+    seq: int  # the change's event id (`changes.event_id`)
     kind: str
     entity_id: str
     version: int
@@ -103,9 +106,8 @@ class Event:
 
 
 class HubRiseStore:
-    def __init__(self, store: Store, *, settle_ms: int = SETTLE_MS) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.settle_ms = settle_ms
         self._locations: dict[int, tuple[float, Location]] = {}
 
     # -- accounts --------------------------------------------------------------------------
@@ -150,7 +152,7 @@ class HubRiseStore:
         else:
             joined = orders.outerjoin(refs, refs.c.entity_id == c.id)
         statement = (
-            select(c.id, c.created_at, c.doc, refs.c.ref)
+            select(c.id, c.created_at, c.doc, refs.c.ref, c.event_id)
             .select_from(joined)
             .where(*where)
             .order_by(c.created_at.desc(), c.id.desc())
@@ -158,7 +160,7 @@ class HubRiseStore:
         )
         async with self.store.reader.connect() as conn:
             rows = (await conn.execute(statement)).all()
-        return [OrderRow(str(r[0]), int(r[1]), str(r[2]), r[3]) for r in rows]
+        return [OrderRow(str(r[0]), int(r[1]), str(r[2]), r[3], r[4]) for r in rows]
 
     async def get_order(self, principal: Principal, order_id: str) -> OrderRow:
         c = orders.c
@@ -166,14 +168,14 @@ class HubRiseStore:
         async with self.store.reader.connect() as conn:
             row = (
                 await conn.execute(
-                    select(c.id, c.created_at, c.doc, refs.c.ref)
+                    select(c.id, c.created_at, c.doc, refs.c.ref, c.event_id)
                     .select_from(orders.outerjoin(refs, refs.c.entity_id == c.id))
                     .where(c.account_id == principal.account_id, c.id == order_id)
                 )
             ).first()
         if row is None:
             raise NotFound(f"no order with id {order_id}")
-        return OrderRow(str(row[0]), int(row[1]), str(row[2]), row[3])
+        return OrderRow(str(row[0]), int(row[1]), str(row[2]), row[3], row[4])
 
     # -- private refs ----------------------------------------------------------------------
 
@@ -243,28 +245,37 @@ class HubRiseStore:
         subscription = orjson.dumps({k: sorted(set(v)) for k, v in sorted(events.items())})
         stamp = self.store.clock()
         async with self.store.writer.begin() as conn:
-            latest = await conn.scalar(
-                select(func.coalesce(func.max(changes.c.seq), 0)).where(
-                    changes.c.account_id == principal.account_id
-                )
-            )
-            # One upsert: two concurrent first POSTs cannot both insert, and a replacement
-            # keeps the watermark (and so the pending events) of the callback it replaces.
-            await conn.execute(
+            # Events are kept from now on: the watermark is the frontier (every event below it
+            # is final), and the events already visible above it are acknowledged up front. A
+            # transaction with a smaller id that commits later is neither, so it is delivered.
+            latest = await frontier(conn) - 1
+            # Insert-or-nothing: two concurrent first POSTs cannot both insert, and a
+            # replacement keeps the watermark (and so the pending events) of the one it replaces.
+            created = await conn.execute(
                 _upsert(conn, callbacks)
                 .values(
                     connection_id=principal.connection_id,
                     account_id=principal.account_id,
                     events=subscription.decode(),
-                    watermark=int(latest or 0),
+                    watermark=latest,
                     created_at=stamp,
                     updated_at=stamp,
                 )
-                .on_conflict_do_update(
-                    index_elements=["connection_id"],
-                    set_={"events": subscription.decode(), "updated_at": stamp},
-                )
+                .on_conflict_do_nothing(index_elements=["connection_id"])
             )
+            if created.rowcount:
+                visible = select(literal(principal.connection_id), changes.c.event_id).where(
+                    changes.c.account_id == principal.account_id, changes.c.event_id > latest
+                )
+                await conn.execute(
+                    insert(callback_acks).from_select(["connection_id", "seq"], visible)
+                )
+            else:
+                await conn.execute(
+                    update(callbacks)
+                    .where(callbacks.c.connection_id == principal.connection_id)
+                    .values(events=subscription.decode(), updated_at=stamp)
+                )
             callback = await _callback(conn, principal.connection_id)
         assert callback is not None
         return callback
@@ -291,7 +302,7 @@ class HubRiseStore:
                 await conn.execute(
                     _event_columns()
                     .where(*_pending(principal, callback))
-                    .order_by(changes.c.seq)
+                    .order_by(changes.c.event_id)
                     .limit(limit)
                 )
             ).all()
@@ -304,7 +315,9 @@ class HubRiseStore:
                 raise NotFound("this connection has no callback; POST /v1/callback first")
             rows = (
                 await conn.execute(
-                    _event_columns().where(*_pending(principal, callback), changes.c.seq == seq)
+                    _event_columns().where(
+                        *_pending(principal, callback), changes.c.event_id == seq
+                    )
                 )
             ).all()
             if not rows:
@@ -335,19 +348,14 @@ class HubRiseStore:
     async def _advance_watermark(
         self, conn: AsyncConnection, principal: Principal, callback: Callback
     ) -> None:
-        c = changes.c
+        # Every event below the frontier is final; below the first pending one, each is either
+        # acknowledged or not this callback's. The watermark may pass all of those.
         first_open = await conn.scalar(
-            select(func.min(c.seq)).where(*_pending(principal, callback))
+            select(func.min(changes.c.event_id)).where(*_pending(principal, callback))
         )
-        settled = [
-            c.account_id == principal.account_id,
-            c.seq > callback.watermark,
-            c.created_at <= self.store.clock() - self.settle_ms,
-        ]
-        if first_open is not None:
-            settled.append(c.seq < first_open)
-        target = await conn.scalar(select(func.max(c.seq)).where(*settled))
-        if target is None or target <= callback.watermark:
+        edge = await frontier(conn)
+        target = (edge if first_open is None else min(edge, int(first_open))) - 1
+        if target <= callback.watermark:
             return
         me = principal.connection_id
         await conn.execute(
@@ -397,7 +405,7 @@ async def _callback(
 
 def _event_columns() -> Any:
     c = changes.c
-    return select(c.seq, c.entity_kind, c.entity_id, c.version, c.event_type, c.created_at)
+    return select(c.event_id, c.entity_kind, c.entity_id, c.version, c.event_type, c.created_at)
 
 
 def _pending(principal: Principal, callback: Callback) -> list[ColumnElement[bool]]:
@@ -412,10 +420,10 @@ def _pending(principal: Principal, callback: Callback) -> list[ColumnElement[boo
         elif set(types) == {"update"}:
             condition = and_(condition, c.event_type != created)
         subscribed.append(condition)
-    acked = exists().where(callback_acks.c.connection_id == me, callback_acks.c.seq == c.seq)
+    acked = exists().where(callback_acks.c.connection_id == me, callback_acks.c.seq == c.event_id)
     return [
         c.account_id == principal.account_id,
-        c.seq > callback.watermark,
+        c.event_id > callback.watermark,
         or_(c.connection_id.is_(None), c.connection_id != me),
         or_(*subscribed),
         ~acked,

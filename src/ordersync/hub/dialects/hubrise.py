@@ -7,6 +7,11 @@ ISO 8601 in the account's time zone, days of the week are DOW text. Errors have 
 refs belong to the connection that set them. Passive callbacks list the changes made by other
 connections until they are acknowledged. `X-Http-Method-Override` turns a POST into a PATCH,
 PUT or DELETE and is refused on a GET.
+
+ordersync extension: each listed order carries `event_id` (as a string, like HubRise ids): the
+id of the change that made its version, which is also the `id` of that change's callback event;
+`GET /v1/location/events?after=<id>&count=100` follows the event log (see
+`ordersync.hub.event_feed`), advertised on the order listing by `X-Ordersync-Events`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ordersync.domain import check_transition
-from ordersync.errors import InvalidTransition, NotFound, ValidationFailed
+from ordersync.errors import InvalidTransition, NotFound, ValidationFailed, WriteTimedOut
 from ordersync.hub.auth import hubrise_principal
 from ordersync.hub.dialects.hubrise_shapes import (
     STATUS_IN,
@@ -46,11 +51,14 @@ from ordersync.hub.dialects.hubrise_types import (
     parse_time,
     zone,
 )
-from ordersync.hub.errors import ApiError
+from ordersync.hub.errors import ApiError, position_pruned, write_timed_out
+from ordersync.hub.event_feed import MAX_EVENT_ID, MAX_EVENTS_PAGE, extension_headers, read_events
 from ordersync.hub.json_body import parse_json, require_storable_text
+from ordersync.store.events import PositionPruned
 from ordersync.store.hubrise import (
     EVENT_KINDS,
     EVENT_TYPES,
+    Event,
     HubRiseStore,
     Location,
     OrderQuery,
@@ -60,6 +68,7 @@ from ordersync.store.store import Principal, Store
 
 PREFIX = "/v1"
 MAX_COUNT = 100
+EVENTS_PATH = "/v1/location/events"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -82,6 +91,7 @@ def hubrise_error(error: ApiError) -> Response:
         body = {"error_type": error.error_type, "message": error.message}
         if error.errors:
             body["errors"] = [{"field": f, "message": m} for f, m in error.errors]
+        body.update(error.extra)
     return Response(orjson.dumps(body), error.status, error.headers, media_type="application/json")
 
 
@@ -105,6 +115,12 @@ def _as_api_error(exc: Exception) -> ApiError | None:
         return ApiError(422, str(exc), [("private_ref", str(exc))])
     if isinstance(exc, ValidationFailed):
         return ApiError(422, str(exc), exc.errors)
+    if isinstance(exc, WriteTimedOut):
+        return write_timed_out(exc)
+    if isinstance(exc, PositionPruned):
+        error = position_pruned(exc)
+        error.extra = {k: str(v) for k, v in error.extra.items()}  # HubRise ids are strings
+        return error
     return None
 
 
@@ -257,6 +273,7 @@ async def list_orders(
     rows = [] if query.statuses == () else await queries.list_orders(caller, query)
     page, more = rows[:count], len(rows) > count
     headers = {"X-Cursor-Next": encode_cursor(page[-1].created_at, page[-1].id)} if more else {}
+    headers |= extension_headers(request.app.state, EVENTS_PATH)
     body = orjson.dumps([render_row(row, location) for row in page])
     return _conditional(request, body, headers)
 
@@ -442,3 +459,48 @@ async def acknowledge_event(request: Request, caller: Caller, event_id: str) -> 
     location = await queries.location(caller.account_id)
     event = await queries.acknowledge(caller, _event_seq(event_id))
     return _json(render_event(event, location))
+
+
+# -- the event log (ordersync extension) -------------------------------------------------------
+
+
+@router.get(
+    "/location/events",
+    summary="ordersync extension: the event log, every change in commit order",
+    description="Events after `after` (an event id; 0: from the start) in id order, in the "
+    "shape of callback events plus `connection` and `ordersync_event_type`; continue with "
+    "`after=next_after`: no event is missed, each is served once. `new_state` is the entity "
+    "at the event's version, null when a later version superseded it. A position older than "
+    "the retention answers 410 `position_pruned` with the `head` to follow from after a "
+    "resync.",
+)
+async def list_log_events(
+    request: Request,
+    caller: Caller,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_EVENT_ID, description="the last event id seen; 0: the start")
+    ] = 0,
+    count: Annotated[int, Query(ge=1, le=MAX_EVENTS_PAGE, description="1..100")] = MAX_EVENTS_PAGE,
+) -> Response:
+    location = await _hubrise(request).location(caller.account_id)
+    page = await read_events(request, caller, after, count)
+    events = []
+    for e in page.events:
+        kind_created = f"{e.kind}.created"
+        shown = Event(
+            e.event_id,
+            e.kind,
+            e.entity_id,
+            e.version,
+            "create" if e.event_type == kind_created else "update",
+            e.created_at,
+            e.doc,
+            None,
+        )
+        rendered = render_event(shown, location)
+        if rendered["new_state"] is not None and e.kind == "order":
+            rendered["new_state"]["event_id"] = str(e.event_id)
+        rendered |= {"connection": e.connection, "ordersync_event_type": e.event_type}
+        events.append(rendered)
+    body = {"events": events, "next_after": str(page.next_after), "head": str(page.head)}
+    return _json(body)

@@ -31,7 +31,11 @@ def clean_message(message: str) -> str:
 
 
 def render_row(row: OrderRow, location: Location) -> dict[str, Any]:
-    return render_order(orjson.loads(row.doc), location, row.private_ref)
+    """The order with its event id as an ordersync extension field (`event_id`, a string like
+    HubRise's ids: the `id` of the callback event of the change that made this version)."""
+    rendered = render_order(orjson.loads(row.doc), location, row.private_ref)
+    rendered["event_id"] = None if row.event_id is None else str(row.event_id)
+    return rendered
 
 
 # -- request bodies ----------------------------------------------------------------------------

@@ -22,9 +22,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ordersync.domain import NewOrder, OrderStatus, ShipmentStatus, parse_rfc3339_ms
+from ordersync.domain import (
+    NewOrder,
+    OrderStatus,
+    ShipmentStatus,
+    format_rfc3339,
+    parse_rfc3339_ms,
+)
 from ordersync.hub.auth import masonhub_credential, masonhub_principal, principal_of
 from ordersync.hub.errors import ApiError, pydantic_errors
+from ordersync.hub.event_feed import (
+    MAX_EVENT_ID,
+    MAX_EVENTS_PAGE,
+    extension_headers,
+    read_events,
+    with_event_id,
+)
 from ordersync.hub.json_body import parse_json, text_errors
 from ordersync.hub.offsets import MAX_OFFSET, check_offset
 from ordersync.store.store import ListQuery, Page, Principal, Store
@@ -39,12 +52,15 @@ def _json(body: bytes, status: int = 200) -> Response:
     return Response(body, status, media_type="application/json")
 
 
-# Listings tell clients they may continue with `after_id` instead of an offset in a tie group.
+# Listings tell clients they may continue with `after_id` instead of an offset in a tie group,
+# and where the event log is (see `ordersync.hub.event_feed`).
 KEYSET_HEADER = {"X-Ordersync-Keyset": "after_id"}
+EVENTS_PATH = "/api/v1/events"
 
 
-def _listing(body: bytes) -> Response:
-    return Response(body, 200, KEYSET_HEADER, media_type="application/json")
+def _listing(body: bytes, state: Any) -> Response:
+    headers = KEYSET_HEADER | extension_headers(state, EVENTS_PATH)
+    return Response(body, 200, headers, media_type="application/json")
 
 
 # An async dependency: a plain `def` one would cost a thread-pool hop per request.
@@ -109,7 +125,15 @@ ListType = Annotated[str, Query(pattern="^(detail|summary)$", description="detai
 
 
 def _envelope(page: Page, query: ListQuery, summary: bool) -> bytes:
-    data = orjson.dumps(page.items) if summary else b"[" + ",".join(page.items).encode() + b"]"
+    # Each record carries its event id (an ordersync extension field, `event_id`).
+    ids = page.event_ids or [None] * len(page.items)
+    if summary:
+        data = orjson.dumps(
+            [item | {"event_id": eid} for item, eid in zip(page.items, ids, strict=True)]
+        )
+    else:
+        docs = [with_event_id(doc, eid) for doc, eid in zip(page.items, ids, strict=True)]
+        data = b"[" + ",".join(docs).encode() + b"]"
     tail = f',"total":{page.total},"offset":{query.offset},"limit":{query.limit}}}'
     return b'{"data":' + data + tail.encode()
 
@@ -126,7 +150,7 @@ async def list_orders(
     query = _with_statuses(listing, status)
     summary = list_type == "summary"
     page = await store.list_orders(caller.account_id, query, summary=summary)
-    return _listing(_envelope(page, query, summary))
+    return _listing(_envelope(page, query, summary), request.app.state)
 
 
 @router.get("/orders/{order_id}", summary="Get one order")
@@ -233,13 +257,54 @@ async def list_shipments(
     query = _with_statuses(listing, status)
     summary = list_type == "summary"
     page = await store.list_shipments(caller.account_id, query, summary=summary)
-    return _listing(_envelope(page, query, summary))
+    return _listing(_envelope(page, query, summary), request.app.state)
 
 
 @router.get("/shipments/{shipment_id}", summary="Get one shipment")
 async def get_shipment(request: Request, caller: Caller, shipment_id: UUID) -> Response:
     store: Store = request.app.state.store
     return _json((await store.get_shipment_doc(caller.account_id, str(shipment_id))).encode())
+
+
+@router.get(
+    "/events",
+    summary="ordersync extension: the event log, every change in commit order",
+    description="Events after `after` (an event id; 0: from the start) in id order. Continue "
+    "with `after=next_after`: no event is ever missed, each is served once. `entity` is the "
+    "entity at the event's version, or null when a later version superseded it (then GET "
+    "`entity_url`). A position older than the retention answers 410 `position_pruned` with the "
+    "`head` to follow from after a resync.",
+)
+async def list_events(
+    request: Request,
+    caller: Caller,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_EVENT_ID, description="the last event id seen; 0: the start")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_EVENTS_PAGE, description="1..100")] = 100,
+) -> Response:
+    page = await read_events(request, caller, after, limit)
+    data = []
+    for e in page.events:
+        plural = "orders" if e.kind == "order" else "shipments"
+        data.append(
+            {
+                "event_id": e.event_id,
+                "kind": e.kind,
+                "entity_id": e.entity_id,
+                "version": e.version,
+                "event_type": e.event_type,
+                "connection": e.connection,
+                "created_at": format_rfc3339(e.created_at),
+                "entity": None
+                if e.doc is None
+                else orjson.Fragment(with_event_id(e.doc, e.event_id)),
+                "entity_url": f"/api/v1/{plural}/{e.entity_id}",
+                "current_version": e.current_version,
+            }
+        )
+    body = {"data": data, "next_after": page.next_after, "head": page.head, "limit": limit}
+    return _json(orjson.dumps(body))
 
 
 def _with_statuses(query: ListQuery, statuses: list[Any] | None) -> ListQuery:
@@ -343,7 +408,7 @@ class _LeanListing:
         store: Store = request.app.state.store
         caller = await principal_of(scope, store, masonhub_credential)
         page = await self.list_page(store, caller.account_id, query, summary)
-        await _listing(_envelope(page, query, summary))(scope, receive, send)
+        await _listing(_envelope(page, query, summary), request.app.state)(scope, receive, send)
 
 
 def _install_lean_listing(

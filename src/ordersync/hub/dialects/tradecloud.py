@@ -6,6 +6,11 @@ use the same lastUpdatedAfter again"), results ascend by `lastUpdatedAt`, and th
 `lastUpdatedAt` is that of the last order returned. Timestamps are exactly
 `YYYY-MM-DDThh:mm:ss.SSSZ`. Each order names the connection that made its last change
 (`lastUpdatedBy`), so a client can recognise the echo of its own writes.
+
+ordersync extension: each polled order and shipment carries `eventId` (the event id of the
+change that made its version), and `POST /v2/event/poll` with `{"afterEventId", "limit"}`
+follows the event log (see `ordersync.hub.event_feed`); poll responses advertise it with
+`X-Ordersync-Events` and `X-Ordersync-Commit-Lag-Ms`.
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from ordersync.domain import parse_rfc3339_ms
+from ordersync.domain import format_rfc3339, parse_rfc3339_ms
 from ordersync.hub.auth import tradecloud_principal
 from ordersync.hub.errors import ApiError, pydantic_errors
+from ordersync.hub.event_feed import MAX_EVENT_ID, MAX_EVENTS_PAGE, extension_headers, read_events
 from ordersync.hub.offsets import check_offset
 from ordersync.store.store import ListQuery, Principal, Store
 from ordersync.wire.tradecloud import LINE_STATUS, render_order, render_shipment
 
 router = APIRouter(prefix="/v2", tags=["tradecloud"])
+EVENTS_PATH = "/v2/event/poll"
 
 
 Caller = Annotated[Principal, Depends(tradecloud_principal)]
@@ -87,20 +94,30 @@ def _matching_statuses(filters: Filters) -> tuple[str, ...] | None:
     )
 
 
-def _page_body(items: list[dict[str, Any]], total: int) -> Response:
+def _page_body(request: Request, items: list[dict[str, Any]], total: int) -> Response:
     body = {
         "data": items,
         "total": total,
         "lastUpdatedAt": items[-1]["lastUpdatedAt"] if items else None,
     }
-    return Response(orjson.dumps(body), media_type="application/json")
+    headers = extension_headers(request.app.state, EVENTS_PATH)
+    return Response(orjson.dumps(body), headers=headers, media_type="application/json")
+
+
+def _with_event_id(rendered: dict[str, Any], event_id: int | None) -> dict[str, Any]:
+    rendered["eventId"] = event_id  # the ordersync extension field
+    return rendered
 
 
 async def _orders(request: Request, caller: Principal) -> Response:
     _, query = await _poll_request(request)
     store: Store = request.app.state.store
     page = await store.list_orders(caller.account_id, query)
-    return _page_body([render_order(orjson.loads(d)) for d in page.items], page.total)
+    items = [
+        _with_event_id(render_order(orjson.loads(d)), e)
+        for d, e in zip(page.items, page.event_ids or [None] * len(page.items), strict=True)
+    ]
+    return _page_body(request, items, page.total)
 
 
 @router.post("/order-search/poll", summary="Poll orders changed after lastUpdatedAfter")
@@ -122,7 +139,58 @@ async def poll_shipments(request: Request, caller: Caller) -> Response:
         )
     store: Store = request.app.state.store
     page = await store.list_shipments(caller.account_id, query)
-    return _page_body([render_shipment(orjson.loads(d)) for d in page.items], page.total)
+    items = [
+        _with_event_id(render_shipment(orjson.loads(d)), e)
+        for d, e in zip(page.items, page.event_ids or [None] * len(page.items), strict=True)
+    ]
+    return _page_body(request, items, page.total)
+
+
+class EventPollRequest(_Strict):
+    afterEventId: int = Field(default=0, ge=0, le=MAX_EVENT_ID)
+    limit: int = Field(default=MAX_EVENTS_PAGE, ge=1, le=MAX_EVENTS_PAGE)
+
+
+@router.post(
+    "/event/poll",
+    summary="ordersync extension: poll the event log, every change in commit order",
+    description="Events after `afterEventId` (0: from the start) in id order; continue with "
+    "`afterEventId = nextAfterEventId`: no event is missed, each is served once. `entity` is "
+    "the order or shipment at the event's version, null when a later version superseded it. "
+    "A position older than the retention answers 410 `position_pruned` with the `head` to "
+    "follow from after a resync.",
+)
+async def poll_events(request: Request, caller: Caller) -> Response:
+    raw = await request.body()
+    try:
+        poll = EventPollRequest.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        errors = pydantic_errors(exc.errors())
+        status = 400 if any(e["type"] == "json_invalid" for e in exc.errors()) else 422
+        raise ApiError(status, "request body is invalid", errors) from None
+    page = await read_events(request, caller, poll.afterEventId, poll.limit)
+    data = []
+    for e in page.events:
+        entity = None
+        if e.doc is not None:
+            render = render_order if e.kind == "order" else render_shipment
+            entity = _with_event_id(render(orjson.loads(e.doc)), e.event_id)
+        data.append(
+            {
+                "eventId": e.event_id,
+                "kind": e.kind,
+                "entityId": e.entity_id,
+                "version": e.version,
+                "eventType": e.event_type,
+                "lastUpdatedBy": e.connection,
+                "createdAt": format_rfc3339(e.created_at),
+                "entity": entity,
+                "entityUrl": f"/v2/order/{e.entity_id}" if e.kind == "order" else None,
+                "currentVersion": e.current_version,
+            }
+        )
+    body = {"data": data, "nextAfterEventId": page.next_after, "headEventId": page.head}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get("/order/{order_id}", summary="Get one order (the webhook GET flavour)")
