@@ -164,12 +164,19 @@ class ApiClient:
     async def probe(self, method: str, endpoint: str, params: Params = (), body: Any = None) -> int:
         """One attempt, no retries, no quota spent: the status the platform answers (preflight
         checks the URL and the token with it). `Unreachable` when nothing answers in time."""
+        status, _ = await self.probe_response(method, endpoint, params, body)
+        return status
+
+    async def probe_response(
+        self, method: str, endpoint: str, params: Params = (), body: Any = None
+    ) -> tuple[int, httpx.Headers]:
+        """`probe`, with the answer's headers (what the platform advertises, e.g. its lag)."""
         url = self.base_url + endpoint
         try:
             response, _ = await self._abortable(self._exchange(method, url, params, body))
         except _NoAnswer as exc:
             raise Unreachable(f"{self.source}: no answer from {url} ({exc})") from exc
-        return response.status_code
+        return response.status_code, response.headers
 
     def abort(self) -> None:
         """The agent is stopping: calls in flight end with `RequestAborted`, wherever they are

@@ -8,7 +8,7 @@
     base_url = "http://127.0.0.1:8080/api/v1"
     token_env = "MASONHUB_TOKEN"
     interval = 300
-    lookback = 120
+    lookback = 120                   # unset: ordersync's hub's advertised commit lag, else 120
     page_size = 100
 
     [[sources]]                      # Tradecloud (/v2): Basic auth as the connection
@@ -76,7 +76,14 @@ class SourceConfig(_Strict):
     base_url: str
     token_env: str
     interval: float = Field(default=300, gt=0, description="seconds between polls")
-    lookback: float = Field(default=120, ge=0, description="seconds re-read before the cursor")
+    # Unset, against ordersync's hub: the commit lag the hub advertises (preflight, see
+    # `platforms.advertised_lookback_ms`); elsewhere 120 s.
+    lookback: float = Field(
+        default=120,
+        ge=0,
+        description="seconds re-read before the cursor (default: the hub's advertised "
+        "commit lag, else 120)",
+    )
     page_size: int = Field(
         default=100, ge=2, le=100, description="one slot of each page re-checks the last"
     )

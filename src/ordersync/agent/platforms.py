@@ -4,7 +4,7 @@ how its sources and feeds are built. A new platform is one `Platform` here plus 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,6 +50,26 @@ class Platform:
     curl: str = ""  # how to poll it by hand: {token}, {base_url}, {connection}
 
 
+# ordersync's hub advertises on its listings how late a commit can become visible after its
+# `updated_at` (README, "Event log"). Any other platform does not send it.
+COMMIT_LAG_HEADER = "X-Ordersync-Commit-Lag-Ms"
+_MAX_ADVERTISED_LAG_MS = 3_600_000  # an hour: anything larger is not believed
+
+
+def advertised_lookback_ms(source: SourceConfig, headers: Mapping[str, str]) -> int | None:
+    """The lookback to use instead of the default when the platform is ordersync's hub (its
+    preflight answer advertises the commit lag) and the configuration did not set `lookback`
+    (in the file or the environment): re-reading exactly that far back catches every late
+    commit the hub allows, instead of the generic 120 s. None: keep the configured value."""
+    if "lookback" in source.model_fields_set:
+        return None
+    raw = headers.get(COMMIT_LAG_HEADER)
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 10:
+        return None
+    lag = int(raw)
+    return lag if 0 < lag <= _MAX_ADVERTISED_LAG_MS else None
+
+
 def _listing(settings_of: SourceConfig) -> ListingSettings:
     return ListingSettings(
         lookback_ms=int(settings_of.lookback * 1000), page_size=settings_of.page_size
@@ -90,6 +110,7 @@ PLATFORMS: dict[str, Platform] = {
         "masonhub",
         "/api/v1",
         "bearer",
+        # A listing: it answers with the hub's X-Ordersync-Commit-Lag-Ms, if any.
         Preflight("GET", "/orders", {"limit": 1, "list_type": "summary"}),
         _masonhub,
         curl="curl -H 'Authorization: Bearer {token}' "

@@ -29,9 +29,10 @@ from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
 from ordersync.agent.engine import StreamStatus, SyncEngine
 from ordersync.agent.errors import AuthError, RequestAborted, Unreachable
+from ordersync.agent.feeds.listing import ListingFeed
 from ordersync.agent.lease import POLL_SECONDS, Lease, acquire, shown
 from ordersync.agent.metrics import AgentMetrics
-from ordersync.agent.platforms import PLATFORMS
+from ordersync.agent.platforms import PLATFORMS, advertised_lookback_ms
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
 from ordersync.domain.timestamps import format_rfc3339, now_ms
@@ -129,7 +130,9 @@ async def preflight(runtime: AgentRuntime) -> None:
         platform = PLATFORMS[next(s.dialect for s in runtime.config.sources if s.name == name)]
         check = platform.preflight
         try:
-            status = await client.probe(check.method, check.path, check.params, check.body)
+            status, headers = await client.probe_response(
+                check.method, check.path, check.params, check.body
+            )
         except Unreachable as exc:
             raise ConfigurationError(
                 f"source {name!r}: cannot reach {client.base_url} ({exc.__cause__}); "
@@ -146,6 +149,12 @@ async def preflight(runtime: AgentRuntime) -> None:
                 "base_url should end with the API root, e.g. "
                 f"http://127.0.0.1:8080{platform.api_root}"
             )
+        source = next(s for s in runtime.config.sources if s.name == name)
+        lookback = advertised_lookback_ms(source, headers)
+        if lookback is not None:
+            for feed in engine.feeds:
+                if isinstance(feed, ListingFeed):
+                    feed.lookback_ms = lookback
 
 
 def api_client(engine: SyncEngine) -> ApiClient:
