@@ -43,17 +43,24 @@ between can only make the answer a (safe) 410, never a page with a hole.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import and_, bindparam, delete, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ordersync.store.tables import changes, connections, event_log, orders, shipments
 
-if TYPE_CHECKING:
-    from ordersync.store.store import Store
+
+class Store(Protocol):
+    """What the log needs of `ordersync.store.store.Store` (which imports this module)."""
+
+    reader: AsyncEngine
+    writer: AsyncEngine
+    clock: Callable[[], int]
+
 
 log = structlog.get_logger("ordersync.hub")
 
