@@ -29,6 +29,10 @@ class HubSettings:
     quotas: QuotaPolicy = field(default_factory=QuotaPolicy.hubrise_default)
     quota_store: str = "auto"  # auto (memory on SQLite, SQL on PostgreSQL) | memory | sql
     quota_clock: Callable[[], float] = time.time  # tests cross quota windows without waiting
+    # Logging of `hub serve` (each worker configures its own): the access log is at info.
+    access_log: bool = False  # `hub serve` turns it on; in-process hubs (demo, bench) stay quiet
+    log_level: str = "info"
+    log_format: str = "json"  # json | console
 
     @classmethod
     def from_env(cls, **overrides: object) -> HubSettings:
@@ -45,6 +49,10 @@ class HubSettings:
             values["quotas"] = QuotaPolicy.from_specs(
                 env["ORDERSYNC_HUB_QUOTAS"], QuotaPolicy.hubrise_default()
             )
+        if "ORDERSYNC_HUB_FAULTS" in env:
+            values["faults"] = FaultSettings.parse(env["ORDERSYNC_HUB_FAULTS"])
+        if "ORDERSYNC_HUB_LOG_LEVEL" in env:
+            values["log_level"] = env["ORDERSYNC_HUB_LOG_LEVEL"].lower()
         if "ORDERSYNC_HUB_QUOTA_STORE" in env:
             values["quota_store"] = env["ORDERSYNC_HUB_QUOTA_STORE"]
         values.update({k: v for k, v in overrides.items() if v is not None})
