@@ -25,6 +25,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ordersync.hub.metrics import UNMATCHED, HubMetrics
+from ordersync.hub.ratelimit import request_method
 
 log = structlog.get_logger("ordersync.hub.access")
 _SECRET_NAME = re.compile(r"token|key|secret|passw|signature|auth", re.IGNORECASE)
@@ -82,8 +83,9 @@ class AccessLog:
     def _record(
         self, scope: Scope, state: dict[str, Any], response: dict[str, Any], seconds: float
     ) -> None:
-        method, status = str(scope["method"]), int(response["status"])
-        route = self._route(scope)
+        # The method the request means: HubRise lets a POST say PATCH (X-Http-Method-Override).
+        method, status = request_method(scope), int(response["status"])
+        route = self._route({**scope, "method": method})
         self.metrics.observe(method, route, status, seconds, bool(response["quota"]))
         if not self.log:
             return
