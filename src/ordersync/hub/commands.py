@@ -328,6 +328,7 @@ def hub_serve(
     from ordersync.hub.faults import FaultSettings
     from ordersync.hub.serve import bind_socket, serve
     from ordersync.hub.settings import HubSettings
+    from ordersync.loops import loop_name
     from ordersync.quotas import QuotaPolicy
     from ordersync.store.engine import parse_database_url
     from ordersync.store.migrate import upgrade
@@ -361,6 +362,7 @@ def hub_serve(
             log_format=fmt,
         )
         database = parse_database_url(settings.db_url)
+        loop_name()  # ORDERSYNC_LOOP is checked here, not in a worker
     except (OrdersyncError, ValueError) as exc:
         fail(str(exc), EXIT_INVALID)
 

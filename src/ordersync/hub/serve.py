@@ -30,6 +30,7 @@ from ordersync.hub.app import create_app
 from ordersync.hub.metrics import MULTIPROC_ENV
 from ordersync.hub.settings import HubSettings
 from ordersync.logs import configure_logging
+from ordersync.loops import loop_name
 
 
 def worker_app(settings: HubSettings) -> FastAPI:
@@ -46,6 +47,7 @@ def uvicorn_config(settings: HubSettings, workers: int = 1) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         workers=workers,
+        loop=loop_name(),  # ORDERSYNC_LOOP: uvloop where available, else asyncio's loop
         # uvicorn's own lines: errors only; requests are logged by hub/access_log.py.
         log_level="error",
         access_log=False,
