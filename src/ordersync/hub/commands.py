@@ -64,6 +64,16 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def shown_url(db: str) -> str:
+    """The database URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(db).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: parse_database_url refuses it before this is shown
+        return db
+
+
 def database_problem(db: str, exc: BaseException) -> str:
     """The first line of a driver's complaint, with the likely cause for SQLite files."""
     from sqlalchemy.engine import make_url
@@ -79,10 +89,9 @@ def database_problem(db: str, exc: BaseException) -> str:
                 hint = f" (the directory {folder} does not exist)"
             elif not os.access(folder, os.W_OK):
                 hint = f" (the directory {folder} is not writable)"
-        shown = url.render_as_string(hide_password=True)
     except Exception:  # an unparsable URL never gets this far: parse_database_url refuses it
-        shown = db
-    return f"cannot open the hub database {shown}: {first}{hint}"
+        pass
+    return f"cannot open the hub database {shown_url(db)}: {first}{hint}"
 
 
 def run_db(db: str, coro: Coroutine[Any, Any, T]) -> T:
@@ -380,7 +389,7 @@ def hub_serve(
 
     def ready() -> None:
         err.print(
-            f"hub serving {database.given} on http://{host}:{port}/api/v1"
+            f"hub serving {shown_url(database.given)} on http://{host}:{port}/api/v1"
             + (f" (simulating {simulate} orders/s for account {account!r})" if simulate else "")
             + (" with injected faults" if settings.faults.any else "")
             + (f", {workers} workers" if workers > 1 else "")
