@@ -101,7 +101,8 @@ def test_serve_writes_nothing_to_the_environment(
         monkeypatch.delenv(name)
     served: list[tuple[HubSettings, int]] = []
     monkeypatch.setattr(
-        "ordersync.hub.serve.serve", lambda settings, workers: served.append((settings, workers))
+        "ordersync.hub.serve.serve",
+        lambda settings, workers, **_: served.append((settings, workers)),
     )
     before = dict(os.environ)
     db = f"sqlite:///{tmp_path}/hub.db"

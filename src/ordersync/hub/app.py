@@ -12,16 +12,19 @@ from starlette.responses import Response
 
 from ordersync import __version__
 from ordersync.domain import now_ms
+from ordersync.hub.access_log import AccessLog
 from ordersync.hub.body_limit import BodySizeLimit
 from ordersync.hub.dialects import hubrise, masonhub, tradecloud
 from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
+from ordersync.hub.metrics import HubMetrics
 from ordersync.hub.nul_guard import NulGuard
 from ordersync.hub.offsets import offset_cap
 from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.hub.simulator import Simulation
 from ordersync.store.events import DAY_MS, EventLog, prune_forever
+from ordersync.hub.status_page import install_operator_pages
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.store import Store, commit_lag_ms
 
@@ -91,6 +94,8 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.include_router(masonhub.router)
     app.include_router(tradecloud.router)
     hubrise.install(app)  # router under /v1 and its X-Http-Method-Override middleware
+    metrics = HubMetrics()
+    install_operator_pages(app, settings, metrics)  # /status, /status.json, /metrics
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -101,6 +106,10 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
         app.add_middleware(FaultInjector, settings=settings.faults, prefixes=API_PREFIXES)
     install_rate_limits(app, settings, hub_store)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outermost: it logs and measures what every layer above answered (413, 429, faults).
+    app.add_middleware(
+        AccessLog, metrics=metrics, routes=lambda: app.router.routes, log=settings.access_log
+    )
     return app
 
 

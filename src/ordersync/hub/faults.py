@@ -1,8 +1,9 @@
 """Fault injection: the imperfections a real platform has, on demand (off by default).
 
 Integrations must survive server errors, 429 bursts, slow responses, connections dropped
-mid-response and commits that become visible late. Tests, benchmarks and `ordersync demo
---faults` turn these on; `FaultSettings()` with its defaults injects nothing.
+mid-response and commits that become visible late. Tests, benchmarks, `ordersync demo
+--faults` and `ordersync hub serve --faults PROFILE|SPEC` turn these on; `FaultSettings()`
+with its defaults injects nothing.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ordersync.errors import ConfigurationError
 from ordersync.hub.errors import ApiError, error_response
 
 
@@ -41,9 +44,80 @@ class FaultSettings:
             seed=seed,
         )
 
+    @classmethod
+    def parse(cls, text: str) -> FaultSettings:
+        """`hub serve --faults`: profiles and KEY=VALUE items, comma-separated, applied left to
+        right (`demo,latency=0` is the demo profile without latency). See `PROFILES`, `_KEYS`."""
+        settings = cls()
+        for raw in text.split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            key, eq, value = item.partition("=")
+            key = key.strip().lower()
+            if not eq:
+                if key not in PROFILES:
+                    raise ConfigurationError(
+                        f"--faults: unknown profile {item!r}; use one of {', '.join(PROFILES)}"
+                        f" or KEY=VALUE with KEY in {', '.join(_KEYS)}"
+                    )
+                settings = replace(PROFILES[key], seed=settings.seed)
+                continue
+            if key not in _KEYS:
+                raise ConfigurationError(
+                    f"--faults: unknown key {key!r} in {item!r}; use {', '.join(_KEYS)}"
+                )
+            field_name, kind = _KEYS[key]
+            changes: dict[str, Any] = {field_name: _fault_value(item, value.strip(), kind)}
+            settings = replace(settings, **changes)
+        return settings
+
+    @property
+    def any(self) -> bool:
+        return self.any_http or bool(self.late_commit_rate and self.late_commit_ms)
+
     @property
     def any_http(self) -> bool:
         return bool(self.error_rate or self.throttle_rate or self.latency_ms or self.reset_rate)
+
+
+PROFILES: dict[str, FaultSettings] = {
+    "off": FaultSettings(),
+    "demo": FaultSettings.demo(),
+    "errors": FaultSettings(error_rate=0.1),
+    "throttle": FaultSettings(throttle_rate=0.2, throttle_retry_after=2),
+    "slow": FaultSettings(latency_ms=1000),
+    "resets": FaultSettings(reset_rate=0.05),
+    "late": FaultSettings(late_commit_rate=0.2, late_commit_ms=3000),
+}
+
+# --faults KEY -> (FaultSettings field, "rate" 0..1 | "int" >= 0)
+_KEYS: dict[str, tuple[str, str]] = {
+    "error": ("error_rate", "rate"),
+    "throttle": ("throttle_rate", "rate"),
+    "retry-after": ("throttle_retry_after", "int"),
+    "latency": ("latency_ms", "int"),
+    "reset": ("reset_rate", "rate"),
+    "late": ("late_commit_rate", "rate"),
+    "late-ms": ("late_commit_ms", "int"),
+    "seed": ("seed", "int"),
+}
+
+
+def _fault_value(item: str, text: str, kind: str) -> float | int:
+    try:
+        if kind == "int":
+            number = int(text.removesuffix("ms").removesuffix("s"))
+            if number < 0:
+                raise ValueError
+            return number
+        rate = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        if not 0 <= rate <= 1:
+            raise ValueError
+        return rate
+    except ValueError:
+        wanted = "a whole number >= 0" if kind == "int" else "a rate from 0 to 1, or 0% to 100%"
+        raise ConfigurationError(f"--faults: {item!r} needs {wanted}") from None
 
 
 class FaultInjector:

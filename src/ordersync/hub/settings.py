@@ -41,6 +41,10 @@ class HubSettings:
     # TEST ONLY: shift this hub's clock by so many ms (positive: ahead), to run hubs whose
     # clocks disagree. Never set it in production.
     clock_skew_ms: int = 0
+    # Logging of `hub serve` (each worker configures its own): the access log is at info.
+    access_log: bool = False  # `hub serve` turns it on; in-process hubs (demo, bench) stay quiet
+    log_level: str = "info"
+    log_format: str = "json"  # json | console
 
     @classmethod
     def from_env(cls, **overrides: object) -> HubSettings:
@@ -57,6 +61,10 @@ class HubSettings:
             values["quotas"] = QuotaPolicy.from_specs(
                 env["ORDERSYNC_HUB_QUOTAS"], QuotaPolicy.hubrise_default()
             )
+        if "ORDERSYNC_HUB_FAULTS" in env:
+            values["faults"] = FaultSettings.parse(env["ORDERSYNC_HUB_FAULTS"])
+        if "ORDERSYNC_HUB_LOG_LEVEL" in env:
+            values["log_level"] = env["ORDERSYNC_HUB_LOG_LEVEL"].lower()
         if "ORDERSYNC_HUB_QUOTA_STORE" in env:
             values["quota_store"] = env["ORDERSYNC_HUB_QUOTA_STORE"]
         for key, name, kind in _NUMBERS:

@@ -61,7 +61,7 @@ from ordersync.store.engine import (
     create_engines,
     parse_database_url,
 )
-from ordersync.store.events import allocate_event_ids
+from ordersync.store.events import allocate_event_ids, frontier
 from ordersync.store.tables import accounts, changes, connections, orders, shipments
 
 Clock = Callable[[], int]
@@ -124,6 +124,28 @@ class CreateResult:
     @property
     def created(self) -> bool:
         return self.order is not None
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """One issued token's row, as an operator sees it (never the token)."""
+
+    id: int
+    account: str
+    name: str
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    name: str
+    timezone: str
+    currency: str
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def hash_token(token: str) -> str:
@@ -281,6 +303,119 @@ class Store:
                 .values(revoked_at=self.clock())
             )
         return int(result.rowcount)
+
+    async def list_connections(self) -> list[ConnectionInfo]:
+        """Every connection (one row per token ever issued), by account then creation; the
+        token itself is never kept, so never listed."""
+        query = (
+            select(
+                connections.c.id,
+                accounts.c.name,
+                connections.c.name,
+                connections.c.created_at,
+                connections.c.revoked_at,
+            )
+            .join(accounts, accounts.c.id == connections.c.account_id)
+            .order_by(accounts.c.name, connections.c.created_at, connections.c.id)
+        )
+        async with self.reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            ConnectionInfo(int(r[0]), str(r[1]), str(r[2]), int(r[3]), _opt_int(r[4])) for r in rows
+        ]
+
+    async def rotate_token(self, account_name: str, connection_name: str) -> str:
+        """A new token for the connection's newest live row, its old token and any other live
+        one of that connection revoked, in one transaction: no instant where both work or
+        neither does. The row (its id) stays, so quotas, HubRise callbacks and private refs
+        keep following the connection. `NotFound` if it has no live token."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        live = (
+            select(connections.c.id)
+            .join(accounts, accounts.c.id == connections.c.account_id)
+            .where(
+                accounts.c.name == account_name,
+                connections.c.name == connection_name,
+                connections.c.revoked_at.is_(None),
+            )
+            .order_by(connections.c.created_at.desc(), connections.c.id.desc())
+            .with_for_update(of=connections)
+        )
+        async with self.writer.begin() as conn:
+            ids = [int(i) for i in (await conn.scalars(live)).all()]
+            if not ids:
+                raise NotFound(
+                    f"no live token for connection {connection_name!r} of account {account_name!r}"
+                )
+            await conn.execute(
+                update(connections)
+                .where(connections.c.id == ids[0])
+                .values(token_hash=hash_token(token))
+            )
+            if ids[1:]:
+                await conn.execute(
+                    update(connections)
+                    .where(connections.c.id.in_(ids[1:]))
+                    .values(revoked_at=self.clock())
+                )
+        return token
+
+    async def set_account(
+        self, name: str, *, timezone: str | None = None, currency: str | None = None
+    ) -> AccountInfo:
+        """Change an existing account's time zone and/or currency (validated by the caller);
+        `NotFound` names the accounts there are. Returns the account as it now is."""
+        values = {
+            k: v for k, v in (("timezone", timezone), ("currency", currency)) if v is not None
+        }
+        async with self.writer.begin() as conn:
+            if values:
+                await conn.execute(update(accounts).where(accounts.c.name == name).values(values))
+            row = (
+                await conn.execute(
+                    select(accounts.c.name, accounts.c.timezone, accounts.c.currency).where(
+                        accounts.c.name == name
+                    )
+                )
+            ).first()
+            if row is None:
+                known = (
+                    await conn.scalars(select(accounts.c.name).order_by(accounts.c.name))
+                ).all()
+                listed = ", ".join(map(str, known)) or "none yet"
+                raise NotFound(f"no account {name!r} (accounts: {listed})")
+        return AccountInfo(str(row[0]), str(row[1]), str(row[2]))
+
+    async def list_accounts(self) -> list[AccountInfo]:
+        async with self.reader.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(accounts.c.name, accounts.c.timezone, accounts.c.currency).order_by(
+                        accounts.c.name
+                    )
+                )
+            ).all()
+        return [AccountInfo(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def entity_counts(self) -> dict[str, dict[str, int]]:
+        """Orders and shipments per account name: {"acme": {"orders": 3, "shipments": 1}}.
+        Index-only counts (account_id leads an index of each table)."""
+        counts: dict[str, dict[str, int]] = {}
+        async with self.reader.connect() as conn:
+            for kind, table in (("orders", orders), ("shipments", shipments)):
+                rows = await conn.execute(
+                    select(accounts.c.name, func.count())
+                    .select_from(table.join(accounts, accounts.c.id == table.c.account_id))
+                    .group_by(accounts.c.name)
+                )
+                for name, n in rows:
+                    counts.setdefault(str(name), {"orders": 0, "shipments": 0})[kind] = int(n)
+        return counts
+
+    async def event_log_head(self) -> int:
+        """The event log's head: every event id up to it is final (`events.frontier` - 1)."""
+        async with self.reader.connect() as conn:
+            return await frontier(conn) - 1
 
     # -- reads -----------------------------------------------------------------------------
 
