@@ -87,7 +87,7 @@ class StockUnit:
         if self.lot_number == "":
             raise ValueError("lot_number must be None (not lot-tracked) or non-empty")
         for status in InventoryStatus:
-            count = self.count(status)
+            count = getattr(self, _FIELDS[status])
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ValueError(
                     f"{status.value} count of {self.sku} at {self.location} must be a "
