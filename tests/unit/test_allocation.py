@@ -279,10 +279,7 @@ def test_hard_rules_are_never_broken_and_single_shipments_never_split(
             assert len(outcome.shipments) == 1 and not outcome.shorts
         for shipment in outcome.shipments:
             for pick in shipment.picks:
-                unit = stock.get(
-                    run.stock.units[0].key.__class__(pick.sku, pick.location, pick.lot_number)
-                )
-                assert unit is not None
+                unit = stock_unit(stock, pick.sku, pick.location, pick.lot_number)
                 for rule in demand.pick_from:
                     if rule.match_style == "hard" and rule.line_number in (None, pick.line_number):
                         assert rule_holds(rule, unit), (rule, unit)
