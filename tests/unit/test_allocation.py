@@ -669,7 +669,40 @@ def test_an_order_listed_twice_in_one_run_is_refused() -> None:
 
 
 def test_lines_of_one_sku_share_its_units_so_that_every_line_is_filled() -> None:
-    """Line 1 could take either lot, line 2 only L1: line 1 must leave L1 to line 2."""
-    stock = Stock.of([unit("W1", "L1", 1, expires_on=date(2030, 1, 1)), unit("W1", "L2", 2)])
-    outcome = allocate([order(("A", 2), ("A", 1), rules=[lot("L1", line=2)])], stock).outcomes[0]
-    assert sorted(picks(outcome)) == [(1, "W1", "L2", 2), (2, "W1", "L1", 1)]
+    """Line 1 may take L1 or L2, line 2 L1 or L3. Taking the oldest lot (L1) for line 1 would
+    leave line 2 one unit short: line 1 must move to L2."""
+    stock = Stock.of(
+        [
+            unit("W1", "L1", 1, expires_on=date(2030, 1, 1)),
+            unit("W1", "L2", 1, expires_on=date(2030, 2, 1)),
+            unit("W1", "L3", 1, expires_on=date(2030, 3, 1)),
+        ]
+    )
+    rules = [lot("L1", "L2", line=1), lot("L1", "L3", line=2)]
+    outcome = allocate([order(("A", 1), ("A", 2), rules=rules)], stock).outcomes[0]
+    assert sorted(picks(outcome)) == [(1, "W1", "L2", 1), (2, "W1", "L1", 1), (2, "W1", "L3", 1)]
+
+
+def test_minimize_splits_finds_two_locations_where_the_biggest_location_would_need_two_more() -> (
+    None
+):
+    """W1 holds a bit of everything (the most units), but W2 and W3 together hold the whole
+    order: two shipments, where starting from the biggest location needs three."""
+    stock = Stock.of(
+        [
+            unit("W1", None, 2, sku="A"),
+            unit("W1", None, 1, sku="B"),
+            unit("W1", None, 1, sku="C"),
+            unit("W1", None, 1, sku="D"),
+            unit("W2", None, 2, sku="A"),
+            unit("W2", None, 2, sku="B"),
+            unit("W3", None, 2, sku="C"),
+            unit("W3", None, 2, sku="D"),
+        ]
+    )
+    lines = [("A", 2), ("B", 2), ("C", 2), ("D", 2)]
+    fewest = allocate([order(*lines, policy=OrderPolicy.MINIMIZE_SPLITS)], stock).outcomes[0]
+    free = allocate([order(*lines, policy=OrderPolicy.ALLOW_SPLITS)], stock).outcomes[0]
+    assert isinstance(fewest, Allocated) and isinstance(free, Allocated)
+    assert [s.location for s in fewest.shipments] == ["W2", "W3"]
+    assert len(free.shipments) == 3  # allow_splits does not search: it may split more
