@@ -210,7 +210,7 @@ def order_batches(draw: st.DrawFn) -> list[OrderDemand]:
 
 
 today_or_not = st.sampled_from([None, TODAY])
-PROPERTY = settings(max_examples=300, deadline=None)
+PROPERTY = settings(max_examples=200, deadline=None)
 
 
 def shipped(outcome: Allocated) -> int:
@@ -706,3 +706,21 @@ def test_minimize_splits_finds_two_locations_where_the_biggest_location_would_ne
     assert isinstance(fewest, Allocated) and isinstance(free, Allocated)
     assert [s.location for s in fewest.shipments] == ["W2", "W3"]
     assert len(free.shipments) == 3  # allow_splits does not search: it may split more
+
+
+def test_beyond_the_exact_limit_minimize_splits_covers_the_order_greedily() -> None:
+    """With more candidate locations than `max_exact_locations`, the biggest location first:
+    still every unit, with no shorts."""
+    stock = Stock.of([unit("W1", None, 1), unit("W2", None, 3), unit("W3", None, 2)])
+    demand = order(("A", 5), policy=OrderPolicy.MINIMIZE_SPLITS)
+    outcome = allocate([demand], stock, max_exact_locations=1).outcomes[0]
+    assert isinstance(outcome, Allocated) and not outcome.shorts
+    assert [s.location for s in outcome.shipments] == ["W2", "W3"]
+
+
+def test_a_rule_given_a_list_of_values_matches_any_of_them() -> None:
+    rule = PickRule(MatchType.LOT_NUMBER, ["L1", "L2"], MatchStyle.HARD)  # type: ignore[arg-type]
+    assert rule.match_value == ("L1", "L2")
+    assert rule.matches(unit("W1", "L2", 1)) and not rule.matches(unit("W1", "L3", 1))
+    with pytest.raises(ValueError, match="at least one non-empty value"):
+        PickRule(MatchType.LOT_NUMBER, ())

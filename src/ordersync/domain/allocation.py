@@ -31,6 +31,9 @@ Order of decisions, for each order:
 5. **FEFO** within that: earliest expiry first, then earliest receipt, then lot number.
    Units past their expiry (`today` given) are never picked.
 
+Each shipment carries the order's value-added services. Shorts leave the `backordered` counts
+alone: stock counts only move from `available` to `allocated`.
+
 Rules on the whole order (`line_number` None) apply to every line. `expiration_date` values
 are ISO dates: `2025-06-30` matches units expiring that day; `>=2025-06-30` (an extension)
 matches units expiring on or after it, and units without expiry. A rule matches a unit when
@@ -94,6 +97,7 @@ class PickRule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "match_type", MatchType(self.match_type))
         object.__setattr__(self, "match_style", MatchStyle(self.match_style))
+        object.__setattr__(self, "match_value", tuple(self.match_value))
         if not self.match_value or any(not value.strip() for value in self.match_value):
             raise ValueError("pick_from match_value must list at least one non-empty value")
         dates: set[date] = set()
