@@ -678,8 +678,8 @@ def test_lines_of_one_sku_share_its_units_so_that_every_line_is_filled() -> None
             unit("W1", "L3", 1, expires_on=date(2030, 3, 1)),
         ]
     )
-    rules = [lot("L1", "L2", line=1), lot("L1", "L3", line=2)]
-    outcome = allocate([order(("A", 1), ("A", 2), rules=rules)], stock).outcomes[0]
+    line_rules = [lot("L1", "L2", line=1), lot("L1", "L3", line=2)]
+    outcome = allocate([order(("A", 1), ("A", 2), rules=line_rules)], stock).outcomes[0]
     assert sorted(picks(outcome)) == [(1, "W1", "L2", 1), (2, "W1", "L1", 1), (2, "W1", "L3", 1)]
 
 

@@ -388,38 +388,40 @@ class _Planner:
         unmatched = self._unmatched_line()
         if unmatched is not None:
             return unmatched
-        total = sum(line.quantity for line in self.lines)
         if not self.locations:
             return Waiting(self.demand.id, WaitReason.NO_STOCK, "no available stock for any line")
-        if self.demand.policy is OrderPolicy.SINGLE_SHIPMENT:
-            target = total
-            options = [
-                s for s in (frozenset({loc}) for loc in self.locations) if self._fill(s) == total
-            ]
-            if not options:
-                best = max(self.locations, key=lambda loc: self._fill(frozenset({loc})))
-                return Waiting(
-                    self.demand.id,
-                    WaitReason.NO_SINGLE_LOCATION,
-                    f"no location can fill all {total} units; {best} can fill "
-                    f"{self._fill(frozenset({best}))}",
-                )
-        else:
-            everywhere = frozenset(self.locations)
-            target = self._fill(everywhere)
-            if target == 0:
-                return Waiting(self.demand.id, WaitReason.NO_STOCK, "no line can be filled")
-            options = (
-                [everywhere]
-                if self.demand.policy is OrderPolicy.ALLOW_SPLITS
-                else self._fewest_locations(target)
-            )
+        planned = self._policy_options()
+        if isinstance(planned, Waiting):
+            return planned
+        target, options = planned
         chosen, honoured = max(
             ((s, self._honoured(s, target)) for s in options), key=lambda pair: pair[1]
         )
         accepted = tuple(r for r, ok in zip(self.soft, honoured, strict=True) if ok)
         relaxed = tuple(r for r, ok in zip(self.soft, honoured, strict=True) if not ok)
         return self._commit(chosen, accepted, relaxed)
+
+    def _policy_options(self) -> tuple[int, list[Locations]] | Waiting:
+        """The quantity the policy ships and the location sets that ship it (any one will do
+        as far as the policy is concerned; soft rules choose among them)."""
+        if self.demand.policy is OrderPolicy.SINGLE_SHIPMENT:
+            total = sum(line.quantity for line in self.lines)
+            singles = [frozenset({loc}) for loc in self.locations]
+            options = [s for s in singles if self._fill(s) == total]
+            if options:
+                return total, options
+            best = max(singles, key=self._fill)
+            return Waiting(
+                self.demand.id,
+                WaitReason.NO_SINGLE_LOCATION,
+                f"no location can fill all {total} units; {min(best)} can fill {self._fill(best)}",
+            )
+        # Some candidate unit has room (self.locations is not empty), so the target is >= 1.
+        everywhere = frozenset(self.locations)
+        target = self._fill(everywhere)
+        if self.demand.policy is OrderPolicy.ALLOW_SPLITS:
+            return target, [everywhere]
+        return target, self._fewest_locations(target)
 
     def _unmatched_line(self) -> Failed | None:
         for line, rules in zip(self.lines, self.hard, strict=True):
