@@ -1,4 +1,5 @@
-"""The pure domain: orders, shipments, their lifecycle and validation. No I/O imports here."""
+"""The pure domain: orders, shipments, their lifecycle and validation, stock and allocation.
+No I/O imports here."""
 
 from __future__ import annotations
 
@@ -6,6 +7,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ordersync.domain.allocation import (
+        Allocated,
+        AllocationRun,
+        Failed,
+        OrderDemand,
+        PickRule,
+        PlannedShipment,
+        Short,
+        Waiting,
+        allocate,
+        demand_from_order,
+    )
+    from ordersync.domain.inventory import InventoryStatus, Stock, StockKey, StockUnit, whole_units
     from ordersync.domain.lifecycle import (
         CANCELABLE,
         OrderStatus,
@@ -30,19 +44,33 @@ if TYPE_CHECKING:
 __all__ = [
     "CANCELABLE",
     "Address",
+    "Allocated",
+    "AllocationRun",
+    "Failed",
+    "InventoryStatus",
     "LineItem",
     "NewOrder",
     "NewShipment",
     "Order",
+    "OrderDemand",
     "OrderLine",
     "OrderPolicy",
     "OrderStatus",
     "PickFrom",
+    "PickRule",
+    "PlannedShipment",
     "Shipment",
     "ShipmentLine",
     "ShipmentStatus",
+    "Short",
+    "Stock",
+    "StockKey",
+    "StockUnit",
     "ValueAddedService",
+    "Waiting",
+    "allocate",
     "check_transition",
+    "demand_from_order",
     "format_dow",
     "format_rfc3339",
     "normalize_weekdays",
@@ -50,11 +78,27 @@ __all__ = [
     "parse_dow",
     "parse_rfc3339_ms",
     "stamp_change",
+    "whole_units",
 ]
 
 # Names are imported on first use, so that a light module (snapshots, timestamps) does not pull
 # in pydantic and the models: the agent's SQLite writer process imports only what it needs.
 _HOMES = {
+    "Allocated": "allocation",
+    "AllocationRun": "allocation",
+    "Failed": "allocation",
+    "OrderDemand": "allocation",
+    "PickRule": "allocation",
+    "PlannedShipment": "allocation",
+    "Short": "allocation",
+    "Waiting": "allocation",
+    "allocate": "allocation",
+    "demand_from_order": "allocation",
+    "InventoryStatus": "inventory",
+    "Stock": "inventory",
+    "StockKey": "inventory",
+    "StockUnit": "inventory",
+    "whole_units": "inventory",
     "CANCELABLE": "lifecycle",
     "OrderStatus": "lifecycle",
     "ShipmentStatus": "lifecycle",
