@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ordersync.agent.config import AgentConfig, load_config
+from ordersync.agent.verify import VerifyReport
 from ordersync.errors import OrdersyncError
 from ordersync.logs import LogFormat, configure_logging
 
@@ -187,7 +188,7 @@ def verify(
     """Compare the replica with the platform (ids and versions from the summary listing) and
     list missing, stale and extra records. Exit code 1 when they differ."""
     from ordersync.agent.runner import open_runtime, preflight
-    from ordersync.agent.verify import VerifyReport, verify_replica
+    from ordersync.agent.verify import verify_replica
 
     configure_logging("json", level="WARNING")
 
@@ -222,35 +223,48 @@ def verify(
         )
     if not reports:
         raise typer.Exit(2)
+    _print_verify(reports, show)
+    raise typer.Exit(0 if all(report.ok for report in reports) else 1)
+
+
+def _print_verify(reports: list[VerifyReport], show: int) -> None:
+    from ordersync.domain.timestamps import format_rfc3339
+
+    out = Console()
     table = Table(
-        "source", "stream", "platform", "replica", "missing", "stale", "extra", "quarantined"
-    )
+        "source", "stream", "position", "platform", "replica", "missing", "stale", "extra",
+        "in flight", "quarantined",
+    )  # fmt: skip
     for report in reports:
         for s in report.streams:
             table.add_row(
                 report.source,
                 s.stream,
+                "-" if s.position is None else format_rfc3339(s.position.updated_at_ms),
                 str(s.platform),
                 str(s.replica),
                 _ids(s.missing, show),
                 _ids(s.stale, show),
                 _ids(s.extra, show),
+                str(len(s.in_flight)),
                 _ids([q.id for q in s.quarantined], show),
             )
-    Console().print(table)
+    out.print(table)
     held = [(r.source, q) for r in reports for s in r.streams for q in s.quarantined]
     for source, q in held[:show]:
-        Console().print(f"quarantined {source} {q.kind} {q.id} v{q.version}: {q.reason}")
+        out.print(f"quarantined {source} {q.kind} {q.id} v{q.version}: {escape(q.reason)}")
     drift = not all(report.ok for report in reports)
-    Console().print(
+    in_flight = sum(len(s.in_flight) for r in reports for s in r.streams)
+    out.print(
         f"[red]not in sync: {len(held)} quarantined (the replica could not store them; they "
         "are retried every cycle)[/red]"
         if held
-        else "[red]drift: the replica differs from the platform[/red]"
+        else "[red]drift: the replica differs from the platform up to the agent's position[/red]"
         if drift
-        else "[green]in sync: every id at the platform's version[/green]"
+        else "[green]in sync up to the agent's position: every id at the platform's version"
+        f"[/green] ({in_flight} changed since, in flight: the next poll brings them)",
+        soft_wrap=True,
     )
-    raise typer.Exit(1 if drift else 0)
 
 
 def _ids(ids: list[str], show: int) -> str:
