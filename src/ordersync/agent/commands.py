@@ -7,6 +7,8 @@ import gc
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -18,8 +20,8 @@ from rich.table import Table
 
 from ordersync.agent.config import AgentConfig, load_config
 from ordersync.agent.verify import VerifyReport
-from ordersync.errors import OrdersyncError
-from ordersync.logs import LogFormat, configure_logging
+from ordersync.errors import OrdersyncError, exit_code
+from ordersync.logs import LOG_LEVELS, configure_logging, resolve_format
 
 agent_app = typer.Typer(
     help="The ERP-side sync agent.", no_args_is_help=True, rich_markup_mode=None
@@ -39,32 +41,60 @@ ConfigOption = Annotated[
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(str(exc))}")
-    return typer.Exit(2)
+    """One line on stderr, and the error's exit code (README.md, "Exit codes")."""
+    _say(f"error: {exc}")
+    return typer.Exit(exit_code(exc))
+
+
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        envvar="ORDERSYNC_LOG_FORMAT",
+        help="auto (console lines on a terminal, else JSON), json or console.",
+    ),
+]
+LogLevelOption = Annotated[
+    str,
+    typer.Option(
+        envvar="ORDERSYNC_LOG_LEVEL",
+        help="debug (also one line per API call on the console), info, warning or error.",
+    ),
+]
 
 
 @agent_app.command("run")
 def run(
     config: ConfigOption = Path("agent.toml"),
     once: Annotated[bool, typer.Option(help="Drain every source once, then exit.")] = False,
-    log_format: Annotated[str, typer.Option(help="json or console.")] = "json",
+    log_format: LogFormatOption = "auto",
+    log_level: LogLevelOption = "info",
+    bind: Annotated[
+        str | None,
+        typer.Option(
+            help="Address the status page, /status and /metrics listen on (default"
+            " 127.0.0.1; 0.0.0.0 for every interface). Overrides bind in the config and"
+            " ORDERSYNC_AGENT_BIND."
+        ),
+    ] = None,
 ) -> None:
     """Sync every configured source into the sink until SIGINT/SIGTERM."""
+    from ordersync.agent import talk
     from ordersync.agent.errors import RequestAborted
-    from ordersync.agent.lease import ReplicaInUse
     from ordersync.agent.runner import open_runtime, preflight, run_owning_replica, stopping_on
+    from ordersync.domain.timestamps import now_ms
 
-    configure_logging(_log_format(log_format))
+    setup_logging(log_format, log_level)
+    started = time.monotonic()
 
     async def main() -> int:
         settings = load_config(config)
+        if bind is not None:
+            settings = settings.model_copy(update={"bind": bind})
         runtime = await open_runtime(settings, os.environ)
         try:
             # Before the first request: a signal during the preflight stops the agent too.
             stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+            _stop_on_signals(stop, talk.stopping)
             try:
                 async with stopping_on(runtime, stop):
                     await preflight(runtime)
@@ -77,29 +107,47 @@ def run(
             await run_owning_replica(runtime, stop, once=once, announce=_say)
         finally:
             await runtime.close()
+        talk.stopped(runtime, time.monotonic() - started, now_ms())
         for name, reason in runtime.stopped.items():
-            err.print(f"[red]source {name} stopped:[/red] {escape(reason)}")
+            _say(f"error: source {name} stopped: {reason}")
         return 3 if runtime.stopped else 0
 
     try:
         code = asyncio.run(main())
-    except ReplicaInUse as exc:
-        _say(str(exc))
-        raise typer.Exit(2) from None
     except OrdersyncError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)
 
 
+def _stop_on_signals(stop: asyncio.Event, stopping: Callable[[str], None]) -> None:
+    """SIGINT (Ctrl-C) and SIGTERM set `stop`, and the first one says so."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            if sys.stderr.isatty():
+                print(file=sys.stderr)  # past the terminal's own "^C"
+            stopping(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+def setup_logging(log_format: str, log_level: str) -> None:
+    """The commands' logging, from their --log-format and --log-level."""
+    try:
+        fmt = resolve_format(log_format.lower())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
+    if log_level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(f"use one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
+    configure_logging(fmt, level=log_level)
+
+
 def _say(line: str) -> None:
     """One plain line on stderr (not wrapped to the terminal's width, unlike rich)."""
     print(line, file=sys.stderr, flush=True)
-
-
-def _log_format(value: str) -> LogFormat:
-    if value not in ("json", "console"):
-        raise typer.BadParameter("use json or console", param_hint="--log-format")
-    return "json" if value == "json" else "console"
 
 
 @agent_app.command("status")

@@ -24,10 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ordersync.agent import talk
 from ordersync.agent.budget import Budget, BudgetBook, Pause
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
-from ordersync.agent.engine import StreamStatus, SyncEngine
+from ordersync.agent.engine import CycleCounts, StreamStatus, SyncEngine, run_every
 from ordersync.agent.errors import AuthError, RequestAborted, Unreachable
 from ordersync.agent.lease import POLL_SECONDS, Lease, acquire, shown
 from ordersync.agent.metrics import AgentMetrics
@@ -42,6 +43,7 @@ log = structlog.get_logger("ordersync.agent")
 
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 HTTP_STATE = "ordersync-http-sink-state.json"  # an HTTP sink's cursors, in the state directory
+PROGRESS_SECONDS = 10.0  # a drain running longer reports its progress this often
 
 
 @dataclass
@@ -54,6 +56,7 @@ class AgentRuntime:
     engines: dict[str, SyncEngine] = field(default_factory=dict)
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     stopped: dict[str, str] = field(default_factory=dict)  # source -> why it stopped
+    draining: dict[str, int] = field(default_factory=dict)  # source -> drain started (ms)
     budgets: BudgetBook = field(default_factory=BudgetBook)  # rate-limit budgets by connection
 
     async def close(self) -> None:
@@ -70,7 +73,7 @@ async def open_runtime(
     environ: Mapping[str, str],
     *,
     transport: httpx.AsyncBaseTransport | None = None,
-    state_dir: Path = Path("."),
+    state_dir: Path | None = None,
     budgets: Callable[[AgentMetrics], BudgetBook] = BudgetBook,
 ) -> AgentRuntime:
     """Open the sink and build one engine per source. Tokens are checked here, before any I/O."""
@@ -80,7 +83,8 @@ async def open_runtime(
     stamina.instrumentation.set_on_retry_hooks(())
     metrics = AgentMetrics()
     sink_http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT)
-    sink = await open_sink(config.sink.url, http=sink_http, state_path=state_dir / HTTP_STATE)
+    state = state_dir or config.state_dir or Path(".")
+    sink = await open_sink(config.sink.url, http=sink_http, state_path=state / HTTP_STATE)
     runtime = AgentRuntime(config, sink, metrics, clients=[sink_http], budgets=budgets(metrics))
     metrics.watch_quarantine(lambda: getattr(sink, "quarantine_counts", {}))
     for source_config in config.sources:
@@ -196,19 +200,61 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
 
     async def run_one(name: str, engine: SyncEngine) -> None:
         interval = next(s.interval for s in runtime.config.sources if s.name == name)
+
+        async def cycle(*, stop_event: asyncio.Event) -> CycleCounts:
+            runtime.draining[name] = now_ms()
+            try:
+                counts = await engine.run_cycle(stop_event=stop_event)
+            finally:
+                runtime.draining.pop(name, None)
+            talk.poll_round(name, counts, engine.status(), now_ms(), None if once else interval)
+            return counts
+
         try:
             if once:
-                await engine.run_cycle(stop_event=stop)
+                await cycle(stop_event=stop)
             else:
-                await engine.run(interval, stop)
+                await run_every(name, cycle, interval, stop)
         except AuthError as exc:
             runtime.stopped[name] = str(exc)
             log.error("source_stopped", source=name, reason=str(exc))
         except RequestAborted:  # also BudgetClosed
             pass  # stopped while waiting: that page was not applied, its cursor did not move
 
-    async with stopping_on(runtime, stop):
-        await asyncio.gather(*(run_one(n, e) for n, e in runtime.engines.items()))
+    ticker = asyncio.ensure_future(_report_long_drains(runtime, stop))
+    try:
+        async with stopping_on(runtime, stop):
+            await asyncio.gather(*(run_one(n, e) for n, e in runtime.engines.items()))
+    finally:
+        ticker.cancel()
+
+
+async def _report_long_drains(
+    runtime: AgentRuntime, stop: asyncio.Event, every_s: float = PROGRESS_SECONDS
+) -> None:
+    """A drain that runs longer than `every_s` (a backfill) says how far it got, every `every_s`
+    seconds: the poll round's line comes only at its end."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        for name, since in list(runtime.draining.items()):
+            if now_ms() - since >= every_s * 1000 and not stop.is_set():
+                applied = _applied_so_far(runtime, name)
+                talk.progress(name, applied, runtime.engines[name].status())
+
+
+def _applied_so_far(runtime: AgentRuntime, source: str) -> int:
+    """Records applied for `source` since start, commits of the running drain included (the
+    engine adds a drain's counts to its status only at the drain's end)."""
+    return int(
+        sum(
+            sample.value
+            for metric in runtime.metrics.registry.collect()
+            if metric.name == "ordersync_agent_records_applied"
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels.get("source") == source
+        )
+    )
 
 
 def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:
@@ -256,13 +302,23 @@ def observability_app(runtime: AgentRuntime) -> Starlette:
     return Starlette(routes=[Route("/metrics", metrics), Route("/status", status)])
 
 
+def status_url(config: AgentConfig) -> str | None:
+    if config.port is None:
+        return None
+    host = f"[{config.bind}]" if ":" in config.bind else config.bind
+    return f"http://{host}:{config.port}/"
+
+
 @contextlib.asynccontextmanager
-async def serving_observability(runtime: AgentRuntime, port: int | None) -> AsyncIterator[None]:
-    """Serve /metrics and /status on 127.0.0.1:port while the agent runs (no port: nothing)."""
+async def serving_observability(
+    runtime: AgentRuntime, port: int | None, bind: str = "127.0.0.1"
+) -> AsyncIterator[None]:
+    """Serve the status page, /status, /metrics, /healthz and /readyz on bind:port while the
+    agent runs (no port: nothing)."""
     if port is None:
         yield
         return
-    async with serving(observability_app(runtime), "127.0.0.1", port):
+    async with serving(observability_app(runtime), bind, port):
         yield
 
 
@@ -272,7 +328,7 @@ async def run_owning_replica(
     *,
     once: bool = False,
     announce: Callable[[str], None] = print,
-    state_dir: Path = Path("."),
+    state_dir: Path | None = None,
     poll_seconds: float = POLL_SECONDS,
 ) -> None:
     """Take the replica's lease (`lease.py`; as standby, wait for it), then serve /metrics and
@@ -290,7 +346,7 @@ async def run_owning_replica(
             config.sink.url,
             [source.name for source in config.sources],
             standby=config.standby,
-            state_path=state_dir / HTTP_STATE,
+            state_path=(state_dir or config.state_dir or Path(".")) / HTTP_STATE,
             stop=stop,
             announce=announce,
             sleep=nap,
@@ -330,7 +386,8 @@ async def _run_while_held(
 
     helpers = [asyncio.ensure_future(watch()), asyncio.ensure_future(forward_stop())]
     try:
-        async with serving_observability(runtime, runtime.config.port):
+        async with serving_observability(runtime, runtime.config.port, runtime.config.bind):
+            talk.started(runtime, status_url(runtime.config))
             await run_sources(runtime, ending, once=once)
     finally:
         ending.set()
