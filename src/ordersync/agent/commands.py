@@ -152,25 +152,29 @@ def _say(line: str) -> None:
 
 @agent_app.command("status")
 def status(config: ConfigOption = Path("agent.toml")) -> None:
-    """Each source's cursor, lag and last error: from the running agent's port when it is up,
-    else from the checkpoints stored with the sink."""
+    """Each stream's position (as a time), lag (now minus the position's time), records applied
+    and repeats dropped, last error: from the running agent's port when it is up, else from
+    the positions stored in the replica (which must exist: status creates nothing)."""
     try:
         settings = load_config(config)
         rows = _live_status(settings) or asyncio.run(_stored_status(settings))
     except OrdersyncError as exc:
         raise _fail(exc) from None
     table = Table(
-        "source", "stream", "cursor", "lag (s)", "last success", "last error", "quota",
-        "quarantined (source)",
+        "source", "stream", "position", "lag", "applied", "repeats", "last success",
+        "last error", "quota", "quarantined (source)",
+        caption="position: how far the replica is committed; lag: now minus the position's time",
     )  # fmt: skip
     for row in rows:
         table.add_row(
             row["source"],
             row["stream"],
             row["cursor"] or "-",
-            "-" if row.get("lag_seconds") is None else f"{row['lag_seconds']:.1f}",
+            "-" if row.get("lag_seconds") is None else f"{row['lag_seconds']:.1f} s",
+            str(row.get("applied", "-")),
+            str(row.get("duplicates", "-")),
             row.get("last_success_at") or "-",
-            row.get("last_error") or "-",
+            escape(row.get("last_error") or "-"),
             _quota_cell(row),
             str(row.get("quarantined", "-")),
         )
@@ -186,23 +190,32 @@ def _quota_cell(row: dict[str, Any]) -> str:
 def _live_status(settings: AgentConfig) -> list[dict[str, Any]] | None:
     if settings.port is None:
         return None
+    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::") else settings.bind
+    host = f"[{host}]" if ":" in host else host
     try:
-        response = httpx.get(f"http://127.0.0.1:{settings.port}/status", timeout=2)
+        response = httpx.get(f"http://{host}:{settings.port}/status", timeout=2)
     except httpx.TransportError:
         return None
     return response.json() if response.status_code == 200 else None
 
 
 async def _stored_status(settings: AgentConfig) -> list[dict[str, Any]]:
+    from ordersync.agent.errors import SinkError
+    from ordersync.agent.runner import HTTP_STATE, check_replica
     from ordersync.agent.sinks import open_sink
     from ordersync.agent.verify import quarantined
     from ordersync.domain.timestamps import format_rfc3339, now_ms
+    from ordersync.errors import ReplicaUnavailable
 
-    sink = await open_sink(
-        settings.sink.url,
-        http=httpx.AsyncClient(),
-        state_path=Path("ordersync-http-sink-state.json"),
-    )
+    check_replica(settings.sink.url, create=False)
+    try:
+        sink = await open_sink(
+            settings.sink.url,
+            http=httpx.AsyncClient(),
+            state_path=(settings.state_dir or Path(".")) / HTTP_STATE,
+        )
+    except SinkError as exc:
+        raise ReplicaUnavailable(str(exc).splitlines()[0]) from None
     if hasattr(sink, "retries_quarantine"):
         sink.retries_quarantine = False  # showing the status writes nothing
     rows = []

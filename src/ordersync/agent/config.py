@@ -1,6 +1,6 @@
 """The agent's configuration: a TOML file, then `ORDERSYNC_*` environment overrides.
 
-    standby = true                   # another agent holds the replica: wait (false: exit 2)
+    standby = true                   # another agent holds the replica: wait (false: exit 4)
 
     [[sources]]
     name = "masonhub"
@@ -162,7 +162,7 @@ class AgentConfig(_Strict):
     )
     standby: bool = Field(
         default=True,
-        description="another agent holds the replica: wait as hot standby (true) or exit 2",
+        description="another agent holds the replica: wait as hot standby (true) or exit 4",
     )
 
     @field_validator("sources")
@@ -184,6 +184,14 @@ def load_config(path: Path, environ: Mapping[str, str] = os.environ) -> AgentCon
         raise ConfigurationError(f"config file {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
+    if "sink" not in raw and "ORDERSYNC_SINK_URL" not in environ:
+        # Required: a default replica file in whatever directory the agent was started from
+        # (under systemd, /) would be written silently, and looked for there next time.
+        raise ConfigurationError(
+            f"{path}: [sink] is missing: say where the replica goes, e.g. [sink] url = "
+            '"sqlite:///erp-replica.db" (or postgresql://..., jsonl:///PATH, https://ERP/...), '
+            "or set ORDERSYNC_SINK_URL"
+        )
     config = parse_config(raw, environ, origin=str(path))
     # Relative to the config file, not to wherever the agent was started (under systemd, /).
     here = path.resolve().parent

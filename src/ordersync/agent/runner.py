@@ -29,7 +29,7 @@ from ordersync.agent.budget import Budget, BudgetBook, Pause
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
 from ordersync.agent.engine import CycleCounts, StreamStatus, SyncEngine, run_every
-from ordersync.agent.errors import AuthError, RequestAborted, Unreachable
+from ordersync.agent.errors import AuthError, RequestAborted, SinkError, Unreachable
 from ordersync.agent.lease import POLL_SECONDS, Lease, acquire, shown
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.platforms import PLATFORMS
@@ -37,7 +37,8 @@ from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
 from ordersync.domain.timestamps import format_rfc3339, now_ms
 from ordersync.embedded import serving
-from ordersync.errors import ConfigurationError
+from ordersync.errors import ConfigurationError, ReplicaUnavailable
+from ordersync.store.engine import parse_database_url
 
 log = structlog.get_logger("ordersync.agent")
 
@@ -84,7 +85,12 @@ async def open_runtime(
     metrics = AgentMetrics()
     sink_http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT)
     state = state_dir or config.state_dir or Path(".")
-    sink = await open_sink(config.sink.url, http=sink_http, state_path=state / HTTP_STATE)
+    check_replica(config.sink.url, create=True)
+    try:
+        sink = await open_sink(config.sink.url, http=sink_http, state_path=state / HTTP_STATE)
+    except SinkError as exc:  # one line: SQLAlchemy's messages add a "Background" link line
+        await sink_http.aclose()
+        raise ReplicaUnavailable(str(exc).splitlines()[0]) from None
     runtime = AgentRuntime(config, sink, metrics, clients=[sink_http], budgets=budgets(metrics))
     metrics.watch_quarantine(lambda: getattr(sink, "quarantine_counts", {}))
     for source_config in config.sources:
@@ -98,6 +104,36 @@ async def open_runtime(
             source_config, token, http, sink, metrics, budget=budget
         )
     return runtime
+
+
+def replica_file(url: str) -> Path | None:
+    """The file a SQLite or JSONL replica lives in (None for other sinks)."""
+    scheme = url.partition("://")[0].split("+")[0].lower()
+    if scheme == "sqlite":
+        path = parse_database_url(url).sync_url.removeprefix("sqlite:///")
+        return None if path in ("", ":memory:") else Path(path)
+    if scheme == "jsonl":
+        return Path(url.partition("://")[2])
+    return None
+
+
+def check_replica(url: str, *, create: bool) -> None:
+    """Fail with one line before opening a replica that cannot be: its directory is missing
+    (the sink would not create it), or, when not to `create` it (`agent status`, `agent
+    reset`), the file itself is."""
+    path = replica_file(url)
+    if path is None:
+        return
+    if not path.parent.is_dir():
+        raise ReplicaUnavailable(
+            f"the replica's directory {path.parent} does not exist ([sink] url = {url!r}): "
+            "create it, or point url elsewhere"
+        )
+    if not create and not path.exists():
+        raise ReplicaUnavailable(
+            f"there is no replica at {path} yet ([sink] url = {url!r}): `ordersync agent run` "
+            "creates it; check the config's [sink] url and the directory you run in"
+        )
 
 
 def build_engine(
@@ -272,13 +308,14 @@ def status_row(
     state: StreamStatus, stopped_reason: str | None = None, quota_pause: Pause | None = None
 ) -> dict[str, Any]:
     cursor = state.cursor
+    lag = talk.lag_seconds(state, now_ms())
     return {
         "source": state.source,
         "stream": state.stream,
         "cursor": None if cursor is None else format_rfc3339(cursor.updated_at_ms),
         "cursor_id": None if cursor is None else cursor.last_id,
         "caught_up": state.caught_up,
-        "lag_seconds": None if state.lag_ms is None else round(state.lag_ms / 1000, 3),
+        "lag_seconds": None if lag is None else round(lag, 3),
         "last_success_at": None
         if state.last_success_at_ms is None
         else format_rfc3339(state.last_success_at_ms),
