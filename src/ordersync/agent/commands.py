@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import httpx
 import typer
@@ -20,8 +21,11 @@ from rich.table import Table
 
 from ordersync.agent.config import AgentConfig, load_config
 from ordersync.agent.verify import VerifyReport
-from ordersync.errors import OrdersyncError, exit_code
+from ordersync.errors import ConfigurationError, OrdersyncError, exit_code
 from ordersync.logs import LOG_LEVELS, configure_logging, resolve_format
+
+if TYPE_CHECKING:
+    from ordersync.agent.runner import AgentRuntime
 
 agent_app = typer.Typer(
     help="The ERP-side sync agent.", no_args_is_help=True, rich_markup_mode=None
@@ -245,13 +249,31 @@ async def _stored_status(settings: AgentConfig) -> list[dict[str, Any]]:
 def verify(
     config: ConfigOption = Path("agent.toml"),
     show: Annotated[int, typer.Option(help="How many ids to list per problem.")] = 5,
+    watch: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Verify again every SECONDS until Ctrl-C, one line per round.",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="With --watch: serve /metrics (ordersync_agent_verify_records by source,"
+            " stream and state) on 127.0.0.1:PORT."
+        ),
+    ] = None,
 ) -> None:
-    """Compare the replica with the platform (ids and versions from the summary listing) and
-    list missing, stale and extra records. Exit code 1 when they differ."""
+    """Compare the replica with the platform (ids and versions from the summary listing) up to
+    each stream's committed position: missing, stale and extra records there are drift (exit
+    1); records changed since are in flight (the next poll brings them), so it can run
+    against a live platform as a health check."""
     from ordersync.agent.runner import open_runtime, preflight
-    from ordersync.agent.verify import verify_replica
+    from ordersync.embedded import serving
 
     configure_logging("json", level="WARNING")
+    if watch is not None and not watch > 0:
+        raise _fail(ConfigurationError(f"--watch {watch:g}: give the seconds between rounds"))
 
     unverified: list[str] = []
 
@@ -259,33 +281,138 @@ def verify(
         runtime = await open_runtime(load_config(config), os.environ)
         try:
             await preflight(runtime)
-            from ordersync.agent.platforms import PLATFORMS
-            from ordersync.agent.sources import Source
-
-            reports = []
-            for source in runtime.config.sources:
-                engine = runtime.engines[source.name]
-                if PLATFORMS[source.dialect].verifiable:
-                    reports.append(await verify_replica(cast(Source, engine.source), runtime.sink))
-                else:  # HubRise lists by creation time only: no versions listing to compare
-                    unverified.append(source.name)
-            return reports
+            if watch is None:
+                return await _verify_all(runtime, unverified)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            async with contextlib.AsyncExitStack() as stack:
+                if port is not None:
+                    app = observability_app(runtime)
+                    await stack.enter_async_context(serving(app, "127.0.0.1", port))
+                reports: list[VerifyReport] = []
+                while not stop.is_set():
+                    reports = await _verify_all(runtime, unverified)
+                    _say(_verify_line(reports))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), watch)
+                return reports
         finally:
             await runtime.close()
+
+    from ordersync.agent.runner import observability_app
 
     try:
         reports = asyncio.run(main())
     except OrdersyncError as exc:
         raise _fail(exc) from None
-    for name in unverified:
+    for name in sorted(set(unverified)):
         err.print(
             f"[yellow]source {name} not verified:[/yellow] its platform (HubRise) offers "
             "no listing of ids and versions to compare with"
         )
     if not reports:
         raise typer.Exit(2)
-    _print_verify(reports, show)
+    if watch is None:
+        _print_verify(reports, show)
     raise typer.Exit(0 if all(report.ok for report in reports) else 1)
+
+
+async def _verify_all(runtime: AgentRuntime, unverified: list[str]) -> list[VerifyReport]:
+    """One round: every verifiable source, its figures also set in the verify metric."""
+    from ordersync.agent.platforms import PLATFORMS
+    from ordersync.agent.sources import Source
+    from ordersync.agent.verify import verify_replica
+
+    reports = []
+    for source in runtime.config.sources:
+        engine = runtime.engines[source.name]
+        if PLATFORMS[source.dialect].verifiable:
+            report = await verify_replica(cast(Source, engine.source), runtime.sink)
+            runtime.metrics.record_verify(report)
+            reports.append(report)
+        else:  # HubRise lists by creation time only: no versions listing to compare
+            unverified.append(source.name)
+    return reports
+
+
+def _verify_line(reports: list[VerifyReport]) -> str:
+    """A watch round in one line: the verdict, then each stream's figures."""
+    from datetime import datetime
+
+    verdict = "in sync" if all(r.ok for r in reports) else "DRIFT"
+    streams = "; ".join(
+        f"{r.source} {s.stream}: {len(s.missing)} missing, {len(s.stale)} stale, "
+        f"{len(s.extra)} extra, {len(s.quarantined)} quarantined, {len(s.in_flight)} in flight"
+        for r in reports
+        for s in r.streams
+    )
+    return f"{datetime.now().strftime('%H:%M:%S')} {verdict}: {streams}"
+
+
+@agent_app.command("reset")
+def reset(
+    source: Annotated[str, typer.Option(help="The source whose positions move back.")],
+    config: ConfigOption = Path("agent.toml"),
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="RFC 3339 time to read again from (e.g. 2024-05-01T00:00:00Z); default: the"
+            " beginning. Not for hubrise sources (their backfill is not by change time).",
+        ),
+    ] = None,
+) -> None:
+    """Move a source's stored positions back, so the next `agent run` reads again from TIME.
+    Records read again are repeats (version-checked), never applied twice. Refused (exit 4)
+    while an agent holds the replica."""
+    from ordersync.agent.errors import SinkError
+    from ordersync.agent.records import Cursor
+    from ordersync.agent.reset import reset_source
+    from ordersync.agent.runner import HTTP_STATE, check_replica
+    from ordersync.agent.sinks import open_sink
+    from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
+    from ordersync.errors import ReplicaUnavailable
+
+    async def main() -> str:
+        settings = load_config(config)
+        chosen = next((s for s in settings.sources if s.name == source), None)
+        if chosen is None:
+            names = ", ".join(s.name for s in settings.sources)
+            raise ConfigurationError(f"--source {source!r} is not in {config} (sources: {names})")
+        to = None
+        if since is not None:
+            if chosen.dialect == "hubrise":
+                raise ConfigurationError(
+                    "--since: a hubrise source's backfill is not by change time; reset it "
+                    "without --since to run the backfill again"
+                )
+            try:
+                to = Cursor(parse_rfc3339_ms(since), "")
+            except ValueError:
+                raise ConfigurationError(
+                    f"--since {since!r}: use an RFC 3339 time, e.g. 2024-05-01T00:00:00Z"
+                ) from None
+        check_replica(settings.sink.url, create=False)
+        state = (settings.state_dir or Path(".")) / HTTP_STATE
+        async with httpx.AsyncClient() as http:
+            try:
+                sink = await open_sink(settings.sink.url, http=http, state_path=state)
+            except SinkError as exc:
+                raise ReplicaUnavailable(str(exc).splitlines()[0]) from None
+            try:
+                await reset_source(sink, settings.sink.url, source, list(chosen.streams), to,
+                                   state)  # fmt: skip
+            finally:
+                await sink.close()
+        return "the beginning" if to is None else format_rfc3339(to.updated_at_ms)
+
+    try:
+        where = asyncio.run(main())
+    except OrdersyncError as exc:
+        raise _fail(exc) from None
+    _say(f"source {source}: positions reset; the next run reads again from {where}")
 
 
 def _print_verify(reports: list[VerifyReport], show: int) -> None:

@@ -99,8 +99,16 @@ async def quarantined(sink: Sink, source: str) -> list[Quarantined]:
 async def verify_replica(source: Source, sink: Sink, *, page_size: int = 100) -> VerifyReport:
     reports = []
     held = await quarantined(sink, source.name)
-    # The replica first, then the platform (module docstring).
-    positions = {stream: await sink.load_cursor(source.name, stream) for stream in source.streams}
+    # The replica first, then the platform (module docstring). Reading a position must not
+    # retry the quarantine (a write): verifying changes nothing.
+    retries = getattr(sink, "retries_quarantine", None)
+    if retries is not None:
+        sink.retries_quarantine = False  # type: ignore[attr-defined]
+    try:
+        positions = {s: await sink.load_cursor(source.name, s) for s in source.streams}
+    finally:
+        if retries is not None:
+            sink.retries_quarantine = retries  # type: ignore[attr-defined]
     never_synced = all(position is None for position in positions.values())
     for stream in source.streams:
         position = positions[stream]
