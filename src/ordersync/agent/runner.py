@@ -2,13 +2,15 @@
 
 Several sources sync concurrently on one event loop and share one sink (its checkpoints are
 keyed by source and stream). A refused token stops its own source with a clear message; the
-others keep going. `/metrics` (Prometheus) and `/status` (JSON) are served on the agent's port.
+others keep going. The status page (`/`), `/status` (JSON), `/metrics` (Prometheus), `/healthz`
+and `/readyz` are served on the agent's port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +23,10 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ordersync.agent import talk
+from ordersync.agent import status_page, talk
 from ordersync.agent.budget import Budget, BudgetBook, Pause
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
@@ -35,6 +37,7 @@ from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.platforms import PLATFORMS
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
+from ordersync.agent.status_page import Round
 from ordersync.domain.timestamps import format_rfc3339, now_ms
 from ordersync.embedded import serving
 from ordersync.errors import ConfigurationError, ReplicaUnavailable
@@ -44,6 +47,7 @@ log = structlog.get_logger("ordersync.agent")
 
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 HTTP_STATE = "ordersync-http-sink-state.json"  # an HTTP sink's cursors, in the state directory
+ROUNDS_KEPT = 200  # poll rounds the status page's sparklines show
 PROGRESS_SECONDS = 10.0  # a drain running longer reports its progress this often
 
 
@@ -58,6 +62,7 @@ class AgentRuntime:
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     stopped: dict[str, str] = field(default_factory=dict)  # source -> why it stopped
     draining: dict[str, int] = field(default_factory=dict)  # source -> drain started (ms)
+    rounds: deque[Round] = field(default_factory=lambda: deque(maxlen=ROUNDS_KEPT))
     budgets: BudgetBook = field(default_factory=BudgetBook)  # rate-limit budgets by connection
 
     async def close(self) -> None:
@@ -243,7 +248,10 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
                 counts = await engine.run_cycle(stop_event=stop_event)
             finally:
                 runtime.draining.pop(name, None)
-            talk.poll_round(name, counts, engine.status(), now_ms(), None if once else interval)
+            states, now = engine.status(), now_ms()
+            talk.poll_round(name, counts, states, now, None if once else interval)
+            lags = [lag for st in states if (lag := talk.lag_seconds(st, now)) is not None]
+            runtime.rounds.append(Round(now, name, max(lags, default=None), counts.applied))
             return counts
 
         try:
@@ -293,11 +301,16 @@ def _applied_so_far(runtime: AgentRuntime, source: str) -> int:
     )
 
 
-def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:
+def status_payload(runtime: AgentRuntime, now: int | None = None) -> list[dict[str, Any]]:
+    """Each stream's figures (`/status`), lags as of `now` (default: now)."""
     quarantined = getattr(runtime.sink, "quarantine_counts", {})
+    now = now_ms() if now is None else now
     return [
         status_row(
-            state, runtime.stopped.get(state.source), runtime.budgets.exhausted(state.source)
+            state,
+            runtime.stopped.get(state.source),
+            runtime.budgets.exhausted(state.source),
+            now=now,
         )
         | {"quarantined": quarantined.get(state.source, 0)}
         for state in runtime.status()
@@ -305,10 +318,14 @@ def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:
 
 
 def status_row(
-    state: StreamStatus, stopped_reason: str | None = None, quota_pause: Pause | None = None
+    state: StreamStatus,
+    stopped_reason: str | None = None,
+    quota_pause: Pause | None = None,
+    *,
+    now: int | None = None,
 ) -> dict[str, Any]:
     cursor = state.cursor
-    lag = talk.lag_seconds(state, now_ms())
+    lag = talk.lag_seconds(state, now_ms() if now is None else now)
     return {
         "source": state.source,
         "stream": state.stream,
@@ -330,13 +347,61 @@ def status_row(
 
 
 def observability_app(runtime: AgentRuntime) -> Starlette:
+    """`/` (the status page), `/status` (JSON), `/metrics` (Prometheus), `/healthz` (the
+    process answers) and `/readyz` (every stream drained at least once, no source stopped)."""
+
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def status(_: Request) -> Response:
         return Response(orjson.dumps(status_payload(runtime)), media_type="application/json")
 
-    return Starlette(routes=[Route("/metrics", metrics), Route("/status", status)])
+    async def page(_: Request) -> Response:
+        now = now_ms()  # one instant: the page's lags are its "as of" minus the positions
+        body = status_page.render(
+            status_payload(runtime, now),
+            list(runtime.rounds),
+            generated_at_ms=now,
+            sink=shown(runtime.config.sink.url),
+            waits=_budget_waits(runtime),
+        )
+        return HTMLResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        waiting = [
+            f"{row['source']}/{row['stream']}: "
+            + ("stopped" if row["stopped"] else "not drained yet")
+            for row in status_payload(runtime)
+            if row["stopped"] or row["last_success_at"] is None
+        ]
+        if waiting:
+            return JSONResponse({"status": "not ready", "waiting": waiting}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/metrics", metrics),
+            Route("/status", status),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ]
+    )
+
+
+def _budget_waits(runtime: AgentRuntime) -> dict[str, tuple[int, float]]:
+    """Per source: how many requests waited for the rate-limit budget, and how long in all."""
+    waits: dict[str, list[float]] = {}
+    for metric in runtime.metrics.registry.collect():
+        if metric.name in ("ordersync_agent_budget_waits", "ordersync_agent_budget_wait_seconds"):
+            slot = 0 if metric.name.endswith("waits") else 1
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    waits.setdefault(sample.labels["source"], [0.0, 0.0])[slot] += sample.value
+    return {source: (int(n), seconds) for source, (n, seconds) in waits.items()}
 
 
 def status_url(config: AgentConfig) -> str | None:
