@@ -71,7 +71,8 @@ def test_reset_rewinds_a_source_and_is_refused_while_an_agent_runs(
     tmp_path: Path,
     hub: tuple[str, str],  # noqa: F811
 ) -> None:
-    """With an agent running: exit 4, one line. Stopped: positions move back to --since, and
+    """`agent status` of a running agent shows its figures; reset with an agent running: exit
+    4, one line. Stopped: positions move back to --since, and
     the next run reads those records again as repeats."""
     base_url, token = hub
     port = free_port()
@@ -83,11 +84,20 @@ def test_reset_rewinds_a_source_and_is_refused_while_an_agent_runs(
     )
     try:
         _wait_for_status(port)
+        live = cli("agent", "status", "--config", str(config), token=token)
         refused = cli("agent", "reset", "--config", str(config), "--source", "masonhub",
                       token=token)  # fmt: skip
     finally:
         running.send_signal(signal.SIGTERM)
         running.wait(timeout=60)
+    # agent status, the agent running: the position as a time, lag, applied, repeats.
+    assert "lag: now minus the position's time" in live.stdout
+    header = [c.strip() for c in live.stdout.splitlines()[1].split("┃")[1:-1]]
+    orders = next(line for line in live.stdout.splitlines() if "│ orders " in line)
+    cells = dict(zip(header, [c.strip() for c in orders.split("│")[1:-1]], strict=True))
+    assert cells["position"].startswith("20") and cells["position"].endswith("Z")
+    assert int(cells["applied"]) > 0 and int(cells["repeats"]) >= 0
+    assert cells["lag"].endswith(" s") and cells["last error"] == "-"
     assert refused.returncode == 4, refused.stderr
     (line,) = refused.stderr.strip().splitlines()
     assert line.startswith("error: replica ") and "in use by agent pid" in line

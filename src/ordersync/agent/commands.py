@@ -165,10 +165,13 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
     except OrdersyncError as exc:
         raise _fail(exc) from None
     table = Table(
+        caption="position: how far the replica is committed; lag: now minus the position's time"
+    )
+    for column in (
         "source", "stream", "position", "lag", "applied", "repeats", "last success",
         "last error", "quota", "quarantined (source)",
-        caption="position: how far the replica is committed; lag: now minus the position's time",
-    )  # fmt: skip
+    ):  # fmt: skip
+        table.add_column(column, overflow="fold")  # wrapped on a narrow terminal, never cut
     for row in rows:
         table.add_row(
             row["source"],
@@ -182,7 +185,12 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
             _quota_cell(row),
             str(row.get("quarantined", "-")),
         )
-    Console().print(table)
+    _out().print(table)
+
+
+def _out() -> Console:
+    """stdout; when it is not a terminal (a pipe, a file, a test), wide enough for a table."""
+    return Console() if sys.stdout.isatty() else Console(width=240)
 
 
 def _quota_cell(row: dict[str, Any]) -> str:
@@ -236,7 +244,7 @@ async def _stored_status(settings: AgentConfig) -> list[dict[str, Any]]:
                         "lag_seconds": None
                         if cursor is None
                         else (now_ms() - cursor.updated_at_ms) / 1000,
-                        "last_error": "agent not running (stored checkpoint shown)",
+                        "last_error": "agent not running (stored position)",
                         "quarantined": held,
                     }
                 )
@@ -418,7 +426,7 @@ def reset(
 def _print_verify(reports: list[VerifyReport], show: int) -> None:
     from ordersync.domain.timestamps import format_rfc3339
 
-    out = Console()
+    out = _out()
     table = Table(
         "source", "stream", "position", "platform", "replica", "missing", "stale", "extra",
         "in flight", "quarantined",
