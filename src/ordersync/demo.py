@@ -152,11 +152,13 @@ def _port_free(port: int) -> None:
 
 def _fresh_files(data_dir: Path, *, force: bool = False) -> tuple[Path, Path]:
     """Each demo starts from empty databases, so its proof speaks of this run only. Only
-    databases an earlier demo made (its directory holds `MARKER`) are deleted without --force:
+    databases an earlier demo made (its directory holds `MARKER`, or the `demo.log` demos
+    before the marker left) are deleted without --force:
     `--data-dir .` must not take a real hub.db or erp-replica.db with it."""
     paths = data_dir / "hub.db", data_dir / "erp-replica.db"
     found = [path for path in paths if path.exists()]
-    if found and not force and not (data_dir / MARKER).exists():
+    made_by_demo = (data_dir / MARKER).exists() or (data_dir / "demo.log").exists()
+    if found and not force and not made_by_demo:
         raise WouldOverwrite(
             f"{' and '.join(str(p) for p in found)} exist and were not made by a demo: "
             "choose another --data-dir (the demo makes it), or --force to delete them"

@@ -78,3 +78,38 @@ def test_the_readme_manual_path_ends_in_sync_with_a_non_empty_replica(
     with sqlite3.connect(cwd / "erp-replica.db") as replica:
         (orders,) = replica.execute("select count(*) from orders").fetchone()
     assert orders > 0
+
+
+@pytest.mark.parametrize("dialect", ["tradecloud", "hubrise"])
+def test_the_other_examples_sync_from_the_same_hub(
+    workdir: tuple[Path, dict[str, str], int], dialect: str
+) -> None:
+    """examples/tradecloud.toml and examples/hubrise.toml, with the token the README mints
+    exported under their variable, fill a replica too."""
+    cwd, env, port = workdir
+    hub_block, _ = manual_blocks()
+    *setup, serve = [line.replace("8080", str(port)) for line in hub_block]
+    for line in setup:
+        subprocess.run(["bash", "-c", line], cwd=cwd, env=env, check=True, timeout=60)
+    hub = subprocess.Popen(["bash", "-c", f"exec {serve}"], cwd=cwd, env=env)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", hub)  # type: ignore[arg-type]
+        token = (cwd / "erp.token").read_text().strip()
+        result = subprocess.run(
+            ["ordersync", "agent", "run", "--config", f"examples/{dialect}.toml", "--once"],
+            cwd=cwd,
+            env=env | {f"{dialect.upper()}_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        hub.terminate()
+        hub.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(cwd / "erp-replica.db") as replica:
+        (orders,) = replica.execute(
+            "select count(*) from orders where source = ?", (dialect,)
+        ).fetchone()
+    assert orders > 0
