@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from ordersync import __version__
 from ordersync.agent.commands import agent_app
-from ordersync.errors import OrdersyncError
+from ordersync.errors import OrdersyncError, exit_code
 from ordersync.hub.commands import hub_app
 
 # Help texts are plain text: with rich markup, "[[sources]]" or "[default: 5]" would vanish.
@@ -23,8 +22,6 @@ app = typer.Typer(
 )
 app.add_typer(hub_app, name="hub")
 app.add_typer(agent_app, name="agent")
-
-err = Console(stderr=True)
 
 
 def _show_version(value: bool) -> None:
@@ -67,14 +64,30 @@ def demo(
             " tradecloud (/v2) or hubrise (/v1)."
         ),
     ] = "masonhub",
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Delete hub.db and erp-replica.db in --data-dir even if no demo made them."
+        ),
+    ] = False,
 ) -> None:
     """Hub + warehouse simulator + agent on embedded SQLite, then the proof that the replica
     equals the hub: every (id, version) present, none applied twice."""
     from ordersync.agent.platforms import PLATFORMS
     from ordersync.demo import DemoSettings, main_exit_code
 
-    if dialect not in PLATFORMS:
-        raise typer.BadParameter(f"use one of {', '.join(PLATFORMS)}", param_hint="--dialect")
+    problem = (
+        f"--dialect {dialect!r}: use one of {', '.join(PLATFORMS)}"
+        if dialect not in PLATFORMS
+        else f"--duration {duration:g}: give the seconds to run, more than 0"
+        if not duration > 0
+        else f"--rate {rate:g}: give orders per second, more than 0"
+        if rate is not None and not rate > 0
+        else None
+    )
+    if problem:
+        _error_line(problem)
+        raise typer.Exit(2)
     settings = DemoSettings(
         data_dir=data_dir,
         port=port,
@@ -83,13 +96,19 @@ def demo(
         seed=seed,
         faults=faults,
         dialect=dialect,
+        force=force,
     )
     try:
         code = main_exit_code(settings)
     except OrdersyncError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        _error_line(str(exc))
+        raise typer.Exit(exit_code(exc)) from None
     raise typer.Exit(code)
+
+
+def _error_line(message: str) -> None:
+    """One unwrapped line on stderr (rich would wrap it to the terminal's width)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -22,13 +22,14 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import func, select
 
+from ordersync import loops
 from ordersync.agent.config import AgentConfig, SinkConfig, SourceConfig
 from ordersync.agent.errors import AgentError
 from ordersync.agent.platforms import PLATFORMS
 from ordersync.agent.runner import AgentRuntime, open_runtime, run_sources
 from ordersync.domain import now_ms
 from ordersync.embedded import serving
-from ordersync.errors import ConfigurationError
+from ordersync.errors import ConfigurationError, PortInUse, WouldOverwrite
 from ordersync.hub.app import create_app
 from ordersync.hub.faults import FaultSettings, late_commit_clock
 from ordersync.hub.settings import HubSettings
@@ -39,6 +40,7 @@ TOKEN_ENV = "ORDERSYNC_DEMO_TOKEN"
 CONNECTION = "erp-agent"
 # HubRise acknowledges each callback event with one call under a 500/minute quota (seed 003):
 # a location producing more than ~6 events per second cannot be followed within it.
+MARKER = ".ordersync-demo"  # in a data directory the demo made
 DEFAULT_RATE = {"masonhub": 5.0, "tradecloud": 5.0, "hubrise": 0.5}
 
 
@@ -50,6 +52,7 @@ class DemoSettings:
     duration: float = 60.0
     seed: int = 42
     faults: bool = False
+    force: bool = False  # delete hub.db and erp-replica.db in data_dir even if not a demo's
     interval: float = 1.0
     lookback: float = 5.0
     dialect: str = "masonhub"  # masonhub | tradecloud | hubrise
@@ -84,7 +87,8 @@ class Proof:
 async def run_demo(settings: DemoSettings, console: Console) -> int:
     if settings.rate is None:
         settings = replace(settings, rate=DEFAULT_RATE.get(settings.dialect, 5.0))
-    hub_db, replica_db = _fresh_files(settings.data_dir)
+    _port_free(settings.port)  # before any file is deleted
+    hub_db, replica_db = _fresh_files(settings.data_dir, force=settings.force)
     faults = FaultSettings.demo(settings.seed) if settings.faults else FaultSettings()
     # The hub app uses the store it is given as is: late commits come from the store's clock.
     store = await Store.open(f"sqlite:///{hub_db}", clock=late_commit_clock(now_ms, faults))
@@ -136,10 +140,31 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
     return 0 if proof.holds else 1
 
 
-def _fresh_files(data_dir: Path) -> tuple[Path, Path]:
-    """Each demo starts from empty databases, so its proof speaks of this run only."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+def _port_free(port: int) -> None:
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+    except OSError as exc:
+        raise PortInUse(
+            f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; another program uses "
+            f"port {port}: choose a free one with --port (nothing was deleted)"
+        ) from None
+
+
+def _fresh_files(data_dir: Path, *, force: bool = False) -> tuple[Path, Path]:
+    """Each demo starts from empty databases, so its proof speaks of this run only. Only
+    databases an earlier demo made (its directory holds `MARKER`, or the `demo.log` demos
+    before the marker left) are deleted without --force:
+    `--data-dir .` must not take a real hub.db or erp-replica.db with it."""
     paths = data_dir / "hub.db", data_dir / "erp-replica.db"
+    found = [path for path in paths if path.exists()]
+    made_by_demo = (data_dir / MARKER).exists() or (data_dir / "demo.log").exists()
+    if found and not force and not made_by_demo:
+        raise WouldOverwrite(
+            f"{' and '.join(str(p) for p in found)} exist and were not made by a demo: "
+            "choose another --data-dir (the demo makes it), or --force to delete them"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text("ordersync demo databases: the next demo replaces them\n")
     for path in paths:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -176,8 +201,7 @@ async def _mirror_live(
 ) -> None:
     stop_demo, stop_agent = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop_demo.set)
+    restore_signals = loops.on_stop_signals(loop, stop_demo.set)
     agent = asyncio.create_task(run_sources(runtime, stop_agent))
     started = time.monotonic()
     try:
@@ -197,8 +221,7 @@ async def _mirror_live(
                     last_plain = elapsed
                     console.print(_plain_progress(runtime, warehouse, elapsed))
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        restore_signals()
         stop_agent.set()
         await agent
 
@@ -314,10 +337,11 @@ async def _prove(store: Store, account_id: int, runtime: AgentRuntime, source: s
 def main_exit_code(settings: DemoSettings) -> int:
     """Run the demo with its JSON log (one line per API call) in `data_dir/demo.log`."""
     console = Console() if sys.stdout.isatty() else Console(width=120)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _port_free(settings.port)
+    _fresh_files(settings.data_dir, force=settings.force)  # refuses before the log is opened
     log_path = settings.data_dir / "demo.log"
     with log_path.open("w") as log_file:
         configure_logging("json", file=log_file)
-        code = asyncio.run(run_demo(settings, console))
+        code = loops.run(run_demo(settings, console))
     console.print(f"agent log (one JSON line per API call): {log_path}")
     return code

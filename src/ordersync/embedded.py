@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from ordersync.errors import ConfigurationError
+from ordersync.errors import ConfigurationError, PortInUse
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -31,9 +31,9 @@ async def serving(app: Any, host: str, port: int) -> AsyncIterator[EmbeddedServe
     try:
         sock = socket.create_server((host, port))
     except OSError as exc:
-        raise ConfigurationError(
+        raise PortInUse(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; another program (or "
-            f"another agent) uses port {port}: choose a free one (port in the config)"
+            f"another agent) uses port {port}: choose a free one"
         ) from None
     server = EmbeddedServer(
         uvicorn.Config(app, host=host, port=port, log_level="critical", access_log=False)

@@ -8,10 +8,13 @@
     ├── Conflict                    a uniqueness rule would break (duplicate customer_identifier)
     ├── AuthenticationFailed        missing or unknown credentials
     ├── WriteTimedOut               a write outlived the commit-lag bound: rolled back, retry
-    └── ConfigurationError          settings or command-line input that cannot work
+    └── ConfigurationError          settings or command-line input that cannot work (exit 2)
+        ├── PortInUse               a port to listen on is taken (exit 5)
+        ├── ReplicaUnavailable      the replica or its directory cannot be opened (exit 6)
+        └── WouldOverwrite          a command would delete data it did not make (exit 7)
 
 The hub maps each to an HTTP status and `error_type`; the CLI prints their message without a
-traceback.
+traceback, and exits with the error's `exit_code` (README.md, "Exit codes").
 """
 
 from __future__ import annotations
@@ -54,4 +57,22 @@ class WriteTimedOut(OrdersyncError):
 
 
 class ConfigurationError(OrdersyncError):
-    pass
+    exit_code = 2
+
+
+class PortInUse(ConfigurationError):
+    exit_code = 5
+
+
+class ReplicaUnavailable(ConfigurationError):
+    exit_code = 6
+
+
+class WouldOverwrite(ConfigurationError):
+    exit_code = 7
+
+
+def exit_code(exc: BaseException, default: int = 2) -> int:
+    """The process exit code a command ends with for `exc` (README.md, "Exit codes")."""
+    code = getattr(exc, "exit_code", default)
+    return code if isinstance(code, int) else default

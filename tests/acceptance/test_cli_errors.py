@@ -14,6 +14,9 @@ name = "masonhub"
 base_url = "http://127.0.0.1:9/api/v1"
 token_env = "MASONHUB_TOKEN"
 page_size = 1
+
+[sink]
+url = "sqlite:///replica.db"
 """
 
 

@@ -163,7 +163,7 @@ def test_a_standby_agent_takes_over_after_sigkill_missing_nothing_applying_nothi
         f"{socket.gethostname()}; waiting as standby"
     ) in b_said
     assert b_calls_while_a_ran == 0, "the standby polled the platform while A ran"
-    assert refused.returncode == 2, refused.stderr
+    assert refused.returncode == 4, refused.stderr  # README.md, "Exit codes"
     assert f"in use by agent pid {a.pid}" in refused.stderr and "refused" in refused.stderr
     assert "Traceback" not in b_said and b.returncode == 0, b_said[-2000:]
     hub, replica_versions, ledger = asyncio.run(_compare(hub_db, token, sink_url))
@@ -202,9 +202,9 @@ async def _compare(
     return hub, replica, ledger  # type: ignore[return-value]
 
 
-def test_a_metrics_port_in_use_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
-    """The agent's port is taken (by another program, or another agent's): exit 2 with a line
-    naming the port, instead of a silent exit 3."""
+def test_a_metrics_port_in_use_is_one_clear_line_and_exit_5(tmp_path: Path) -> None:
+    """The agent's port is taken (by another program, or another agent's): exit 5 (port in
+    use) with one line naming the port, instead of a silent exit 3."""
     hub_db = f"sqlite:///{tmp_path}/hub.db"
     token = cli_token(hub_db, account="demo")
     hub_port = free_port()
@@ -223,6 +223,6 @@ def test_a_metrics_port_in_use_is_one_clear_line_and_exit_2(tmp_path: Path) -> N
             env={**os.environ, "MASONHUB_TOKEN": token},
             check=False,
         )
-    assert result.returncode == 2, result.stderr
-    assert f"127.0.0.1:{port}" in result.stderr.replace("\n", "")
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 5, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"127.0.0.1:{port}" in line and "Traceback" not in result.stderr

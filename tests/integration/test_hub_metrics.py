@@ -97,7 +97,6 @@ async def test_quota_rejections_and_the_event_log_head(
     found = samples((await client.get("/metrics")).text)
     rejected = "ordersync_hub_quota_rejections_total"
     assert value(found, rejected, route="/api/v1/orders") == 2
-    principal = await store.authenticate(token)
     # The head never moves back: read later, it is at least what the scrape showed.
     assert value(found, "ordersync_hub_event_log_head") <= await store.event_log_head()
     assert value(found, "ordersync_hub_connections", state="live") == 1

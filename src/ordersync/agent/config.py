@@ -1,6 +1,6 @@
 """The agent's configuration: a TOML file, then `ORDERSYNC_*` environment overrides.
 
-    standby = true                   # another agent holds the replica: wait (false: exit 2)
+    standby = true                   # another agent holds the replica: wait (false: exit 4)
 
     [[sources]]
     name = "masonhub"
@@ -29,7 +29,10 @@
     [sink]
     url = "sqlite:///erp-replica.db"
 
-Overrides: ORDERSYNC_SINK_URL, ORDERSYNC_AGENT_PORT, and per source
+`state_dir` (default: the config file's directory; relative to it) holds an HTTP sink's
+cursors (`ordersync-http-sink-state.json`) and its lease file.
+
+Overrides: ORDERSYNC_SINK_URL, ORDERSYNC_AGENT_PORT, ORDERSYNC_AGENT_BIND, and per source
 ORDERSYNC_SOURCE_<NAME>_<KEY> for BASE_URL, INTERVAL, LOOKBACK, PAGE_SIZE, TOKEN_ENV,
 CONNECTION_NAME, ECHO.
 """
@@ -157,9 +160,16 @@ class AgentConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     port: int | None = Field(default=None, ge=0, le=65535, description="metrics HTTP port")
+    bind: str = Field(
+        default="127.0.0.1", min_length=1, description="address the status/metrics port binds"
+    )
+    state_dir: Path | None = Field(
+        default=None,
+        description="the HTTP sink's state file goes here; default: the config file's directory",
+    )
     standby: bool = Field(
         default=True,
-        description="another agent holds the replica: wait as hot standby (true) or exit 2",
+        description="another agent holds the replica: wait as hot standby (true) or exit 4",
     )
 
     @field_validator("sources")
@@ -181,18 +191,40 @@ def load_config(path: Path, environ: Mapping[str, str] = os.environ) -> AgentCon
         raise ConfigurationError(f"config file {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(raw, environ, origin=str(path))
+    if "sink" not in raw and "ORDERSYNC_SINK_URL" not in environ:
+        # Required: a default replica file in whatever directory the agent was started from
+        # (under systemd, /) would be written silently, and looked for there next time.
+        raise ConfigurationError(
+            f"{path}: [sink] is missing: say where the replica goes, e.g. [sink] url = "
+            '"sqlite:///erp-replica.db" (or postgresql://..., jsonl:///PATH, https://ERP/...), '
+            "or set ORDERSYNC_SINK_URL"
+        )
+    config = parse_config(raw, environ, origin=str(path))
+    # Relative to the config file, not to wherever the agent was started (under systemd, /).
+    here = path.resolve().parent
+    state_dir = here if config.state_dir is None else here / config.state_dir
+    return config.model_copy(update={"state_dir": state_dir})
 
 
 def parse_config(
     raw: dict[str, Any], environ: Mapping[str, str] = os.environ, origin: str = "config"
 ) -> AgentConfig:
-    merged = _apply_env(raw, environ)
+    merged, from_env = _apply_env(raw, environ)
     try:
         return AgentConfig.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(f"{_key(err['loc'], merged)}: {err['msg']}" for err in exc.errors())
-        raise ConfigurationError(f"{origin}: {problems}") from None
+        problems = []
+        for err in exc.errors():
+            key = _key(err["loc"], merged)
+            # An override's mistake is the variable's, not the file's.
+            variable = from_env.get(key)
+            problems.append(
+                f"{variable}={environ[variable]!r} (environment, overriding {key} of {origin}): "
+                f"{err['msg']}"
+                if variable
+                else f"{origin}: {key}: {err['msg']}"
+            )
+        raise ConfigurationError("; ".join(problems)) from None
 
 
 def _key(loc: tuple[Any, ...], merged: dict[str, Any]) -> str:
@@ -206,13 +238,22 @@ def _key(loc: tuple[Any, ...], merged: dict[str, Any]) -> str:
     return ".".join(parts)
 
 
-def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+def _apply_env(
+    raw: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The file's settings with the environment's overrides, and which key came from which
+    variable (as `_key` names it)."""
     merged = {**raw, "sink": dict(raw.get("sink") or {})}
     merged["sources"] = [dict(s) for s in raw.get("sources") or []]
+    from_env: dict[str, str] = {}
     if "ORDERSYNC_SINK_URL" in environ:
         merged["sink"]["url"] = environ["ORDERSYNC_SINK_URL"]
-    if "ORDERSYNC_AGENT_PORT" in environ:
-        merged["port"] = environ["ORDERSYNC_AGENT_PORT"]  # validated with the rest
+        from_env["sink.url"] = "ORDERSYNC_SINK_URL"
+    for key in ("port", "bind", "state_dir"):  # validated with the rest
+        variable = f"ORDERSYNC_AGENT_{key.upper()}"
+        if variable in environ:
+            merged[key] = environ[variable]
+            from_env[key] = variable
     for source in merged["sources"]:
         prefix = f"ORDERSYNC_SOURCE_{str(source.get('name', '')).upper().replace('-', '_')}_"
         for key in (
@@ -226,4 +267,5 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         ):
             if prefix + key.upper() in environ:
                 source[key] = environ[prefix + key.upper()]
-    return merged
+                from_env[f"sources[{source.get('name')}].{key}"] = prefix + key.upper()
+    return merged, from_env

@@ -45,6 +45,8 @@ Sleep = Callable[[float], Awaitable[None]]
 class ReplicaInUse(AgentError):
     """Another agent holds the replica and this one was configured not to wait."""
 
+    exit_code = 4
+
 
 class LeaseError(AgentError):
     """The lease could not be taken or checked (the lock file or the database failed)."""

@@ -7,10 +7,14 @@ and lets one process run several agents side by side.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from ordersync.agent.verify import VerifyReport
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -117,12 +121,31 @@ class AgentMetrics:
             ["budget", "window"],
             registry=r,
         )
+        self.verify_records = Gauge(
+            "ordersync_agent_verify_records",
+            "agent verify's last round: missing, stale, extra and quarantined records up to the"
+            " stream's position (drift), and in_flight ones changed since (the next poll's)",
+            ["source", "stream", "state"],
+            registry=r,
+        )
         self.quota_exhausted_until = Gauge(
             "ordersync_agent_quota_exhausted_until_seconds",
             "Unix time at which a spent quota reopens (0: none is spent)",
             ["budget"],
             registry=r,
         )
+
+    def record_verify(self, report: VerifyReport) -> None:
+        """Set the verify gauge from one `agent verify` round of a source."""
+        for s in report.streams:
+            for state, ids in (
+                ("missing", s.missing),
+                ("stale", s.stale),
+                ("extra", s.extra),
+                ("quarantined", s.quarantined),
+                ("in_flight", s.in_flight),
+            ):
+                self.verify_records.labels(report.source, s.stream, state).set(len(ids))
 
     def watch_quarantine(self, counts: QuarantineCounts) -> None:
         """Report `counts()` (a sink's quarantine per source) as the quarantined gauge."""

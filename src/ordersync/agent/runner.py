@@ -2,13 +2,15 @@
 
 Several sources sync concurrently on one event loop and share one sink (its checkpoints are
 keyed by source and stream). A refused token stops its own source with a clear message; the
-others keep going. `/metrics` (Prometheus) and `/status` (JSON) are served on the agent's port.
+others keep going. The status page (`/`), `/status` (JSON), `/metrics` (Prometheus), `/healthz`
+and `/readyz` are served on the agent's port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,28 +23,33 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ordersync.agent import status_page, talk
 from ordersync.agent.budget import Budget, BudgetBook, Pause
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.config import AgentConfig, SourceConfig
-from ordersync.agent.engine import StreamStatus, SyncEngine
-from ordersync.agent.errors import AuthError, RequestAborted, Unreachable
+from ordersync.agent.engine import CycleCounts, StreamStatus, SyncEngine, run_every
+from ordersync.agent.errors import AuthError, RequestAborted, SinkError, Unreachable
 from ordersync.agent.feeds.listing import ListingFeed
 from ordersync.agent.lease import POLL_SECONDS, Lease, acquire, shown
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.platforms import PLATFORMS, advertised_lookback_ms
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
+from ordersync.agent.status_page import Round
 from ordersync.domain.timestamps import format_rfc3339, now_ms
 from ordersync.embedded import serving
-from ordersync.errors import ConfigurationError
+from ordersync.errors import ConfigurationError, ReplicaUnavailable
+from ordersync.store.engine import parse_database_url
 
 log = structlog.get_logger("ordersync.agent")
 
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 HTTP_STATE = "ordersync-http-sink-state.json"  # an HTTP sink's cursors, in the state directory
+ROUNDS_KEPT = 200  # poll rounds the status page's sparklines show
+PROGRESS_SECONDS = 10.0  # a drain running longer reports its progress this often
 
 
 @dataclass
@@ -55,6 +62,8 @@ class AgentRuntime:
     engines: dict[str, SyncEngine] = field(default_factory=dict)
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     stopped: dict[str, str] = field(default_factory=dict)  # source -> why it stopped
+    draining: dict[str, int] = field(default_factory=dict)  # source -> drain started (ms)
+    rounds: deque[Round] = field(default_factory=lambda: deque(maxlen=ROUNDS_KEPT))
     budgets: BudgetBook = field(default_factory=BudgetBook)  # rate-limit budgets by connection
 
     async def close(self) -> None:
@@ -71,7 +80,7 @@ async def open_runtime(
     environ: Mapping[str, str],
     *,
     transport: httpx.AsyncBaseTransport | None = None,
-    state_dir: Path = Path("."),
+    state_dir: Path | None = None,
     budgets: Callable[[AgentMetrics], BudgetBook] = BudgetBook,
 ) -> AgentRuntime:
     """Open the sink and build one engine per source. Tokens are checked here, before any I/O."""
@@ -81,7 +90,13 @@ async def open_runtime(
     stamina.instrumentation.set_on_retry_hooks(())
     metrics = AgentMetrics()
     sink_http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT)
-    sink = await open_sink(config.sink.url, http=sink_http, state_path=state_dir / HTTP_STATE)
+    state = state_dir or config.state_dir or Path(".")
+    check_replica(config.sink.url, create=True)
+    try:
+        sink = await open_sink(config.sink.url, http=sink_http, state_path=state / HTTP_STATE)
+    except SinkError as exc:  # one line: SQLAlchemy's messages add a "Background" link line
+        await sink_http.aclose()
+        raise ReplicaUnavailable(str(exc).splitlines()[0]) from None
     runtime = AgentRuntime(config, sink, metrics, clients=[sink_http], budgets=budgets(metrics))
     metrics.watch_quarantine(lambda: getattr(sink, "quarantine_counts", {}))
     for source_config in config.sources:
@@ -95,6 +110,36 @@ async def open_runtime(
             source_config, token, http, sink, metrics, budget=budget
         )
     return runtime
+
+
+def replica_file(url: str) -> Path | None:
+    """The file a SQLite or JSONL replica lives in (None for other sinks)."""
+    scheme = url.partition("://")[0].split("+")[0].lower()
+    if scheme == "sqlite":
+        path = parse_database_url(url).sync_url.removeprefix("sqlite:///")
+        return None if path in ("", ":memory:") else Path(path)
+    if scheme == "jsonl":
+        return Path(url.partition("://")[2])
+    return None
+
+
+def check_replica(url: str, *, create: bool) -> None:
+    """Fail with one line before opening a replica that cannot be: its directory is missing
+    (the sink would not create it), or, when not to `create` it (`agent status`, `agent
+    reset`), the file itself is."""
+    path = replica_file(url)
+    if path is None:
+        return
+    if not path.parent.is_dir():
+        raise ReplicaUnavailable(
+            f"the replica's directory {path.parent} does not exist ([sink] url = {url!r}): "
+            "create it, or point url elsewhere"
+        )
+    if not create and not path.exists():
+        raise ReplicaUnavailable(
+            f"there is no replica at {path} yet ([sink] url = {url!r}): `ordersync agent run` "
+            "creates it; check the config's [sink] url and the directory you run in"
+        )
 
 
 def build_engine(
@@ -205,26 +250,76 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
 
     async def run_one(name: str, engine: SyncEngine) -> None:
         interval = next(s.interval for s in runtime.config.sources if s.name == name)
+
+        async def cycle(*, stop_event: asyncio.Event) -> CycleCounts:
+            runtime.draining[name] = now_ms()
+            try:
+                counts = await engine.run_cycle(stop_event=stop_event)
+            finally:
+                runtime.draining.pop(name, None)
+            states, now = engine.status(), now_ms()
+            talk.poll_round(name, counts, states, now, None if once else interval)
+            lags = [lag for st in states if (lag := talk.lag_seconds(st, now)) is not None]
+            runtime.rounds.append(Round(now, name, max(lags, default=None), counts.applied))
+            return counts
+
         try:
             if once:
-                await engine.run_cycle(stop_event=stop)
+                await cycle(stop_event=stop)
             else:
-                await engine.run(interval, stop)
+                await run_every(name, cycle, interval, stop)
         except AuthError as exc:
             runtime.stopped[name] = str(exc)
             log.error("source_stopped", source=name, reason=str(exc))
         except RequestAborted:  # also BudgetClosed
             pass  # stopped while waiting: that page was not applied, its cursor did not move
 
-    async with stopping_on(runtime, stop):
-        await asyncio.gather(*(run_one(n, e) for n, e in runtime.engines.items()))
+    ticker = asyncio.ensure_future(_report_long_drains(runtime, stop))
+    try:
+        async with stopping_on(runtime, stop):
+            await asyncio.gather(*(run_one(n, e) for n, e in runtime.engines.items()))
+    finally:
+        ticker.cancel()
 
 
-def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:
+async def _report_long_drains(
+    runtime: AgentRuntime, stop: asyncio.Event, every_s: float = PROGRESS_SECONDS
+) -> None:
+    """A drain that runs longer than `every_s` (a backfill) says how far it got, every `every_s`
+    seconds: the poll round's line comes only at its end."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        for name, since in list(runtime.draining.items()):
+            if now_ms() - since >= every_s * 1000 and not stop.is_set():
+                applied = _applied_so_far(runtime, name)
+                talk.progress(name, applied, runtime.engines[name].status())
+
+
+def _applied_so_far(runtime: AgentRuntime, source: str) -> int:
+    """Records applied for `source` since start, commits of the running drain included (the
+    engine adds a drain's counts to its status only at the drain's end)."""
+    return int(
+        sum(
+            sample.value
+            for metric in runtime.metrics.registry.collect()
+            if metric.name == "ordersync_agent_records_applied"
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels.get("source") == source
+        )
+    )
+
+
+def status_payload(runtime: AgentRuntime, now: int | None = None) -> list[dict[str, Any]]:
+    """Each stream's figures (`/status`), lags as of `now` (default: now)."""
     quarantined = getattr(runtime.sink, "quarantine_counts", {})
+    now = now_ms() if now is None else now
     return [
         status_row(
-            state, runtime.stopped.get(state.source), runtime.budgets.exhausted(state.source)
+            state,
+            runtime.stopped.get(state.source),
+            runtime.budgets.exhausted(state.source),
+            now=now,
         )
         | {"quarantined": quarantined.get(state.source, 0)}
         for state in runtime.status()
@@ -232,16 +327,21 @@ def status_payload(runtime: AgentRuntime) -> list[dict[str, Any]]:
 
 
 def status_row(
-    state: StreamStatus, stopped_reason: str | None = None, quota_pause: Pause | None = None
+    state: StreamStatus,
+    stopped_reason: str | None = None,
+    quota_pause: Pause | None = None,
+    *,
+    now: int | None = None,
 ) -> dict[str, Any]:
     cursor = state.cursor
+    lag = talk.lag_seconds(state, now_ms() if now is None else now)
     return {
         "source": state.source,
         "stream": state.stream,
         "cursor": None if cursor is None else format_rfc3339(cursor.updated_at_ms),
         "cursor_id": None if cursor is None else cursor.last_id,
         "caught_up": state.caught_up,
-        "lag_seconds": None if state.lag_ms is None else round(state.lag_ms / 1000, 3),
+        "lag_seconds": None if lag is None else round(lag, 3),
         "last_success_at": None
         if state.last_success_at_ms is None
         else format_rfc3339(state.last_success_at_ms),
@@ -256,22 +356,80 @@ def status_row(
 
 
 def observability_app(runtime: AgentRuntime) -> Starlette:
+    """`/` (the status page), `/status` (JSON), `/metrics` (Prometheus), `/healthz` (the
+    process answers) and `/readyz` (every stream drained at least once, no source stopped)."""
+
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def status(_: Request) -> Response:
         return Response(orjson.dumps(status_payload(runtime)), media_type="application/json")
 
-    return Starlette(routes=[Route("/metrics", metrics), Route("/status", status)])
+    async def page(_: Request) -> Response:
+        now = now_ms()  # one instant: the page's lags are its "as of" minus the positions
+        body = status_page.render(
+            status_payload(runtime, now),
+            list(runtime.rounds),
+            generated_at_ms=now,
+            sink=shown(runtime.config.sink.url),
+            waits=_budget_waits(runtime),
+        )
+        return HTMLResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        waiting = [
+            f"{row['source']}/{row['stream']}: "
+            + ("stopped" if row["stopped"] else "not drained yet")
+            for row in status_payload(runtime)
+            if row["stopped"] or row["last_success_at"] is None
+        ]
+        if waiting:
+            return JSONResponse({"status": "not ready", "waiting": waiting}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/metrics", metrics),
+            Route("/status", status),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ]
+    )
+
+
+def _budget_waits(runtime: AgentRuntime) -> dict[str, tuple[int, float]]:
+    """Per source: how many requests waited for the rate-limit budget, and how long in all."""
+    waits: dict[str, list[float]] = {}
+    for metric in runtime.metrics.registry.collect():
+        if metric.name in ("ordersync_agent_budget_waits", "ordersync_agent_budget_wait_seconds"):
+            slot = 0 if metric.name.endswith("waits") else 1
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    waits.setdefault(sample.labels["source"], [0.0, 0.0])[slot] += sample.value
+    return {source: (int(n), seconds) for source, (n, seconds) in waits.items()}
+
+
+def status_url(config: AgentConfig) -> str | None:
+    if config.port is None:
+        return None
+    host = f"[{config.bind}]" if ":" in config.bind else config.bind
+    return f"http://{host}:{config.port}/"
 
 
 @contextlib.asynccontextmanager
-async def serving_observability(runtime: AgentRuntime, port: int | None) -> AsyncIterator[None]:
-    """Serve /metrics and /status on 127.0.0.1:port while the agent runs (no port: nothing)."""
+async def serving_observability(
+    runtime: AgentRuntime, port: int | None, bind: str = "127.0.0.1"
+) -> AsyncIterator[None]:
+    """Serve the status page, /status, /metrics, /healthz and /readyz on bind:port while the
+    agent runs (no port: nothing)."""
     if port is None:
         yield
         return
-    async with serving(observability_app(runtime), "127.0.0.1", port):
+    async with serving(observability_app(runtime), bind, port):
         yield
 
 
@@ -281,7 +439,7 @@ async def run_owning_replica(
     *,
     once: bool = False,
     announce: Callable[[str], None] = print,
-    state_dir: Path = Path("."),
+    state_dir: Path | None = None,
     poll_seconds: float = POLL_SECONDS,
 ) -> None:
     """Take the replica's lease (`lease.py`; as standby, wait for it), then serve /metrics and
@@ -299,7 +457,7 @@ async def run_owning_replica(
             config.sink.url,
             [source.name for source in config.sources],
             standby=config.standby,
-            state_path=state_dir / HTTP_STATE,
+            state_path=(state_dir or config.state_dir or Path(".")) / HTTP_STATE,
             stop=stop,
             announce=announce,
             sleep=nap,
@@ -339,7 +497,8 @@ async def _run_while_held(
 
     helpers = [asyncio.ensure_future(watch()), asyncio.ensure_future(forward_stop())]
     try:
-        async with serving_observability(runtime, runtime.config.port):
+        async with serving_observability(runtime, runtime.config.port, runtime.config.bind):
+            talk.started(runtime, status_url(runtime.config))
             await run_sources(runtime, ending, once=once)
     finally:
         ending.set()

@@ -23,8 +23,8 @@ from ordersync.hub.offsets import offset_cap
 from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.hub.simulator import Simulation
-from ordersync.store.events import DAY_MS, EventLog, prune_forever
 from ordersync.hub.status_page import install_operator_pages
+from ordersync.store.events import DAY_MS, EventLog, prune_forever
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.store import Store, commit_lag_ms
 

@@ -169,7 +169,9 @@ async def test_an_agent_killed_with_sigkill_mid_backfill_resumes_without_loss_or
 async def test_in_process_agent_against_uvicorn_reads_the_date_header_and_verifies(
     live_hub: LiveHub, tmp_path: Path
 ) -> None:
-    """Over real HTTP the engine takes server time from Date; verify finds nothing amiss."""
+    """Over real HTTP the engine takes server time from Date; verify finds nothing amiss, counts
+    changes made after the agent's position as in flight (not drift), and reports a record
+    missing or stale behind the position."""
     source = SourceConfig(
         name="masonhub", base_url=live_hub.root + "/api/v1", token_env="TOKEN", lookback=2
     )
@@ -183,9 +185,31 @@ async def test_in_process_agent_against_uvicorn_reads_the_date_header_and_verifi
         assert report.ok, report
         await move_some(live_hub, 5)
         report = await verify_replica(agent.source, agent.sink)
+        assert report.ok, report  # a live platform is not drift
         orders = next(s for s in report.streams if s.stream == "orders")
-        assert len(orders.stale) == 5 and not orders.missing
+        assert len(orders.in_flight) == 5 and not orders.stale and not orders.missing
         shipments = next(s for s in report.streams if s.stream == "shipments")
-        assert len(shipments.missing) == 5
+        assert len(shipments.in_flight) == 5 and not shipments.missing
         await agent.engine.run_cycle()
         assert (await verify_replica(agent.source, agent.sink)).ok
+        assert isinstance(agent.sink, SqlSink)
+        async with agent.sink.engine.begin() as conn:
+            gone, older = [
+                row[0]
+                for row in (
+                    await conn.exec_driver_sql(
+                        "select id from orders order by updated_at_ms limit 2"
+                    )
+                ).all()
+            ]
+            await conn.exec_driver_sql("delete from orders where id = ?", (gone,))
+            await conn.exec_driver_sql(
+                "update orders set version = version - 1 where id = ?", (older,)
+            )
+            # Behind the position (it sits a lookback before the drain: move it past them).
+            await conn.exec_driver_sql(
+                "update checkpoints set updated_at_ms = updated_at_ms + 3600000"
+            )
+        report = await verify_replica(agent.source, agent.sink)
+        orders = next(s for s in report.streams if s.stream == "orders")
+        assert (orders.missing, orders.stale) == ([gone], [older]) and not report.ok

@@ -399,12 +399,17 @@ async def test_stopping_run_sources_releases_a_quota_wait_and_reopens_after() ->
     await b.spend("GET", ONE_ORDER)
 
     class Waiting:
-        async def run(self, interval: float, stop: asyncio.Event) -> None:
+        async def run_cycle(self, *, stop_event: asyncio.Event) -> None:
             await b.spend("GET", ONE_ORDER)
 
     config = SimpleNamespace(sources=[SimpleNamespace(name="hubrise", interval=1.0)])
     runtime: Any = SimpleNamespace(
-        config=config, engines={"hubrise": Waiting()}, stopped={}, budgets=book
+        config=config,
+        engines={"hubrise": Waiting()},
+        stopped={},
+        budgets=book,
+        draining={},
+        rounds=[],
     )
     stop = asyncio.Event()
     running = asyncio.ensure_future(run_sources(cast(Any, runtime), stop))

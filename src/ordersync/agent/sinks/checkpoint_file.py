@@ -42,6 +42,19 @@ class CheckpointFile:
             self._write(cursors)
         self._cursors = cursors
 
+    def rewind(self, source: str, to: Cursor | None) -> None:
+        """Move every stream of `source` back to `to` (None: forget them, start from the
+        beginning): `agent reset`, with no agent running, never the sync itself."""
+        with open(self.path.with_name(self.path.name + ".lock"), "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            stored = self._read()
+            cursors = {k: v for k, v in stored.items() if not k.startswith(f"{source}/")}
+            if to is not None:
+                for key in stored.keys() - cursors.keys():
+                    cursors[key] = {"updated_at_ms": to.updated_at_ms, "last_id": to.last_id}
+            self._write(cursors)
+        self._cursors = cursors
+
     def _read(self) -> dict[str, dict[str, object]]:
         try:
             return orjson.loads(self.path.read_bytes())  # type: ignore[no-any-return]
