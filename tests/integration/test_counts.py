@@ -475,3 +475,27 @@ async def test_0005_keeps_existing_counts_and_matches_the_tables(hub_db_url: str
         await assert_totals_exact(store, principal, probes)
     finally:
         await store.close()
+
+
+# -- the hub runs the compactor --------------------------------------------------------------
+
+
+async def test_a_running_hub_folds_the_count_deltas(
+    store: Store, principal: Principal, new_order: NewOrderFactory
+) -> None:
+    """While the hub's lifespan runs, its compactor folds what writers append (the deltas
+    drain), and stops with it."""
+    from ordersync.hub.app import create_app
+    from ordersync.hub.settings import HubSettings
+
+    await store.create_orders(principal, [new_order(f"C-{i}") for i in range(5)])
+    assert await delta_rows(store) == 5
+    app = create_app(HubSettings(), store)
+    async with app.router.lifespan_context(app):
+        for _ in range(600):  # a liveness wait (the compactor runs every second), not a timing
+            if await delta_rows(store) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await delta_rows(store) == 0
+    page = await store.list_orders(principal.account_id, ListQuery(since=0))
+    assert page.total == 5

@@ -19,6 +19,7 @@ from ordersync.hub.offsets import offset_cap
 from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.hub.simulator import Simulation
+from ordersync.store.counts import CountCompactor
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.store import Store
 
@@ -40,16 +41,20 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     )
 
     simulation = Simulation(hub_store, settings) if settings.simulate_rate > 0 else None
+    # Folds the writers' count deltas into the listing-total buckets (one worker at a time).
+    compactor = CountCompactor(hub_store.writer, lambda: hub_store.clock())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             if owned:
                 await hub_store.migrate()
+            compactor.start()
             if simulation is not None:
                 await simulation.start()
             yield
         finally:
+            await compactor.stop()
             if simulation is not None:
                 await simulation.stop()
             if owned:
