@@ -489,7 +489,7 @@ async def test_a_running_hub_folds_the_count_deltas(
     from ordersync.hub.settings import HubSettings
 
     await store.create_orders(principal, [new_order(f"C-{i}") for i in range(5)])
-    assert await delta_rows(store) == 5
+    assert await delta_rows(store) > 0
     app = create_app(HubSettings(), store)
     async with app.router.lifespan_context(app):
         for _ in range(600):  # a liveness wait (the compactor runs every second), not a timing
