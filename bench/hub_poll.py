@@ -958,7 +958,7 @@ def seed_history(url: str, first: int, last: int, interval: int, log: Callable[[
     )
     versions = f"""
         WITH o AS (
-            SELECT i, {first}::bigint + i * {interval} AS t0, (i % 16 = 0) AS canceled
+            SELECT i, {first}::bigint + i::bigint * {interval} AS t0, (i % 16 = 0) AS canceled
             FROM generate_series(0, {m - 1}) AS i
         ), steps(k, status, off, canceled) AS (VALUES {steps})
         SELECT o.i, s.k, s.status, o.t0 + s.off AS at, o.t0,
@@ -1021,6 +1021,8 @@ def seed_history(url: str, first: int, last: int, interval: int, log: Callable[[
             SELECT {account_id}, 'order', d.status, sp.span, d.at / sp.span, sum(d.n)
             FROM ({deltas}) AS d CROSS JOIN (VALUES {spans}) AS sp(span)
             GROUP BY d.status, sp.span, d.at / sp.span {having}
+            ON CONFLICT ON CONSTRAINT update_counts_pkey
+            DO UPDATE SET n = update_counts.n + excluded.n
             """
         )
         log(f"history: counters inserted ({time.perf_counter() - started:.1f} s)")
