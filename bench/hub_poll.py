@@ -1234,6 +1234,8 @@ async def _write_for(
         counted = [0] * writers
         t0 = time.perf_counter()
 
+        cpu: list[float] = []
+
         async def writer(w: int) -> None:
             i = 0
             while time.perf_counter() - t0 < warmup + seconds:
@@ -1242,10 +1244,12 @@ async def _write_for(
                 assert result.created
                 i += 1
                 if time.perf_counter() - t0 >= warmup:
+                    if not cpu:
+                        cpu.append(time.process_time())
                     counted[w] += 1
 
         await asyncio.gather(*(writer(w) for w in range(writers)))
-        return {"transactions": sum(counted)}
+        return {"transactions": sum(counted), "cpu": time.process_time() - cpu[0]}
     finally:
         if compactor is not None:
             await compactor.stop()
@@ -1329,6 +1333,9 @@ def run_contention(args: argparse.Namespace, log: Callable[[str], None]) -> dict
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
     tx = sum(r["transactions"] for r in results)
     tps = tx / args.seconds
+    # The writers' own CPU per transaction: when it is about (cores available) / tx/s, the
+    # writing processes, not the database, set the pace.
+    client_ms = 1000 * sum(r["cpu"] for r in results) / max(tx, 1)
     backend_samples = active[1]
     lock = sum(n for k, n in samples.items() if k.startswith("Lock"))
     share = lock / backend_samples if backend_samples else 0.0
@@ -1343,6 +1350,10 @@ def run_contention(args: argparse.Namespace, log: Callable[[str], None]) -> dict
         f"{100 * share:.1f} %; top: "
         + ", ".join(f"{k} {100 * n / max(backend_samples, 1):.0f}%" for k, n in top)
     )
+    print(
+        f"writer processes' CPU: {client_ms:.2f} ms per transaction; database sessions active "
+        f"on average: {backend_samples / max(active[0], 1):.2f} of {per_proc * procs_n}"
+    )
     if backlog is not None:
         print(f"count deltas left uncompacted at the end: {backlog:,}")
     return {
@@ -1355,6 +1366,8 @@ def run_contention(args: argparse.Namespace, log: Callable[[str], None]) -> dict
         "backend_samples": backend_samples,
         "snapshots": active[0],
         "lock_wait_share": round(share, 4),
+        "writer_cpu_ms_per_tx": round(client_ms, 3),
+        "mean_active_backends": round(backend_samples / max(active[0], 1), 2),
         "wait_events": dict(top),
         "deltas_left": backlog,
     }
