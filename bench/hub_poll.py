@@ -1256,10 +1256,92 @@ async def _write_for(
         await store.close()
 
 
+async def _lean_write(url: str, writers: int, seconds: float, warmup: float) -> dict[str, Any]:
+    """The database side of the same creates without the store's Python: per transaction the
+    duplicate check, the order and change rows and the counter writes of the schema in place
+    (0004: four bucket upserts; later: one delta row), on raw psycopg connections. On newer
+    code the real compactor runs alongside."""
+    import psycopg
+
+    revision = schema_revision(url)
+    compactor, store = None, None
+    if revision != "0004":
+        from ordersync.store.counts import CountCompactor
+        from ordersync.store.store import Store
+
+        store = await Store.open(url, migrate=False)
+        compactor = CountCompactor(store.writer, store.clock)
+        compactor.start()
+    doc = orjson.dumps(_templates()[3].model_dump(mode="json")).decode()
+    conns = [await psycopg.AsyncConnection.connect(url) for _ in range(writers)]
+    with psycopg.connect(url) as c:
+        found = c.execute("SELECT min(id) FROM accounts").fetchone()
+    account_id = int(found[0]) if found else 0
+    counted = [0] * writers
+    t0 = time.perf_counter()
+    cpu: list[float] = []
+
+    async def writer(w: int, conn: Any) -> None:
+        i = 0
+        while time.perf_counter() - t0 < warmup + seconds:
+            ident, oid, now = f"L{w}-{i}", str(uuid.uuid4()), int(time.time() * 1000)
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT customer_identifier FROM orders WHERE account_id = %s "
+                    "AND customer_identifier = ANY(%s)",
+                    (account_id, [ident]),
+                )
+                await conn.execute(
+                    "INSERT INTO orders (id, account_id, customer_identifier, status, version, "
+                    "created_at, updated_at, doc) VALUES (%s, %s, %s, 'open', 1, %s, %s, %s)",
+                    (oid, account_id, ident, now, now, doc),
+                )
+                await conn.execute(
+                    "INSERT INTO changes (account_id, entity_kind, entity_id, version, "
+                    "event_type, created_at) VALUES (%s, 'order', %s, 1, 'order.created', %s)",
+                    (account_id, oid, now),
+                )
+                if revision == "0004":
+                    values = ", ".join(
+                        f"({account_id}, 'order', 'open', {sp}, {now // sp}, 1)"
+                        for sp in COUNT_SPANS
+                    )
+                    await conn.execute(
+                        "INSERT INTO update_counts (account_id, entity_kind, status, span, "
+                        f"bucket, n) VALUES {values} ON CONFLICT (account_id, entity_kind, "
+                        "status, span, bucket) DO UPDATE SET n = update_counts.n + excluded.n"
+                    )
+                else:
+                    await conn.execute(
+                        "INSERT INTO update_count_deltas (account_id, entity_kind, status, "
+                        "updated_at, n) VALUES (%s, 'order', 'open', %s, 1)",
+                        (account_id, now),
+                    )
+            i += 1
+            if time.perf_counter() - t0 >= warmup:
+                if not cpu:
+                    cpu.append(time.process_time())
+                counted[w] += 1
+
+    try:
+        await asyncio.gather(*(writer(w, c) for w, c in enumerate(conns)))
+    finally:
+        for c in conns:
+            await c.close()
+        if compactor is not None:
+            await compactor.stop()
+        if store is not None:
+            await store.close()
+    return {"transactions": sum(counted), "cpu": time.process_time() - cpu[0]}
+
+
 def contention_process(
-    url: str, writers: int, seconds: float, warmup: float, proc: int, out: Any
+    url: str, writers: int, seconds: float, warmup: float, proc: int, out: Any, lean: bool
 ) -> None:
-    out.put(asyncio.run(_write_for(url, writers, seconds, warmup, proc)))
+    if lean:
+        out.put(asyncio.run(_lean_write(url, writers, seconds, warmup)))
+    else:
+        out.put(asyncio.run(_write_for(url, writers, seconds, warmup, proc)))
 
 
 def run_contention(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
@@ -1307,7 +1389,7 @@ def run_contention(args: argparse.Namespace, log: Callable[[str], None]) -> dict
         procs = [
             ctx.Process(
                 target=contention_process,
-                args=(url, per_proc, args.seconds, args.warmup_seconds, p, out),
+                args=(url, per_proc, args.seconds, args.warmup_seconds, p, out, args.lean),
             )
             for p in range(procs_n)
         ]
@@ -1358,6 +1440,7 @@ def run_contention(args: argparse.Namespace, log: Callable[[str], None]) -> dict
         print(f"count deltas left uncompacted at the end: {backlog:,}")
     return {
         "mode": "contention",
+        "lean": args.lean,
         "writers": per_proc * procs_n,
         "writer_procs": procs_n,
         "seconds": args.seconds,
@@ -1469,6 +1552,11 @@ def main() -> None:
     contention.add_argument("--writer-procs", type=int, default=2)
     contention.add_argument("--seconds", type=float, default=20.0)
     contention.add_argument("--warmup-seconds", type=float, default=3.0)
+    contention.add_argument(
+        "--lean",
+        action="store_true",
+        help="write the same rows with raw SQL (no store, one process): the database's side",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
