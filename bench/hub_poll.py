@@ -875,8 +875,636 @@ def bench_backend(
     return rows
 
 
+# -- history mode (issue 12): listing cost with 30 days of write history ----------------------
+
+# Each history order's versions: (status, ms after its creation). One in 16 is canceled.
+HISTORY_PATH = [
+    ("open", 0),
+    ("atWarehouse", 2_000),
+    ("inProcess", 5_000),
+    ("packed", 9_000),
+    ("fulfilled", 12_000),
+    ("delivered", 20_000),
+]
+HISTORY_CANCELED = [("open", 0), ("canceled", 2_000)]
+COUNT_SPANS = (1_000, 60_000, 3_600_000, 86_400_000)
+
+
+def schema_revision(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return str(row[0]) if row else ""
+
+
+async def compact_all(url: str) -> int | None:
+    """Fold every count delta (code with a compactor only); None on older code."""
+    try:
+        from ordersync.store.counts import CountCompactor
+    except ImportError:
+        return None
+    from ordersync.store.store import Store
+
+    store = await Store.open(url, migrate=False)
+    try:
+        return await CountCompactor(store.writer, store.clock).run_once()
+    finally:
+        await store.close()
+
+
+async def seed_recent(url: str, n: int, start: int) -> None:
+    """`n` orders through `Store.create_orders` (batches of 1,000), stamped from `start` on with
+    the seed clock's 0-6 ms steps."""
+    from ordersync.store.store import Store
+
+    store = await Store.open(url)
+    try:
+        rng = random.Random(7)
+        now = [start]
+
+        def clock() -> int:
+            now[0] += rng.choice((0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 6))
+            return now[0]
+
+        store.clock = clock
+        principal = await store.authenticate(await store.create_token(ACCOUNT, "seeder"))
+        shapes = _templates()
+        for first in range(0, n, BATCH):
+            items = [
+                shapes[i % len(shapes)].model_copy(update={"customer_identifier": f"R-{i:08d}"})
+                for i in range(first, min(n, first + BATCH))
+            ]
+            results = await store.create_orders(principal, items)
+            assert all(r.created for r in results)
+    finally:
+        await store.close()
+
+
+def seed_history(url: str, first: int, last: int, interval: int, log: Callable[[str], None]) -> int:
+    """Bulk SQL: one order every `interval` ms in [first, last), each taken through its whole
+    lifecycle (`HISTORY_PATH`), as the write path would leave it: the order's last version in
+    `orders`, and the counters of every version. For the 0004 layout: bucket rows of every span,
+    zero rows included (that code never deleted them). For 0005: the non-zero buckets; the real
+    compactor then prunes the second buckets past its horizon. How many orders."""
+    import psycopg
+
+    revision = schema_revision(url)
+    m = (last - first) // interval
+    steps = (
+        ", ".join(f"({k}, '{s}', {off}, false)" for k, (s, off) in enumerate(HISTORY_PATH))
+        + ", "
+        + ", ".join(f"({k}, '{s}', {off}, true)" for k, (s, off) in enumerate(HISTORY_CANCELED))
+    )
+    versions = f"""
+        WITH o AS (
+            SELECT i, {first}::bigint + i::bigint * {interval} AS t0, (i % 16 = 0) AS canceled
+            FROM generate_series(0, {m - 1}) AS i
+        ), steps(k, status, off, canceled) AS (VALUES {steps})
+        SELECT o.i, s.k, s.status, o.t0 + s.off AS at, o.t0,
+               lag(s.status) OVER w AS prev_status, lag(o.t0 + s.off) OVER w AS prev_at,
+               lead(s.k) OVER w IS NULL AS last
+        FROM o JOIN steps s ON s.canceled = o.canceled
+        WINDOW w AS (PARTITION BY o.i ORDER BY s.k)
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        account = conn.execute("SELECT id FROM accounts WHERE name = %s", (ACCOUNT,)).fetchone()
+        assert account is not None
+        account_id = int(account[0])
+        doc = conn.execute(
+            "SELECT doc FROM orders WHERE account_id = %s LIMIT 1", (account_id,)
+        ).fetchone()
+        assert doc is not None
+        template = orjson.loads(doc[0])
+        template.update(
+            id="@ID@",
+            customer_identifier="@CI@",
+            status="@ST@",
+            version=987654321,
+            created_at="@CA@",
+            updated_at="@UA@",
+        )
+        text = orjson.dumps(template).decode().replace("'", "''")
+
+        def rfc(col: str) -> str:
+            return (
+                f"to_char(to_timestamp({col} / 1000.0) AT TIME ZONE 'UTC', "
+                '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\')'
+            )
+
+        started = time.perf_counter()
+        conn.execute("CREATE TEMP TABLE hv AS " + versions)
+        log(f"history: {m:,} orders' versions built in {time.perf_counter() - started:.1f} s")
+        conn.execute(
+            f"""
+            INSERT INTO orders (id, account_id, customer_identifier, status, version,
+                                created_at, updated_at, updated_by, doc)
+            SELECT 'h-' || lpad(i::text, 12, '0'), {account_id}, 'H-' || i, status, k + 1,
+                   t0, at, NULL,
+                   replace(replace(replace(replace(replace(replace('{text}',
+                     '@ID@', 'h-' || lpad(i::text, 12, '0')), '@CI@', 'H-' || i),
+                     '@ST@', status), '987654321', (k + 1)::text),
+                     '@CA@', {rfc("t0")}), '@UA@', {rfc("at")})
+            FROM hv WHERE last
+            """
+        )
+        log(f"history: orders inserted ({time.perf_counter() - started:.1f} s)")
+        deltas = (
+            "SELECT status, at, 1 AS n FROM hv UNION ALL "
+            "SELECT prev_status, prev_at, -1 FROM hv WHERE prev_status IS NOT NULL"
+        )
+        spans = ", ".join(f"({s})" for s in COUNT_SPANS)
+        having = "" if revision == "0004" else "HAVING sum(d.n) <> 0"
+        conn.execute(
+            f"""
+            INSERT INTO update_counts (account_id, entity_kind, status, span, bucket, n)
+            SELECT {account_id}, 'order', d.status, sp.span, d.at / sp.span, sum(d.n)
+            FROM ({deltas}) AS d CROSS JOIN (VALUES {spans}) AS sp(span)
+            GROUP BY d.status, sp.span, d.at / sp.span {having}
+            ON CONFLICT ON CONSTRAINT update_counts_pkey
+            DO UPDATE SET n = update_counts.n + excluded.n
+            """
+        )
+        log(f"history: counters inserted ({time.perf_counter() - started:.1f} s)")
+    return m
+
+
+def db_stats(url: str) -> dict[str, Any]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        counts = {}
+        for table in ("orders", "update_counts", "update_count_deltas"):
+            try:
+                row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[arg-type]
+                counts[table] = int(row[0]) if row else 0
+            except psycopg.errors.UndefinedTable:
+                pass
+        seconds = conn.execute("SELECT count(*) FROM update_counts WHERE span = 1000").fetchone()
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return {
+        "rows": counts,
+        "second_buckets": int(seconds[0]) if seconds else 0,
+        "db_bytes": int(size[0]) if size else 0,
+    }
+
+
+async def time_listings(url: str, probes: dict[str, int], repeat: int) -> dict[str, dict[str, Any]]:
+    """For each probe (`updated_since`): p50/p90 of `Store.list_orders` (the route's store call,
+    limit 100) over `repeat` calls, the SQL execution time of its page statement (EXPLAIN
+    ANALYZE, median of 5), and whether `total` equals a plain count."""
+    from sqlalchemy import func, select
+
+    from ordersync.store.store import ListQuery, Store, _list_params, _list_statements
+    from ordersync.store.tables import orders
+
+    store = await Store.open(url, migrate=False)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        async with store.reader.connect() as conn:
+            account_id = int(await conn.scalar(select(func.min(orders.c.account_id))))
+        for name, since in probes.items():
+            query = ListQuery(since=since, limit=LIMIT)
+            page = await store.list_orders(account_id, query)
+            async with store.reader.connect() as conn:
+                plain = await conn.scalar(
+                    select(func.count())
+                    .select_from(orders)
+                    .where(orders.c.account_id == account_id, orders.c.updated_at >= since)
+                )
+            timings = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                await store.list_orders(account_id, query)
+                timings.append(time.perf_counter() - started)
+            statement = _list_statements(orders, "order", False, False, True, False).page
+            sql_ms = []
+            async with store.reader.connect() as conn:
+                compiled = statement.compile(dialect=conn.dialect)
+                bound = compiled.construct_params(_list_params(account_id, query))
+                for _ in range(5):
+                    plan = await conn.exec_driver_sql(
+                        "EXPLAIN (ANALYZE, FORMAT JSON) " + compiled.string, bound
+                    )
+                    explained = plan.scalar()[0]  # type: ignore[index]
+                    sql_ms.append(float(explained["Execution Time"]))
+            scans = sorted(set(plan_scans(explained["Plan"])))
+            out[name] = {
+                "since": since,
+                "total": page.total,
+                "exact": page.total == plain,
+                "items": len(page.items),
+                "p50_ms": round(percentile(timings, 0.5) * 1000, 3),
+                "p90_ms": round(percentile(timings, 0.9) * 1000, 3),
+                "sql_ms": round(sorted(sql_ms)[2], 3),
+                "scans": scans,
+            }
+    finally:
+        await store.close()
+    return out
+
+
+def plan_scans(node: dict[str, Any]) -> list[str]:
+    """'<node type> <relation> [<index>]' of every scan in an EXPLAIN (FORMAT JSON) plan."""
+    found = []
+    if "Relation Name" in node or "Index Name" in node:
+        index = f" [{node['Index Name']}]" if "Index Name" in node else ""
+        found.append(f"{node['Node Type']} {node.get('Relation Name', '')}{index}")
+    for child in node.get("Plans", []):
+        found += plan_scans(child)
+    return found
+
+
+def run_history(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """Two databases with the same recent orders, one with `--history-days` of older write
+    history for the same account; the tip poll and backfill pages timed on both."""
+    import psycopg
+
+    from ordersync.domain import now_ms
+
+    admin = args.pg_admin
+    base = admin.rpartition("/")[0]
+    tag = uuid.uuid4().hex[:8]
+    plain_db, hist_db = f"ordersync_bench_{tag}_plain", f"ordersync_bench_{tag}_hist"
+    urls = {"without": f"{base}/{plain_db}", "with": f"{base}/{hist_db}"}
+    n = args.recent_orders
+    recent_start = now_ms() - n * 3 - 60_000
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {plain_db}")  # type: ignore[arg-type]
+        log(f"history: seeding {n:,} recent orders through the store ...")
+        asyncio.run(seed_recent(urls["without"], n, recent_start))
+        asyncio.run(compact_all(urls["without"]))
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {hist_db} TEMPLATE {plain_db}")  # type: ignore[arg-type]
+        days = args.history_days
+        first = recent_start - days * 86_400_000
+        m = seed_history(urls["with"], first, recent_start - 60_000, args.history_interval, log)
+        if schema_revision(urls["with"]) != "0004":
+            # As the compactor leaves them: second buckets past the horizon pruned (the history
+            # was seeded with all of them; let the real compactor move its horizon from 0).
+            with psycopg.connect(urls["with"], autocommit=True) as conn:
+                conn.execute("UPDATE update_count_state SET seconds_from = 0")
+            asyncio.run(compact_all(urls["with"]))
+        stats = {k: db_stats(u) for k, u in urls.items()}
+        log(f"history: {m:,} history orders; {stats}")
+        _, hi, _ = asyncio.run(time_range(urls["without"]))
+        probes = {
+            "tip poll (last 2 s)": hi - 2_000,
+            "backfill page (start of recent orders)": recent_start,
+            "backfill page (middle of recent orders)": (recent_start + hi) // 2,
+        }
+        results = {k: asyncio.run(time_listings(u, probes, args.repeat)) for k, u in urls.items()}
+        deep = asyncio.run(
+            time_listings(urls["with"], {"backfill page (30 days back)": first}, args.repeat)
+        )
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for name in (hist_db, plain_db):
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+    print()
+    print(
+        f"{'listing (limit 100)':<42}{'without':>10}{'with':>10}{'ratio':>7}"
+        f"{'sql w/o':>10}{'sql with':>10}{'ratio':>7}  exact"
+    )
+    rows = []
+    for name in probes:
+        a, b = results["without"][name], results["with"][name]
+        ratio, sql_ratio = b["p50_ms"] / a["p50_ms"], b["sql_ms"] / max(a["sql_ms"], 1e-3)
+        rows.append(
+            {
+                "probe": name,
+                "without": a,
+                "with": b,
+                "ratio": round(ratio, 3),
+                "sql_ratio": round(sql_ratio, 3),
+            }
+        )
+        print(
+            f"{name:<42}{a['p50_ms']:>8.2f}ms{b['p50_ms']:>8.2f}ms{ratio:>7.2f}"
+            f"{a['sql_ms']:>8.2f}ms{b['sql_ms']:>8.2f}ms{sql_ratio:>7.2f}"
+            f"  {a['exact'] and b['exact']}"
+        )
+    for name in probes:
+        print(f"  scans with history, {name}: {'; '.join(results['with'][name]['scans'])}")
+    for name, d in deep.items():
+        print(
+            f"{name:<42}{'':>10}{d['p50_ms']:>8.2f}ms{'':>17}{d['sql_ms']:>8.2f}ms{'':>7}"
+            f"  {d['exact']}"
+        )
+    worst = max(r["ratio"] for r in rows)
+    print(
+        "target (with history within 1.5x of without, store call p50): "
+        f"{'MET' if worst <= 1.5 else 'MISSED'} (worst {worst:.2f}x)"
+    )
+    return {
+        "mode": "history",
+        "recent_orders": n,
+        "history_days": days,
+        "history_interval_ms": args.history_interval,
+        "history_orders": m,
+        "db": stats,
+        "rows": rows,
+        "deep": deep,
+    }
+
+
+# -- write-contention mode (issue 12): one account, 16 concurrent writers ----------------------
+
+
+async def _write_for(
+    url: str, writers: int, seconds: float, warmup: float, proc: int
+) -> dict[str, Any]:
+    from ordersync.store.store import Store
+
+    store = await Store.open(url, migrate=False)
+    compactor = None
+    try:
+        from ordersync.store.counts import CountCompactor
+
+        compactor = CountCompactor(store.writer, store.clock)  # as each hub worker runs one
+        compactor.start()
+    except ImportError:
+        pass
+    try:
+        token = await store.create_token(ACCOUNT, f"writer-{proc}")
+        principal = await store.authenticate(token)
+        shape = _templates()[3]
+        counted = [0] * writers
+        t0 = time.perf_counter()
+
+        cpu: list[float] = []
+
+        async def writer(w: int) -> None:
+            i = 0
+            while time.perf_counter() - t0 < warmup + seconds:
+                item = shape.model_copy(update={"customer_identifier": f"P{proc}-W{w}-{i}"})
+                [result] = await store.create_orders(principal, [item])
+                assert result.created
+                i += 1
+                if time.perf_counter() - t0 >= warmup:
+                    if not cpu:
+                        cpu.append(time.process_time())
+                    counted[w] += 1
+
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        return {"transactions": sum(counted), "cpu": time.process_time() - cpu[0]}
+    finally:
+        if compactor is not None:
+            await compactor.stop()
+        await store.close()
+
+
+async def _lean_write(url: str, writers: int, seconds: float, warmup: float) -> dict[str, Any]:
+    """The database side of the same creates without the store's Python: per transaction the
+    duplicate check, the order and change rows and the counter writes of the schema in place
+    (0004: four bucket upserts; later: one delta row), on raw psycopg connections. On newer
+    code the real compactor runs alongside."""
+    import psycopg
+
+    revision = schema_revision(url)
+    compactor, store = None, None
+    if revision != "0004":
+        from ordersync.store.counts import CountCompactor
+        from ordersync.store.store import Store
+
+        store = await Store.open(url, migrate=False)
+        compactor = CountCompactor(store.writer, store.clock)
+        compactor.start()
+    doc = orjson.dumps(_templates()[3].model_dump(mode="json")).decode()
+    conns = [await psycopg.AsyncConnection.connect(url) for _ in range(writers)]
+    with psycopg.connect(url) as c:
+        found = c.execute("SELECT min(id) FROM accounts").fetchone()
+    account_id = int(found[0]) if found else 0
+    counted = [0] * writers
+    t0 = time.perf_counter()
+    cpu: list[float] = []
+
+    async def writer(w: int, conn: Any) -> None:
+        i = 0
+        while time.perf_counter() - t0 < warmup + seconds:
+            ident, oid, now = f"L{w}-{i}", str(uuid.uuid4()), int(time.time() * 1000)
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT customer_identifier FROM orders WHERE account_id = %s "
+                    "AND customer_identifier = ANY(%s)",
+                    (account_id, [ident]),
+                )
+                await conn.execute(
+                    "INSERT INTO orders (id, account_id, customer_identifier, status, version, "
+                    "created_at, updated_at, doc) VALUES (%s, %s, %s, 'open', 1, %s, %s, %s)",
+                    (oid, account_id, ident, now, now, doc),
+                )
+                await conn.execute(
+                    "INSERT INTO changes (account_id, entity_kind, entity_id, version, "
+                    "event_type, created_at) VALUES (%s, 'order', %s, 1, 'order.created', %s)",
+                    (account_id, oid, now),
+                )
+                if revision == "0004":
+                    values = ", ".join(
+                        f"({account_id}, 'order', 'open', {sp}, {now // sp}, 1)"
+                        for sp in COUNT_SPANS
+                    )
+                    await conn.execute(
+                        "INSERT INTO update_counts (account_id, entity_kind, status, span, "
+                        f"bucket, n) VALUES {values} ON CONFLICT (account_id, entity_kind, "
+                        "status, span, bucket) DO UPDATE SET n = update_counts.n + excluded.n"
+                    )
+                else:
+                    await conn.execute(
+                        "INSERT INTO update_count_deltas (account_id, entity_kind, status, "
+                        "updated_at, n) VALUES (%s, 'order', 'open', %s, 1)",
+                        (account_id, now),
+                    )
+            i += 1
+            if time.perf_counter() - t0 >= warmup:
+                if not cpu:
+                    cpu.append(time.process_time())
+                counted[w] += 1
+
+    try:
+        await asyncio.gather(*(writer(w, c) for w, c in enumerate(conns)))
+    finally:
+        for c in conns:
+            await c.close()
+        if compactor is not None:
+            await compactor.stop()
+        if store is not None:
+            await store.close()
+    return {"transactions": sum(counted), "cpu": time.process_time() - cpu[0]}
+
+
+def contention_process(
+    url: str, writers: int, seconds: float, warmup: float, proc: int, out: Any, lean: bool
+) -> None:
+    if lean:
+        out.put(asyncio.run(_lean_write(url, writers, seconds, warmup)))
+    else:
+        out.put(asyncio.run(_write_for(url, writers, seconds, warmup, proc)))
+
+
+def run_contention(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """`--writers` concurrent creates (one order per transaction) in one account, spread over
+    `--writer-procs` processes (each a store with its pool and, on new code, a compactor, as a
+    hub worker has); `pg_stat_activity` sampled every 10 ms for active backends and lock waits."""
+    import threading
+
+    import psycopg
+
+    admin = args.pg_admin
+    name = f"ordersync_bench_{uuid.uuid4().hex[:8]}_writes"
+    url = f"{admin.rpartition('/')[0]}/{name}"
+    procs_n = args.writer_procs
+    per_proc = args.writers // procs_n
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    try:
+        asyncio.run(migrate(url))
+        asyncio.run(seed_recent(url, 1000, int(time.time() * 1000) - 600_000))  # stats, index
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        ctx = mp.get_context("spawn")
+        out = ctx.Queue()
+        samples: dict[str, int] = {}
+        active = [0, 0]  # samples, active backends summed
+        stop = threading.Event()
+
+        def sample() -> None:
+            with psycopg.connect(url, autocommit=True) as conn:
+                time.sleep(args.warmup_seconds)
+                while not stop.is_set():
+                    rows = conn.execute(
+                        "SELECT coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '') "
+                        "FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND state = 'active' AND pid <> pg_backend_pid()"
+                    ).fetchall()
+                    active[0] += 1
+                    for kind, event in rows:
+                        active[1] += 1
+                        key = f"{kind}:{event}" if event else kind
+                        samples[key] = samples.get(key, 0) + 1
+                    time.sleep(0.01)
+
+        procs = [
+            ctx.Process(
+                target=contention_process,
+                args=(url, per_proc, args.seconds, args.warmup_seconds, p, out, args.lean),
+            )
+            for p in range(procs_n)
+        ]
+        log(
+            f"contention: {per_proc * procs_n} writers in {procs_n} processes, {args.seconds} s ..."
+        )
+        for p in procs:
+            p.start()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        results = [out.get(timeout=600) for _ in procs]
+        stop.set()
+        sampler.join()
+        for p in procs:
+            p.join()
+        with psycopg.connect(url, autocommit=True) as conn:
+            backlog = None
+            with contextlib.suppress(psycopg.errors.UndefinedTable):
+                row = conn.execute("SELECT count(*) FROM update_count_deltas").fetchone()
+                backlog = int(row[0]) if row else None
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+    tx = sum(r["transactions"] for r in results)
+    tps = tx / args.seconds
+    # The writers' own CPU per transaction: when it is about (cores available) / tx/s, the
+    # writing processes, not the database, set the pace.
+    client_ms = 1000 * sum(r["cpu"] for r in results) / max(tx, 1)
+    backend_samples = active[1]
+    lock = sum(n for k, n in samples.items() if k.startswith("Lock"))
+    share = lock / backend_samples if backend_samples else 0.0
+    top = sorted(samples.items(), key=lambda kv: -kv[1])[:6]
+    print()
+    print(
+        f"writers {per_proc * procs_n} ({procs_n} processes), {args.seconds} s measured: "
+        f"{tx:,} transactions, {tps:,.1f} tx/s"
+    )
+    print(
+        f"active backend samples: {backend_samples:,} ({active[0]:,} snapshots); lock waits "
+        f"{100 * share:.1f} %; top: "
+        + ", ".join(f"{k} {100 * n / max(backend_samples, 1):.0f}%" for k, n in top)
+    )
+    print(
+        f"writer processes' CPU: {client_ms:.2f} ms per transaction; database sessions active "
+        f"on average: {backend_samples / max(active[0], 1):.2f} of {per_proc * procs_n}"
+    )
+    if backlog is not None:
+        print(f"count deltas left uncompacted at the end: {backlog:,}")
+    return {
+        "mode": "contention",
+        "lean": args.lean,
+        "writers": per_proc * procs_n,
+        "writer_procs": procs_n,
+        "seconds": args.seconds,
+        "transactions": tx,
+        "tx_per_s": round(tps, 1),
+        "backend_samples": backend_samples,
+        "snapshots": active[0],
+        "lock_wait_share": round(share, 4),
+        "writer_cpu_ms_per_tx": round(client_ms, 3),
+        "mean_active_backends": round(backend_samples / max(active[0], 1), 2),
+        "wait_events": dict(top),
+        "deltas_left": backlog,
+    }
+
+
+def save_mode_result(payload: dict[str, Any], args: argparse.Namespace, load: list[float]) -> None:
+    if args.no_save:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    label = f"-{args.label}" if args.label else ""
+    path = RESULTS / f"hub_poll-{payload['mode']}-{stamp}{label}.json"
+    payload = {
+        "bench": "hub_poll",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "code": code_identity(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": load,
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        **payload,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"results: {path.relative_to(ROOT)}")
+
+
+def code_identity() -> dict[str, Any]:
+    """Which tree's `ordersync` ran (PYTHONPATH may point at another checkout) and its commit."""
+    import ordersync
+
+    src = Path(ordersync.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"ordersync": str(src), "commit": commit}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--mode",
+        choices=("poll", "history", "contention"),
+        default="poll",
+        help="poll: the HTTP polling bench (default); history: listing times with and "
+        "without write history (PostgreSQL); contention: concurrent writers in one account",
+    )
     parser.add_argument("--orders", type=int, default=1_000_000, help="orders to seed")
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
@@ -911,6 +1539,24 @@ def main() -> None:
         help="hub worker processes (`hub serve --workers`, default 1)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    parser.add_argument("--label", default="", help="suffix of the results file name")
+    history = parser.add_argument_group("history mode")
+    history.add_argument("--recent-orders", type=int, default=20_000)
+    history.add_argument("--history-days", type=int, default=30)
+    history.add_argument(
+        "--history-interval", type=int, default=10_000, help="ms between history orders"
+    )
+    history.add_argument("--repeat", type=int, default=200, help="calls timed per listing")
+    contention = parser.add_argument_group("contention mode")
+    contention.add_argument("--writers", type=int, default=16)
+    contention.add_argument("--writer-procs", type=int, default=2)
+    contention.add_argument("--seconds", type=float, default=20.0)
+    contention.add_argument("--warmup-seconds", type=float, default=3.0)
+    contention.add_argument(
+        "--lean",
+        action="store_true",
+        help="write the same rows with raw SQL (no store, one process): the database's side",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -931,6 +1577,10 @@ def main() -> None:
 
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     log(f"load average at start: {load_at_start} on {os.cpu_count()} cpus")
+    if args.mode != "poll":
+        run = run_history if args.mode == "history" else run_contention
+        save_mode_result(run(args, log), args, load_at_start)
+        return
     if args.seed_only:
         with (
             tempfile.TemporaryDirectory(prefix="hub_poll-") as tmp,

@@ -24,6 +24,7 @@ from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.hub.simulator import Simulation
 from ordersync.hub.status_page import install_operator_pages
+from ordersync.store.counts import CountCompactor
 from ordersync.store.events import DAY_MS, EventLog, prune_forever
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.store import Store, commit_lag_ms
@@ -51,12 +52,15 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     event_log = EventLog(hub_store, retention_ms=int(settings.event_retention_days * DAY_MS))
 
     simulation = Simulation(hub_store, settings) if settings.simulate_rate > 0 else None
+    # Folds the writers' count deltas into the listing-total buckets (one worker at a time).
+    compactor = CountCompactor(hub_store.writer, lambda: hub_store.clock())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             if owned:
                 await hub_store.migrate()
+            compactor.start()
             if simulation is not None:
                 await simulation.start()
             pruning = asyncio.ensure_future(
@@ -69,6 +73,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pruning
         finally:
+            await compactor.stop()
             if simulation is not None:
                 await simulation.stop()
             if owned:

@@ -1,8 +1,9 @@
 """The hub's store: every read and write of accounts, orders, shipments and the change feed.
 
 Each write is one transaction that bumps `version`, stamps `updated_at` from the hub clock,
-rewrites the entity's JSON document, appends to `changes` and moves the entity in the
-`update_counts` buckets. A crash at any line leaves either all of that or none of it.
+rewrites the entity's JSON document, appends to `changes` and appends the entity's count
+moves to `update_count_deltas` (insert-only: writers share no counter row; see
+`ordersync.store.counts`). A crash at any line leaves either all of that or none of it.
 
 Time: each version's `updated_at` is strictly greater than the previous version's
 (`max(clock, previous + 1)`), whatever the clock of the host that writes it. A write must

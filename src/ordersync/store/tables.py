@@ -115,18 +115,46 @@ event_log = Table(
     Column("pruned_through", BigInteger, nullable=False),
 )
 
-# Row counts per (kind, status, time bucket), kept in each write's transaction so that the
-# `total` of a listing filtered by `updated_since` costs a few index lookups instead of a scan
-# of every matching row. See `ordersync.store.counts`.
+# Row counts per (kind, time bucket, status): the rollup behind a listing's exact `total`, so
+# that it costs a few index lookups instead of a scan of every matching row. Only the counts
+# compactor writes it (writers append to `update_count_deltas`); the key leads with span and
+# bucket so that a bucket range is one index range with or without a status filter. Second
+# buckets older than `update_count_state.seconds_from` are pruned. See `ordersync.store.counts`.
 update_counts = Table(
     "update_counts",
     metadata,
     Column("account_id", Integer, nullable=False, primary_key=True),
     Column("entity_kind", String(10), nullable=False, primary_key=True),
-    Column("status", String(20), nullable=False, primary_key=True),
     Column("span", Integer, nullable=False, primary_key=True),
     Column("bucket", BigInteger, nullable=False, primary_key=True),
+    Column("status", String(20), nullable=False, primary_key=True),
     Column("n", BigInteger, nullable=False),
+)
+
+# What each write appends in its own transaction: +1 for its new (status, updated_at), -1 for
+# the old one. Insert-only, so concurrent writers of one account share no row; the compactor
+# folds them into `update_counts` and deletes them in one transaction.
+update_count_deltas = Table(
+    "update_count_deltas",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("account_id", Integer, nullable=False),
+    Column("entity_kind", String(10), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("n", Integer, nullable=False),
+    Index("ix_update_count_deltas_account", "account_id", "entity_kind", "updated_at"),
+)
+
+# One row (id = 1): second buckets from `seconds_from` on are complete; older ones are pruned
+# and listings count that part from the rows or from minute buckets instead.
+update_count_state = Table(
+    "update_count_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seconds_from", BigInteger, nullable=False),
 )
 
 # Requests counted per connection (a token's SHA-256) and quota window, shared by every hub

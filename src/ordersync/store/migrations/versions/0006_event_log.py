@@ -18,8 +18,8 @@ Create Date: 2026-12-02 10:00:00.000000
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_event_log"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
