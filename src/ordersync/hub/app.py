@@ -34,7 +34,12 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     """
     owned = store is None
     hub_store = (
-        Store.connect(settings.db_url, clock=late_commit_clock(now_ms, settings.faults))
+        Store.connect(
+            settings.db_url,
+            clock=late_commit_clock(now_ms, settings.faults),
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
         if store is None
         else store
     )

@@ -36,6 +36,8 @@ from ordersync.domain import (
 from ordersync.errors import AuthenticationFailed, NotFound
 from ordersync.store.counts import CountDeltas, bucket_params, bucket_total_query, exact_until
 from ordersync.store.engine import (
+    DB_MAX_OVERFLOW,
+    DB_POOL_SIZE,
     DatabaseURL,
     SqliteReadPool,
     create_engines,
@@ -112,18 +114,31 @@ class Store:
         )
 
     @classmethod
-    async def open(cls, url: str, *, clock: Clock = now_ms, migrate: bool = True) -> Store:
-        store = cls.connect(url, clock=clock)
+    async def open(
+        cls, url: str, *, clock: Clock = now_ms, migrate: bool = True, **pool: int
+    ) -> Store:
+        store = cls.connect(url, clock=clock, **pool)
         if migrate:
             await store.migrate()
         return store
 
     @classmethod
-    def connect(cls, url: str, *, clock: Clock = now_ms) -> Store:
+    def connect(
+        cls,
+        url: str,
+        *,
+        clock: Clock = now_ms,
+        pool_size: int = DB_POOL_SIZE,
+        max_overflow: int = DB_MAX_OVERFLOW,
+    ) -> Store:
         """The store of `url` without any I/O yet: connections open on first use, in the event
-        loop that uses them. Call `migrate()` before serving from a new database."""
+        loop that uses them. Call `migrate()` before serving from a new database. The pool
+        sizes apply to PostgreSQL (see `create_engines`)."""
         parsed = parse_database_url(url)
-        reader, writer = create_engines(parsed)
+        if parsed.backend == "sqlite":
+            reader, writer = create_engines(parsed)
+        else:
+            reader, writer = create_engines(parsed, pool_size=pool_size, max_overflow=max_overflow)
         return cls(parsed, reader, writer, clock)
 
     async def migrate(self) -> None:
