@@ -149,20 +149,19 @@ def hub_serve(
     quota_specs = ";".join([os.environ.get("ORDERSYNC_HUB_QUOTAS", ""), *(quota or [])])
     try:
         quotas = QuotaPolicy.from_specs(quota_specs, QuotaPolicy.hubrise_default())
+        settings = HubSettings.from_env(
+            db_url=db,
+            host=host,
+            port=port,
+            simulate_rate=simulate,
+            simulate_seed=seed,
+            simulate_account=account,
+            max_body_bytes=max_body_bytes,
+            quotas=quotas,
+        )
     except OrdersyncError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
-
-    settings = HubSettings.from_env(
-        db_url=db,
-        host=host,
-        port=port,
-        simulate_rate=simulate,
-        simulate_seed=seed,
-        simulate_account=account,
-        max_body_bytes=max_body_bytes,
-        quotas=quotas,
-    )
     if workers > 1 and simulate:
         err.print("[red]error:[/red] run the simulator in a single-worker hub")
         raise typer.Exit(2)

@@ -29,6 +29,10 @@ import httpx
 import pytest
 from sqlalchemy import make_url
 
+from ordersync.errors import ConfigurationError
+from ordersync.hub.app import create_app
+from ordersync.hub.settings import HubSettings
+from ordersync.store.engine import parse_database_url
 from tests.integration.test_api_hubrise import hubrise_order
 from tests.support import (
     ORDERSYNC_CLI,
@@ -38,8 +42,6 @@ from tests.support import (
     fresh_pg_database,
     order_payload,
 )
-
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 CLIENTS = 4
 BATCHES = 4
@@ -128,6 +130,8 @@ def hub(db_url: str, log: Path) -> Iterator[str]:
             server.wait(timeout=30)
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_the_hub_serves_through_pgbouncer_in_transaction_pooling(
     pg_admin_url: str, tmp_path: Path
 ) -> None:
@@ -217,3 +221,53 @@ def _all_orders(base: str, token: str) -> dict[str, Any]:
                 break
     orders.pop("dup", None)  # the HubRise create
     return orders
+
+
+async def test_pool_settings_reach_each_workers_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERSYNC_HUB_DB_POOL_SIZE", "3")
+    monkeypatch.setenv("ORDERSYNC_HUB_DB_MAX_OVERFLOW", "1")
+    url = "postgresql://postgres@127.0.0.1:6432/hub?pgbouncer=true"
+    settings = HubSettings.from_env(db_url=url)
+    store = create_app(settings).state.store  # no I/O until first use
+    try:
+        pool: Any = store.writer.pool
+        assert (pool.size(), pool._max_overflow) == (3, 1)
+        assert store.url.pgbouncer and "pgbouncer" not in store.url.async_url
+        assert store.url.connect_args() == {"prepare_threshold": None}
+    finally:
+        await store.close()
+    assert not parse_database_url(url.replace("?pgbouncer=true", "")).connect_args()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("ORDERSYNC_HUB_DB_POOL_SIZE", "0", "at least 1"),
+        ("ORDERSYNC_HUB_DB_POOL_SIZE", "many", "whole number"),
+        ("ORDERSYNC_HUB_DB_MAX_OVERFLOW", "-1", "at least 0"),
+    ],
+)
+def test_bad_pool_settings_are_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=says) as caught:
+        HubSettings.from_env()
+    assert variable in str(caught.value)
+
+
+def test_a_bad_pgbouncer_flag_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="pgbouncer= in a database URL"):
+        parse_database_url("postgresql://h/db?pgbouncer=maybe")
+
+
+def test_hub_serve_refuses_a_bad_pool_size_without_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*ORDERSYNC_CLI, "hub", "serve", "--db", f"sqlite:///{tmp_path}/hub.db"],
+        env={**os.environ, "ORDERSYNC_HUB_DB_POOL_SIZE": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "ORDERSYNC_HUB_DB_POOL_SIZE" in result.stderr and "Traceback" not in result.stderr
