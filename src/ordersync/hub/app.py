@@ -45,6 +45,8 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
             settings.db_url,
             clock=late_commit_clock(_skewed(now_ms, settings.clock_skew_ms), settings.faults),
             write_timeout_ms=settings.write_timeout_ms,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
         )
         if store is None
         else store

@@ -12,6 +12,7 @@ from ordersync.hub import DEFAULT_DB_URL
 from ordersync.hub.faults import FaultSettings
 from ordersync.hub.offsets import MAX_OFFSET
 from ordersync.quotas import QuotaPolicy
+from ordersync.store.engine import DB_MAX_OVERFLOW, DB_POOL_SIZE
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,23 @@ class HubSettings:
     access_log: bool = False  # `hub serve` turns it on; in-process hubs (demo, bench) stay quiet
     log_level: str = "info"
     log_format: str = "json"  # json | console
+    # PostgreSQL connections per worker process: `db_pool_size` kept open, up to
+    # `db_max_overflow` more under load. Keep workers x (pool + overflow) below the server's
+    # max_connections (README, "Connections and PgBouncer"). SQLite ignores both.
+    db_pool_size: int = DB_POOL_SIZE
+    db_max_overflow: int = DB_MAX_OVERFLOW
+
+    def __post_init__(self) -> None:
+        if self.db_pool_size < 1:
+            raise ConfigurationError(
+                f"the database pool size (ORDERSYNC_HUB_DB_POOL_SIZE) must be at least 1,"
+                f" got {self.db_pool_size}"
+            )
+        if self.db_max_overflow < 0:
+            raise ConfigurationError(
+                f"the database pool overflow (ORDERSYNC_HUB_DB_MAX_OVERFLOW) must be at least 0,"
+                f" got {self.db_max_overflow}"
+            )
 
     @classmethod
     def from_env(cls, **overrides: object) -> HubSettings:
@@ -65,6 +83,17 @@ class HubSettings:
             values["faults"] = FaultSettings.parse(env["ORDERSYNC_HUB_FAULTS"])
         if "ORDERSYNC_HUB_LOG_LEVEL" in env:
             values["log_level"] = env["ORDERSYNC_HUB_LOG_LEVEL"].lower()
+        for key, name in (
+            ("ORDERSYNC_HUB_DB_POOL_SIZE", "db_pool_size"),
+            ("ORDERSYNC_HUB_DB_MAX_OVERFLOW", "db_max_overflow"),
+        ):
+            if key in env:
+                try:
+                    values[name] = int(env[key])
+                except ValueError:
+                    raise ConfigurationError(
+                        f"{key} must be a whole number, got {env[key]!r}"
+                    ) from None
         if "ORDERSYNC_HUB_QUOTA_STORE" in env:
             values["quota_store"] = env["ORDERSYNC_HUB_QUOTA_STORE"]
         for key, name, kind in _NUMBERS:

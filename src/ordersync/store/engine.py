@@ -3,6 +3,15 @@
 On SQLite, the hot listing reads also have a `SqliteReadPool`: plain `sqlite3` connections
 that run a whole read in one thread hop, where aiosqlite hops to its thread and back for every
 DBAPI call.
+
+PostgreSQL connections: each process (each hub worker) keeps a pool of `pool_size` connections
+and opens up to `max_overflow` more under load, so a hub of W workers may hold
+W x (pool_size + max_overflow) server connections; keep that below the server's
+`max_connections` minus its reserved and other clients' connections (README, "Connections and
+PgBouncer"). Behind PgBouncer in transaction pooling, consecutive transactions of one client
+connection may run on different server connections, so a statement prepared on one is missing
+on the next ("prepared statement ... does not exist"): the URL flag `pgbouncer=true` turns
+psycopg's server-side prepared statements off (`prepare_threshold=None`).
 """
 
 from __future__ import annotations
@@ -24,6 +33,12 @@ from ordersync.errors import ConfigurationError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_READ_THREADS = 4
+# PostgreSQL connections per process: kept open, and opened on top under load (then closed).
+DB_POOL_SIZE = 8
+DB_MAX_OVERFLOW = 2
+# The ordersync-only query flag of a PostgreSQL URL that says "behind PgBouncer in transaction
+# pooling": removed from the URL given to the driver.
+PGBOUNCER_FLAG = "pgbouncer"
 
 T = TypeVar("T")
 
@@ -36,6 +51,13 @@ class DatabaseURL:
     async_url: str
     sync_url: str
     backend: str  # "sqlite" | "postgresql"
+    # PostgreSQL behind PgBouncer in transaction pooling (`?pgbouncer=true`): no server-side
+    # prepared statements.
+    pgbouncer: bool = False
+
+    def connect_args(self) -> dict[str, Any]:
+        """The driver's connect arguments this URL asks for (the async and sync engines)."""
+        return {"prepare_threshold": None} if self.pgbouncer else {}
 
 
 def parse_database_url(url: str) -> DatabaseURL:
@@ -56,8 +78,17 @@ def parse_database_url(url: str) -> DatabaseURL:
             "sqlite",
         )
     if backend in ("postgresql", "postgres"):
-        psycopg = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        return DatabaseURL(url, psycopg, psycopg, "postgresql")
+        flag = parsed.query.get(PGBOUNCER_FLAG, "false")
+        if not isinstance(flag, str) or flag.lower() not in ("true", "false", "1", "0"):
+            raise ConfigurationError(
+                f"{PGBOUNCER_FLAG}= in a database URL takes true or false, got {flag!r}"
+            )
+        psycopg = (
+            parsed.difference_update_query([PGBOUNCER_FLAG])
+            .set(drivername="postgresql+psycopg")
+            .render_as_string(hide_password=False)
+        )
+        return DatabaseURL(url, psycopg, psycopg, "postgresql", flag.lower() in ("true", "1"))
     raise ConfigurationError(
         f"unsupported database {backend!r} in {url!r}: use sqlite:///FILE or postgresql://..."
     )
@@ -77,10 +108,18 @@ def _sqlite_pragmas(dbapi_connection: Any, immediate: bool) -> None:
     cursor.close()
 
 
-def create_engines(url: DatabaseURL, *, pool_size: int = 8) -> tuple[AsyncEngine, AsyncEngine]:
-    """A (reader, writer) pair. On PostgreSQL both are the same engine."""
+def create_engines(
+    url: DatabaseURL, *, pool_size: int = DB_POOL_SIZE, max_overflow: int = DB_MAX_OVERFLOW
+) -> tuple[AsyncEngine, AsyncEngine]:
+    """A (reader, writer) pair. On PostgreSQL both are the same engine, holding at most
+    `pool_size + max_overflow` connections."""
     if url.backend == "postgresql":
-        engine = create_async_engine(url.async_url, pool_size=pool_size, max_overflow=pool_size)
+        engine = create_async_engine(
+            url.async_url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            connect_args=url.connect_args(),
+        )
         return engine, engine
     reader = create_async_engine(url.async_url, pool_size=pool_size, max_overflow=0)
     writer = create_async_engine(url.async_url, pool_size=2, max_overflow=0)

@@ -69,7 +69,13 @@ MAX_EVENTS_PER_TRANSACTION = 1 << ORDINAL_BITS
 DAY_MS = 86_400_000
 PRUNE_BATCH = 5_000
 
-_PG_XID = text("SELECT pg_current_xact_id()::text::bigint")
+# The next free id of this transaction: xid * 2^20, past any id it already took (a write
+# method may run as one step of a larger transaction that records several changes).
+_PG_NEXT = text(
+    f"WITH base AS (SELECT pg_current_xact_id()::text::bigint << {ORDINAL_BITS} AS id) "
+    "SELECT coalesce(max(changes.event_id) + 1, (SELECT id FROM base)) FROM changes, base "
+    f"WHERE changes.event_id >= base.id AND changes.event_id < base.id + {1 << ORDINAL_BITS}"
+)
 _PG_FRONTIER = text(
     f"SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {ORDINAL_BITS}"
 )
@@ -80,12 +86,15 @@ _SQLITE_NEXT = text(
 
 
 async def allocate_event_ids(conn: AsyncConnection, n: int) -> list[int]:
-    """`n` event ids for the changes of the write transaction `conn` is in. Call it once per
-    transaction (the ordinals start at 0 each time)."""
+    """`n` event ids for the changes of the write transaction `conn` is in, after any this
+    transaction already wrote (so it may be called more than once per transaction, as long as
+    each call's rows are inserted before the next call)."""
     if n >= MAX_EVENTS_PER_TRANSACTION:
         raise ValueError(f"at most {MAX_EVENTS_PER_TRANSACTION - 1} changes per transaction")
     if conn.dialect.name == "postgresql":
-        base = int(await conn.scalar(_PG_XID) or 0) << ORDINAL_BITS
+        base = int(await conn.scalar(_PG_NEXT) or 0)
+        if (base + n - 1) >> ORDINAL_BITS != base >> ORDINAL_BITS:
+            raise ValueError(f"at most {MAX_EVENTS_PER_TRANSACTION - 1} changes per transaction")
     else:
         base = int(await conn.scalar(_SQLITE_NEXT) or 1)
     return [base + i for i in range(n)]

@@ -19,10 +19,11 @@ it is then above the frontier, and the watermark waits for it).
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, tuple_, update
@@ -31,9 +32,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from ordersync.domain import NewOrder, OrderStatus
 from ordersync.errors import Conflict, NotFound
 from ordersync.store.events import frontier
-from ordersync.store.store import Principal, Store
+from ordersync.store.store import CreateResult, Principal, Store
 from ordersync.store.tables import (
     accounts,
     callback_acks,
@@ -44,6 +46,7 @@ from ordersync.store.tables import (
     shipments,
 )
 
+T = TypeVar("T")
 EVENTS_PAGE = 100
 EVENT_KINDS = ("order", "shipment")
 EVENT_TYPES = ("create", "update")
@@ -52,6 +55,15 @@ _LOCATION_CACHE_SECONDS = 10.0
 
 class PrivateRefTaken(Conflict):
     """This connection already uses the ref on another entity of the same kind."""
+
+
+class Unset(enum.Enum):
+    """A PATCH that leaves a field alone (where None would clear it)."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
 
 
 @dataclass(frozen=True)
@@ -163,19 +175,57 @@ class HubRiseStore:
         return [OrderRow(str(r[0]), int(r[1]), str(r[2]), r[3], r[4]) for r in rows]
 
     async def get_order(self, principal: Principal, order_id: str) -> OrderRow:
-        c = orders.c
-        refs = _refs_of(principal.connection_id, "order")
         async with self.store.reader.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(c.id, c.created_at, c.doc, refs.c.ref, c.event_id)
-                    .select_from(orders.outerjoin(refs, refs.c.entity_id == c.id))
-                    .where(c.account_id == principal.account_id, c.id == order_id)
+            return await _order_row(conn, principal, order_id)
+
+    async def create_order(
+        self,
+        principal: Principal,
+        new: NewOrder,
+        ref: str | None,
+        answer: Callable[[OrderRow], T],
+    ) -> tuple[CreateResult, T | None]:
+        """Create one order with this connection's `ref` on it, in one transaction, and build
+        the client's answer from the stored row before the commit. Either both the order and
+        its ref are saved and answered, or nothing is saved: a ref taken meanwhile by another
+        request of the connection (`PrivateRefTaken`), a duplicate identifier (the result's
+        errors, answer None) or an answer that cannot be built leave no order behind."""
+        async with self.store.writing(None) as conn:
+            (result,) = await self.store.insert_orders(conn, principal, [new])
+            if result.order is None:
+                return result, None
+            if ref is not None:
+                await _write_ref(conn, principal, "order", result.order.id, ref)
+            return result, answer(await _order_row(conn, principal, result.order.id))
+
+    async def patch_order(
+        self,
+        principal: Principal,
+        order_id: str,
+        target: OrderStatus | None,
+        ref: str | Unset | None,
+        answer: Callable[[OrderRow], T],
+    ) -> T:
+        """Move the order to `target` (unless it is there already) and set or remove `ref`
+        (unless UNSET), all in one transaction with the order row locked, the answer built
+        before the commit: a refused part (`InvalidTransition`, `PrivateRefTaken`) leaves the
+        other undone, and two identical PATCHes at once both succeed, as one after the other
+        would (the second finds the status already reached)."""
+        async with self.store.writing(None) as conn:
+            current = await conn.scalar(
+                select(orders.c.status)
+                .where(orders.c.account_id == principal.account_id, orders.c.id == order_id)
+                .with_for_update()
+            )
+            if current is None:
+                raise NotFound(f"no order with id {order_id}")
+            if target is not None and target != current:
+                await self.store.transition_order(
+                    principal, principal.account_id, order_id, target, conn=conn
                 )
-            ).first()
-        if row is None:
-            raise NotFound(f"no order with id {order_id}")
-        return OrderRow(str(row[0]), int(row[1]), str(row[2]), row[3], row[4])
+            if not isinstance(ref, Unset):
+                await _write_ref(conn, principal, "order", order_id, ref)
+            return answer(await _order_row(conn, principal, order_id))
 
     # -- private refs ----------------------------------------------------------------------
 
@@ -194,42 +244,16 @@ class HubRiseStore:
         self, principal: Principal, kind: str, entity_id: str, ref: str | None
     ) -> None:
         """Set (or with None, remove) this connection's ref on an entity of its account."""
-        p = private_refs.c
         table = orders if kind == "order" else shipments
-        try:
-            async with self.store.writer.begin() as conn:
-                owned = await conn.scalar(
-                    select(table.c.id).where(
-                        table.c.account_id == principal.account_id, table.c.id == entity_id
-                    )
+        async with self.store.writer.begin() as conn:
+            owned = await conn.scalar(
+                select(table.c.id).where(
+                    table.c.account_id == principal.account_id, table.c.id == entity_id
                 )
-                if owned is None:
-                    raise NotFound(f"no {kind} with id {entity_id}")
-                key = and_(
-                    p.connection_id == principal.connection_id,
-                    p.entity_kind == kind,
-                    p.entity_id == entity_id,
-                )
-                if ref is None:
-                    await conn.execute(delete(private_refs).where(key))
-                    return
-                await conn.execute(
-                    _upsert(conn, private_refs)
-                    .values(
-                        connection_id=principal.connection_id,
-                        entity_kind=kind,
-                        entity_id=entity_id,
-                        ref=ref,
-                    )
-                    .on_conflict_do_update(
-                        index_elements=["connection_id", "entity_kind", "entity_id"],
-                        set_={"ref": ref},
-                    )
-                )
-        except IntegrityError:
-            raise PrivateRefTaken(
-                f"this connection already uses private_ref {ref!r} on another {kind}"
-            ) from None
+            )
+            if owned is None:
+                raise NotFound(f"no {kind} with id {entity_id}")
+            await _write_ref(conn, principal, kind, entity_id, ref)
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -282,13 +306,15 @@ class HubRiseStore:
 
     async def delete_callback(self, principal: Principal) -> bool:
         async with self.store.writer.begin() as conn:
+            # The callback row first: deleting it waits for an acknowledgement in flight (which
+            # holds that row's lock), so the ack rows deleted next include the one it added.
+            result = await conn.execute(
+                delete(callbacks).where(callbacks.c.connection_id == principal.connection_id)
+            )
             await conn.execute(
                 delete(callback_acks).where(
                     callback_acks.c.connection_id == principal.connection_id
                 )
-            )
-            result = await conn.execute(
-                delete(callbacks).where(callbacks.c.connection_id == principal.connection_id)
             )
         return bool(result.rowcount)
 
@@ -326,6 +352,14 @@ class HubRiseStore:
 
     async def acknowledge(self, principal: Principal, seq: int) -> Event:
         """Acknowledge one pending event (NotFound if it is not one) and return it."""
+        return await self.acknowledge_answered(principal, seq, lambda event: event)
+
+    async def acknowledge_answered(
+        self, principal: Principal, seq: int, answer: Callable[[Event], T]
+    ) -> T:
+        """Acknowledge one pending event (NotFound if it is not one); the client's answer,
+        `answer(event)`, is built before the commit, so an event is never acknowledged
+        without the client getting it."""
         event = await self.get_event(principal, seq)
         me = principal.connection_id
         async with self.store.writer.begin() as conn:
@@ -343,7 +377,7 @@ class HubRiseStore:
                 raise NotFound(f"no pending event with id {seq}")
             await conn.execute(insert(callback_acks).values(connection_id=me, seq=seq))
             await self._advance_watermark(conn, principal, callback)
-        return event
+            return answer(event)
 
     async def _advance_watermark(
         self, conn: AsyncConnection, principal: Principal, callback: Callback
@@ -376,6 +410,58 @@ class HubRiseStore:
                 .where(callback_acks.c.connection_id == principal.connection_id)
             )
         return int(n or 0)
+
+
+async def _order_row(conn: AsyncConnection, principal: Principal, order_id: str) -> OrderRow:
+    c = orders.c
+    refs = _refs_of(principal.connection_id, "order")
+    row = (
+        await conn.execute(
+            select(c.id, c.created_at, c.doc, refs.c.ref, c.event_id)
+            .select_from(orders.outerjoin(refs, refs.c.entity_id == c.id))
+            .where(c.account_id == principal.account_id, c.id == order_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no order with id {order_id}")
+    return OrderRow(str(row[0]), int(row[1]), str(row[2]), row[3], row[4])
+
+
+async def _write_ref(
+    conn: AsyncConnection, principal: Principal, kind: str, entity_id: str, ref: str | None
+) -> None:
+    """Set (None: remove) the connection's ref on the entity, in the caller's transaction.
+
+    No check-then-write: the unique constraint decides which of two concurrent requests gets
+    a ref, and the loser's `PrivateRefTaken` rolls back its whole transaction.
+    """
+    p = private_refs.c
+    key = and_(
+        p.connection_id == principal.connection_id,
+        p.entity_kind == kind,
+        p.entity_id == entity_id,
+    )
+    if ref is None:
+        await conn.execute(delete(private_refs).where(key))
+        return
+    try:
+        await conn.execute(
+            _upsert(conn, private_refs)
+            .values(
+                connection_id=principal.connection_id,
+                entity_kind=kind,
+                entity_id=entity_id,
+                ref=ref,
+            )
+            .on_conflict_do_update(
+                index_elements=["connection_id", "entity_kind", "entity_id"],
+                set_={"ref": ref},
+            )
+        )
+    except IntegrityError:
+        raise PrivateRefTaken(
+            f"this connection already uses private_ref {ref!r} on another {kind}"
+        ) from None
 
 
 def _refs_of(connection_id: int, kind: str) -> Any:

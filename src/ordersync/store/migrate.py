@@ -18,6 +18,7 @@ def alembic_config(url: DatabaseURL) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.sync_url.replace("%", "%%"))
     config.attributes["backend"] = url.backend
+    config.attributes["connect_args"] = url.connect_args()
     return config
 
 

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -39,7 +39,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ordersync.domain import (
@@ -57,6 +58,8 @@ from ordersync.domain import (
 from ordersync.errors import AuthenticationFailed, NotFound, WriteTimedOut
 from ordersync.store.counts import CountDeltas, bucket_params, bucket_total_query, exact_until
 from ordersync.store.engine import (
+    DB_MAX_OVERFLOW,
+    DB_POOL_SIZE,
     DatabaseURL,
     SqliteReadPool,
     create_engines,
@@ -66,6 +69,7 @@ from ordersync.store.events import allocate_event_ids, frontier
 from ordersync.store.tables import accounts, changes, connections, orders, shipments
 
 Clock = Callable[[], int]
+T = TypeVar("T")
 TOKEN_PREFIX = "osk_"
 # SQLite listings up to this offset and without a status filter run on the event loop's thread
 # (see `_list`); larger ones in a reader thread.
@@ -186,20 +190,31 @@ class Store:
         clock: Clock = now_ms,
         migrate: bool = True,
         write_timeout_ms: int = DEFAULT_WRITE_TIMEOUT_MS,
+        **pool: int,
     ) -> Store:
-        store = cls.connect(url, clock=clock, write_timeout_ms=write_timeout_ms)
+        store = cls.connect(url, clock=clock, write_timeout_ms=write_timeout_ms, **pool)
         if migrate:
             await store.migrate()
         return store
 
     @classmethod
     def connect(
-        cls, url: str, *, clock: Clock = now_ms, write_timeout_ms: int = DEFAULT_WRITE_TIMEOUT_MS
+        cls,
+        url: str,
+        *,
+        clock: Clock = now_ms,
+        write_timeout_ms: int = DEFAULT_WRITE_TIMEOUT_MS,
+        pool_size: int = DB_POOL_SIZE,
+        max_overflow: int = DB_MAX_OVERFLOW,
     ) -> Store:
         """The store of `url` without any I/O yet: connections open on first use, in the event
-        loop that uses them. Call `migrate()` before serving from a new database."""
+        loop that uses them. Call `migrate()` before serving from a new database. The pool
+        sizes apply to PostgreSQL (see `create_engines`)."""
         parsed = parse_database_url(url)
-        reader, writer = create_engines(parsed)
+        if parsed.backend == "sqlite":
+            reader, writer = create_engines(parsed)
+        else:
+            reader, writer = create_engines(parsed, pool_size=pool_size, max_overflow=max_overflow)
         if parsed.backend == "postgresql":
             _bound_sessions(writer, write_timeout_ms)
         return cls(parsed, reader, writer, clock, write_timeout_ms=write_timeout_ms)
@@ -245,21 +260,28 @@ class Store:
 
     async def ensure_account(self, name: str, *, timezone: str = "UTC") -> int:
         async with self.writer.begin() as conn:
-            found = await conn.scalar(select(accounts.c.id).where(accounts.c.name == name))
-            if found is not None:
-                return int(found)
-            result = await conn.execute(
-                insert(accounts).values(name=name, timezone=timezone, created_at=self.clock())
-            )
-            key = result.inserted_primary_key
-            assert key is not None
-            return int(key[0])
+            return await self._ensure_account(conn, name, timezone)
+
+    async def _ensure_account(self, conn: AsyncConnection, name: str, timezone: str) -> int:
+        # Insert-or-nothing, then read: two first uses of a name at once (two `token create`
+        # runs) both get the one account, where a check-then-insert failed one of them.
+        inserted = await conn.scalar(
+            _dialect_insert(conn, accounts)
+            .values(name=name, timezone=timezone, created_at=self.clock())
+            .on_conflict_do_nothing(index_elements=["name"])
+            .returning(accounts.c.id)
+        )
+        if inserted is not None:
+            return int(inserted)
+        found = await conn.scalar(select(accounts.c.id).where(accounts.c.name == name))
+        assert found is not None  # names are never deleted
+        return int(found)
 
     async def create_token(self, account_name: str, connection_name: str) -> str:
         """Create the account if needed and a connection with a new token; only its hash is kept."""
-        account_id = await self.ensure_account(account_name)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         async with self.writer.begin() as conn:
+            account_id = await self._ensure_account(conn, account_name, "UTC")
             await conn.execute(
                 insert(connections).values(
                     account_id=account_id,
@@ -521,71 +543,108 @@ class Store:
         self, principal: Principal, items: Sequence[NewOrder]
     ) -> list[CreateResult]:
         """Create each order or refuse it on its own; the created ones commit together."""
-        try:
-            return await self._create_orders_once(principal, items)
-        except IntegrityError:
-            # A concurrent writer took one of the identifiers between our check and our insert
-            # (PostgreSQL only: SQLite writers are serialized by BEGIN IMMEDIATE). The retry's
-            # check sees that commit and refuses just that item.
-            return await self._create_orders_once(principal, items)
-
-    async def _create_orders_once(
-        self, principal: Principal, items: Sequence[NewOrder]
-    ) -> list[CreateResult]:
-        account_id = principal.account_id
-        wanted = [i.customer_identifier for i in items if _storable(i.customer_identifier)]
-        results: list[CreateResult] = []
         async with self._writing() as conn:
-            taken = set(
-                (
-                    await conn.scalars(
-                        select(orders.c.customer_identifier).where(
-                            orders.c.account_id == account_id,
-                            orders.c.customer_identifier.in_(set(wanted)),
-                        )
-                    )
-                ).all()
+            return await self.insert_orders(conn, principal, items)
+
+    async def create_orders_answered(
+        self,
+        principal: Principal,
+        items: Sequence[NewOrder],
+        answer: Callable[[list[CreateResult]], T],
+    ) -> T:
+        """`create_orders`, the client's answer built by `answer(results)` before the commit:
+        an answer that cannot be built (a rendering error) rolls the orders back, so a client
+        never gets an error for orders that were saved."""
+        async with self._writing() as conn:
+            return answer(await self.insert_orders(conn, principal, items))
+
+    @contextlib.asynccontextmanager
+    async def writing(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
+        """The caller's transaction `conn`, or a new write transaction when None: a write
+        method so called becomes one step of a larger transaction."""
+        if conn is not None:
+            yield conn
+            return
+        async with self._writing() as new:
+            yield new
+
+    async def insert_orders(
+        self, conn: AsyncConnection, principal: Principal, items: Sequence[NewOrder]
+    ) -> list[CreateResult]:
+        """`create_orders` inside the caller's transaction `conn`; results in request order.
+
+        No check-then-insert: one `INSERT ... ON CONFLICT (account_id, customer_identifier) DO
+        NOTHING RETURNING` decides, so an identifier a concurrent writer takes (committed or
+        still in flight: PostgreSQL waits for it) is refused here as a duplicate instead of
+        failing the whole batch. Rows go in sorted by identifier: two batches sharing
+        identifiers take their unique-index entries in the same order and queue rather than
+        deadlock. Changes and counters are written for the inserted rows only.
+        """
+        account_id = principal.account_id
+        results: list[CreateResult] = []
+        candidates: dict[str, tuple[int, Order, int]] = {}  # identifier -> (index, order, stamp)
+        for index, item in enumerate(items):
+            identifier = item.customer_identifier
+            if not _storable(identifier):
+                results.append(_unstorable(identifier))
+                continue
+            if identifier in candidates:  # the first of a batch wins, as if sent one by one
+                results.append(_duplicate(identifier))
+                continue
+            stamp = self.clock()
+            order = stamp_change(
+                None,
+                Order(
+                    **item.model_dump(),
+                    id=str(uuid.uuid4()),
+                    created_at=format_rfc3339(stamp),
+                    updated_at=format_rfc3339(stamp),
+                ),
+                format_rfc3339(stamp),
+                principal.connection_name,
             )
-            order_rows, change_rows, deltas = [], [], CountDeltas()
-            for item in items:
-                if not _storable(item.customer_identifier):
-                    results.append(_unstorable(item.customer_identifier))
-                    continue
-                if item.customer_identifier in taken:
-                    results.append(_duplicate(item.customer_identifier))
-                    continue
-                taken.add(item.customer_identifier)
-                stamp = self.clock()
-                order = stamp_change(
-                    None,
-                    Order(
-                        **item.model_dump(),
-                        id=str(uuid.uuid4()),
-                        created_at=format_rfc3339(stamp),
-                        updated_at=format_rfc3339(stamp),
-                    ),
-                    format_rfc3339(stamp),
-                    principal.connection_name,
-                )
-                order_rows.append(_order_row(order, account_id, stamp, stamp, principal))
-                change_rows.append(
-                    _change_row(account_id, "order", order, "order.created", principal, stamp)
-                )
-                deltas.add(account_id, "order", order.status, stamp, +1)
-                results.append(CreateResult(item.customer_identifier, order))
-            if order_rows:
-                event_ids = await allocate_event_ids(conn, len(order_rows))
-                for order_row, change_row, event_id in zip(
-                    order_rows, change_rows, event_ids, strict=True
-                ):
-                    order_row["event_id"] = change_row["event_id"] = event_id
-                await conn.execute(insert(orders), order_rows)
-                await conn.execute(insert(changes), change_rows)
-                await deltas.apply(conn)
+            candidates[identifier] = (index, order, stamp)
+            results.append(CreateResult(identifier, order))
+        if not candidates:
+            return results
+        # Ids for every candidate, once per transaction; a refused duplicate leaves a gap.
+        event_ids = await allocate_event_ids(conn, len(candidates))
+        rows = {}
+        for (identifier, (_, order, stamp)), event_id in zip(
+            candidates.items(), event_ids, strict=True
+        ):
+            rows[identifier] = _order_row(order, account_id, stamp, stamp, principal)
+            rows[identifier]["event_id"] = event_id
+        ordered = sorted(rows.items())
+        statement = (
+            _dialect_insert(conn, orders)
+            .values([row for _, row in ordered])
+            .on_conflict_do_nothing(index_elements=["account_id", "customer_identifier"])
+            .returning(orders.c.customer_identifier)
+        )
+        inserted = set((await conn.scalars(statement)).all())
+        change_rows, deltas = [], CountDeltas()
+        for identifier, (index, order, stamp) in candidates.items():  # in request order
+            if identifier not in inserted:
+                results[index] = _duplicate(identifier)
+                continue
+            change_row = _change_row(account_id, "order", order, "order.created", principal, stamp)
+            change_row["event_id"] = rows[identifier]["event_id"]
+            change_rows.append(change_row)
+            deltas.add(account_id, "order", order.status, stamp, +1)
+        if change_rows:
+            await conn.execute(insert(changes), change_rows)
+            await deltas.apply(conn)
         return results
 
     async def transition_order(
-        self, principal: Principal | None, account_id: int, order_id: str, target: OrderStatus
+        self,
+        principal: Principal | None,
+        account_id: int,
+        order_id: str,
+        target: OrderStatus,
+        *,
+        conn: AsyncConnection | None = None,
     ) -> Order:
         """Move an order to `target`; `InvalidTransition` says why when the lifecycle forbids it."""
 
@@ -593,7 +652,9 @@ class Store:
             check_transition(order.status, target)
             return order.model_copy(update={"status": target})
 
-        return await self.update_order(principal, account_id, order_id, change, f"order.{target}")
+        return await self.update_order(
+            principal, account_id, order_id, change, f"order.{target}", conn=conn
+        )
 
     async def update_order(
         self,
@@ -602,8 +663,10 @@ class Store:
         order_id: str,
         change: Callable[[Order], Order],
         event_type: str,
+        *,
+        conn: AsyncConnection | None = None,
     ) -> Order:
-        async with self._writing() as conn:
+        async with self.writing(conn) as conn:
             row = await _locked_row(conn, orders, account_id, order_id, "order")
             before = Order.model_validate_json(row.doc)
             stamp = _next_stamp(self.clock(), row)
@@ -798,6 +861,11 @@ def _list_params(account_id: int, query: ListQuery) -> dict[str, Any]:
         params["exact_until"] = exact_until(since)
         params.update(bucket_params(since))
     return params
+
+
+def _dialect_insert(conn: AsyncConnection, table: Any) -> Any:
+    """INSERT with the dialect's ON CONFLICT clause (both PostgreSQL and SQLite have one)."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def _storable(customer_identifier: str) -> bool:

@@ -28,7 +28,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ordersync.domain import check_transition
 from ordersync.errors import InvalidTransition, NotFound, ValidationFailed, WriteTimedOut
 from ordersync.hub.auth import hubrise_principal
 from ordersync.hub.dialects.hubrise_shapes import (
@@ -58,6 +57,7 @@ from ordersync.store.events import PositionPruned
 from ordersync.store.hubrise import (
     EVENT_KINDS,
     EVENT_TYPES,
+    UNSET,
     Event,
     HubRiseStore,
     Location,
@@ -344,24 +344,24 @@ async def create_order(request: Request, caller: Caller) -> Response:
     location = await queries.location(caller.account_id)
     order = new_order(body, location, _store(request).clock())
     ref = _private_ref(body.private_ref)
-    if ref is not None and await queries.ref_holder(caller, "order", ref) is not None:
-        raise PrivateRefTaken(f"this connection already uses private_ref {ref!r} on an order")
-    (result,) = await _store(request).create_orders(caller, [order])
-    if result.order is None:
+    # Order, ref and answer in one transaction: a ref taken meanwhile, or an answer that
+    # cannot be rendered, saves nothing (PrivateRefTaken / 500) instead of an order the client
+    # never learned of.
+    result, response = await queries.create_order(
+        caller, order, ref, lambda row: _json(render_row(row, location), 201)
+    )
+    if response is None:
         raise ApiError(422, "Validation failed", [(wire_field((f,)), m) for f, m in result.errors])
-    if ref is not None:
-        await queries.set_private_ref(caller, "order", result.order.id, ref)
-    row = await queries.get_order(caller, result.order.id)
-    return _json(render_row(row, location), 201)
+    return response
 
 
 @router.patch("/location/orders/{order_id}", summary="Update status and/or private_ref")
 async def patch_order(request: Request, caller: Caller, order_id: str) -> Response:
     payload = await _body(request)
     patch = _model(OrderPatch, payload)
-    queries, store = _hubrise(request), _store(request)
+    queries = _hubrise(request)
     location = await queries.location(caller.account_id)
-    current = await store.get_order(caller.account_id, _known_id(order_id))
+    order_id = _known_id(order_id)
     target = None
     if patch.status is not None:
         if patch.status not in STATUS_IN:
@@ -369,22 +369,12 @@ async def patch_order(request: Request, caller: Caller, order_id: str) -> Respon
             message = f"{patch.status!r} has no equivalent on this hub; one of {known}"
             raise ApiError(422, "Validation failed", [("status", message)])
         target = STATUS_IN[patch.status]
-    set_ref = "private_ref" in payload
-    ref = _private_ref(patch.private_ref)
-    # Check both parts before doing either, so that a refused request changes nothing.
-    if target is not None and target != current.status:
-        check_transition(current.status, target)
-    if (
-        set_ref
-        and ref is not None
-        and await queries.ref_holder(caller, "order", ref) not in (None, order_id)
-    ):
-        raise PrivateRefTaken(f"this connection already uses private_ref {ref!r} on an order")
-    if target is not None and target != current.status:
-        await store.transition_order(caller, caller.account_id, order_id, target)
-    if set_ref:
-        await queries.set_private_ref(caller, "order", order_id, ref)
-    return _json(render_row(await queries.get_order(caller, order_id), location))
+    ref = _private_ref(patch.private_ref) if "private_ref" in payload else UNSET
+    # Both parts and the answer in one transaction, the order locked: a refused part changes
+    # nothing, and what is checked is what is changed.
+    return await queries.patch_order(
+        caller, order_id, target, ref, lambda row: _json(render_row(row, location))
+    )
 
 
 # -- callbacks ---------------------------------------------------------------------------------
@@ -457,8 +447,9 @@ async def get_event(request: Request, caller: Caller, event_id: str) -> Response
 async def acknowledge_event(request: Request, caller: Caller, event_id: str) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)
-    event = await queries.acknowledge(caller, _event_seq(event_id))
-    return _json(render_event(event, location))
+    return await queries.acknowledge_answered(
+        caller, _event_seq(event_id), lambda event: _json(render_event(event, location))
+    )
 
 
 # -- the event log (ordersync extension) -------------------------------------------------------

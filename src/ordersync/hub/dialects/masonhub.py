@@ -40,7 +40,7 @@ from ordersync.hub.event_feed import (
 )
 from ordersync.hub.json_body import parse_json, text_errors
 from ordersync.hub.offsets import MAX_OFFSET, check_offset
-from ordersync.store.store import ListQuery, Page, Principal, Store
+from ordersync.store.store import CreateResult, ListQuery, Page, Principal, Store
 
 MAX_BATCH = 100
 
@@ -185,14 +185,29 @@ async def create_orders(request: Request, caller: Caller) -> Response:
             # but overflows when moved to UTC, and must refuse this item, not fail the batch.
             results[index] = _refused(item, [("body", f"a value is out of range: {exc}")])
     store: Store = request.app.state.store
-    created = await store.create_orders(caller, [order for _, order in valid])
+    # The answer is built inside the transaction, before the commit: if it cannot be built,
+    # nothing is saved (a 500 after the commit used to leave saved orders the client never
+    # learned of, and whose retry was refused as a duplicate).
+    return await store.create_orders_answered(
+        caller,
+        [order for _, order in valid],
+        lambda created: _batch_answer(results, valid, created),
+    )
+
+
+def _batch_answer(
+    results: list[dict[str, Any]], valid: list[tuple[int, NewOrder]], created: list[CreateResult]
+) -> Response:
+    """201 (all created), 207 (some) or 422 (none), each item in request order."""
     for (index, _), result in zip(valid, created, strict=True):
         results[index] = (
             {
                 "customer_identifier": result.customer_identifier,
                 "status": "created",
                 "id": result.order.id,
-                "order": result.order.model_dump(mode="json"),
+                # The document as stored (pydantic's JSON), embedded as is: re-encoding it
+                # with orjson failed on integers beyond 64 bits that pydantic accepts.
+                "order": orjson.Fragment(result.order.model_dump_json()),
             }
             if result.order is not None
             else _refused({"customer_identifier": result.customer_identifier}, result.errors)
