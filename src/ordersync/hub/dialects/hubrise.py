@@ -48,6 +48,8 @@ from ordersync.hub.dialects.hubrise_types import (
 )
 from ordersync.hub.errors import ApiError
 from ordersync.hub.json_body import parse_json, require_storable_text
+from ordersync.hub.openapi import answer, errors, model_ref, request_body
+from ordersync.hub.openapi_shapes import HubRiseCallback, HubRiseEvent, HubRiseOrder
 from ordersync.store.hubrise import (
     EVENT_KINDS,
     EVENT_TYPES,
@@ -175,6 +177,11 @@ router = APIRouter(prefix=PREFIX, tags=["hubrise"], route_class=HubRiseRoute)
 
 Caller = Annotated[Principal, Depends(hubrise_principal)]
 
+_ORDER = model_ref(HubRiseOrder, "HubRiseOrder")
+_ORDERS = {"type": "array", "items": _ORDER}
+_CALLBACK = model_ref(HubRiseCallback, "HubRiseCallback")
+_EVENT = model_ref(HubRiseEvent, "HubRiseEvent")
+
 
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
@@ -240,7 +247,14 @@ def _private_ref(value: str | None) -> str | None:
 # -- orders ------------------------------------------------------------------------------------
 
 
-@router.get("/location/orders", summary="List orders, newest first, with cursor paging")
+@router.get(
+    "/location/orders",
+    summary="List orders, newest first, with cursor paging",
+    responses={
+        200: answer("Orders, newest first", _ORDERS, ("X-Cursor-Next", "ETag")),
+        304: answer("Not modified (If-None-Match)", headers=("ETag",)),
+    },
+)
 async def list_orders(
     request: Request,
     caller: Caller,
@@ -312,7 +326,14 @@ def _order_query(
     return OrderQuery(count, position, statuses, private_ref, bounds["after"], bounds["before"])
 
 
-@router.get("/location/orders/{order_id}", summary="Get one order")
+@router.get(
+    "/location/orders/{order_id}",
+    summary="Get one order",
+    responses={
+        200: answer("The order", _ORDER, ("ETag",)),
+        304: answer("Not modified (If-None-Match)", headers=("ETag",)),
+    },
+)
 async def get_order(request: Request, caller: Caller, order_id: str) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)
@@ -320,7 +341,13 @@ async def get_order(request: Request, caller: Caller, order_id: str) -> Response
     return _conditional(request, orjson.dumps(render_row(row, location)))
 
 
-@router.post("/location/orders", summary="Create an order", status_code=201)
+@router.post(
+    "/location/orders",
+    summary="Create an order",
+    status_code=201,
+    responses={201: answer("The order created", _ORDER)} | errors(415, 422),
+    openapi_extra=request_body(OrderIn, "HubRiseOrderIn"),
+)
 async def create_order(request: Request, caller: Caller) -> Response:
     body = _model(OrderIn, await _body(request))
     queries = _hubrise(request)
@@ -338,7 +365,12 @@ async def create_order(request: Request, caller: Caller) -> Response:
     return _json(render_row(row, location), 201)
 
 
-@router.patch("/location/orders/{order_id}", summary="Update status and/or private_ref")
+@router.patch(
+    "/location/orders/{order_id}",
+    summary="Update status and/or private_ref",
+    responses={200: answer("The order as it now is", _ORDER)} | errors(415, 422),
+    openapi_extra=request_body(OrderPatch, "HubRiseOrderPatch", required=False),
+)
 async def patch_order(request: Request, caller: Caller, order_id: str) -> Response:
     payload = await _body(request)
     patch = _model(OrderPatch, payload)
@@ -377,13 +409,22 @@ def _render_callback(events: dict[str, list[str]] | None) -> dict[str, Any]:
     return {"url": None, "events": events or {}}
 
 
-@router.get("/callback", summary="This connection's callback")
+@router.get(
+    "/callback",
+    summary="This connection's callback",
+    responses={200: answer("The callback", _CALLBACK)},
+)
 async def get_callback(request: Request, caller: Caller) -> Response:
     callback = await _hubrise(request).get_callback(caller)
     return _json(_render_callback(callback.events if callback else None))
 
 
-@router.post("/callback", summary="Create or replace this connection's (passive) callback")
+@router.post(
+    "/callback",
+    summary="Create or replace this connection's (passive) callback",
+    responses={200: answer("The callback", _CALLBACK)} | errors(415, 422),
+    openapi_extra=request_body(CallbackIn, "HubRiseCallbackIn"),
+)
 async def put_callback(request: Request, caller: Caller) -> Response:
     body = _model(CallbackIn, await _body(request))
     errors: FieldErrors = []
@@ -408,13 +449,21 @@ async def put_callback(request: Request, caller: Caller) -> Response:
     return _json(_render_callback(callback.events))
 
 
-@router.delete("/callback", summary="Delete this connection's callback and its events")
+@router.delete(
+    "/callback",
+    summary="Delete this connection's callback and its events",
+    responses={200: answer("No callback any more", _CALLBACK)},
+)
 async def delete_callback(request: Request, caller: Caller) -> Response:
     await _hubrise(request).delete_callback(caller)
     return _json(_render_callback(None))
 
 
-@router.get("/callback/events", summary="Unacknowledged events, oldest first (at most 100)")
+@router.get(
+    "/callback/events",
+    summary="Unacknowledged events, oldest first (at most 100)",
+    responses={200: answer("The events", {"type": "array", "items": _EVENT})},
+)
 async def list_events(request: Request, caller: Caller) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)
@@ -428,7 +477,11 @@ def _event_seq(event_id: str) -> int:
     return int(event_id)
 
 
-@router.get("/callback/events/{event_id}", summary="One unacknowledged event")
+@router.get(
+    "/callback/events/{event_id}",
+    summary="One unacknowledged event",
+    responses={200: answer("The event", _EVENT)},
+)
 async def get_event(request: Request, caller: Caller, event_id: str) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)
@@ -436,7 +489,11 @@ async def get_event(request: Request, caller: Caller, event_id: str) -> Response
     return _json(render_event(event, location))
 
 
-@router.delete("/callback/events/{event_id}", summary="Acknowledge (delete) one event")
+@router.delete(
+    "/callback/events/{event_id}",
+    summary="Acknowledge (delete) one event",
+    responses={200: answer("The event acknowledged", _EVENT)},
+)
 async def acknowledge_event(request: Request, caller: Caller, event_id: str) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)

@@ -17,15 +17,18 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ordersync.domain import NewOrder, OrderStatus, ShipmentStatus, parse_rfc3339_ms
+from ordersync.domain import NewOrder, Order, OrderStatus, ShipmentStatus, parse_rfc3339_ms
+from ordersync.domain.shipments import Shipment
 from ordersync.hub.auth import masonhub_credential, masonhub_principal, principal_of
 from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.hub.json_body import parse_json, text_errors
+from ordersync.hub.openapi import answer, model_ref, request_body
+from ordersync.hub.openapi_shapes import BatchRefused, BatchResult, OrderPage, ShipmentPage
 from ordersync.hub.offsets import MAX_OFFSET, check_offset
 from ordersync.store.store import ListQuery, Page, Principal, Store
 
@@ -41,6 +44,7 @@ def _json(body: bytes, status: int = 200) -> Response:
 
 # Listings tell clients they may continue with `after_id` instead of an offset in a tie group.
 KEYSET_HEADER = {"X-Ordersync-Keyset": "after_id"}
+_KEYSET = ("X-Ordersync-Keyset",)
 
 
 def _listing(body: bytes) -> Response:
@@ -114,7 +118,11 @@ def _envelope(page: Page, query: ListQuery, summary: bool) -> bytes:
     return b'{"data":' + data + tail.encode()
 
 
-@router.get("/orders", summary="List orders (poll with updated_since / sdt)")
+@router.get(
+    "/orders",
+    summary="List orders (poll with updated_since / sdt)",
+    responses={200: answer("A page of orders", model_ref(OrderPage, "OrderPage"), _KEYSET)},
+)
 async def list_orders(
     request: Request,
     caller: Caller,
@@ -129,7 +137,11 @@ async def list_orders(
     return _listing(_envelope(page, query, summary))
 
 
-@router.get("/orders/{order_id}", summary="Get one order")
+@router.get(
+    "/orders/{order_id}",
+    summary="Get one order",
+    responses={200: answer("The order", model_ref(Order, "Order"))},
+)
 async def get_order(request: Request, caller: Caller, order_id: UUID) -> Response:
     store: Store = request.app.state.store
     return _json((await store.get_order_doc(caller.account_id, str(order_id))).encode())
@@ -139,7 +151,16 @@ async def get_order(request: Request, caller: Caller, order_id: UUID) -> Respons
     "/orders",
     summary="Create orders (batch): each item is created or refused on its own",
     status_code=201,
-    responses={207: {"description": "some items refused"}, 422: {"description": "all refused"}},
+    responses={
+        201: answer("Every order created", model_ref(BatchResult, "BatchResult")),
+        207: answer("Some orders created, some refused", model_ref(BatchResult, "BatchResult")),
+        422: answer("No order created", model_ref(BatchRefused, "BatchRefused")),
+    },
+    openapi_extra=request_body(
+        Annotated[list[NewOrder], Field(min_length=1, max_length=MAX_BATCH)],
+        "NewOrderBatch",
+        description=f"1 to {MAX_BATCH} orders; each is created or refused on its own",
+    ),
 )
 async def create_orders(request: Request, caller: Caller) -> Response:
     items = _json_array(await request.body())
@@ -221,7 +242,11 @@ def _json_array(raw: bytes) -> list[Any]:
     return parsed
 
 
-@router.get("/shipments", summary="List shipments (poll with updated_since / sdt)")
+@router.get(
+    "/shipments",
+    summary="List shipments (poll with updated_since / sdt)",
+    responses={200: answer("A page of shipments", model_ref(ShipmentPage, "ShipmentPage"), _KEYSET)},
+)
 async def list_shipments(
     request: Request,
     caller: Caller,
@@ -236,7 +261,11 @@ async def list_shipments(
     return _listing(_envelope(page, query, summary))
 
 
-@router.get("/shipments/{shipment_id}", summary="Get one shipment")
+@router.get(
+    "/shipments/{shipment_id}",
+    summary="Get one shipment",
+    responses={200: answer("The shipment", model_ref(Shipment, "Shipment"))},
+)
 async def get_shipment(request: Request, caller: Caller, shipment_id: UUID) -> Response:
     store: Store = request.app.state.store
     return _json((await store.get_shipment_doc(caller.account_id, str(shipment_id))).encode())
