@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import sys
 import tempfile
 import time
@@ -33,7 +34,7 @@ from hypothesis import seed as hypothesis_seed
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
-from schemathesis.openapi.checks import (
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
@@ -83,19 +84,42 @@ def run_fuzz(
     examples: int,
     seed: int = 0,
     modes: Sequence[GenerationMode] = MODES,
+    known: dict[str, str] | None = None,
 ) -> Report:
     """Fuzz every operation of the hub at `base_url`; `credentials` maps a path prefix to the
-    headers that authenticate its dialect (the longest matching prefix wins)."""
+    headers that authenticate its dialect (the longest matching prefix wins).
+
+    With `known` (path parameter name -> id of an entity the hub holds), operations on an id
+    first get a positive pass on that entity, deleting ones last, so that their success
+    answers are checked too (a generated id would almost always be a 404)."""
     started = time.monotonic()
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
     report = Report()
+    known = known or {}
     with requests.Session() as session:
-        for result in schema.get_all_operations():
-            operation = result.ok()
+
+        def fuzz(operation: Any, mode: GenerationMode, path: dict[str, str] | None) -> None:
             prefix = max((p for p in credentials if operation.path.startswith(p)), key=len)
-            headers = credentials[prefix]
+            _fuzz_operation(
+                operation,
+                mode,
+                base_url,
+                credentials[prefix],
+                session,
+                examples,
+                seed,
+                report,
+                path,
+            )
+
+        on_entity = [op for op in operations if _path_names(op) and _path_names(op) <= set(known)]
+        on_entity.sort(key=lambda op: op.method.upper() == "DELETE")
+        for operation in on_entity:
+            fuzz(operation, GenerationMode.POSITIVE, {n: known[n] for n in _path_names(operation)})
+        for operation in operations:
             for mode in modes:
-                _fuzz_operation(operation, mode, base_url, headers, session, examples, seed, report)
+                fuzz(operation, mode, None)
     report.seconds = time.monotonic() - started
     return report
 
@@ -109,6 +133,7 @@ def _fuzz_operation(
     examples: int,
     seed: int,
     report: Report,
+    path_parameters: dict[str, str] | None = None,
 ) -> None:
     label = f"{operation.method.upper()} {operation.path}"
 
@@ -122,7 +147,7 @@ def _fuzz_operation(
         # The generated data need not be "interesting": each case is one request.
         print_blob=False,
     )
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
     def one(case: Any) -> None:
         response = case.call(base_url=base_url, headers=headers, session=session, timeout=30)
         report.cases += 1
@@ -137,25 +162,79 @@ def _fuzz_operation(
                     mode=mode.value,
                     status=response.status_code,
                     checks=sorted({type(f).__name__ for f in group.exceptions}),
-                    message="; ".join(f.title + ": " + f.message for f in group.exceptions)[:2000],
-                    curl=case.as_curl_command(headers=headers),
+                    message=_shorten(
+                        "; ".join(f"{f.title}: {f.message}" for f in group.exceptions)
+                    ),
+                    curl=_shorten(case.as_curl_command(headers=headers)),
                 )
             )
 
     one()
 
 
+def _shorten(text: str, limit: int = 600) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _path_names(operation: Any) -> set[str]:
+    return set(re.findall(r"{(\w+)}", operation.path))
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
-async def _tokens(db_url: str) -> dict[str, str]:
+@dataclass
+class Seeded:
+    """Tokens of one connection per dialect, and ids of entities the account holds."""
+
+    tokens: dict[str, str]
+    known: dict[str, str]
+
+
+async def seed_hub(db_url: str) -> Seeded:
+    """An account with one connection per dialect, an order, a shipment, and a HubRise
+    callback with a pending event, so that operations on an id reach a real entity."""
+    from ordersync.domain import NewOrder
+    from ordersync.domain.shipments import NewShipment, ShipmentLine
+    from ordersync.hub.openapi_shapes import NEW_ORDER_EXAMPLE
+    from ordersync.store.hubrise import HubRiseStore
     from ordersync.store.store import Store
 
     store = await Store.open(db_url)
-    await store.ensure_account("fuzz", timezone="Europe/Paris")
-    tokens = {name: await store.create_token("fuzz", name) for name in ("mh", "tc", "hr")}
-    await store.close()
-    return tokens
+    try:
+        account = await store.ensure_account("fuzz", timezone="Europe/Paris")
+        tokens = {name: await store.create_token("fuzz", name) for name in ("mh", "tc", "hr")}
+        writer = await store.authenticate(tokens["mh"])
+        follower = await store.authenticate(tokens["hr"])
+        hubrise = HubRiseStore(store)
+        await hubrise.put_callback(follower, {"order": ["create", "update"]})
+        draft = NewOrder.model_validate({**NEW_ORDER_EXAMPLE, "customer_identifier": "SEED-1"})
+        (created,) = await store.create_orders(writer, [draft])
+        assert created.order is not None
+        order = created.order
+        line = order.line_items[0]
+        shipment = await store.create_shipment(
+            writer,
+            account,
+            NewShipment(
+                order_id=order.id,
+                carrier="UPS",
+                service_level="ground",
+                tracking_number="1ZSEED",
+                lines=[
+                    ShipmentLine(
+                        line_number=line.line_number or 1,
+                        sku_customer_identifier=line.sku_customer_identifier,
+                        quantity=line.quantity,
+                    )
+                ],
+            ),
+        )
+        (event, *_) = await hubrise.pending_events(follower)
+    finally:
+        await store.close()
+    known = {"order_id": order.id, "shipment_id": shipment.id, "event_id": str(event.seq)}
+    return Seeded(tokens, known)
 
 
 def credentials_for(tokens: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -170,10 +249,11 @@ def credentials_for(tokens: dict[str, str]) -> dict[str, dict[str, str]]:
 @contextlib.contextmanager
 def serve_hub(db_url: str) -> Iterator[str]:
     """A hub with quotas off on `db_url`, on real uvicorn; yields its base URL."""
+    from tests.support import serve_in_thread
+
     from ordersync.hub.app import create_app
     from ordersync.hub.settings import HubSettings
     from ordersync.quotas import QuotaPolicy
-    from tests.support import serve_in_thread
 
     with serve_in_thread(create_app(HubSettings(db_url=db_url, quotas=QuotaPolicy()))) as base:
         yield base
@@ -189,10 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     modes = MODES if args.mode == "both" else (GenerationMode(args.mode),)
     with tempfile.TemporaryDirectory() as tmp:
         db_url = args.db or f"sqlite:///{Path(tmp)}/hub.db"
-        tokens = asyncio.run(_tokens(db_url))
+        seeded = asyncio.run(seed_hub(db_url))
         with serve_hub(db_url) as base:
             report = run_fuzz(
-                base, credentials_for(tokens), examples=args.examples, seed=args.seed, modes=modes
+                base,
+                credentials_for(seeded.tokens),
+                examples=args.examples,
+                seed=args.seed,
+                modes=modes,
+                known=seeded.known,
             )
     for failure in report.failures:
         print(f"FAIL {failure.operation} [{failure.mode}] {failure.status} {failure.checks}")

@@ -65,13 +65,19 @@ def model_ref(model: Any, name: str, *, mode: str = "serialization") -> dict[str
 
 
 def request_body(
-    model: Any, name: str, *, required: bool = True, description: str | None = None
+    model: Any,
+    name: str,
+    *,
+    example: Any = None,
+    required: bool = True,
+    description: str | None = None,
 ) -> dict[str, Any]:
-    """`openapi_extra` declaring a JSON request body validated as `model`."""
-    body: dict[str, Any] = {
-        "required": required,
-        "content": {JSON: {"schema": model_ref(model, name, mode="validation")}},
-    }
+    """`openapi_extra` declaring a JSON request body validated as `model`, with a valid
+    `example` (Swagger UI pre-fills it; the fuzzing run sends it first)."""
+    media: dict[str, Any] = {"schema": model_ref(model, name, mode="validation")}
+    if example is not None:
+        media["example"] = example
+    body: dict[str, Any] = {"required": required, "content": {JSON: media}}
     if description:
         body["description"] = description
     return {"requestBody": body}

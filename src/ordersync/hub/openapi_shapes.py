@@ -277,3 +277,47 @@ class HubRiseCallback(BaseModel):
 
     url: None
     events: dict[str, list[str]]
+
+
+# -- request examples (shown in /docs, and sent first by the fuzzing run) -----------------------
+
+_ADDRESS = {
+    "name": "Ada Lovelace",
+    "address1": "12 Analytical Row",
+    "city": "London",
+    "state": "LND",
+    "postal_code": "EC1A 1BB",
+    "country": "GB",
+}
+NEW_ORDER_EXAMPLE: dict[str, Any] = {
+    "customer_identifier": "PO-1001",
+    "order_type": "customer",
+    "priority": 1,
+    "shipping_provider": "UPS",
+    "shipper_service_level": "ground",
+    "shipping_address": _ADDRESS,
+    "billing_address": _ADDRESS,
+    "submitted_at": "2024-01-01T10:30:00Z",
+    "line_items": [{"sku_customer_identifier": "SKU-1", "quantity": "2", "unit_price": "9.99"}],
+}
+POLL_EXAMPLE: dict[str, Any] = {
+    "filters": {"lastUpdatedAfter": "2024-01-01T00:00:00.000Z"},
+    "offset": 0,
+    "limit": 100,
+}
+HUBRISE_ORDER_EXAMPLE: dict[str, Any] = {
+    "ref": "R-1001",
+    "service_type_ref": "ground",
+    "shipping_provider": "UPS",
+    "customer": {
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "address_1": "12 Analytical Row",
+        "city": "London",
+        "postal_code": "EC1A 1BB",
+        "country": "GB",
+    },
+    "items": [{"sku_ref": "SKU-1", "price": "9.99 EUR", "quantity": "2"}],
+}
+HUBRISE_PATCH_EXAMPLE: dict[str, Any] = {"status": "received", "private_ref": "erp-1001"}
+CALLBACK_EXAMPLE: dict[str, Any] = {"events": {"order": ["create", "update"]}}

@@ -49,7 +49,14 @@ from ordersync.hub.dialects.hubrise_types import (
 from ordersync.hub.errors import ApiError
 from ordersync.hub.json_body import parse_json, require_storable_text
 from ordersync.hub.openapi import answer, errors, model_ref, request_body
-from ordersync.hub.openapi_shapes import HubRiseCallback, HubRiseEvent, HubRiseOrder
+from ordersync.hub.openapi_shapes import (
+    CALLBACK_EXAMPLE,
+    HUBRISE_ORDER_EXAMPLE,
+    HUBRISE_PATCH_EXAMPLE,
+    HubRiseCallback,
+    HubRiseEvent,
+    HubRiseOrder,
+)
 from ordersync.store.hubrise import (
     EVENT_KINDS,
     EVENT_TYPES,
@@ -345,8 +352,8 @@ async def get_order(request: Request, caller: Caller, order_id: str) -> Response
     "/location/orders",
     summary="Create an order",
     status_code=201,
-    responses={201: answer("The order created", _ORDER)} | errors(415, 422),
-    openapi_extra=request_body(OrderIn, "HubRiseOrderIn"),
+    responses=errors(415, 422) | {201: answer("The order created", _ORDER)},
+    openapi_extra=request_body(OrderIn, "HubRiseOrderIn", example=HUBRISE_ORDER_EXAMPLE),
 )
 async def create_order(request: Request, caller: Caller) -> Response:
     body = _model(OrderIn, await _body(request))
@@ -368,8 +375,10 @@ async def create_order(request: Request, caller: Caller) -> Response:
 @router.patch(
     "/location/orders/{order_id}",
     summary="Update status and/or private_ref",
-    responses={200: answer("The order as it now is", _ORDER)} | errors(415, 422),
-    openapi_extra=request_body(OrderPatch, "HubRiseOrderPatch", required=False),
+    responses=errors(415, 422) | {200: answer("The order as it now is", _ORDER)},
+    openapi_extra=request_body(
+        OrderPatch, "HubRiseOrderPatch", example=HUBRISE_PATCH_EXAMPLE, required=False
+    ),
 )
 async def patch_order(request: Request, caller: Caller, order_id: str) -> Response:
     payload = await _body(request)
@@ -422,8 +431,8 @@ async def get_callback(request: Request, caller: Caller) -> Response:
 @router.post(
     "/callback",
     summary="Create or replace this connection's (passive) callback",
-    responses={200: answer("The callback", _CALLBACK)} | errors(415, 422),
-    openapi_extra=request_body(CallbackIn, "HubRiseCallbackIn"),
+    responses=errors(415, 422) | {200: answer("The callback", _CALLBACK)},
+    openapi_extra=request_body(CallbackIn, "HubRiseCallbackIn", example=CALLBACK_EXAMPLE),
 )
 async def put_callback(request: Request, caller: Caller) -> Response:
     body = _model(CallbackIn, await _body(request))
@@ -462,7 +471,7 @@ async def delete_callback(request: Request, caller: Caller) -> Response:
 @router.get(
     "/callback/events",
     summary="Unacknowledged events, oldest first (at most 100)",
-    responses={200: answer("The events", {"type": "array", "items": _EVENT})},
+    responses=errors(404) | {200: answer("The events", {"type": "array", "items": _EVENT})},
 )
 async def list_events(request: Request, caller: Caller) -> Response:
     queries = _hubrise(request)

@@ -27,9 +27,15 @@ from ordersync.domain.shipments import Shipment
 from ordersync.hub.auth import masonhub_credential, masonhub_principal, principal_of
 from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.hub.json_body import parse_json, text_errors
-from ordersync.hub.openapi import answer, model_ref, request_body
-from ordersync.hub.openapi_shapes import BatchRefused, BatchResult, OrderPage, ShipmentPage
 from ordersync.hub.offsets import MAX_OFFSET, check_offset
+from ordersync.hub.openapi import REF, answer, model_ref, request_body
+from ordersync.hub.openapi_shapes import (
+    NEW_ORDER_EXAMPLE,
+    BatchRefused,
+    BatchResult,
+    OrderPage,
+    ShipmentPage,
+)
 from ordersync.store.store import ListQuery, Page, Principal, Store
 
 MAX_BATCH = 100
@@ -154,11 +160,16 @@ async def get_order(request: Request, caller: Caller, order_id: UUID) -> Respons
     responses={
         201: answer("Every order created", model_ref(BatchResult, "BatchResult")),
         207: answer("Some orders created, some refused", model_ref(BatchResult, "BatchResult")),
-        422: answer("No order created", model_ref(BatchRefused, "BatchRefused")),
+        422: answer(
+            "No order created: each item's errors, or the batch itself is refused (not an "
+            "array, or not 1 to 100 items) in the plain error envelope",
+            {"anyOf": [model_ref(BatchRefused, "BatchRefused"), {"$ref": REF + "Error"}]},
+        ),
     },
     openapi_extra=request_body(
         Annotated[list[NewOrder], Field(min_length=1, max_length=MAX_BATCH)],
         "NewOrderBatch",
+        example=[NEW_ORDER_EXAMPLE],
         description=f"1 to {MAX_BATCH} orders; each is created or refused on its own",
     ),
 )
@@ -245,7 +256,9 @@ def _json_array(raw: bytes) -> list[Any]:
 @router.get(
     "/shipments",
     summary="List shipments (poll with updated_since / sdt)",
-    responses={200: answer("A page of shipments", model_ref(ShipmentPage, "ShipmentPage"), _KEYSET)},
+    responses={
+        200: answer("A page of shipments", model_ref(ShipmentPage, "ShipmentPage"), _KEYSET)
+    },
 )
 async def list_shipments(
     request: Request,

@@ -23,6 +23,7 @@ from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.hub.offsets import check_offset
 from ordersync.hub.openapi import answer, errors, model_ref, request_body
 from ordersync.hub.openapi_shapes import (
+    POLL_EXAMPLE,
     TradecloudOrder,
     TradecloudOrderPage,
     TradecloudShipmentPage,
@@ -112,10 +113,14 @@ async def _orders(request: Request, caller: Principal) -> Response:
 def _poll_doc(page: type, name: str) -> dict[str, Any]:
     """The decorator arguments describing a poll: its optional body and its answers."""
     return {
-        "responses": {200: answer("A page, oldest change first", model_ref(page, name))}
-        | errors(422),
+        "responses": errors(422)
+        | {200: answer("A page, oldest change first", model_ref(page, name))},
         "openapi_extra": request_body(
-            PollRequest, "PollRequest", required=False, description="Absent: no filters"
+            PollRequest,
+            "PollRequest",
+            example=POLL_EXAMPLE,
+            required=False,
+            description="Absent: no filters",
         ),
     }
 
