@@ -113,6 +113,27 @@ def run_fuzz(
                 path,
             )
 
+        def examples_of(operation: Any) -> None:
+            """The request examples of the description (valid bodies: creates that succeed)."""
+            names = _path_names(operation)
+            path = {n: known[n] for n in names} if names and names <= set(known) else None
+            kwargs = {} if path is None else {"path_parameters": path}
+            prefix = max((p for p in credentials if operation.path.startswith(p)), key=len)
+            for strategy in schema.get_strategies_from_examples(operation, **kwargs):
+                _fuzz_operation(
+                    operation,
+                    GenerationMode.POSITIVE,
+                    base_url,
+                    credentials[prefix],
+                    session,
+                    1,
+                    seed,
+                    report,
+                    strategy=strategy,
+                )
+
+        for operation in operations:
+            examples_of(operation)
         on_entity = [op for op in operations if _path_names(op) and _path_names(op) <= set(known)]
         on_entity.sort(key=lambda op: op.method.upper() == "DELETE")
         for operation in on_entity:
@@ -134,8 +155,11 @@ def _fuzz_operation(
     seed: int,
     report: Report,
     path_parameters: dict[str, str] | None = None,
+    strategy: Any = None,
 ) -> None:
     label = f"{operation.method.upper()} {operation.path}"
+    if strategy is None:
+        strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
 
     @hypothesis_seed(seed)
     @settings(
@@ -144,10 +168,9 @@ def _fuzz_operation(
         deadline=None,
         phases=[Phase.explicit, Phase.generate],  # no shrinking: every case counts once
         suppress_health_check=list(HealthCheck),
-        # The generated data need not be "interesting": each case is one request.
         print_blob=False,
     )
-    @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
+    @given(case=strategy)
     def one(case: Any) -> None:
         response = case.call(base_url=base_url, headers=headers, session=session, timeout=30)
         report.cases += 1
