@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-
 from bench.fuzz_hub import Seeded, credentials_for, run_fuzz, seed_hub
+
 from ordersync.hub.app import create_app
 from ordersync.hub.settings import HubSettings
 from ordersync.quotas import QuotaPolicy
@@ -113,7 +114,8 @@ GARBAGE = {
     "unknown method": b"BREW /api/v1/orders HTTP/1.1\r\nHost: x\r\n\r\n",
     "bad version": b"GET /api/v1/orders HTTP/9.9\r\nHost: x\r\n\r\n",
     "header without colon": b"GET /api/v1/orders HTTP/1.1\r\nHost: x\r\nnonsense\r\n\r\n",
-    "nul in header": b"GET /v1/location/orders HTTP/1.1\r\nHost: x\r\nX-Access-Token: a\x00b\r\n\r\n",
+    "nul in header": b"GET /v1/location/orders HTTP/1.1\r\nHost: x\r\n"
+    b"X-Access-Token: a\x00b\r\n\r\n",
     "truncated body": b"POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
     b"\r\nContent-Length: 500\r\n\r\n[{",
     "bad chunked body": b"POST /v2/order-search/poll HTTP/1.1\r\nHost: x\r\n"
@@ -125,7 +127,8 @@ GARBAGE = {
     "absolute uri elsewhere": b"GET http://elsewhere.example/api/v1/orders HTTP/1.1\r\n"
     b"Host: x\r\n\r\n",
     "percent garbage in path": b"GET /v2/order/%zz%ff%00%c0%af HTTP/1.1\r\nHost: x\r\n\r\n",
-    "overlong utf-8 in query": b"GET /api/v1/orders?sdt=%c0%af%ed%a0%80 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "overlong utf-8 in query": b"GET /api/v1/orders?sdt=%c0%af%ed%a0%80 HTTP/1.1\r\n"
+    b"Host: x\r\n\r\n",
 }
 
 
@@ -194,3 +197,99 @@ def test_a_non_json_body_under_any_content_type_is_a_4xx_in_the_dialects_envelop
         "unsupported_media_type",
         "unprocessable_entity",
     )
+
+
+# -- root causes the fuzzing found (each was a 500) --------------------------------------------
+
+
+def _client(hub: Hub, dialect: str) -> httpx.Client:
+    prefix = {"mh": "/api/v1/", "tc": "/v2/", "hr": "/v1/"}[dialect]
+    return httpx.Client(base_url=hub.base, headers=credentials_for(hub.seeded.tokens)[prefix])
+
+
+def _new_order(**overrides: object) -> dict[str, object]:
+    from ordersync.hub.openapi_shapes import NEW_ORDER_EXAMPLE
+
+    return {**NEW_ORDER_EXAMPLE, "customer_identifier": f"PO-{uuid.uuid4().hex[:10]}", **overrides}
+
+
+def test_an_order_with_large_exact_amounts_renders_in_every_dialect(hub: Hub) -> None:
+    """A MasonHub order of 18-digit quantity x 18-digit price (within the domain's 30 digits)
+    is created and then served by every HubRise read with its exact subtotal: its subtotal used
+    to overflow the 28-digit decimal context, and every HubRise listing and callback event list
+    of the account answered 500 from then on."""
+    big = "9" * 18
+    line = {"sku_customer_identifier": "SKU-BIG", "quantity": big, "unit_price": big}
+    with _client(hub, "mh") as masonhub, _client(hub, "hr") as hubrise:
+        created = masonhub.post("/api/v1/orders", json=[_new_order(line_items=[line])])
+        assert created.status_code == 201, created.text
+        order_id = created.json()["data"][0]["id"]
+        exact = f"{int(big) * int(big)}.00 EUR"
+        one = hubrise.get(f"/v1/location/orders/{order_id}")
+        assert one.status_code == 200, one.text
+        assert one.json()["items"][0]["subtotal"] == exact
+        assert one.json()["total"] == exact
+        listing = hubrise.get("/v1/location/orders")
+        assert listing.status_code == 200, listing.text
+        assert order_id in {o["id"] for o in listing.json()}
+        assert hubrise.get("/v1/callback/events").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"sku_ref": "S", "price": f"{'9' * 29}.99 EUR", "quantity": "9" * 29}],
+        [{"sku_ref": "S", "price": "1.00 EUR", "quantity": 10**40}],
+        [{"sku_ref": "S", "price": "1.00 EUR", "quantity": "9" * 500}],
+    ],
+    ids=["29-digit price x quantity", "40-digit integer quantity", "500-digit quantity"],
+)
+def test_hubrise_create_with_a_total_and_huge_amounts_is_a_422(
+    hub: Hub, items: list[dict[str, object]]
+) -> None:
+    """HubRise create with `total` and amounts beyond the hub's 30 digits is a 422 naming a
+    field (the total check's rounding to the cent raised InvalidOperation: a 500)."""
+    from ordersync.hub.openapi_shapes import HUBRISE_ORDER_EXAMPLE
+
+    body = {**HUBRISE_ORDER_EXAMPLE, "ref": uuid.uuid4().hex, "items": items, "total": "1.00 EUR"}
+    with _client(hub, "hr") as hubrise:
+        response = hubrise.post("/v1/location/orders", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error_type"] == "unprocessable_entity"
+    fields = {e["field"] for e in response.json()["errors"]}
+    assert fields & {"total", "items.0.quantity", "items.0.price"}, fields
+
+
+@pytest.mark.parametrize(
+    "submitted_at", ["9999-12-31T23:30:00Z", "9999-12-31T00:00:00Z", "0001-01-01T12:00:00Z"]
+)
+def test_an_instant_no_time_zone_can_render_is_refused_naming_submitted_at(
+    hub: Hub, submitted_at: str
+) -> None:
+    """submitted_at within a day of year 1 or 9999 is a 422 naming it: such an order was
+    stored, then every HubRise rendering of it in the location's zone overflowed (a 500 on
+    each listing of the account)."""
+    with _client(hub, "mh") as masonhub, _client(hub, "hr") as hubrise:
+        response = masonhub.post("/api/v1/orders", json=[_new_order(submitted_at=submitted_at)])
+        assert response.status_code == 422, response.text
+        errors = response.json()["data"][0]["errors"]
+        assert [e["field"] for e in errors] == ["submitted_at"]
+        assert "0001-01-02 to 9999-12-30" in errors[0]["message"]
+        assert hubrise.get("/v1/location/orders").status_code == 200
+
+
+def test_a_year_before_1000_is_kept_with_four_digits(hub: Hub) -> None:
+    """submitted_at 0999-06-01 is stored and served as `0999-06-01T00:00:00.000Z` (it was
+    written `999-06-01...`, which the store could not read back: a 500 on create)."""
+    with _client(hub, "mh") as masonhub, _client(hub, "hr") as hubrise:
+        response = masonhub.post(
+            "/api/v1/orders", json=[_new_order(submitted_at="0999-06-01T00:00:00Z")]
+        )
+        assert response.status_code == 201, response.text
+        order = response.json()["data"][0]["order"]
+        assert order["submitted_at"] == "0999-06-01T00:00:00.000Z"
+        fetched = masonhub.get(f"/api/v1/orders/{order['id']}").json()
+        assert fetched["submitted_at"] == "0999-06-01T00:00:00.000Z"
+        rendered = hubrise.get(f"/v1/location/orders/{order['id']}")
+        assert rendered.status_code == 200, rendered.text
+        assert rendered.json()["submitted_at"].startswith("0999-06-01T00:")
