@@ -293,3 +293,23 @@ def test_a_year_before_1000_is_kept_with_four_digits(hub: Hub) -> None:
         rendered = hubrise.get(f"/v1/location/orders/{order['id']}")
         assert rendered.status_code == 200, rendered.text
         assert rendered.json()["submitted_at"].startswith("0999-06-01T00:")
+
+
+@pytest.mark.parametrize("identifier", [1.5, 1e308, 10**40, 7, True, ["PO-1"], {"a": 1}])
+def test_a_non_text_customer_identifier_is_refused_and_echoed_as_null(
+    hub: Hub, identifier: object
+) -> None:
+    """A batch item whose customer_identifier is not text is refused naming the field, and the
+    answer echoes it as null: a decimal or 40-digit number used to fail the whole batch's
+    answer with a 500 (the refusal echoed the raw value, which orjson cannot write)."""
+    with _client(hub, "mh") as masonhub:
+        good = _new_order()
+        response = masonhub.post(
+            "/api/v1/orders", json=[good, _new_order(customer_identifier=identifier)]
+        )
+        assert response.status_code == 207, response.text
+        created, refused = response.json()["data"]
+        assert created["status"] == "created"
+        assert refused["status"] == "refused"
+        assert refused["customer_identifier"] is None
+        assert [e["field"] for e in refused["errors"]] == ["customer_identifier"]

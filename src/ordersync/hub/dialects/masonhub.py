@@ -229,8 +229,10 @@ async def create_orders(request: Request, caller: Caller) -> Response:
 
 def _refused(item: Any, errors: list[tuple[str, str]]) -> dict[str, Any]:
     identifier = item.get("customer_identifier") if isinstance(item, dict) else None
-    if text_errors(identifier):
-        identifier = None  # cannot be echoed back
+    if not isinstance(identifier, str) or text_errors(identifier):
+        # Echoed only as the text it should be: a number (1.5 is a Decimal here, 10**40 too
+        # wide for orjson) failed the whole answer with a 500; unstorable text cannot be sent.
+        identifier = None
     return {
         "customer_identifier": identifier,
         "status": "refused",
