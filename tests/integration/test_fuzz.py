@@ -10,6 +10,7 @@ A longer run: `bench/fuzz_hub.py --examples N` (bench/README.md).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import uuid
@@ -318,3 +319,99 @@ def test_a_non_text_customer_identifier_is_refused_and_echoed_as_null(
         assert refused["status"] == "refused"
         assert refused["customer_identifier"] is None
         assert [e["field"] for e in refused["errors"]] == ["customer_identifier"]
+
+
+def _hostile_requests(hub: Hub) -> dict[str, tuple[str, str, dict[str, str], bytes | None]]:
+    tokens, order_id = hub.seeded.tokens, hub.seeded.known["order_id"]
+    mh = {"Authorization": f"Bearer {tokens['mh']}"}
+    hr = {"X-Access-Token": tokens["hr"]}
+    json = {"Content-Type": "application/json"}
+
+    def basic(raw: bytes) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+    return {
+        "basic not utf-8": ("GET", "/v2/order/x", basic(b"\xff\xfe:token"), None),
+        "basic without colon": ("GET", "/v2/order/x", basic(b"no-colon"), None),
+        "basic not base64": ("GET", "/v2/order/x", {"Authorization": "Basic ===="}, None),
+        "100 KB bearer": ("GET", "/v2/order/x", {"Authorization": "Bearer " + "x" * 100_000}, None),
+        "5,000 etags": (
+            "GET",
+            f"/v1/location/orders/{order_id}",
+            {**hr, "If-None-Match": ", ".join(['W/"x"'] * 5000)},
+            None,
+        ),
+        "override on a GET": (
+            "GET",
+            "/v1/callback",
+            {**hr, "X-Http-Method-Override": "DELETE"},
+            None,
+        ),
+        "override to TRACE": (
+            "POST",
+            "/v1/callback",
+            {**hr, "X-Http-Method-Override": "TRACE"},
+            b"",
+        ),
+        "10 KB cursor": ("GET", "/v1/location/orders?cursor=" + "A" * 10_000, hr, None),
+        "10 KB hubrise id": ("GET", "/v1/location/orders/" + "x" * 10_000, hr, None),
+        "10 KB tradecloud id": (
+            "GET",
+            "/v2/order/" + "x" * 10_000,
+            {"Authorization": f"Bearer {tokens['tc']}"},
+            None,
+        ),
+        "5,000 status filters": (
+            "GET",
+            "/api/v1/orders?" + "&".join(["status=open"] * 5000),
+            mh,
+            None,
+        ),
+        "gzip claimed, garbage sent": (
+            "POST",
+            "/api/v1/orders",
+            {**mh, **json, "Content-Encoding": "gzip"},
+            b"\x1f\x8b garbage",
+        ),
+        "100,000 brackets (Tradecloud)": (
+            "POST",
+            "/v2/order-search/poll",
+            {"Authorization": f"Bearer {tokens['tc']}", **json},
+            b"[" * 100_000,
+        ),
+        "UTF-16 body (Tradecloud)": (
+            "POST",
+            "/v2/order-search/poll",
+            {"Authorization": f"Bearer {tokens['tc']}", **json},
+            '{"offset": 0}'.encode("utf-16"),
+        ),
+    }
+
+
+HOSTILE = [
+    "basic not utf-8",
+    "basic without colon",
+    "basic not base64",
+    "100 KB bearer",
+    "5,000 etags",
+    "override on a GET",
+    "override to TRACE",
+    "10 KB cursor",
+    "10 KB hubrise id",
+    "10 KB tradecloud id",
+    "5,000 status filters",
+    "gzip claimed, garbage sent",
+    "100,000 brackets (Tradecloud)",
+    "UTF-16 body (Tradecloud)",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_headers_and_bodies_get_a_clear_answer_never_a_5xx(hub: Hub, name: str) -> None:
+    """Mangled credentials, oversized headers and values, a lying Content-Encoding, deep or
+    UTF-16 bodies: each gets a 2xx or a 4xx with an error_type, never a 5xx."""
+    method, path, headers, body = _hostile_requests(hub)[name]
+    response = httpx.request(method, f"{hub.base}{path}", headers=headers, content=body)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert response.json()["error_type"], response.text
