@@ -227,6 +227,8 @@ def test_an_order_with_large_exact_amounts_renders_in_every_dialect(hub: Hub) ->
     big = "9" * 18
     line = {"sku_customer_identifier": "SKU-BIG", "quantity": big, "unit_price": big}
     with _client(hub, "mh") as masonhub, _client(hub, "hr") as hubrise:
+        callback = hubrise.post("/v1/callback", json={"events": {"order": ["create"]}})
+        assert callback.status_code == 200, callback.text
         created = masonhub.post("/api/v1/orders", json=[_new_order(line_items=[line])])
         assert created.status_code == 201, created.text
         order_id = created.json()["data"][0]["id"]
@@ -238,7 +240,10 @@ def test_an_order_with_large_exact_amounts_renders_in_every_dialect(hub: Hub) ->
         listing = hubrise.get("/v1/location/orders")
         assert listing.status_code == 200, listing.text
         assert order_id in {o["id"] for o in listing.json()}
-        assert hubrise.get("/v1/callback/events").status_code == 200
+        events = hubrise.get("/v1/callback/events")
+        assert events.status_code == 200, events.text
+        mine = [e for e in events.json() if e["resource_id"] == order_id]
+        assert [e["new_state"]["total"] for e in mine] == [exact]
 
 
 @pytest.mark.parametrize(
