@@ -108,9 +108,9 @@ class NewOrder(_Model):
     @field_validator("submitted_at")
     @classmethod
     def _rfc3339(cls, value: str) -> str:
-        from ordersync.domain.timestamps import format_rfc3339, parse_rfc3339_ms
+        from ordersync.domain.timestamps import check_renderable, format_rfc3339, parse_rfc3339_ms
 
-        return format_rfc3339(parse_rfc3339_ms(value))
+        return format_rfc3339(check_renderable(parse_rfc3339_ms(value), value))
 
     @field_validator("line_items")
     @classmethod

@@ -35,9 +35,28 @@ def from_ms(ms: int) -> datetime:
 
 
 def format_rfc3339(ms: int) -> str:
-    """`2024-01-01T10:30:00.123Z`: UTC, always three fractional digits."""
+    """`2024-01-01T10:30:00.123Z`: UTC, always three fractional digits, always a 4-digit year
+    (strftime's %Y writes year 999 as "999", which no RFC 3339 parser reads back)."""
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    t = time.gmtime(seconds)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
+    )
+
+
+# The instants a stored record may carry: every one of them can be written in any time zone
+# (offsets reach +-14 h) without leaving years 1..9999. A record stamped 9999-12-31T23:30Z was
+# stored, then every HubRise rendering of it in Europe/Paris overflowed: a 500 on each listing.
+RENDERABLE_MIN_MS = -62135510400000  # 0001-01-02T00:00:00.000Z
+RENDERABLE_MAX_MS = 253402214399999  # 9999-12-30T23:59:59.999Z
+
+
+def check_renderable(ms: int, text: str) -> int:
+    """`ms` if a record may carry it; else ValueError naming `text` and the range."""
+    if not RENDERABLE_MIN_MS <= ms <= RENDERABLE_MAX_MS:
+        raise ValueError(f"{text!r} is outside the supported range 0001-01-02 to 9999-12-30")
+    return ms
 
 
 def parse_rfc3339_ms(text: str) -> int:

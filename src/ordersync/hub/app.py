@@ -20,6 +20,7 @@ from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.metrics import HubMetrics
 from ordersync.hub.nul_guard import NulGuard
 from ordersync.hub.offsets import offset_cap
+from ordersync.hub.openapi import install_openapi
 from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.hub.simulator import Simulation
@@ -85,6 +86,9 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
         title="ordersync hub",
         version=__version__,
         lifespan=lifespan,
+        # Served by install_openapi from local assets: FastAPI's pages load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
         description=(
             "An order platform: MasonHub-style API under /api/v1, Tradecloud-style under /v2, "
             "HubRise-style under /v1."
@@ -98,6 +102,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.state.commit_lag_ms = commit_lag_ms(hub_store.write_timeout_ms)
     app.state.warehouse = simulation  # runs while the lifespan does
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(masonhub.router)
     app.include_router(tradecloud.router)
     hubrise.install(app)  # router under /v1 and its X-Http-Method-Override middleware

@@ -36,6 +36,7 @@ from ordersync.wire.fields import (
     text,
 )
 from ordersync.wire.hubrise_values import (
+    EXACT,
     format_decimal,
     format_money,
     format_time,
@@ -44,6 +45,7 @@ from ordersync.wire.hubrise_values import (
     parse_time,
     zone,
 )
+from ordersync.wire.hubrise_values import subtotal as line_subtotal
 
 T = TypeVar("T")
 
@@ -100,8 +102,8 @@ def render_order(doc: dict[str, Any], location: Place, private_ref: str | None) 
     items, total = [], Decimal(0)
     for line in doc["line_items"]:
         price, quantity = Decimal(line["unit_price"]), Decimal(line["quantity"])
-        subtotal = Decimal(format_money(price * quantity, currency).partition(" ")[0])
-        total += subtotal
+        subtotal = Decimal(line_subtotal(price, quantity, currency).partition(" ")[0])
+        total = EXACT.add(total, subtotal)
         items.append(
             {
                 "line_number": line["line_number"],

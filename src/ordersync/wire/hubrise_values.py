@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ordersync.domain.timestamps import from_ms, to_ms
@@ -23,9 +23,16 @@ _DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 _CENT = Decimal("0.01")
 
 
+# Wide enough for a line's subtotal to be exact: the domain keeps quantities and prices to 30
+# digits each (their product, 60, plus the cents). The default context (28 digits) rounded
+# such products and could not quantize them to the cent at all: InvalidOperation, a 500 on
+# every HubRise listing of an account holding one such order.
+EXACT = Context(prec=100, rounding=ROUND_HALF_UP)
+
+
 def format_money(amount: Decimal, currency: str) -> str:
     """Rounded half up to the cent: HubRise has no sub-cent amounts."""
-    cents = amount.quantize(_CENT, rounding=ROUND_HALF_UP)
+    cents = amount.quantize(_CENT, rounding=ROUND_HALF_UP, context=EXACT)
     if cents == 0:
         cents = abs(cents)  # never "-0.00"
     return f"{cents:f} {currency}"
@@ -36,6 +43,11 @@ def parse_money(text: object) -> tuple[Decimal, str]:
         raise ValueError(f"{text!r} is not a valid monetary amount (expected e.g. '8.90 EUR')")
     amount, _, currency = text.partition(" ")
     return Decimal(amount), currency
+
+
+def subtotal(price: Decimal, quantity: Decimal, currency: str) -> str:
+    """A line's price x quantity as money, computed exactly (then rounded to the cent)."""
+    return format_money(EXACT.multiply(price, quantity), currency)
 
 
 def format_decimal(value: Decimal) -> str:

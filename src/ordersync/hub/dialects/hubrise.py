@@ -53,6 +53,15 @@ from ordersync.hub.dialects.hubrise_types import (
 from ordersync.hub.errors import ApiError, position_pruned, write_timed_out
 from ordersync.hub.event_feed import MAX_EVENT_ID, MAX_EVENTS_PAGE, extension_headers, read_events
 from ordersync.hub.json_body import parse_json, require_storable_text
+from ordersync.hub.openapi import answer, errors, model_ref, request_body
+from ordersync.hub.openapi_shapes import (
+    CALLBACK_EXAMPLE,
+    HUBRISE_ORDER_EXAMPLE,
+    HUBRISE_PATCH_EXAMPLE,
+    HubRiseCallback,
+    HubRiseEvent,
+    HubRiseOrder,
+)
 from ordersync.store.events import PositionPruned
 from ordersync.store.hubrise import (
     EVENT_KINDS,
@@ -191,6 +200,11 @@ router = APIRouter(prefix=PREFIX, tags=["hubrise"], route_class=HubRiseRoute)
 
 Caller = Annotated[Principal, Depends(hubrise_principal)]
 
+_ORDER = model_ref(HubRiseOrder, "HubRiseOrder")
+_ORDERS = {"type": "array", "items": _ORDER}
+_CALLBACK = model_ref(HubRiseCallback, "HubRiseCallback")
+_EVENT = model_ref(HubRiseEvent, "HubRiseEvent")
+
 
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
@@ -256,7 +270,14 @@ def _private_ref(value: str | None) -> str | None:
 # -- orders ------------------------------------------------------------------------------------
 
 
-@router.get("/location/orders", summary="List orders, newest first, with cursor paging")
+@router.get(
+    "/location/orders",
+    summary="List orders, newest first, with cursor paging",
+    responses={
+        200: answer("Orders, newest first", _ORDERS, ("X-Cursor-Next", "ETag")),
+        304: answer("Not modified (If-None-Match)", headers=("ETag",)),
+    },
+)
 async def list_orders(
     request: Request,
     caller: Caller,
@@ -329,7 +350,14 @@ def _order_query(
     return OrderQuery(count, position, statuses, private_ref, bounds["after"], bounds["before"])
 
 
-@router.get("/location/orders/{order_id}", summary="Get one order")
+@router.get(
+    "/location/orders/{order_id}",
+    summary="Get one order",
+    responses={
+        200: answer("The order", _ORDER, ("ETag",)),
+        304: answer("Not modified (If-None-Match)", headers=("ETag",)),
+    },
+)
 async def get_order(request: Request, caller: Caller, order_id: str) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)
@@ -337,7 +365,13 @@ async def get_order(request: Request, caller: Caller, order_id: str) -> Response
     return _conditional(request, orjson.dumps(render_row(row, location)))
 
 
-@router.post("/location/orders", summary="Create an order", status_code=201)
+@router.post(
+    "/location/orders",
+    summary="Create an order",
+    status_code=201,
+    responses=errors(415, 422) | {201: answer("The order created", _ORDER)},
+    openapi_extra=request_body(OrderIn, "HubRiseOrderIn", example=HUBRISE_ORDER_EXAMPLE),
+)
 async def create_order(request: Request, caller: Caller) -> Response:
     body = _model(OrderIn, await _body(request))
     queries = _hubrise(request)
@@ -355,7 +389,14 @@ async def create_order(request: Request, caller: Caller) -> Response:
     return response
 
 
-@router.patch("/location/orders/{order_id}", summary="Update status and/or private_ref")
+@router.patch(
+    "/location/orders/{order_id}",
+    summary="Update status and/or private_ref",
+    responses=errors(415, 422) | {200: answer("The order as it now is", _ORDER)},
+    openapi_extra=request_body(
+        OrderPatch, "HubRiseOrderPatch", example=HUBRISE_PATCH_EXAMPLE, required=False
+    ),
+)
 async def patch_order(request: Request, caller: Caller, order_id: str) -> Response:
     payload = await _body(request)
     patch = _model(OrderPatch, payload)
@@ -384,13 +425,22 @@ def _render_callback(events: dict[str, list[str]] | None) -> dict[str, Any]:
     return {"url": None, "events": events or {}}
 
 
-@router.get("/callback", summary="This connection's callback")
+@router.get(
+    "/callback",
+    summary="This connection's callback",
+    responses={200: answer("The callback", _CALLBACK)},
+)
 async def get_callback(request: Request, caller: Caller) -> Response:
     callback = await _hubrise(request).get_callback(caller)
     return _json(_render_callback(callback.events if callback else None))
 
 
-@router.post("/callback", summary="Create or replace this connection's (passive) callback")
+@router.post(
+    "/callback",
+    summary="Create or replace this connection's (passive) callback",
+    responses=errors(415, 422) | {200: answer("The callback", _CALLBACK)},
+    openapi_extra=request_body(CallbackIn, "HubRiseCallbackIn", example=CALLBACK_EXAMPLE),
+)
 async def put_callback(request: Request, caller: Caller) -> Response:
     body = _model(CallbackIn, await _body(request))
     errors: FieldErrors = []
@@ -415,13 +465,21 @@ async def put_callback(request: Request, caller: Caller) -> Response:
     return _json(_render_callback(callback.events))
 
 
-@router.delete("/callback", summary="Delete this connection's callback and its events")
+@router.delete(
+    "/callback",
+    summary="Delete this connection's callback and its events",
+    responses={200: answer("No callback any more", _CALLBACK)},
+)
 async def delete_callback(request: Request, caller: Caller) -> Response:
     await _hubrise(request).delete_callback(caller)
     return _json(_render_callback(None))
 
 
-@router.get("/callback/events", summary="Unacknowledged events, oldest first (at most 100)")
+@router.get(
+    "/callback/events",
+    summary="Unacknowledged events, oldest first (at most 100)",
+    responses=errors(404) | {200: answer("The events", {"type": "array", "items": _EVENT})},
+)
 async def list_events(request: Request, caller: Caller) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)
@@ -435,7 +493,11 @@ def _event_seq(event_id: str) -> int:
     return int(event_id)
 
 
-@router.get("/callback/events/{event_id}", summary="One unacknowledged event")
+@router.get(
+    "/callback/events/{event_id}",
+    summary="One unacknowledged event",
+    responses={200: answer("The event", _EVENT)},
+)
 async def get_event(request: Request, caller: Caller, event_id: str) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)
@@ -443,7 +505,11 @@ async def get_event(request: Request, caller: Caller, event_id: str) -> Response
     return _json(render_event(event, location))
 
 
-@router.delete("/callback/events/{event_id}", summary="Acknowledge (delete) one event")
+@router.delete(
+    "/callback/events/{event_id}",
+    summary="Acknowledge (delete) one event",
+    responses={200: answer("The event acknowledged", _EVENT)},
+)
 async def acknowledge_event(request: Request, caller: Caller, event_id: str) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)

@@ -17,18 +17,20 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ordersync.domain import (
     NewOrder,
+    Order,
     OrderStatus,
     ShipmentStatus,
     format_rfc3339,
     parse_rfc3339_ms,
 )
+from ordersync.domain.shipments import Shipment
 from ordersync.hub.auth import masonhub_credential, masonhub_principal, principal_of
 from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.hub.event_feed import (
@@ -40,6 +42,14 @@ from ordersync.hub.event_feed import (
 )
 from ordersync.hub.json_body import parse_json, text_errors
 from ordersync.hub.offsets import MAX_OFFSET, check_offset
+from ordersync.hub.openapi import REF, answer, model_ref, request_body
+from ordersync.hub.openapi_shapes import (
+    NEW_ORDER_EXAMPLE,
+    BatchRefused,
+    BatchResult,
+    OrderPage,
+    ShipmentPage,
+)
 from ordersync.store.store import CreateResult, ListQuery, Page, Principal, Store
 
 MAX_BATCH = 100
@@ -56,6 +66,7 @@ def _json(body: bytes, status: int = 200) -> Response:
 # and where the event log is (see `ordersync.hub.event_feed`).
 KEYSET_HEADER = {"X-Ordersync-Keyset": "after_id"}
 EVENTS_PATH = "/api/v1/events"
+_KEYSET = ("X-Ordersync-Keyset",)
 
 
 def _listing(body: bytes, state: Any) -> Response:
@@ -138,7 +149,11 @@ def _envelope(page: Page, query: ListQuery, summary: bool) -> bytes:
     return b'{"data":' + data + tail.encode()
 
 
-@router.get("/orders", summary="List orders (poll with updated_since / sdt)")
+@router.get(
+    "/orders",
+    summary="List orders (poll with updated_since / sdt)",
+    responses={200: answer("A page of orders", model_ref(OrderPage, "OrderPage"), _KEYSET)},
+)
 async def list_orders(
     request: Request,
     caller: Caller,
@@ -153,7 +168,11 @@ async def list_orders(
     return _listing(_envelope(page, query, summary), request.app.state)
 
 
-@router.get("/orders/{order_id}", summary="Get one order")
+@router.get(
+    "/orders/{order_id}",
+    summary="Get one order",
+    responses={200: answer("The order", model_ref(Order, "Order"))},
+)
 async def get_order(request: Request, caller: Caller, order_id: UUID) -> Response:
     store: Store = request.app.state.store
     return _json((await store.get_order_doc(caller.account_id, str(order_id))).encode())
@@ -163,7 +182,21 @@ async def get_order(request: Request, caller: Caller, order_id: UUID) -> Respons
     "/orders",
     summary="Create orders (batch): each item is created or refused on its own",
     status_code=201,
-    responses={207: {"description": "some items refused"}, 422: {"description": "all refused"}},
+    responses={
+        201: answer("Every order created", model_ref(BatchResult, "BatchResult")),
+        207: answer("Some orders created, some refused", model_ref(BatchResult, "BatchResult")),
+        422: answer(
+            "No order created: each item's errors, or the batch itself is refused (not an "
+            "array, or not 1 to 100 items) in the plain error envelope",
+            {"anyOf": [model_ref(BatchRefused, "BatchRefused"), {"$ref": REF + "Error"}]},
+        ),
+    },
+    openapi_extra=request_body(
+        Annotated[list[NewOrder], Field(min_length=1, max_length=MAX_BATCH)],
+        "NewOrderBatch",
+        example=[NEW_ORDER_EXAMPLE],
+        description=f"1 to {MAX_BATCH} orders; each is created or refused on its own",
+    ),
 )
 async def create_orders(request: Request, caller: Caller) -> Response:
     items = _json_array(await request.body())
@@ -236,8 +269,10 @@ def _batch_answer(
 
 def _refused(item: Any, errors: list[tuple[str, str]]) -> dict[str, Any]:
     identifier = item.get("customer_identifier") if isinstance(item, dict) else None
-    if text_errors(identifier):
-        identifier = None  # cannot be echoed back
+    if not isinstance(identifier, str) or text_errors(identifier):
+        # Echoed only as the text it should be: a number (1.5 is a Decimal here, 10**40 too
+        # wide for orjson) failed the whole answer with a 500; unstorable text cannot be sent.
+        identifier = None
     return {
         "customer_identifier": identifier,
         "status": "refused",
@@ -260,7 +295,13 @@ def _json_array(raw: bytes) -> list[Any]:
     return parsed
 
 
-@router.get("/shipments", summary="List shipments (poll with updated_since / sdt)")
+@router.get(
+    "/shipments",
+    summary="List shipments (poll with updated_since / sdt)",
+    responses={
+        200: answer("A page of shipments", model_ref(ShipmentPage, "ShipmentPage"), _KEYSET)
+    },
+)
 async def list_shipments(
     request: Request,
     caller: Caller,
@@ -275,7 +316,11 @@ async def list_shipments(
     return _listing(_envelope(page, query, summary), request.app.state)
 
 
-@router.get("/shipments/{shipment_id}", summary="Get one shipment")
+@router.get(
+    "/shipments/{shipment_id}",
+    summary="Get one shipment",
+    responses={200: answer("The shipment", model_ref(Shipment, "Shipment"))},
+)
 async def get_shipment(request: Request, caller: Caller, shipment_id: UUID) -> Response:
     store: Store = request.app.state.store
     return _json((await store.get_shipment_doc(caller.account_id, str(shipment_id))).encode())

@@ -27,6 +27,13 @@ from ordersync.hub.auth import tradecloud_principal
 from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.hub.event_feed import MAX_EVENT_ID, MAX_EVENTS_PAGE, extension_headers, read_events
 from ordersync.hub.offsets import check_offset
+from ordersync.hub.openapi import answer, errors, model_ref, request_body
+from ordersync.hub.openapi_shapes import (
+    POLL_EXAMPLE,
+    TradecloudOrder,
+    TradecloudOrderPage,
+    TradecloudShipmentPage,
+)
 from ordersync.store.store import ListQuery, Principal, Store
 from ordersync.wire.tradecloud import LINE_STATUS, render_order, render_shipment
 
@@ -120,17 +127,44 @@ async def _orders(request: Request, caller: Principal) -> Response:
     return _page_body(request, items, page.total)
 
 
-@router.post("/order-search/poll", summary="Poll orders changed after lastUpdatedAfter")
+def _poll_doc(page: type, name: str) -> dict[str, Any]:
+    """The decorator arguments describing a poll: its optional body and its answers."""
+    return {
+        "responses": errors(422)
+        | {200: answer("A page, oldest change first", model_ref(page, name))},
+        "openapi_extra": request_body(
+            PollRequest,
+            "PollRequest",
+            example=POLL_EXAMPLE,
+            required=False,
+            description="Absent: no filters",
+        ),
+    }
+
+
+@router.post(
+    "/order-search/poll",
+    summary="Poll orders changed after lastUpdatedAfter",
+    **_poll_doc(TradecloudOrderPage, "TradecloudOrderPage"),
+)
 async def poll_orders(request: Request, caller: Caller) -> Response:
     return await _orders(request, caller)
 
 
-@router.post("/order-search/search", summary="Search orders (same filters as poll)")
+@router.post(
+    "/order-search/search",
+    summary="Search orders (same filters as poll)",
+    **_poll_doc(TradecloudOrderPage, "TradecloudOrderPage"),
+)
 async def search_orders(request: Request, caller: Caller) -> Response:
     return await _orders(request, caller)
 
 
-@router.post("/shipment/poll", summary="Poll shipments changed after lastUpdatedAfter")
+@router.post(
+    "/shipment/poll",
+    summary="Poll shipments changed after lastUpdatedAfter",
+    **_poll_doc(TradecloudShipmentPage, "TradecloudShipmentPage"),
+)
 async def poll_shipments(request: Request, caller: Caller) -> Response:
     _, query = await _poll_request(request)
     if query.statuses:
@@ -193,7 +227,11 @@ async def poll_events(request: Request, caller: Caller) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-@router.get("/order/{order_id}", summary="Get one order (the webhook GET flavour)")
+@router.get(
+    "/order/{order_id}",
+    summary="Get one order (the webhook GET flavour)",
+    responses={200: answer("The order", model_ref(TradecloudOrder, "TradecloudOrder"))},
+)
 async def get_order(request: Request, caller: Caller, order_id: str) -> Response:
     store: Store = request.app.state.store
     doc = orjson.loads(await store.get_order_doc(caller.account_id, order_id))
