@@ -165,6 +165,15 @@ HEADERS: dict[str, dict[str, Any]] = {
         "description": "ordersync extension: `after_id` continues an updated_since listing",
         "schema": {"type": "string"},
     },
+    "X-Ordersync-Events": {
+        "description": "ordersync extension: the path of this dialect's event log",
+        "schema": {"type": "string"},
+    },
+    "X-Ordersync-Commit-Lag-Ms": {
+        "description": "ordersync extension: the most a commit can become visible after its "
+        "`updated_at` (ms); a poller's lookback",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
     "X-Cursor-Next": {
         "description": "The cursor of the next page; absent on the last page",
         "schema": {"type": "string"},

@@ -272,6 +272,58 @@ class HubRiseEvent(BaseModel):
     new_state: HubRiseOrder | HubRiseShipment | None
 
 
+class MasonHubEvent(BaseModel):
+    """One event of the event log (ordersync extension)."""
+
+    event_id: int
+    kind: Literal["order", "shipment"]
+    entity_id: str
+    version: int
+    event_type: str
+    connection: str | None
+    created_at: str
+    entity: dict[str, Any] | None  # the order or shipment at this version; null: superseded
+    entity_url: str
+    current_version: int | None
+
+
+class MasonHubEventPage(BaseModel):
+    data: list[MasonHubEvent]
+    next_after: int
+    head: int
+    limit: int
+
+
+class TradecloudEvent(BaseModel):
+    eventId: int
+    kind: Literal["order", "shipment"]
+    entityId: str
+    version: int
+    eventType: str
+    lastUpdatedBy: str | None
+    createdAt: str
+    entity: dict[str, Any] | None
+    entityUrl: str | None
+    currentVersion: int | None
+
+
+class TradecloudEventPage(BaseModel):
+    data: list[TradecloudEvent]
+    nextAfterEventId: int
+    headEventId: int
+
+
+class HubRiseLogEvent(HubRiseEvent):
+    connection: str | None
+    ordersync_event_type: str
+
+
+class HubRiseEventLogPage(BaseModel):
+    events: list[HubRiseLogEvent]
+    next_after: str
+    head: str
+
+
 class HubRiseCallback(BaseModel):
     """This connection's callback: passive (no url), with the event types it follows."""
 
@@ -300,6 +352,7 @@ NEW_ORDER_EXAMPLE: dict[str, Any] = {
     "submitted_at": "2024-01-01T10:30:00Z",
     "line_items": [{"sku_customer_identifier": "SKU-1", "quantity": "2", "unit_price": "9.99"}],
 }
+EVENT_POLL_EXAMPLE: dict[str, Any] = {"afterEventId": 0, "limit": 100}
 POLL_EXAMPLE: dict[str, Any] = {
     "filters": {"lastUpdatedAfter": "2024-01-01T00:00:00.000Z"},
     "offset": 0,

@@ -60,6 +60,7 @@ from ordersync.hub.openapi_shapes import (
     HUBRISE_PATCH_EXAMPLE,
     HubRiseCallback,
     HubRiseEvent,
+    HubRiseEventLogPage,
     HubRiseOrder,
 )
 from ordersync.store.events import PositionPruned
@@ -530,6 +531,8 @@ async def acknowledge_event(request: Request, caller: Caller, event_id: str) -> 
     "at the event's version, null when a later version superseded it. A position older than "
     "the retention answers 410 `position_pruned` with the `head` to follow from after a "
     "resync.",
+    responses=errors(410)
+    | {200: answer("A page of events", model_ref(HubRiseEventLogPage, "HubRiseEventLogPage"))},
 )
 async def list_log_events(
     request: Request,

@@ -42,11 +42,12 @@ from ordersync.hub.event_feed import (
 )
 from ordersync.hub.json_body import parse_json, text_errors
 from ordersync.hub.offsets import MAX_OFFSET, check_offset
-from ordersync.hub.openapi import REF, answer, model_ref, request_body
+from ordersync.hub.openapi import REF, answer, errors, model_ref, request_body
 from ordersync.hub.openapi_shapes import (
     NEW_ORDER_EXAMPLE,
     BatchRefused,
     BatchResult,
+    MasonHubEventPage,
     OrderPage,
     ShipmentPage,
 )
@@ -66,7 +67,7 @@ def _json(body: bytes, status: int = 200) -> Response:
 # and where the event log is (see `ordersync.hub.event_feed`).
 KEYSET_HEADER = {"X-Ordersync-Keyset": "after_id"}
 EVENTS_PATH = "/api/v1/events"
-_KEYSET = ("X-Ordersync-Keyset",)
+_KEYSET = ("X-Ordersync-Keyset", "X-Ordersync-Events", "X-Ordersync-Commit-Lag-Ms")
 
 
 def _listing(body: bytes, state: Any) -> Response:
@@ -334,6 +335,8 @@ async def get_shipment(request: Request, caller: Caller, shipment_id: UUID) -> R
     "entity at the event's version, or null when a later version superseded it (then GET "
     "`entity_url`). A position older than the retention answers 410 `position_pruned` with the "
     "`head` to follow from after a resync.",
+    responses=errors(410)
+    | {200: answer("A page of events", model_ref(MasonHubEventPage, "MasonHubEventPage"))},
 )
 async def list_events(
     request: Request,

@@ -29,7 +29,9 @@ from ordersync.hub.event_feed import MAX_EVENT_ID, MAX_EVENTS_PAGE, extension_he
 from ordersync.hub.offsets import check_offset
 from ordersync.hub.openapi import answer, errors, model_ref, request_body
 from ordersync.hub.openapi_shapes import (
+    EVENT_POLL_EXAMPLE,
     POLL_EXAMPLE,
+    TradecloudEventPage,
     TradecloudOrder,
     TradecloudOrderPage,
     TradecloudShipmentPage,
@@ -193,6 +195,11 @@ class EventPollRequest(_Strict):
     "the order or shipment at the event's version, null when a later version superseded it. "
     "A position older than the retention answers 410 `position_pruned` with the `head` to "
     "follow from after a resync.",
+    responses=errors(410, 422)
+    | {200: answer("A page of events", model_ref(TradecloudEventPage, "TradecloudEventPage"))},
+    openapi_extra=request_body(
+        EventPollRequest, "TradecloudEventPoll", example=EVENT_POLL_EXAMPLE, required=False
+    ),
 )
 async def poll_events(request: Request, caller: Caller) -> Response:
     raw = await request.body()
