@@ -113,7 +113,7 @@ def run(
             await run_owning_replica(runtime, stop, once=once, announce=_say)
         finally:
             await runtime.close()
-        talk.stopped(runtime, time.monotonic() - started, now_ms())
+        talk.stopped(runtime.engines, time.monotonic() - started, now_ms())
         for name, reason in runtime.stopped.items():
             _say(f"error: source {name} stopped: {reason}")
         return 3 if runtime.stopped else 0

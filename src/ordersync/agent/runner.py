@@ -498,7 +498,7 @@ async def _run_while_held(
     helpers = [asyncio.ensure_future(watch()), asyncio.ensure_future(forward_stop())]
     try:
         async with serving_observability(runtime, runtime.config.port, runtime.config.bind):
-            talk.started(runtime, status_url(runtime.config))
+            talk.started(runtime.config, status_url(runtime.config))
             await run_sources(runtime, ending, once=once)
     finally:
         ending.set()

@@ -10,17 +10,14 @@ until its next change: "last success" says when a poll last drained it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
 
 import structlog
 
-from ordersync.agent.engine import CycleCounts, StreamStatus
+from ordersync.agent.config import AgentConfig
+from ordersync.agent.engine import CycleCounts, StreamStatus, SyncEngine
 from ordersync.agent.lease import shown
 from ordersync.domain.timestamps import format_rfc3339
-
-if TYPE_CHECKING:
-    from ordersync.agent.runner import AgentRuntime
 
 log = structlog.get_logger("ordersync.agent")
 
@@ -47,8 +44,7 @@ def _seconds(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
-def started(runtime: AgentRuntime, status_url: str | None) -> None:
-    config = runtime.config
+def started(config: AgentConfig, status_url: str | None) -> None:
     sources = ", ".join(
         f"{s.name} ({s.dialect} {s.base_url}, every {s.interval:g} s)" for s in config.sources
     )
@@ -105,9 +101,9 @@ def stopping(signal_name: str) -> None:
     )
 
 
-def stopped(runtime: AgentRuntime, elapsed_s: float, now_ms: int) -> None:
+def stopped(engines: Mapping[str, SyncEngine], elapsed_s: float, now_ms: int) -> None:
     parts = []
-    for name, engine in runtime.engines.items():
+    for name, engine in engines.items():
         states = engine.status()
         applied = sum(s.totals.applied for s in states)
         repeats = sum(s.totals.duplicates for s in states)
