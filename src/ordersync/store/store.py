@@ -616,13 +616,15 @@ class Store:
             rows[identifier] = _order_row(order, account_id, stamp, stamp, principal)
             rows[identifier]["event_id"] = event_id
         ordered = sorted(rows.items())
-        statement = (
-            _dialect_insert(conn, orders)
-            .values([row for _, row in ordered])
-            .on_conflict_do_nothing(index_elements=["account_id", "customer_identifier"])
-            .returning(orders.c.customer_identifier)
+        inserted = set(
+            (
+                await conn.execute(
+                    _insert_orders_statement(conn.dialect.name), [r for _, r in ordered]
+                )
+            )
+            .scalars()
+            .all()
         )
-        inserted = set((await conn.scalars(statement)).all())
         change_rows, deltas = [], CountDeltas()
         for identifier, (index, order, stamp) in candidates.items():  # in request order
             if identifier not in inserted:
@@ -861,6 +863,18 @@ def _list_params(account_id: int, query: ListQuery) -> dict[str, Any]:
         params["exact_until"] = exact_until(since)
         params.update(bucket_params(since))
     return params
+
+
+@functools.cache
+def _insert_orders_statement(dialect: str) -> Any:
+    """The batch create's INSERT, built (and compiled) once per dialect: executed with a list of
+    rows, SQLAlchemy sends them as one multi-row INSERT in the list's order ("insertmanyvalues")
+    and returns the identifiers actually inserted."""
+    return (
+        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(orders)
+        .on_conflict_do_nothing(index_elements=["account_id", "customer_identifier"])
+        .returning(orders.c.customer_identifier)
+    )
 
 
 def _dialect_insert(conn: AsyncConnection, table: Any) -> Any:
