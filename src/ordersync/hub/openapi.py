@@ -24,6 +24,7 @@ requests too). Responses are open to extension fields (no `additionalProperties:
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from importlib.resources import files
 from typing import Any
 
@@ -299,11 +300,11 @@ def complete(
         dialect = next((d for d in DIALECTS if path.startswith(d[0])), None)
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
-            if (path, method) in keyed:
-                _declare_idempotency(operation, responses)
             for status, response in list(responses.items()):
                 if _is_fastapi_validation(response):
                     del responses[status]
+            if (path, method) in keyed:
+                _declare_idempotency(operation, responses)
             if dialect is None:
                 continue
             _, security, error_schema = dialect
@@ -400,7 +401,20 @@ def _keyed(app: FastAPI) -> frozenset[tuple[str, str]]:
 
     return frozenset(
         (route.path_format, method.lower())
-        for route in app.routes
-        if isinstance(route, APIRoute) and is_idempotent(route.endpoint)
+        for route in _api_routes(app.routes)
+        if is_idempotent(route.endpoint)
         for method in route.methods or ()
     )
+
+
+def _api_routes(routes: Any) -> Iterator[APIRoute]:
+    """Every APIRoute under `routes`: FastAPI lists an included router's routes flat, or (newer
+    versions) as one entry holding that router (`original_router`; its routes' paths carry its
+    prefix, and the hub includes routers without another)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        else:
+            included = getattr(route, "original_router", None)
+            if included is not None:
+                yield from _api_routes(included.routes)
