@@ -299,6 +299,23 @@ async def test_keys_are_kept_24_hours_then_pruned(hub: Hub) -> None:
     assert await hub.order_count() == 1
 
 
+async def test_the_hub_prunes_old_keys_in_the_background(store: Store) -> None:
+    hub = await _hub(store)
+    now = [START]
+    store.clock = lambda: now[0]
+    async with hub.client("masonhub") as http:
+        sent = await http.post("/api/v1/orders", json=[order_payload("PO-1")], headers={KEY: "b"})
+    assert sent.status_code == 201 and await hub.key_count() == 1
+    now[0] = START + 25 * HOUR_MS
+    app = create_app(HubSettings(db_url=store.url.given, event_prune_interval_s=0.01), store)
+    async with app.router.lifespan_context(app):
+        for _ in range(500):  # a condition, not a duration: the task's first rounds
+            if await hub.key_count() == 0:
+                break
+            await asyncio.sleep(0.01)
+    assert await hub.key_count() == 0
+
+
 def test_the_retention_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORDERSYNC_HUB_IDEMPOTENCY_HOURS", "48")
     assert HubSettings.from_env().idempotency_hours == 48
