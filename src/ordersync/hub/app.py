@@ -28,6 +28,7 @@ from ordersync.hub.status_page import install_operator_pages
 from ordersync.store.counts import CountCompactor
 from ordersync.store.events import DAY_MS, EventLog, prune_forever
 from ordersync.store.hubrise import HubRiseStore
+from ordersync.store.idempotency import KeyPruner, prune_keys_forever
 from ordersync.store.store import Store, commit_lag_ms
 
 API_PREFIXES = ("/api/", "/v2/", "/v1/")
@@ -57,6 +58,8 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     simulation = Simulation(hub_store, settings) if settings.simulate_rate > 0 else None
     # Folds the writers' count deltas into the listing-total buckets (one worker at a time).
     compactor = CountCompactor(hub_store.writer, lambda: hub_store.clock())
+    # Deletes idempotency keys past their retention (at least 24 hours by default).
+    key_pruner = KeyPruner(hub_store.writer, lambda: hub_store.clock(), settings.idempotency_hours)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,15 +69,19 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
             compactor.start()
             if simulation is not None:
                 await simulation.start()
-            pruning = asyncio.ensure_future(
-                prune_forever(event_log, settings.event_prune_interval_s)
-            )
+            pruning = [
+                asyncio.ensure_future(prune_forever(event_log, settings.event_prune_interval_s)),
+                asyncio.ensure_future(
+                    prune_keys_forever(key_pruner, settings.event_prune_interval_s)
+                ),
+            ]
             try:
                 yield
             finally:
-                pruning.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pruning
+                for task in pruning:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         finally:
             await compactor.stop()
             if simulation is not None:
@@ -98,6 +105,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.state.max_offset = offset_cap(settings.max_offset)
     app.state.hubrise_store = HubRiseStore(hub_store)
     app.state.event_log = event_log
+    app.state.key_pruner = key_pruner
     # Listings advertise it (X-Ordersync-Commit-Lag-Ms); the agent's default lookback.
     app.state.commit_lag_ms = commit_lag_ms(hub_store.write_timeout_ms)
     app.state.warehouse = simulation  # runs while the lifespan does

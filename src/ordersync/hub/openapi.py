@@ -14,6 +14,8 @@ what every operation of a dialect shares, in one place (so a route added later g
 - the quota headers (`RateLimit-Policy`, `RateLimit`) on every answer;
 - no trace of FastAPI's own 422 validation schema, which the hub never sends (its
   RequestValidationError handler answers 400 or 422 in the hub's envelope).
+- on each writing route that takes one (`hub.idempotency.idempotent`), the `Idempotency-Key`
+  header parameter, its 409 and 422 answers, and `Idempotent-Replayed` on its answers.
 
 Decimals are described as strings, as the wire sends them (JSON numbers are accepted in
 requests too). Responses are open to extension fields (no `additionalProperties: false`).
@@ -22,6 +24,7 @@ requests too). Responses are open to extension fields (no `additionalProperties:
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from importlib.resources import files
 from typing import Any
 
@@ -32,6 +35,7 @@ from fastapi.openapi.docs import (
     get_swagger_ui_oauth2_redirect_html,
 )
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -179,6 +183,28 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
     "ETag": {"description": "A weak tag of the content", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true`: this is the stored answer of an earlier request with the same "
+        "Idempotency-Key and body, replayed byte for byte; nothing was done again",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+
+IDEMPOTENCY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Any unique value (a UUID) naming this write: a retry with the same key and "
+    "body is answered with the first answer (`Idempotent-Replayed: true`) and changes nothing; "
+    "the same key with another body or path is refused (422 `idempotency_key_reused`). Keys "
+    "are per connection and kept at least 24 hours.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+}
+IDEMPOTENCY_ERRORS = {
+    409: "`idempotency_key_in_use`: a concurrent request with this key is not settled yet; "
+    "retry after `Retry-After` seconds",
+    422: "Refused: `errors` names each field (`idempotency_key_reused`: the Idempotency-Key was "
+    "used for another request)",
 }
 
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
@@ -256,8 +282,11 @@ def _is_fastapi_validation(response: dict[str, Any]) -> bool:
     return bool(schema.get("$ref", "").endswith("/HTTPValidationError"))
 
 
-def complete(spec: dict[str, Any]) -> dict[str, Any]:
-    """`spec` (FastAPI's) with the shared parts of every operation filled in."""
+def complete(
+    spec: dict[str, Any], keyed: frozenset[tuple[str, str]] = frozenset()
+) -> dict[str, Any]:
+    """`spec` (FastAPI's) with the shared parts of every operation filled in; `keyed` holds the
+    (path, method) of the operations that take an Idempotency-Key."""
     spec = copy.deepcopy(spec)
     components = spec.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -269,11 +298,13 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
     components["headers"] = copy.deepcopy(HEADERS)
     for path, operations in spec.get("paths", {}).items():
         dialect = next((d for d in DIALECTS if path.startswith(d[0])), None)
-        for operation in operations.values():
+        for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             for status, response in list(responses.items()):
                 if _is_fastapi_validation(response):
                     del responses[status]
+            if (path, method) in keyed:
+                _declare_idempotency(operation, responses)
             if dialect is None:
                 continue
             _, security, error_schema = dialect
@@ -284,6 +315,19 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
             for status, response in responses.items():
                 _complete_answer(int(status), response, error_schema)
     return spec
+
+
+def _declare_idempotency(operation: dict[str, Any], responses: dict[str, Any]) -> None:
+    operation.setdefault("parameters", []).append(copy.deepcopy(IDEMPOTENCY_PARAMETER))
+    for status, response in responses.items():
+        if str(status).startswith("2"):
+            response.setdefault("headers", {})["Idempotent-Replayed"] = {
+                "$ref": "#/components/headers/Idempotent-Replayed"
+            }
+    for code, description in IDEMPOTENCY_ERRORS.items():
+        responses.setdefault(str(code), {"description": description})
+    in_use = responses[str(409)].setdefault("headers", {})
+    in_use.setdefault("Retry-After", {"$ref": "#/components/headers/Retry-After"})
 
 
 def _complete_answer(status: int, response: dict[str, Any], error_schema: str) -> None:
@@ -311,7 +355,8 @@ def install_openapi(app: FastAPI) -> None:
                     version=app.version,
                     description=app.description,
                     routes=app.routes,
-                )
+                ),
+                _keyed(app),
             )
         return app.openapi_schema
 
@@ -348,3 +393,28 @@ def install_openapi(app: FastAPI) -> None:
             redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
             with_google_fonts=False,
         )
+
+
+def _keyed(app: FastAPI) -> frozenset[tuple[str, str]]:
+    """The (path, method) of every route wrapped by `hub.idempotency.idempotent`."""
+    from ordersync.hub.idempotency import is_idempotent
+
+    return frozenset(
+        (route.path_format, method.lower())
+        for route in _api_routes(app.routes)
+        if is_idempotent(route.endpoint)
+        for method in route.methods or ()
+    )
+
+
+def _api_routes(routes: Any) -> Iterator[APIRoute]:
+    """Every APIRoute under `routes`: FastAPI lists an included router's routes flat, or (newer
+    versions) as one entry holding that router (`original_router`; its routes' paths carry its
+    prefix, and the hub includes routers without another)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        else:
+            included = getattr(route, "original_router", None)
+            if included is not None:
+                yield from _api_routes(included.routes)

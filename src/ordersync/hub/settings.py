@@ -35,6 +35,8 @@ class HubSettings:
     # them gets 410 position_pruned); each worker prunes every `event_prune_interval_s`.
     event_retention_days: float = 30.0
     event_prune_interval_s: float = 300.0
+    # Idempotency keys are kept at least this long (then pruned, every event_prune_interval_s).
+    idempotency_hours: float = 24.0
     # A write must commit within this of its start, else it is rolled back (503); also the
     # PostgreSQL statement_timeout and idle_in_transaction_session_timeout. The advertised
     # commit lag (X-Ordersync-Commit-Lag-Ms) is derived from it (store.commit_lag_ms).
@@ -106,6 +108,7 @@ class HubSettings:
 _NUMBERS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
     ("event_retention_days", "ORDERSYNC_HUB_EVENT_RETENTION_DAYS", float),
     ("event_prune_interval_s", "ORDERSYNC_HUB_EVENT_PRUNE_INTERVAL_S", float),
+    ("idempotency_hours", "ORDERSYNC_HUB_IDEMPOTENCY_HOURS", float),
     ("write_timeout_ms", "ORDERSYNC_HUB_WRITE_TIMEOUT_MS", int),
     ("clock_skew_ms", "ORDERSYNC_HUB_CLOCK_SKEW_MS", int),
 )

@@ -35,6 +35,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ordersync.domain import NewOrder, OrderStatus
 from ordersync.errors import Conflict, NotFound
 from ordersync.store.events import frontier
+from ordersync.store.idempotency import settle
 from ordersync.store.store import CreateResult, Principal, Store
 from ordersync.store.tables import (
     accounts,
@@ -196,7 +197,8 @@ class HubRiseStore:
                 return result, None
             if ref is not None:
                 await _write_ref(conn, principal, "order", result.order.id, ref)
-            return result, answer(await _order_row(conn, principal, result.order.id))
+            row = await _order_row(conn, principal, result.order.id)
+            return result, await settle(conn, answer(row))
 
     async def patch_order(
         self,
@@ -225,7 +227,7 @@ class HubRiseStore:
                 )
             if not isinstance(ref, Unset):
                 await _write_ref(conn, principal, "order", order_id, ref)
-            return answer(await _order_row(conn, principal, order_id))
+            return await settle(conn, answer(await _order_row(conn, principal, order_id)))
 
     # -- private refs ----------------------------------------------------------------------
 
@@ -266,6 +268,16 @@ class HubRiseStore:
     ) -> Callback:
         """Create the connection's callback, events kept from now on; replacing one changes
         its subscription only, so events not yet acknowledged survive a client's restart."""
+        return await self.put_callback_answered(principal, events, lambda callback: callback)
+
+    async def put_callback_answered(
+        self,
+        principal: Principal,
+        events: Mapping[str, Sequence[str]],
+        answer: Callable[[Callback], T],
+    ) -> T:
+        """`put_callback`, the client's answer `answer(callback)` built before the commit (and
+        kept with an idempotency key, if the request has one)."""
         subscription = orjson.dumps({k: sorted(set(v)) for k, v in sorted(events.items())})
         stamp = self.store.clock()
         async with self.store.writer.begin() as conn:
@@ -301,10 +313,16 @@ class HubRiseStore:
                     .values(events=subscription.decode(), updated_at=stamp)
                 )
             callback = await _callback(conn, principal.connection_id)
-        assert callback is not None
-        return callback
+            assert callback is not None
+            return await settle(conn, answer(callback))
 
     async def delete_callback(self, principal: Principal) -> bool:
+        return await self.delete_callback_answered(principal, lambda deleted: deleted)
+
+    async def delete_callback_answered(
+        self, principal: Principal, answer: Callable[[bool], T]
+    ) -> T:
+        """`delete_callback`, the answer `answer(deleted)` built before the commit."""
         async with self.store.writer.begin() as conn:
             # The callback row first: deleting it waits for an acknowledgement in flight (which
             # holds that row's lock), so the ack rows deleted next include the one it added.
@@ -316,7 +334,7 @@ class HubRiseStore:
                     callback_acks.c.connection_id == principal.connection_id
                 )
             )
-        return bool(result.rowcount)
+            return await settle(conn, answer(bool(result.rowcount)))
 
     async def pending_events(self, principal: Principal, limit: int = EVENTS_PAGE) -> list[Event]:
         """Unacknowledged events, oldest first; NotFound when the connection has no callback."""
@@ -377,7 +395,7 @@ class HubRiseStore:
                 raise NotFound(f"no pending event with id {seq}")
             await conn.execute(insert(callback_acks).values(connection_id=me, seq=seq))
             await self._advance_watermark(conn, principal, callback)
-            return answer(event)
+            return await settle(conn, answer(event))
 
     async def _advance_watermark(
         self, conn: AsyncConnection, principal: Principal, callback: Callback

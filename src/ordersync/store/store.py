@@ -66,6 +66,7 @@ from ordersync.store.engine import (
     parse_database_url,
 )
 from ordersync.store.events import allocate_event_ids, frontier
+from ordersync.store.idempotency import settle
 from ordersync.store.tables import accounts, changes, connections, orders, shipments
 
 Clock = Callable[[], int]
@@ -556,7 +557,7 @@ class Store:
         an answer that cannot be built (a rendering error) rolls the orders back, so a client
         never gets an error for orders that were saved."""
         async with self._writing() as conn:
-            return answer(await self.insert_orders(conn, principal, items))
+            return await settle(conn, answer(await self.insert_orders(conn, principal, items)))
 
     @contextlib.asynccontextmanager
     async def writing(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -203,4 +204,22 @@ callback_acks = Table(
     metadata,
     Column("connection_id", Integer, ForeignKey("connections.id"), primary_key=True),
     Column("seq", BigInteger, primary_key=True),
+)
+
+# Idempotency keys (see `ordersync.store.idempotency`): one row per (connection, key), written
+# in the transaction of the write it answers; the first answer, kept to be replayed byte for
+# byte. `fingerprint` is the SHA-256 of the method, path, query and raw body. Rows older than
+# the retention (ORDERSYNC_HUB_IDEMPOTENCY_HOURS, default 24) are pruned.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("connection_id", Integer, ForeignKey("connections.id"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request", String(300), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("content_type", String(200), nullable=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_idempotency_keys_created", "created_at"),
 )

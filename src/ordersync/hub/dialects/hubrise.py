@@ -52,6 +52,7 @@ from ordersync.hub.dialects.hubrise_types import (
 )
 from ordersync.hub.errors import ApiError, position_pruned, write_timed_out
 from ordersync.hub.event_feed import MAX_EVENT_ID, MAX_EVENTS_PAGE, extension_headers, read_events
+from ordersync.hub.idempotency import idempotent
 from ordersync.hub.json_body import parse_json, require_storable_text
 from ordersync.hub.openapi import answer, errors, model_ref, request_body
 from ordersync.hub.openapi_shapes import (
@@ -95,7 +96,8 @@ def hubrise_error(error: ApiError) -> Response:
             "message": "Validation failed",
             "errors": [{"field": f, "message": m} for f, m in error.errors]
             or [{"field": "base", "message": error.message}],
-            "error_type": "unprocessable_entity",
+            # "unprocessable_entity" unless the refusal names its own (idempotency_key_reused)
+            "error_type": error.error_type,
         }
     else:
         body = {"error_type": error.error_type, "message": error.message}
@@ -373,6 +375,7 @@ async def get_order(request: Request, caller: Caller, order_id: str) -> Response
     responses=errors(415, 422) | {201: answer("The order created", _ORDER)},
     openapi_extra=request_body(OrderIn, "HubRiseOrderIn", example=HUBRISE_ORDER_EXAMPLE),
 )
+@idempotent
 async def create_order(request: Request, caller: Caller) -> Response:
     body = _model(OrderIn, await _body(request))
     queries = _hubrise(request)
@@ -398,6 +401,7 @@ async def create_order(request: Request, caller: Caller) -> Response:
         OrderPatch, "HubRiseOrderPatch", example=HUBRISE_PATCH_EXAMPLE, required=False
     ),
 )
+@idempotent
 async def patch_order(request: Request, caller: Caller, order_id: str) -> Response:
     payload = await _body(request)
     patch = _model(OrderPatch, payload)
@@ -442,6 +446,7 @@ async def get_callback(request: Request, caller: Caller) -> Response:
     responses=errors(415, 422) | {200: answer("The callback", _CALLBACK)},
     openapi_extra=request_body(CallbackIn, "HubRiseCallbackIn", example=CALLBACK_EXAMPLE),
 )
+@idempotent
 async def put_callback(request: Request, caller: Caller) -> Response:
     body = _model(CallbackIn, await _body(request))
     errors: FieldErrors = []
@@ -462,8 +467,9 @@ async def put_callback(request: Request, caller: Caller) -> Response:
             errors.append((f"events.{kind}", f"a non-empty list of {', '.join(EVENT_TYPES)}"))
     if errors:
         raise ApiError(422, "Validation failed", errors)
-    callback = await _hubrise(request).put_callback(caller, body.events)
-    return _json(_render_callback(callback.events))
+    return await _hubrise(request).put_callback_answered(
+        caller, body.events, lambda callback: _json(_render_callback(callback.events))
+    )
 
 
 @router.delete(
@@ -471,9 +477,11 @@ async def put_callback(request: Request, caller: Caller) -> Response:
     summary="Delete this connection's callback and its events",
     responses={200: answer("No callback any more", _CALLBACK)},
 )
+@idempotent
 async def delete_callback(request: Request, caller: Caller) -> Response:
-    await _hubrise(request).delete_callback(caller)
-    return _json(_render_callback(None))
+    return await _hubrise(request).delete_callback_answered(
+        caller, lambda _: _json(_render_callback(None))
+    )
 
 
 @router.get(
@@ -511,6 +519,7 @@ async def get_event(request: Request, caller: Caller, event_id: str) -> Response
     summary="Acknowledge (delete) one event",
     responses={200: answer("The event acknowledged", _EVENT)},
 )
+@idempotent
 async def acknowledge_event(request: Request, caller: Caller, event_id: str) -> Response:
     queries = _hubrise(request)
     location = await queries.location(caller.account_id)

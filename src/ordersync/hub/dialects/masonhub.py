@@ -40,6 +40,7 @@ from ordersync.hub.event_feed import (
     read_events,
     with_event_id,
 )
+from ordersync.hub.idempotency import idempotent
 from ordersync.hub.json_body import parse_json, text_errors
 from ordersync.hub.offsets import MAX_OFFSET, check_offset
 from ordersync.hub.openapi import REF, answer, errors, model_ref, request_body
@@ -199,6 +200,7 @@ async def get_order(request: Request, caller: Caller, order_id: UUID) -> Respons
         description=f"1 to {MAX_BATCH} orders; each is created or refused on its own",
     ),
 )
+@idempotent
 async def create_orders(request: Request, caller: Caller) -> Response:
     items = _json_array(await request.body())
     results: list[dict[str, Any]] = [{} for _ in items]
