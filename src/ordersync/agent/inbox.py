@@ -27,6 +27,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import structlog
@@ -216,11 +217,12 @@ async def fetch_entity(
     gone; polling brings whatever there is). HubRise has no shipment by id: the signed event's
     `new_state` stands in for it, applied only if newer like everything else."""
     client: ApiClient = source.client
+    quoted = quote(entity_id, safe="")  # an id is one path segment, whatever it holds
     path = {
-        ("masonhub", "order"): f"/orders/{entity_id}",
-        ("masonhub", "shipment"): f"/shipments/{entity_id}",
-        ("tradecloud", "order"): f"/order/{entity_id}",
-        ("hubrise", "order"): f"/location/orders/{entity_id}",
+        ("masonhub", "order"): f"/orders/{quoted}",
+        ("masonhub", "shipment"): f"/shipments/{quoted}",
+        ("tradecloud", "order"): f"/order/{quoted}",
+        ("hubrise", "order"): f"/location/orders/{quoted}",
     }.get((dialect, kind))
     if path is None:
         if dialect == "hubrise" and isinstance(source, HubRiseSource):

@@ -159,7 +159,12 @@ def _json(body: bytes) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str | None:
-    return str(value) if isinstance(value, str | int) and str(value) else None
+    """An entity id as the body gives it; an absurd one is refused rather than fetched."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value):
+        return None
+    if len(str(value)) > MAX_ID_LENGTH:
+        raise Rejected(400, "malformed_body", "id", f"an id longer than {MAX_ID_LENGTH}")
+    return str(value)
 
 
 def entities_named(dialect: str, body: bytes) -> list[Entity]:
@@ -175,7 +180,8 @@ def entities_named(dialect: str, body: bytes) -> list[Entity]:
             found.append(("order", order_id))
         if shipment_id := _text(data.get("shipment_id")):
             found.append(("shipment", shipment_id))
-        for shipment in data.get("shipments") or ():
+        shipments = data.get("shipments")
+        for shipment in shipments if isinstance(shipments, list) else ():
             if isinstance(shipment, dict) and (sid := _text(shipment.get("shipment_id"))):
                 found.append(("shipment", sid))
     elif dialect == "tradecloud":  # {eventName, orderEvent | shipmentEvent | ..., meta}
@@ -242,14 +248,22 @@ class Receiver:
             body = await self._body(request)
             return await self._receive(target, request.headers, body)
         except Rejected as exc:
-            # An unknown name is not a label: a scanner could make up any number of them.
-            label = name if target is not None else ""
-            self.metrics.webhooks_rejected.labels(label, exc.error_type).inc()
-            log.warning("webhook_rejected", source=name[:50], reason=exc.error_type)
-            return JSONResponse(
-                {"error_type": exc.error_type, "field": exc.field, "detail": exc.detail},
-                status_code=exc.status,
+            return self._refused(name, target, exc)
+        except Exception:  # a bug must not become a 500 with a traceback; the sender retries
+            log.exception("webhook_failed", source=name[:50])
+            return self._refused(
+                name, target, Rejected(503, "receiver_error", "", "not stored; try again later")
             )
+
+    def _refused(self, name: str, target: SourceWebhooks | None, exc: Rejected) -> Response:
+        # An unknown name is not a label: a scanner could make up any number of them.
+        label = name if target is not None else ""
+        self.metrics.webhooks_rejected.labels(label, exc.error_type).inc()
+        log.warning("webhook_rejected", source=name[:50], reason=exc.error_type)
+        return JSONResponse(
+            {"error_type": exc.error_type, "field": exc.field, "detail": exc.detail},
+            status_code=exc.status,
+        )
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length", "")
@@ -284,22 +298,9 @@ class Receiver:
             stored = await self.inbox.store(target.name, delivery.event_id, entities, body)
         except SinkError as exc:
             log.error("webhook_not_stored", source=target.name, error=str(exc))
-            self.metrics.webhooks_rejected.labels(target.name, "inbox_unavailable").inc()
-            return JSONResponse(
-                {"error_type": "inbox_unavailable", "field": "", "detail": "try again later"},
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
-        if not stored:
-            self.metrics.webhooks_rejected.labels(target.name, "replayed").inc()
-            return JSONResponse(
-                {
-                    "error_type": "replayed",
-                    "field": "webhook-id",
-                    "detail": "already received; not stored again",
-                },
-                status_code=200,
-            )
+            raise Rejected(503, "inbox_unavailable", "", "not stored; try again later") from exc
+        if not stored:  # a 2xx: the sender's retry of a delivery whose answer it lost ends here
+            raise Rejected(200, "replayed", "webhook-id", "already received; not stored again")
         self.metrics.webhooks_received.labels(target.name).inc()
         self.metrics.inbox_depth.labels(target.name).inc()
         target.inbox_wake.set()
