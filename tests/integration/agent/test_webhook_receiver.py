@@ -27,7 +27,14 @@ from ordersync.agent.runner import (
     run_sources,
     status_payload,
 )
-from ordersync.agent.webhooks import Rejected, decode_secret, hubrise_hmac, sign, verify
+from ordersync.agent.webhooks import (
+    Rejected,
+    decode_secret,
+    entities_named,
+    hubrise_hmac,
+    sign,
+    verify,
+)
 from ordersync.errors import ConfigurationError
 from tests.integration.agent.harness import (
     BASE_URLS,
@@ -148,6 +155,34 @@ def test_hubrise_hmac_is_checked_on_hubrise_sources() -> None:
     assert verify(keys, only_hubrise, body, now_s=NOW, tolerance_s=300, hubrise=True).event_id == (
         "ev42"
     )
+
+
+@pytest.mark.parametrize(
+    ("dialect", "document", "named"),
+    [
+        (
+            "masonhub",
+            {"data": {"order_id": "o1", "shipments": [{"shipment_id": "s1"}, "junk"]}},
+            [("order", "o1"), ("shipment", "s1")],
+        ),
+        ("masonhub", {"message_type": "orderUpdateResolution", "data": {"id": "r1"}}, []),
+        ("tradecloud", {"eventName": "X", "orderEvent": {"id": "o2"}}, [("order", "o2")]),
+        (
+            "tradecloud",
+            {"shipmentEvent": {"shipment": {"id": "s2"}}},
+            [("shipment", "s2")],
+        ),
+        ("hubrise", {"id": "e", "resource_type": "order", "resource_id": "o3"}, [("order", "o3")]),
+    ],
+)
+def test_each_dialect_names_its_entities(
+    dialect: str, document: dict[str, Any], named: list[tuple[str, str]]
+) -> None:
+    """The entity a delivery is about, read as each platform writes it; nothing named is fine
+    (it wakes polling), a body without MasonHub's `data` is malformed."""
+    assert entities_named(dialect, orjson.dumps(document)) == named
+    with pytest.raises(Rejected):
+        entities_named("masonhub", b'{"message_type": "orderEvent"}')
 
 
 # -- the agent, against the hub in-process -----------------------------------------------------
@@ -439,3 +474,5 @@ async def test_webhooks_need_a_sql_replica_and_a_port(tmp_path: Path) -> None:
         raw | {"port": 0}, {"ORDERSYNC_SOURCE_M_WEBHOOK_SECRETS": f"{SECRET},{WRONG}"}
     )
     assert both.sources[0].webhook_secrets == [SECRET, WRONG]
+    tolerant = parse_config(raw | {"port": 0}, {"ORDERSYNC_AGENT_WEBHOOK_TOLERANCE": "60"})
+    assert tolerant.webhook_tolerance == 60
