@@ -271,9 +271,12 @@ def parse_config(
             key = _key(err["loc"], merged)
             # An override's mistake is the variable's, not the file's.
             variable = from_env.get(key)
+            # A mistyped secret is still nearly the secret: never echo it.
+            shown = (
+                "<hidden>" if key.endswith("webhook_secrets") else repr(environ.get(variable or ""))
+            )
             problems.append(
-                f"{variable}={environ[variable]!r} (environment, overriding {key} of {origin}): "
-                f"{err['msg']}"
+                f"{variable}={shown} (environment, overriding {key} of {origin}): {err['msg']}"
                 if variable
                 else f"{origin}: {key}: {err['msg']}"
             )
