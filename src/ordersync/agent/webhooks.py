@@ -13,8 +13,9 @@ Checks, in order, each answered with a 4xx naming `error_type` and `field`, neve
   entries, each HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}` keyed with the
   bytes of a `whsec_<base64>` secret; one match with any configured secret passes, so a secret
   is rotated by listing the new one beside the old (401 `invalid_signature`). On a HubRise
-  source an `X-HubRise-Hmac-SHA256` header (hex HMAC-SHA256 of the body, same key) must match
-  too; a HubRise delivery carrying only that header is accepted with the event's own `id`;
+  source an `X-HubRise-Hmac-SHA256` header (hex HMAC-SHA256 of the body, keyed with the same
+  key bytes or with the `whsec_...` text) must match too; a HubRise delivery carrying only
+  that header is accepted with the event's own `id`;
 - `webhook-timestamp` within `webhook_tolerance` seconds of now, either way (400
   `stale_timestamp`): a captured request cannot be replayed later;
 - the body names an entity as the dialect does (400 `malformed_body`);
@@ -106,7 +107,8 @@ def verify(
     signature = headers.get("webhook-signature")
     hubrise_sig = headers.get(HUBRISE_HEADER) if hubrise else None
     if hubrise_sig is not None and not any(
-        hmac.compare_digest(hubrise_hmac(k, body), hubrise_sig.strip().lower()) for k in keys
+        hmac.compare_digest(hubrise_hmac(k, body), hubrise_sig.strip().lower())
+        for k in _hubrise_keys(keys)
     ):
         raise Rejected(401, "invalid_signature", "X-HubRise-Hmac-SHA256", "signature mismatch")
     if signature is None and hubrise_sig is not None:
@@ -131,6 +133,12 @@ def verify(
             f"more than {tolerance_s:g} s away from the agent's clock",
         )
     return Delivery(event_id, timestamp)
+
+
+def _hubrise_keys(keys: Sequence[bytes]) -> list[bytes]:
+    """HubRise keys its HMAC with the client secret as a string: a sender may use the key
+    bytes or the `whsec_...` text itself, and both are the secret, so either is accepted."""
+    return [*keys, *((SECRET_PREFIX + base64.b64encode(k).decode()).encode() for k in keys)]
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

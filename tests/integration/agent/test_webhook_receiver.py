@@ -151,6 +151,8 @@ def test_hubrise_hmac_is_checked_on_hubrise_sources() -> None:
     with pytest.raises(Rejected) as refused:
         verify(keys, headers, body, now_s=NOW, tolerance_s=300, hubrise=True)
     assert refused.value.field == "X-HubRise-Hmac-SHA256"
+    as_text = {"x-hubrise-hmac-sha256": hubrise_hmac(SECRET.encode(), body)}
+    assert verify(keys, as_text, body, now_s=NOW, tolerance_s=300, hubrise=True)
     only_hubrise = {"x-hubrise-hmac-sha256": hubrise_hmac(keys[0], body)}
     assert verify(keys, only_hubrise, body, now_s=NOW, tolerance_s=300, hubrise=True).event_id == (
         "ev42"
