@@ -190,20 +190,24 @@ def entities_named(dialect: str, body: bytes) -> list[Entity]:
             found.append(("shipment", shipment_id))
         shipments = data.get("shipments")
         for shipment in shipments if isinstance(shipments, list) else ():
-            if isinstance(shipment, dict) and (sid := _text(shipment.get("shipment_id"))):
+            # MasonHub's orderEvent lists `shipment_id`s; a shipment's own document has `id`.
+            if isinstance(shipment, dict) and (
+                sid := _text(shipment.get("shipment_id")) or _text(shipment.get("id"))
+            ):
                 found.append(("shipment", sid))
-    elif dialect == "tradecloud":  # {eventName, orderEvent | shipmentEvent | ..., meta}
-        for key, kind in (
-            ("orderEvent", "order"),
-            ("singleDeliveryOrderEvent", "order"),
-            ("shipmentEvent", "shipment"),
-        ):
+    elif dialect == "tradecloud":  # {eventName, orderEvent | singleDeliveryOrderEvent, meta}
+        # A shipment's event may come under either key: its name says which it is.
+        named = str(document.get("eventName") or "")
+        for key in ("orderEvent", "singleDeliveryOrderEvent", "shipmentEvent"):
             event = document.get(key)
-            if isinstance(event, dict):
-                inner = event.get(kind)
-                ident = _text(inner.get("id")) if isinstance(inner, dict) else None
-                if ident := ident or _text(event.get("id")):
-                    found.append((kind, ident))
+            if not isinstance(event, dict):
+                continue
+            shipment = key == "shipmentEvent" or named.startswith("Shipment")
+            kind = "shipment" if shipment else "order"
+            inner = event.get(kind)
+            ident = _text(inner.get("id")) if isinstance(inner, dict) else None
+            if ident := ident or _text(event.get("id")):
+                found.append((kind, ident))
     else:  # HubRise: {id, resource_type, resource_id, order_id, new_state, ...}
         kind = "order" if document.get("resource_type") == "order" else "shipment"
         if ident := _text(document.get("resource_id")) or (

@@ -174,6 +174,19 @@ def test_hubrise_hmac_is_checked_on_hubrise_sources() -> None:
             {"shipmentEvent": {"shipment": {"id": "s2"}}},
             [("shipment", "s2")],
         ),
+        (
+            "tradecloud",
+            {
+                "eventName": "ShipmentIssuedBySupplier",
+                "singleDeliveryOrderEvent": {"id": "s3", "orderId": "o3"},
+            },
+            [("shipment", "s3")],
+        ),
+        (
+            "masonhub",
+            {"message_type": "orderEvent", "data": {"order_id": "o4", "shipments": [{"id": "s4"}]}},
+            [("order", "o4"), ("shipment", "s4")],
+        ),
         ("hubrise", {"id": "e", "resource_type": "order", "resource_id": "o3"}, [("order", "o3")]),
     ],
 )
