@@ -492,3 +492,142 @@ async def test_webhooks_need_a_sql_replica_and_a_port(tmp_path: Path) -> None:
     assert both.sources[0].webhook_secrets == [SECRET, WRONG]
     tolerant = parse_config(raw | {"port": 0}, {"ORDERSYNC_AGENT_WEBHOOK_TOLERANCE": "60"})
     assert tolerant.webhook_tolerance == 60
+
+
+KILLED_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from ordersync.agent.config import parse_config
+from ordersync.agent.runner import open_runtime, run_sources, serving_observability
+
+async def main(base_url, token, sink_url, port, secret, block):
+    raw = {"sources": [{"name": "masonhub", "base_url": base_url, "token_env": "T",
+                        "interval": 3600, "webhook_secrets": [secret]}],
+           "sink": {"url": sink_url}, "port": int(port)}
+    runtime = await open_runtime(parse_config(raw, {}), {"T": token}, state_dir=Path("."))
+    fetches = 0
+
+    async def hook(step, stream):
+        nonlocal fetches
+        if stream != "webhooks":
+            return
+        print(step, flush=True)
+        fetches += step == "after_fetch"
+        if block == "1" and fetches == 2:  # the delivery's entity read, not yet applied
+            await asyncio.sleep(3600)
+
+    runtime.engines["masonhub"].hook = hook
+    async with serving_observability(runtime, int(port)):
+        print("serving", flush=True)
+        await run_sources(runtime, asyncio.Event())
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+async def test_an_agent_killed_between_receipt_and_apply_applies_once_after_restart(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of a real agent process after it answered 204 and fetched the entity, before
+    the apply: the event waits in the replica's inbox and the next agent applies it, once."""
+    import os
+    import signal
+    import sys
+
+    from ordersync.agent.sinks.sql import SqlSink
+    from ordersync.domain import NewOrder, OrderStatus
+    from ordersync.hub.app import create_app
+    from ordersync.hub.ratelimit import QuotaPolicy
+    from ordersync.hub.settings import HubSettings
+    from ordersync.store.store import Store
+    from tests.support import free_port, order_payload, serve_in_thread
+
+    db_url, sink_url = f"sqlite:///{tmp_path}/hub.db", f"sqlite:///{tmp_path}/replica.db"
+    store = await Store.open(db_url)
+    token = await store.create_token("acme", "agent")
+    warehouse = await store.authenticate(await store.create_token("acme", "warehouse"))
+    (created,) = await store.create_orders(
+        warehouse, [NewOrder.model_validate(order_payload("K-1"))]
+    )
+    order = created.order
+    assert order is not None
+    app = create_app(HubSettings(db_url=db_url, quotas=QuotaPolicy()))
+
+    async def agent_process(port: int, block: str) -> asyncio.subprocess.Process:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            KILLED_CHILD,
+            root + "/api/v1",
+            token,
+            sink_url,
+            str(port),
+            SECRET,
+            block,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=tmp_path,
+        )
+        return child
+
+    async def until(child: asyncio.subprocess.Process, wanted: str, times: int = 1) -> None:
+        assert child.stdout is not None
+        seen = 0
+        async with asyncio.timeout(60):
+            while line := (await child.stdout.readline()).decode():
+                seen += line.strip() == wanted
+                if seen >= times:
+                    return
+        pytest.fail(f"the agent ended before {wanted!r}")
+
+    with serve_in_thread(app) as root:
+        port = free_port()
+        first = await agent_process(port, "1")
+        try:
+            await until(first, "after_commit")  # the inbox drained at start
+            await store.transition_order(
+                warehouse, warehouse.account_id, order.id, OrderStatus.AT_WAREHOUSE
+            )
+            body = body_naming("masonhub", order.id)
+            async with httpx.AsyncClient() as client:
+                answer = await client.post(
+                    f"http://127.0.0.1:{port}/webhooks/masonhub",
+                    content=body,
+                    headers=signed_headers(body),
+                )
+            assert answer.status_code == 204
+            await until(first, "after_fetch")  # the second: the delivery's drain
+        finally:
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+
+        sink = await SqlSink.open(sink_url)
+        try:
+            pending = await inbox_module.Inbox(sink.engine).depth(
+                "masonhub",
+                inbox_module.seq_of(await sink.load_cursor("masonhub", "webhooks")),
+            )
+            assert pending == 1
+        finally:
+            await sink.close()
+
+        second = await agent_process(port, "0")
+        try:
+            await until(second, "after_commit")  # the pending event applied at start
+        finally:
+            second.send_signal(signal.SIGKILL)
+            await second.wait()
+    sink = await SqlSink.open(sink_url)
+    try:
+        assert (await sink.load_versions("masonhub", "order"))[order.id] == 2
+        assert (await applied_changes(sink)).count(("order", order.id, 2)) == 1
+        cursor = await sink.load_cursor("masonhub", "webhooks")
+        assert (
+            await inbox_module.Inbox(sink.engine).depth("masonhub", inbox_module.seq_of(cursor))
+            == 0
+        )
+    finally:
+        await sink.close()
+        await store.close()
