@@ -25,6 +25,7 @@
     base_url = "https://api.hubrise.com/v1"
     token_env = "HUBRISE_TOKEN"
     quota = ["500/minute", "2500/hour", "10000/day", "heavy:10/minute"]  # paced, never a 429
+    webhook_secrets = ["whsec_..."]  # POST /webhooks/hubrise on `port`; two while rotating
 
     [sink]
     url = "sqlite:///erp-replica.db"
@@ -32,9 +33,15 @@
 `state_dir` (default: the config file's directory; relative to it) holds an HTTP sink's
 cursors (`ordersync-http-sink-state.json`) and its lease file.
 
-Overrides: ORDERSYNC_SINK_URL, ORDERSYNC_AGENT_PORT, ORDERSYNC_AGENT_BIND, and per source
-ORDERSYNC_SOURCE_<NAME>_<KEY> for BASE_URL, INTERVAL, LOOKBACK, PAGE_SIZE, TOKEN_ENV,
-CONNECTION_NAME, ECHO.
+Webhooks (README, "Webhooks into the agent"): a source with `webhook_secrets` takes signed
+deliveries at `POST /webhooks/<name>` on the agent's `port`, into an inbox in a SQL replica;
+`webhook_tolerance` (seconds, default 300) bounds a delivery's timestamp skew and
+`webhook_max_body` (bytes) its size.
+
+Overrides: ORDERSYNC_SINK_URL, ORDERSYNC_AGENT_PORT, ORDERSYNC_AGENT_BIND,
+ORDERSYNC_AGENT_WEBHOOK_TOLERANCE, and per source ORDERSYNC_SOURCE_<NAME>_<KEY> for BASE_URL,
+INTERVAL, LOOKBACK, PAGE_SIZE, TOKEN_ENV, CONNECTION_NAME, ECHO and WEBHOOK_SECRETS (secrets
+separated by spaces or commas).
 """
 
 from __future__ import annotations
@@ -101,6 +108,27 @@ class SourceConfig(_Strict):
         default_factory=list,
         description='known quotas, [heavy:]LIMIT/PERIOD, e.g. ["500/minute", "heavy:10/minute"]',
     )
+
+    webhook_secrets: list[str] = Field(
+        default_factory=list,
+        description="whsec_<base64> secrets of POST /webhooks/<name>; several while rotating",
+    )
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _secret_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: "whsec_a whsec_b" or comma-separated
+            return [part for part in re.split(r"[\s,]+", value) if part]
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _secrets_decode(cls, value: list[str]) -> list[str]:
+        from ordersync.agent.webhooks import decode_secret
+
+        for secret in value:
+            decode_secret(secret)  # a ValueError says what a secret looks like
+        return value
 
     @property
     def auth_scheme(self) -> Auth:
@@ -172,6 +200,31 @@ class AgentConfig(_Strict):
         description="another agent holds the replica: wait as hot standby (true) or exit 4",
     )
 
+    webhook_tolerance: float = Field(
+        default=300, gt=0, description="seconds a webhook's timestamp may be off the clock"
+    )
+    webhook_max_body: int = Field(
+        default=1_048_576, ge=1024, description="largest webhook body accepted, in bytes"
+    )
+
+    @model_validator(mode="after")
+    def _webhooks_need_an_inbox(self) -> AgentConfig:
+        takers = [s.name for s in self.sources if s.webhook_secrets]
+        if not takers:
+            return self
+        if not re.match(r"^(sqlite|postgresql|postgres)(\+\w+)?://", self.sink.url):
+            raise ValueError(
+                f"webhooks ({', '.join(takers)}) need a SQL replica (sqlite:// or "
+                "postgresql://): their inbox commits with the apply; a JSONL or HTTP sink "
+                "syncs by polling only, remove webhook_secrets"
+            )
+        if self.port is None:
+            raise ValueError(
+                f"webhooks ({', '.join(takers)}) are received on the agent's HTTP port: "
+                "set port (or ORDERSYNC_AGENT_PORT)"
+            )
+        return self
+
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
@@ -218,9 +271,12 @@ def parse_config(
             key = _key(err["loc"], merged)
             # An override's mistake is the variable's, not the file's.
             variable = from_env.get(key)
+            # A mistyped secret is still nearly the secret: never echo it.
+            shown = (
+                "<hidden>" if key.endswith("webhook_secrets") else repr(environ.get(variable or ""))
+            )
             problems.append(
-                f"{variable}={environ[variable]!r} (environment, overriding {key} of {origin}): "
-                f"{err['msg']}"
+                f"{variable}={shown} (environment, overriding {key} of {origin}): {err['msg']}"
                 if variable
                 else f"{origin}: {key}: {err['msg']}"
             )
@@ -249,7 +305,7 @@ def _apply_env(
     if "ORDERSYNC_SINK_URL" in environ:
         merged["sink"]["url"] = environ["ORDERSYNC_SINK_URL"]
         from_env["sink.url"] = "ORDERSYNC_SINK_URL"
-    for key in ("port", "bind", "state_dir"):  # validated with the rest
+    for key in ("port", "bind", "state_dir", "webhook_tolerance"):  # validated with the rest
         variable = f"ORDERSYNC_AGENT_{key.upper()}"
         if variable in environ:
             merged[key] = environ[variable]
@@ -264,6 +320,7 @@ def _apply_env(
             "token_env",
             "connection_name",
             "echo",
+            "webhook_secrets",
         ):
             if prefix + key.upper() in environ:
                 source[key] = environ[prefix + key.upper()]

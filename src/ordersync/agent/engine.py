@@ -66,19 +66,33 @@ async def run_every(
     cycle: Callable[..., Awaitable[object]],
     interval: float,
     stop_event: asyncio.Event,
+    wake: asyncio.Event | None = None,
 ) -> None:
-    """Call `cycle(stop_event=...)` every `interval` seconds until `stop_event`. A refused
-    token ends the loop with `AuthError`, a request dropped by the stop with `RequestAborted`;
-    any other failure is logged and retried next cycle from the stored positions."""
+    """Call `cycle(stop_event=...)` every `interval` seconds until `stop_event`, or sooner when
+    `wake` is set (a webhook that names nothing to fetch). A refused token ends the loop with
+    `AuthError`, a request dropped by the stop with `RequestAborted`; any other failure is
+    logged and retried next cycle from the stored positions."""
     while not stop_event.is_set():
+        if wake is not None:
+            wake.clear()  # before the cycle: a wake during it means one more cycle
         try:
             await cycle(stop_event=stop_event)
         except (AuthError, RequestAborted):
             raise  # fatal for the source, or the clean stop of a request the stop dropped
         except AgentError as exc:
             log.warning("sync_cycle_failed", source=source, error=str(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop_event.wait(), interval)
+        await wait_first(stop_event, wake, interval)
+
+
+async def wait_first(stop_event: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+    """Wait until `stop_event` or `wake` is set, at most `seconds`."""
+    events = [stop_event] if wake is None else [stop_event, wake]
+    waiting = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiting, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiting:
+            task.cancel()
 
 
 @dataclass
@@ -200,7 +214,8 @@ class SyncEngine:
         max_pages: int | None = None,
         stop_event: asyncio.Event | None = None,
     ) -> CycleCounts:
-        state = self._status[feed.stream]
+        # A feed run beside the cycle (the webhook inbox, agent/inbox.py) gets its row here.
+        state = self._status.setdefault(feed.stream, StreamStatus(self.source.name, feed.stream))
         counts = CycleCounts()
         calls_before = self.source.api_calls
         try:

@@ -135,6 +135,34 @@ class AgentMetrics:
             registry=r,
         )
 
+        # The webhook receiver (agent/webhooks.py) and its inbox (agent/inbox.py).
+        self.webhooks_received = Counter(
+            "ordersync_agent_webhooks_received",
+            "Webhook deliveries verified and stored in the inbox",
+            ["source"],
+            registry=r,
+        )
+        self.webhooks_rejected = Counter(
+            "ordersync_agent_webhooks_rejected",
+            "Webhook deliveries not stored, by reason (invalid_signature, stale_timestamp, "
+            "replayed, body_too_large, malformed_body, unknown_source, ...)",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.inbox_depth = Gauge(
+            "ordersync_agent_webhook_inbox_depth",
+            "Webhook events received and not yet applied",
+            ["source"],
+            registry=r,
+        )
+        self.webhook_apply_seconds = Histogram(
+            "ordersync_agent_webhook_apply_seconds",
+            "From a webhook's receipt to the commit of its entity's apply",
+            ["source"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+
     def record_verify(self, report: VerifyReport) -> None:
         """Set the verify gauge from one `agent verify` round of a source."""
         for s in report.streams:

@@ -3,7 +3,8 @@
 Several sources sync concurrently on one event loop and share one sink (its checkpoints are
 keyed by source and stream). A refused token stops its own source with a clear message; the
 others keep going. The status page (`/`), `/status` (JSON), `/metrics` (Prometheus), `/healthz`
-and `/readyz` are served on the agent's port.
+and `/readyz` are served on the agent's port, and `POST /webhooks/{source}` for sources with
+webhook secrets (`webhooks.py`; their inbox feeds run beside the poll loops, `inbox.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,16 @@ from ordersync.agent.config import AgentConfig, SourceConfig
 from ordersync.agent.engine import CycleCounts, StreamStatus, SyncEngine, run_every
 from ordersync.agent.errors import AuthError, RequestAborted, SinkError, Unreachable
 from ordersync.agent.feeds.listing import ListingFeed
+from ordersync.agent.inbox import STREAM as INBOX_STREAM
+from ordersync.agent.inbox import Inbox, InboxFeed, run_inbox
 from ordersync.agent.lease import POLL_SECONDS, Lease, acquire, shown
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.platforms import PLATFORMS, advertised_lookback_ms
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
+from ordersync.agent.sinks.sql import SqlSink
 from ordersync.agent.status_page import Round
+from ordersync.agent.webhooks import Receiver, SourceWebhooks, decode_secret
 from ordersync.domain.timestamps import format_rfc3339, now_ms
 from ordersync.embedded import serving
 from ordersync.errors import ConfigurationError, ReplicaUnavailable
@@ -65,6 +70,8 @@ class AgentRuntime:
     draining: dict[str, int] = field(default_factory=dict)  # source -> drain started (ms)
     rounds: deque[Round] = field(default_factory=lambda: deque(maxlen=ROUNDS_KEPT))
     budgets: BudgetBook = field(default_factory=BudgetBook)  # rate-limit budgets by connection
+    receiver: Receiver | None = None  # sources with webhook secrets
+    inbox_feeds: dict[str, InboxFeed] = field(default_factory=dict)
 
     async def close(self) -> None:
         for client in self.clients:
@@ -109,7 +116,41 @@ async def open_runtime(
         runtime.engines[source_config.name] = build_engine(
             source_config, token, http, sink, metrics, budget=budget
         )
+    try:
+        await open_webhooks(runtime)
+    except SinkError as exc:
+        await runtime.close()
+        raise ReplicaUnavailable(str(exc)) from None
     return runtime
+
+
+async def open_webhooks(runtime: AgentRuntime) -> None:
+    """The receiver and one inbox feed per source with webhook secrets (config.py allows them
+    on SQL replicas only)."""
+    config = runtime.config
+    takers = [s for s in config.sources if s.webhook_secrets]
+    if not takers or not isinstance(runtime.sink, SqlSink):
+        return
+    inbox = await Inbox.open(runtime.sink.engine)
+    desks = {
+        s.name: SourceWebhooks(s.name, s.dialect, [decode_secret(k) for k in s.webhook_secrets])
+        for s in takers
+    }
+    runtime.receiver = Receiver(
+        desks,
+        inbox,
+        runtime.metrics,
+        tolerance_s=config.webhook_tolerance,
+        max_body=config.webhook_max_body,
+    )
+    for s in takers:
+        runtime.inbox_feeds[s.name] = InboxFeed(
+            runtime.engines[s.name].source,
+            s.dialect,
+            inbox,
+            poll_wake=desks[s.name].poll_wake,
+            metrics=runtime.metrics,
+        )
 
 
 def replica_file(url: str) -> Path | None:
@@ -263,9 +304,20 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
             runtime.rounds.append(Round(now, name, max(lags, default=None), counts.applied))
             return counts
 
+        # (Stand-in runtimes of unit tests have no webhook parts.)
+        receiver = getattr(runtime, "receiver", None)
+        desk = receiver.sources.get(name) if receiver is not None else None
+        feed = getattr(runtime, "inbox_feeds", {}).get(name)
         try:
             if once:
                 await cycle(stop_event=stop)
+                if feed is not None:
+                    await engine.sync_feed(feed, stop_event=stop)
+            elif desk is not None and feed is not None:
+                await _together(
+                    run_every(name, cycle, interval, stop, wake=desk.poll_wake),
+                    run_inbox(engine, feed, desk.inbox_wake, stop, idle_s=min(interval, 30.0)),
+                )
             else:
                 await run_every(name, cycle, interval, stop)
         except AuthError as exc:
@@ -280,6 +332,18 @@ async def run_sources(runtime: AgentRuntime, stop: asyncio.Event, *, once: bool 
             await asyncio.gather(*(run_one(n, e) for n, e in runtime.engines.items()))
     finally:
         ticker.cancel()
+
+
+async def _together(*loops: Coroutine[Any, Any, None]) -> None:
+    """Run a source's loops until all end; the first to fail ends the others (a refused token
+    stops the source's inbox drain as well as its polling)."""
+    tasks = [asyncio.ensure_future(loop) for loop in loops]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _report_long_drains(
@@ -322,8 +386,25 @@ def status_payload(runtime: AgentRuntime, now: int | None = None) -> list[dict[s
             now=now,
         )
         | {"quarantined": quarantined.get(state.source, 0)}
+        | (_inbox_figures(runtime, state.source) if state.stream == INBOX_STREAM else {})
         for state in runtime.status()
     ]
+
+
+def _inbox_figures(runtime: AgentRuntime, source: str) -> dict[str, Any]:
+    """The webhook stream's row also says what the receiver saw (from the metrics)."""
+    figures: dict[str, Any] = {"inbox_depth": 0, "webhooks_received": 0, "webhooks_rejected": {}}
+    for metric in runtime.metrics.registry.collect():
+        for sample in metric.samples:
+            if sample.labels.get("source") != source:
+                continue
+            if sample.name == "ordersync_agent_webhook_inbox_depth":
+                figures["inbox_depth"] = int(sample.value)
+            elif sample.name == "ordersync_agent_webhooks_received_total":
+                figures["webhooks_received"] = int(sample.value)
+            elif sample.name == "ordersync_agent_webhooks_rejected_total":
+                figures["webhooks_rejected"][sample.labels["reason"]] = int(sample.value)
+    return figures
 
 
 def status_row(
@@ -376,6 +457,14 @@ def observability_app(runtime: AgentRuntime) -> Starlette:
         )
         return HTMLResponse(body, headers={"Cache-Control": "no-store"})
 
+    async def webhooks(request: Request) -> Response:
+        if runtime.receiver is None:
+            return JSONResponse(
+                {"error_type": "unknown_source", "field": "source", "detail": "no webhooks here"},
+                status_code=404,
+            )
+        return await runtime.receiver.endpoint(request)
+
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -397,6 +486,7 @@ def observability_app(runtime: AgentRuntime) -> Starlette:
             Route("/status", status),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/webhooks/{source}", webhooks, methods=["POST"]),
         ]
     )
 

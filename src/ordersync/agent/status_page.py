@@ -86,10 +86,24 @@ def _source_card(
 {len(applied)} rounds</figcaption></figure></div>
 <p>quota: <span data-field="quota">{quota_text}</span> &middot; waits for the budget:
 <span data-field="budget_waits">{waits[0]}</span> (<span>{waits[1]:.1f}</span> s)</p>
-<table><thead><tr><th>stream</th><th>position</th><th>lag</th><th>applied</th><th>repeats</th>
+{_webhooks_line(rows)}<table><thead><tr><th>stream</th><th>position</th><th>lag</th><th>applied</th><th>repeats</th>
 <th>calls</th><th>last success</th><th>last error</th><th>quarantined</th></tr></thead>
 <tbody>{lines}</tbody></table></section>
 """
+
+
+def _webhooks_line(rows: list[dict[str, Any]]) -> str:
+    """The webhook inbox of a source that takes webhooks (its `webhooks` stream's row)."""
+    row = next((r for r in rows if "inbox_depth" in r), None)
+    if row is None:
+        return ""
+    rejected = sum(row["webhooks_rejected"].values())
+    return (
+        f'<p>webhooks: <span data-field="inbox_depth">{int(row["inbox_depth"])}</span> in the '
+        f'inbox &middot; received <span data-field="webhooks_received">'
+        f"{int(row['webhooks_received'])}</span> &middot; rejected <span "
+        f'data-field="webhooks_rejected">{int(rejected)}</span></p>\n'
+    )
 
 
 def _stream_row(row: dict[str, Any]) -> str:
