@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersync.domain import NewOrder, Order, OrderStatus, check_transition
@@ -330,6 +330,7 @@ class RequestStore:
         reason: str | None = None
         try:
             if kind == UPDATE:
+                await _not_superseded(conn, request)
                 replacement = NewOrder.model_validate_json(request.doc)
                 await self.store.update_order(
                     principal,
@@ -379,7 +380,30 @@ class RequestStore:
 
 
 class _NotUpdatable(Exception):
-    """Raised inside `update_order`'s change, before anything is written."""
+    """Raised inside `update_order`'s change (or just before it), before anything is written."""
+
+
+async def _not_superseded(conn: AsyncConnection, request: Row[Any]) -> None:
+    """Refuse an update when a later update of the same order was already applied: two
+    workers may resolve two updates of one order at once (SKIP LOCKED hands them one each),
+    and the later replacement must win. The order row is locked first, so the other worker's
+    resolution, if any, has committed (and is seen) before the check."""
+    await conn.execute(select(orders.c.id).where(orders.c.id == request.order_id).with_for_update())
+    t = order_update_requests.c
+    newer = await conn.scalar(
+        select(t.id)
+        .where(
+            t.order_id == request.order_id,
+            t.status == SUCCESS,
+            or_(
+                t.created_at > request.created_at,
+                and_(t.created_at == request.created_at, t.id > request.id),
+            ),
+        )
+        .limit(1)
+    )
+    if newer is not None:
+        raise _NotUpdatable(f"409: superseded by update request {newer}, applied before it")
 
 
 def _replaced(before: Order, replacement: NewOrder) -> Order:
