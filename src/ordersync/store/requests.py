@@ -454,7 +454,7 @@ def _missing(identifier: str) -> RequestItem:
 
 async def _order_by_identifier(
     conn: AsyncConnection, account_id: int, identifier: str, *, lock: bool = False
-) -> Row[Any] | None:
+) -> Any:  # the order's (id, status) row, or None
     statement = select(orders.c.id, orders.c.status).where(
         orders.c.account_id == account_id, orders.c.customer_identifier == identifier
     )

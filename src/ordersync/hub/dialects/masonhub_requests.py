@@ -351,6 +351,9 @@ async def list_cancel_requests(request: Request, caller: Caller, query: Listing)
 # -- sandbox triggers --------------------------------------------------------------------------
 
 
+_SHIPPABLE = frozenset({OrderStatus.OPEN, OrderStatus.AT_WAREHOUSE, OrderStatus.IN_PROCESS})
+
+
 def _sandbox(request: Request) -> None:
     if not request.app.state.sandbox:
         raise ApiError(
@@ -393,17 +396,15 @@ async def sandbox_ship(request: Request, caller: Caller, order_id: UUID) -> Resp
     store: Store = request.app.state.store
     account = caller.account_id
     order = await store.get_order(account, str(order_id))
-    if order.status not in (
-        OrderStatus.OPEN,
-        OrderStatus.AT_WAREHOUSE,
-        OrderStatus.IN_PROCESS,
-    ):
+    if order.status not in _SHIPPABLE:
         raise ApiError(409, f"an order in status {order.status} cannot be shipped")
     try:
-        while order.status is not OrderStatus.PACKED:
-            target = next_status(order.status)
+        status = order.status
+        while status != OrderStatus.PACKED:
+            target = next_status(status)
             assert target is not None
             order = await store.transition_order(None, account, order.id, target)
+            status = order.status
     except InvalidTransition as exc:  # a concurrent change (e.g. a cancel) got there first
         raise ApiError(409, str(exc)) from None
     lines = order.line_items
