@@ -19,6 +19,7 @@ from ordersync.domain import OrderStatus, format_rfc3339
 from ordersync.domain.lifecycle import next_status
 from ordersync.hub.app import create_app
 from ordersync.hub.settings import HubSettings
+from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.requests import RequestStore
 from ordersync.store.store import Store
 from ordersync.store.tables import changes
@@ -408,3 +409,20 @@ async def test_the_sandbox_resolves_now_and_ships_orders(sandbox: Hub) -> None:
     assert len(shipments) == 2 and {s["order_id"] for s in shipments} == {second["id"]}
     again = await hub.api.post(f"/api/v1/sandbox/orders/{first['id']}/ship")
     assert again.status_code == 409 and "canceled" in again.json()["message"]
+
+
+async def test_hubrise_callbacks_carry_the_order_versions_not_the_resolutions(hub: Hub) -> None:
+    """A resolution row in the log is for webhooks; a HubRise callback (another connection of
+    the account, subscribed to every order event) gets the order's versions only, and its
+    watermark passes the resolution."""
+    watcher = await hub.store.authenticate(await hub.store.create_token("acme", "pos"))
+    callbacks = HubRiseStore(hub.store)
+    await callbacks.put_callback(watcher, {"order": ["create", "update"]})
+    await hub.create("h-1")
+    await hub.api.post("/api/v1/order_update_requests", json=[replacement("h-1", priority=3)])
+    assert await hub.resolve() == 1
+    pending = await callbacks.pending_events(watcher)
+    assert [(e.kind, e.version) for e in pending] == [("order", 1), ("order", 2)]
+    for event in pending:
+        await callbacks.acknowledge(watcher, event.seq)
+    assert await callbacks.pending_events(watcher) == []
