@@ -20,8 +20,9 @@ webhook deliverer following the log delivers every resolution exactly when it be
 Several resolvers (workers, hosts) may run at once: on PostgreSQL each claims its batch with
 `FOR UPDATE SKIP LOCKED`, so no request is resolved twice and none waits for another worker;
 on SQLite writers are serialized (`BEGIN IMMEDIATE`) and a claimed row is no longer `pending`
-for the next. A request is `processing` only inside the resolving transaction, so clients
-see `pending` then `success` or `failed`; a crash mid-resolution rolls back to `pending`.
+for the next. A request goes from `pending` to `success` or `failed` in one transaction (a
+crash mid-resolution leaves it `pending`); `processing`, MasonHub's intermediate status, is
+accepted as a listing filter but never stored.
 """
 
 from __future__ import annotations

@@ -225,6 +225,7 @@ order_update_requests = Table(
     Column("resolved_at", BigInteger, nullable=True),
     Index("ix_order_update_requests_queue", "status", "created_at"),
     Index("ix_order_update_requests_account", "account_id", "created_at"),
+    Index("ix_order_update_requests_order", "order_id"),
 )
 
 order_cancel_requests = Table(

@@ -56,6 +56,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_order_update_requests_account", "order_update_requests", ["account_id", "created_at"]
     )
+    op.create_index("ix_order_update_requests_order", "order_update_requests", ["order_id"])
     op.create_table("order_cancel_requests", *_common(), *_resolution(), *_keys())
     op.create_index(
         "ix_order_cancel_requests_queue", "order_cancel_requests", ["status", "created_at"]
