@@ -200,6 +200,15 @@ async def test_an_update_of_an_order_packed_meanwhile_fails_with_the_reason(hub:
     after = await hub.order(order["id"])
     assert after["shipping_provider"] == "UPS" and after["status"] == "packed"
     assert await resolution_events(hub.store, request_id) == ["orderUpdateResolution"]
+    # What a webhook of that event carries (MasonHub's orderUpdateResolution data).
+    data = await hub.requests.resolution("orderUpdateResolution", request_id)
+    assert data is not None
+    assert (data["id"], data["customer_order_id"], data["status"]) == (
+        request_id,
+        "u-2",
+        "failure",
+    )
+    assert "packed" in data["reason"] and data["order_id"] == order["id"]
 
 
 async def test_update_records_are_refused_one_by_one(hub: Hub) -> None:

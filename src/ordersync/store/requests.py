@@ -37,7 +37,7 @@ import structlog
 from sqlalchemy import Row, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ordersync.domain import NewOrder, Order, OrderStatus, check_transition
+from ordersync.domain import NewOrder, Order, OrderStatus, check_transition, format_rfc3339
 from ordersync.domain.lifecycle import CANCELABLE
 from ordersync.domain.orders import OrderLine
 from ordersync.errors import InvalidTransition, NotFound
@@ -288,6 +288,48 @@ class RequestStore:
             }
             for r in rows
         ]
+
+    async def resolution(self, event_type: str, request_id: str) -> dict[str, Any] | None:
+        """The `data` of a resolution event (a `changes` row of kind "request"), as MasonHub's
+        `orderUpdateResolution` / `orderCancelResolution` callbacks carry it: `id`,
+        `customer_order_id`, `status` success|failure, `reason` (updates), `created_at`,
+        `updated_at`; plus `order_id` and `resolved_at`. None if the request is unknown. For the
+        webhook deliverer: the log row says which request, this renders it."""
+        kind = next((k for k, e in RESOLUTION_EVENTS.items() if e == event_type), None)
+        if kind is None:
+            return None
+        c = _TABLES[kind].c
+        async with self.store.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        c.id,
+                        c.customer_identifier,
+                        c.order_id,
+                        c.status,
+                        c.reason,
+                        c.created_at,
+                        c.updated_at,
+                        c.resolved_at,
+                    ).where(c.id == request_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        data: dict[str, Any] = {
+            "id": row[0],
+            "customer_order_id": row[1],
+            "order_id": row[2],
+            "status": "success" if row[3] == SUCCESS else "failure" if row[3] == FAILED else row[3],
+            "created_at": format_rfc3339(int(row[5])),
+            "updated_at": format_rfc3339(int(row[6])),
+            "resolved_at": None if row[7] is None else format_rfc3339(int(row[7])),
+        }
+        if kind == UPDATE:
+            data["reason"] = row[4]
+        elif row[4] is not None:
+            data["reason"] = row[4]  # an extension: why the cancel failed
+        return data
 
     # -- resolution -----------------------------------------------------------------------
 
