@@ -435,3 +435,15 @@ async def test_hubrise_callbacks_carry_the_order_versions_not_the_resolutions(hu
     for event in pending:
         await callbacks.acknowledge(watcher, event.seq)
     assert await callbacks.pending_events(watcher) == []
+
+
+def test_the_sandbox_is_on_with_the_simulator_or_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert not HubSettings().sandbox_enabled
+    assert HubSettings(simulate_rate=5).sandbox_enabled  # hub serve --simulate
+    assert not HubSettings(simulate_rate=5, sandbox=False).sandbox_enabled
+    monkeypatch.setenv("ORDERSYNC_HUB_SANDBOX", "1")
+    monkeypatch.setenv("ORDERSYNC_HUB_REQUEST_RESOLVE_DELAY_MS", "250")
+    settings = HubSettings.from_env()
+    assert settings.sandbox_enabled and settings.request_resolve_delay_ms == 250
