@@ -111,6 +111,10 @@ class SandboxResolved(BaseModel):
     resolved: int
 
 
+class ResolveRequests(BaseModel):
+    """No fields: the trigger resolves every pending request of the caller's account."""
+
+
 class ShipOrder(BaseModel):
     number_of_shipments: int = Field(default=1, ge=1, le=10)
 
@@ -368,6 +372,9 @@ def _sandbox(request: Request) -> None:
     summary="ordersync sandbox: resolve this account's pending update and cancel requests now",
     responses=errors(404)
     | {200: answer("How many were resolved", model_ref(SandboxResolved, "SandboxResolved"))},
+    openapi_extra=request_body(
+        ResolveRequests, "ResolveRequests", example={}, required=False, description="ignored"
+    ),
 )
 async def sandbox_resolve(request: Request, caller: Caller) -> Response:
     _sandbox(request)
