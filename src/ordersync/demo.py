@@ -101,6 +101,7 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
         simulate_seed=settings.seed,
         simulate_account="demo",
         faults=faults,
+        sandbox=True,
     )
     app = create_app(hub_settings, store)
     if settings.dialect not in PLATFORMS:

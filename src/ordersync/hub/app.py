@@ -14,7 +14,7 @@ from ordersync import __version__
 from ordersync.domain import now_ms
 from ordersync.hub.access_log import AccessLog
 from ordersync.hub.body_limit import BodySizeLimit
-from ordersync.hub.dialects import hubrise, masonhub, tradecloud
+from ordersync.hub.dialects import hubrise, masonhub, masonhub_requests, tradecloud
 from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.metrics import HubMetrics
@@ -29,6 +29,7 @@ from ordersync.store.counts import CountCompactor
 from ordersync.store.events import DAY_MS, EventLog, prune_forever
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.idempotency import KeyPruner, prune_keys_forever
+from ordersync.store.requests import RequestStore, resolve_forever
 from ordersync.store.store import Store, commit_lag_ms
 
 API_PREFIXES = ("/api/", "/v2/", "/v1/")
@@ -54,6 +55,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
         else store
     )
     event_log = EventLog(hub_store, retention_ms=int(settings.event_retention_days * DAY_MS))
+    requests = RequestStore(hub_store, delay_ms=settings.request_resolve_delay_ms)
 
     simulation = Simulation(hub_store, settings) if settings.simulate_rate > 0 else None
     # Folds the writers' count deltas into the listing-total buckets (one worker at a time).
@@ -69,16 +71,19 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
             compactor.start()
             if simulation is not None:
                 await simulation.start()
-            pruning = [
+            background = [
                 asyncio.ensure_future(prune_forever(event_log, settings.event_prune_interval_s)),
                 asyncio.ensure_future(
                     prune_keys_forever(key_pruner, settings.event_prune_interval_s)
+                ),
+                asyncio.ensure_future(
+                    resolve_forever(requests, settings.request_resolve_interval_s)
                 ),
             ]
             try:
                 yield
             finally:
-                for task in pruning:
+                for task in background:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
@@ -106,12 +111,15 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.state.hubrise_store = HubRiseStore(hub_store)
     app.state.event_log = event_log
     app.state.key_pruner = key_pruner
+    app.state.requests = requests  # MasonHub asynchronous writes and their resolver
+    app.state.sandbox = settings.sandbox_enabled
     # Listings advertise it (X-Ordersync-Commit-Lag-Ms); the agent's default lookback.
     app.state.commit_lag_ms = commit_lag_ms(hub_store.write_timeout_ms)
     app.state.warehouse = simulation  # runs while the lifespan does
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(masonhub.router)
+    app.include_router(masonhub_requests.router)
     app.include_router(tradecloud.router)
     hubrise.install(app)  # router under /v1 and its X-Http-Method-Override middleware
     metrics = HubMetrics()

@@ -53,6 +53,16 @@ class HubSettings:
     # max_connections (README, "Connections and PgBouncer"). SQLite ignores both.
     db_pool_size: int = DB_POOL_SIZE
     db_max_overflow: int = DB_MAX_OVERFLOW
+    # MasonHub asynchronous writes: a request is resolved once this old (each worker looks
+    # every `request_resolve_interval_s`). The sandbox triggers (/api/v1/sandbox/...) are
+    # served when `sandbox` is true; None: on with the simulator (`hub serve --simulate`).
+    request_resolve_delay_ms: int = 3_000
+    request_resolve_interval_s: float = 1.0
+    sandbox: bool | None = None
+
+    @property
+    def sandbox_enabled(self) -> bool:
+        return self.simulate_rate > 0 if self.sandbox is None else self.sandbox
 
     def __post_init__(self) -> None:
         if self.db_pool_size < 1:
@@ -96,6 +106,8 @@ class HubSettings:
                     raise ConfigurationError(
                         f"{key} must be a whole number, got {env[key]!r}"
                     ) from None
+        if "ORDERSYNC_HUB_SANDBOX" in env:
+            values["sandbox"] = env["ORDERSYNC_HUB_SANDBOX"].lower() in ("1", "true", "yes", "on")
         if "ORDERSYNC_HUB_QUOTA_STORE" in env:
             values["quota_store"] = env["ORDERSYNC_HUB_QUOTA_STORE"]
         for key, name, kind in _NUMBERS:
@@ -111,6 +123,8 @@ _NUMBERS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
     ("idempotency_hours", "ORDERSYNC_HUB_IDEMPOTENCY_HOURS", float),
     ("write_timeout_ms", "ORDERSYNC_HUB_WRITE_TIMEOUT_MS", int),
     ("clock_skew_ms", "ORDERSYNC_HUB_CLOCK_SKEW_MS", int),
+    ("request_resolve_delay_ms", "ORDERSYNC_HUB_REQUEST_RESOLVE_DELAY_MS", int),
+    ("request_resolve_interval_s", "ORDERSYNC_HUB_REQUEST_RESOLVE_INTERVAL_S", float),
 )
 
 

@@ -68,6 +68,8 @@ ORDINAL_BITS = 20
 MAX_EVENTS_PER_TRANSACTION = 1 << ORDINAL_BITS
 DAY_MS = 86_400_000
 PRUNE_BATCH = 5_000
+# The `changes` kinds the polling event log serves (`EventLog.read`).
+FEED_KINDS = ("order", "shipment")
 
 # The next free id of this transaction: xid * 2^20, past any id it already took (a write
 # method may run as one step of a larger transaction that records several changes).
@@ -167,6 +169,9 @@ def _events_statement() -> Any:
         .select_from(joined)
         .where(
             c.account_id == bindparam("account_id"),
+            # Entity versions only: request resolutions ("request" rows, see
+            # `ordersync.store.requests`) are for callbacks and webhooks, not the polling feed.
+            c.entity_kind.in_(FEED_KINDS),
             c.event_id > bindparam("after"),
             c.event_id < bindparam("frontier"),
         )

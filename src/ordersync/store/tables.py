@@ -223,3 +223,44 @@ idempotency_keys = Table(
     Column("created_at", BigInteger, nullable=False),
     Index("ix_idempotency_keys_created", "created_at"),
 )
+
+# MasonHub asynchronous writes (see `ordersync.store.requests`): each accepted update or cancel
+# request waits here, `pending`, until a hub worker resolves it (`success` or `failed`, with
+# `reason`). `doc` is the replacement order (updates only). The status/created_at index is the
+# resolvers' work queue; the account ones serve the listings and the duplicate-cancel check.
+order_update_requests = Table(
+    "order_update_requests",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("order_id", String(36), nullable=False),
+    Column("customer_identifier", String(100), nullable=False),
+    Column("connection_id", Integer, ForeignKey("connections.id"), nullable=True),
+    Column("doc", Text, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("resolved_at", BigInteger, nullable=True),
+    Index("ix_order_update_requests_queue", "status", "created_at"),
+    Index("ix_order_update_requests_account", "account_id", "created_at"),
+    Index("ix_order_update_requests_order", "order_id"),
+)
+
+order_cancel_requests = Table(
+    "order_cancel_requests",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("order_id", String(36), nullable=False),
+    Column("customer_identifier", String(100), nullable=False),
+    Column("connection_id", Integer, ForeignKey("connections.id"), nullable=True),
+    Column("status", String(12), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("resolved_at", BigInteger, nullable=True),
+    Index("ix_order_cancel_requests_queue", "status", "created_at"),
+    Index("ix_order_cancel_requests_account", "account_id", "created_at"),
+    Index("ix_order_cancel_requests_order", "order_id"),
+)
