@@ -381,3 +381,37 @@ async def test_openapi_declares_the_key_on_every_writing_operation(hub: Hub) -> 
         responses = spec["paths"][path][method]["responses"]
         assert {"409", "422"} <= set(responses)
         assert "Retry-After" in responses["409"]["headers"]
+
+
+async def test_masonhub_update_and_cancel_requests_are_replayed_not_submitted_twice(
+    hub: Hub,
+) -> None:
+    """A retried asynchronous update or cancel with its key gets the first answer (the same
+    request id) and leaves one request, not two; another body under the key is refused."""
+    from ordersync.store.tables import order_cancel_requests, order_update_requests
+
+    async with hub.client("masonhub") as client:
+        created = await client.post("/api/v1/orders", json=[order_payload("U-1")])
+        assert created.status_code == 201
+        update = [order_payload("U-1", priority=7)]
+        first = await client.post("/api/v1/order_update_requests", json=update, headers={KEY: "u"})
+        again = await client.post("/api/v1/order_update_requests", json=update, headers={KEY: "u"})
+        cancel = [{"customer_identifier": "U-1"}]
+        first_cancel = await client.post(
+            "/api/v1/order_cancel_requests", json=cancel, headers={KEY: "c"}
+        )
+        again_cancel = await client.post(
+            "/api/v1/order_cancel_requests", json=cancel, headers={KEY: "c"}
+        )
+        reused = await client.post(
+            "/api/v1/order_cancel_requests", json=cancel + cancel, headers={KEY: "c"}
+        )
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content and again.headers[REPLAYED] == "true"
+    assert first.json()["results"][0]["status"] == "success"
+    assert again_cancel.content == first_cancel.content
+    assert first_cancel.json()["results"][0]["status"] == "success"
+    _reused(reused)
+    async with hub.store.reader.connect() as conn:
+        for table in (order_update_requests, order_cancel_requests):
+            assert await conn.scalar(select(func.count()).select_from(table)) == 1

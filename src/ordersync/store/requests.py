@@ -42,6 +42,7 @@ from ordersync.domain.lifecycle import CANCELABLE
 from ordersync.domain.orders import OrderLine
 from ordersync.errors import InvalidTransition, NotFound
 from ordersync.store.events import allocate_event_ids
+from ordersync.store.idempotency import settle
 from ordersync.store.store import Principal, Store
 from ordersync.store.tables import (
     accounts,
@@ -152,7 +153,7 @@ class RequestStore:
                     )
                 )
                 results.append(RequestItem(identifier, request_id))
-            return answer(results)
+            return await settle(conn, answer(results))
 
     async def submit_cancels(
         self,
@@ -242,7 +243,7 @@ class RequestStore:
                     )
                 )
                 results.append(RequestItem(identifier, request_id))
-            return answer(results)
+            return await settle(conn, answer(results))
 
     # -- listing --------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from ordersync.domain.lifecycle import next_status
 from ordersync.errors import InvalidTransition
 from ordersync.hub.auth import masonhub_principal
 from ordersync.hub.errors import ApiError, pydantic_errors
+from ordersync.hub.idempotency import idempotent
 from ordersync.hub.json_body import parse_json, text_errors
 from ordersync.hub.offsets import check_offset
 from ordersync.hub.openapi import answer, errors, model_ref, request_body
@@ -208,6 +209,7 @@ _BATCH_ANSWER = answer(
         description=f"1 to {MAX_REQUESTS} full orders",
     ),
 )
+@idempotent
 async def create_update_requests(request: Request, caller: Caller) -> Response:
     items: list[NewOrder | RequestItem] = []
     for item in _batch(await request.body(), "orders"):
@@ -241,6 +243,7 @@ async def create_update_requests(request: Request, caller: Caller) -> Response:
         description=f"1 to {MAX_REQUESTS} records, each with one of the two keys",
     ),
 )
+@idempotent
 async def create_cancel_requests(request: Request, caller: Caller) -> Response:
     items: list[tuple[str | None, str | None] | RequestItem] = []
     for item in _batch(await request.body(), "cancels"):
