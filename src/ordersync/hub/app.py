@@ -14,7 +14,7 @@ from ordersync import __version__
 from ordersync.domain import now_ms
 from ordersync.hub.access_log import AccessLog
 from ordersync.hub.body_limit import BodySizeLimit
-from ordersync.hub.dialects import hubrise, masonhub, tradecloud
+from ordersync.hub.dialects import hubrise, masonhub, tradecloud, webhook_routes
 from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.metrics import HubMetrics
@@ -25,10 +25,12 @@ from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.hub.simulator import Simulation
 from ordersync.hub.status_page import install_operator_pages
+from ordersync.hub.webhooks import Dispatcher
 from ordersync.store.counts import CountCompactor
 from ordersync.store.events import DAY_MS, EventLog, prune_forever
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.store import Store, commit_lag_ms
+from ordersync.store.webhooks import WebhookStore
 
 API_PREFIXES = ("/api/", "/v2/", "/v1/")
 
@@ -57,6 +59,8 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     simulation = Simulation(hub_store, settings) if settings.simulate_rate > 0 else None
     # Folds the writers' count deltas into the listing-total buckets (one worker at a time).
     compactor = CountCompactor(hub_store.writer, lambda: hub_store.clock())
+    webhooks = WebhookStore(hub_store, schedule_s=settings.webhook_retry_schedule_s)
+    dispatcher = Dispatcher(hub_store, webhooks, timeout_s=settings.webhook_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,12 +73,18 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
             pruning = asyncio.ensure_future(
                 prune_forever(event_log, settings.event_prune_interval_s)
             )
+            tasks = [pruning]
+            if settings.webhook_delivery:
+                tasks.append(
+                    asyncio.ensure_future(dispatcher.run_forever(settings.webhook_interval_s))
+                )
             try:
                 yield
             finally:
-                pruning.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pruning
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         finally:
             await compactor.stop()
             if simulation is not None:
@@ -98,6 +108,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.state.max_offset = offset_cap(settings.max_offset)
     app.state.hubrise_store = HubRiseStore(hub_store)
     app.state.event_log = event_log
+    app.state.webhooks = webhooks
     # Listings advertise it (X-Ordersync-Commit-Lag-Ms); the agent's default lookback.
     app.state.commit_lag_ms = commit_lag_ms(hub_store.write_timeout_ms)
     app.state.warehouse = simulation  # runs while the lifespan does
@@ -105,6 +116,9 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     install_openapi(app)
     app.include_router(masonhub.router)
     app.include_router(tradecloud.router)
+    app.include_router(webhook_routes.masonhub_router)
+    app.include_router(webhook_routes.tradecloud_router)
+    app.include_router(webhook_routes.hubrise_router)
     hubrise.install(app)  # router under /v1 and its X-Http-Method-Override middleware
     metrics = HubMetrics()
     install_operator_pages(app, settings, metrics)  # /status, /status.json, /metrics
