@@ -222,7 +222,13 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """One round; how many deliveries were attempted."""
-        await self.webhooks.materialise(self.render)
+        subs = await self.webhooks.active()
+        if not subs:
+            return 0  # reads only: an idle hub takes no write lock (SQLite has one)
+        for sub in subs:
+            await self.webhooks.materialise_one(sub, self.render)
+        if not await self.webhooks.any_due():
+            return 0
         claims = await self.webhooks.claim(self.batch)
         if not claims:
             return 0

@@ -418,9 +418,9 @@ class WebhookStore:
         try:
             page = await self.events.read(sub.account_id, sub.cursor, MATERIALISE_PAGE)
         except PositionPruned as exc:
-            # Events between the cursor and the pruned horizon are gone: go on from the head
-            # (the attempts list shows nothing for them; the subscriber resyncs by polling).
-            await self._move_cursor(sub, exc.head, [])
+            # Events up to the pruned horizon are gone (the subscriber resyncs by polling):
+            # go on from there, so that nothing after it is skipped.
+            await self._move_cursor(sub, exc.pruned_through, [])
             return 0
         rows = []
         now = self.store.clock()
@@ -445,7 +445,9 @@ class WebhookStore:
                     "event_created_at": event.created_at,
                 }
             )
-        if page.next_after == sub.cursor:
+        if not page.events:
+            # Nothing new: leave the cursor (no write per idle round; a cursor that falls
+            # behind retention this way has missed nothing and moves on above).
             return 0
         return await self._move_cursor(sub, page.next_after, rows)
 
@@ -464,6 +466,21 @@ class WebhookStore:
         return len(rows)
 
     # -- claiming and settling deliveries --------------------------------------------------
+
+    async def any_due(self) -> bool:
+        """Whether some delivery is due (a read: no write transaction when there is none)."""
+        d = webhook_deliveries.c
+        s = webhook_subscriptions.c
+        probe = (
+            select(d.id)
+            .select_from(webhook_deliveries.join(webhook_subscriptions, s.id == d.subscription_id))
+            .where(
+                d.status == "pending", d.next_attempt_at <= self.store.clock(), s.status == "active"
+            )
+            .limit(1)
+        )
+        async with self.store.reader.connect() as conn:
+            return (await conn.execute(probe)).first() is not None
 
     async def claim(self, limit: int) -> list[Claim]:
         """Lease up to `limit` due deliveries, each the oldest pending one of its entity."""

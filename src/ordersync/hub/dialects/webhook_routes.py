@@ -27,9 +27,10 @@ from starlette.responses import Response
 
 from ordersync.domain import format_rfc3339, parse_rfc3339_ms
 from ordersync.hub.auth import hubrise_principal, masonhub_principal, tradecloud_principal
+from ordersync.hub.dialects.hubrise import HubRiseRoute
 from ordersync.hub.errors import ApiError, pydantic_errors
 from ordersync.hub.json_body import parse_json
-from ordersync.hub.openapi import answer, errors
+from ordersync.hub.openapi import answer, errors, request_body
 from ordersync.store.store import Principal
 from ordersync.store.webhooks import Attempt, Subscription, WebhookStore, url_problem
 
@@ -44,7 +45,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CallbackIn(_Strict):
+class MasonHubCallbackIn(_Strict):
     url: str = Field(max_length=2000)
     message_type: str
     api_version: str | None = Field(default=None, max_length=20)
@@ -61,6 +62,10 @@ class WebhookAuth(_Strict):
 class WebhookIn(_Strict):
     url: str = Field(max_length=2000)
     auth: WebhookAuth = Field(default_factory=WebhookAuth)
+
+
+class NoBody(_Strict):
+    """No fields: the body may be left out."""
 
 
 class ReplayIn(_Strict):
@@ -139,8 +144,10 @@ def extension_routes(router: APIRouter, base: str, principal: Callable[..., Any]
         responses=errors(404) | {200: answer("The new secret", _OBJECT)},
         tags=[tag],
         operation_id=f"{tag}_rotate_webhook_secret",
+        openapi_extra=request_body(NoBody, "WebhookNoBody", required=False),
     )
     async def rotate(request: Request, caller: Caller, sub_id: str) -> Response:
+        await _body(request, NoBody)
         secret = await _webhooks(request).rotate(caller, sub_id)
         return _json({"id": sub_id, "secret": secret})
 
@@ -150,8 +157,10 @@ def extension_routes(router: APIRouter, base: str, principal: Callable[..., Any]
         responses=errors(404) | {200: answer("The subscription", _OBJECT)},
         tags=[tag],
         operation_id=f"{tag}_enable_webhook",
+        openapi_extra=request_body(NoBody, "WebhookNoBody", required=False),
     )
     async def enable(request: Request, caller: Caller, sub_id: str) -> Response:
+        await _body(request, NoBody)
         return _json(render_subscription(await _webhooks(request).enable(caller, sub_id)))
 
     @router.get(
@@ -178,6 +187,7 @@ def extension_routes(router: APIRouter, base: str, principal: Callable[..., Any]
         responses=errors(404, 422) | {200: answer("How many were queued", _OBJECT)},
         tags=[tag],
         operation_id=f"{tag}_replay_webhook",
+        openapi_extra=request_body(ReplayIn, "WebhookReplay", example={"event_id": 1}),
     )
     async def replay(request: Request, caller: Caller, sub_id: str) -> Response:
         body: ReplayIn = await _body(request, ReplayIn)
@@ -203,6 +213,11 @@ MasonCaller = Annotated[Principal, Depends(masonhub_principal)]
     "/callbacks",
     summary="Subscribe URLs to message types (each answers its signing secret once)",
     responses=errors(400, 422) | {200: answer("The callbacks created", _LIST)},
+    openapi_extra=request_body(
+        list[MasonHubCallbackIn],
+        "MasonHubCallbacksIn",
+        example=[{"url": "http://127.0.0.1:9/hook", "message_type": "orderEvent"}],
+    ),
 )
 async def create_callbacks(request: Request, caller: MasonCaller) -> Response:
     payload = await _body(request)
@@ -210,11 +225,11 @@ async def create_callbacks(request: Request, caller: MasonCaller) -> Response:
         raise ApiError(
             422, "request body is invalid", [("body", f"an array of 1..{MAX_CALLBACKS} callbacks")]
         )
-    items: list[CallbackIn] = []
+    items: list[MasonHubCallbackIn] = []
     problems: list[tuple[str, str]] = []
     for index, item in enumerate(payload):
         try:
-            parsed = CallbackIn.model_validate(item)
+            parsed = MasonHubCallbackIn.model_validate(item)
         except ValidationError as exc:
             problems += [(f"{index}.{f}", m) for f, m in pydantic_errors(exc.errors())]
             continue
@@ -284,6 +299,9 @@ TradecloudCaller = Annotated[Principal, Depends(tradecloud_principal)]
     summary="ordersync extension: subscribe a URL to this connection's order events",
     responses=errors(400, 422) | {201: answer("The webhook, with its secret", _OBJECT)},
     status_code=201,
+    openapi_extra=request_body(
+        WebhookIn, "TradecloudWebhookIn", example={"url": "http://127.0.0.1:9/hook"}
+    ),
 )
 async def create_webhook(request: Request, caller: TradecloudCaller) -> Response:
     body: WebhookIn = await _body(request, WebhookIn)
@@ -330,5 +348,5 @@ extension_routes(tradecloud_router, "/webhooks", tradecloud_principal, "tradeclo
 
 # -- HubRise (extension routes; the callback itself is in the HubRise router) --------------
 
-hubrise_router = APIRouter(prefix="/v1", tags=["hubrise"])
+hubrise_router = APIRouter(prefix="/v1", tags=["hubrise"], route_class=HubRiseRoute)
 extension_routes(hubrise_router, "/webhooks", hubrise_principal, "hubrise")
