@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import hmac
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -352,6 +353,8 @@ def test_hubrise_active_callback_and_tradecloud_webhook_bodies(hub: Hub) -> None
         assert event.json["id"] == event.headers["webhook-id"]
         assert (event.json["resource_type"], event.json["event_type"]) == ("order", "create")
         assert event.json["new_state"]["id"] == order_id
+        # Delivered: acknowledged, so no longer in the passive list.
+        assert h.get("/v1/callback/events").json() == []
         (delivery,) = tc.delivered()
         assert verify(tc_secret, delivery) == 1
         assert delivery.headers["authorization"] == "Basic " + base64.b64encode(b"u:p").decode()
@@ -379,3 +382,33 @@ def test_two_workers_on_postgresql_never_deliver_an_event_twice(hub: Hub) -> Non
         ids = [r.headers["webhook-id"] for r in endpoint.delivered()]
         assert len(ids) == 100 and len(set(ids)) == 100
         assert sum(sent) == 100
+
+
+def test_an_endpoint_failing_for_5_days_is_disabled(hub: Hub) -> None:
+    erp, watcher = tokens(hub, "erp", "watcher")
+    with receiver(*[500] * 50) as endpoint, mason(hub, watcher) as w, mason(hub, erp) as m:
+        w.post("/api/v1/callbacks", json=[{"url": endpoint.url, "message_type": "orderEvent"}])
+        m.post("/api/v1/orders", json=[order_payload("D-1")])
+        _materialise(hub)
+        day = 86_400_000
+        now = [int(time.time() * 1000)]
+
+        async def main() -> list[str]:
+            store = await Store.open(hub.db_url, clock=lambda: now[0])
+            try:
+                dispatcher = Dispatcher(store, WebhookStore(store, schedule_s=(3600.0,) * 7))
+                statuses = []
+                for _ in range(7):  # one attempt a day (the schedule's hour has passed)
+                    await dispatcher.run_once()
+                    (listed,) = w.get("/api/v1/callbacks").json()
+                    statuses.append(listed["status"])
+                    now[0] += day
+                return statuses
+            finally:
+                await store.close()
+
+        statuses = asyncio.run(main())
+        assert statuses == ["active"] * 5 + ["disabled"] * 2
+        assert len(endpoint.requests) == 6
+        (listed,) = w.get("/api/v1/callbacks").json()
+        assert "5 days" in listed["disabled_reason"]

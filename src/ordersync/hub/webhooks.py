@@ -37,9 +37,10 @@ import orjson
 import structlog
 
 from ordersync.domain import format_rfc3339
+from ordersync.errors import NotFound
 from ordersync.store.events import LogEvent
 from ordersync.store.hubrise import Event, HubRiseStore
-from ordersync.store.store import Store
+from ordersync.store.store import Principal, Store
 from ordersync.store.webhooks import Claim, Subscription, WebhookStore, secret_key
 from ordersync.wire.hubrise import render_event
 from ordersync.wire.tradecloud import render_order, render_shipment
@@ -268,6 +269,8 @@ class Dispatcher:
             error=error,
             retry_after_s=retry_after,
         )
+        if final == "delivered" and claim.subscription.dialect == "hubrise":
+            await self._acknowledge(claim)
         if final != "delivered":
             log.info(
                 "webhook_not_delivered",
@@ -278,6 +281,13 @@ class Dispatcher:
                 error=error,
             )
         return final
+
+    async def _acknowledge(self, claim: Claim) -> None:
+        """HubRise: an event the callback acknowledged leaves the passive list as well."""
+        sub = claim.subscription
+        caller = Principal(sub.connection_id, sub.connection_name, sub.account_id, "")
+        with contextlib.suppress(NotFound):  # not (or no longer) pending there
+            await self.render.hubrise.acknowledge(caller, claim.event_id)
 
     async def run_forever(self, interval_s: float) -> None:
         """The background task: a round, then sleep when there was nothing to send. Errors
