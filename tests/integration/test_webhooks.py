@@ -201,7 +201,7 @@ def test_masonhub_callback_is_signed_and_rotation_signs_twice(hub: Hub) -> None:
         assert envelope["data"]["status"] == "open"
 
         rotated = w.post(f"/api/v1/callbacks/{callback['id']}/secret")
-        assert rotated.status_code == 200
+        assert rotated.status_code == 200, rotated.text
         new_secret = rotated.json()["secret"]
         with hubrise(hub, erp) as h:
             assert h.patch(f"/v1/location/orders/{order_id}", json={"status": "received"})

@@ -15,8 +15,6 @@ for 24 hours), `POST {base}/{id}/enable`, `GET {base}/{id}/attempts?limit=`,
 `POST {base}/{id}/replay` `{event_id}` or `{since, until}` (RFC 3339).
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -132,6 +130,9 @@ def _time(value: str | None, field: str) -> int | None:
         raise ApiError(422, "request body is invalid", [(field, "an RFC 3339 time")]) from None
 
 
+# No `from __future__ import annotations` in this module: the extension routes are built per
+# dialect in a function, and FastAPI must see their `Caller` annotation as an object, not as a
+# name it cannot resolve from the module.
 def extension_routes(router: APIRouter, base: str, principal: Callable[..., Any], tag: str) -> None:
     """The rotate / enable / attempts / replay routes of one dialect under `base`."""
     Caller = Annotated[Principal, Depends(principal)]
