@@ -142,7 +142,7 @@ def extension_routes(router: APIRouter, base: str, principal: Callable[..., Any]
         summary="ordersync extension: rotate the signing secret",
         description="A new `whsec_` secret, answered once; the previous one keeps signing "
         "(a second `v1,` signature) for 24 hours.",
-        responses=errors(404) | {200: answer("The new secret", _OBJECT)},
+        responses=errors(404, 422) | {200: answer("The new secret", _OBJECT)},
         tags=[tag],
         operation_id=f"{tag}_rotate_webhook_secret",
         openapi_extra=request_body(NoBody, "WebhookNoBody", required=False),
@@ -155,7 +155,7 @@ def extension_routes(router: APIRouter, base: str, principal: Callable[..., Any]
     @router.post(
         f"{base}/{{sub_id}}/enable",
         summary="ordersync extension: enable a disabled subscription (its queue goes out)",
-        responses=errors(404) | {200: answer("The subscription", _OBJECT)},
+        responses=errors(404, 422) | {200: answer("The subscription", _OBJECT)},
         tags=[tag],
         operation_id=f"{tag}_enable_webhook",
         openapi_extra=request_body(NoBody, "WebhookNoBody", required=False),
