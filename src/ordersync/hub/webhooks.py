@@ -41,7 +41,7 @@ from ordersync.errors import NotFound
 from ordersync.store.events import LogEvent
 from ordersync.store.hubrise import Event, HubRiseStore
 from ordersync.store.store import Principal, Store
-from ordersync.store.webhooks import Claim, Subscription, WebhookStore, secret_key
+from ordersync.store.webhooks import Claim, Result, Subscription, WebhookStore, secret_key
 from ordersync.wire.hubrise import render_event
 from ordersync.wire.tradecloud import render_order, render_shipment
 
@@ -236,13 +236,28 @@ class Dispatcher:
         owned = self.http is None
         http = self.http or httpx.AsyncClient(timeout=self.timeout_s)
         try:
-            await asyncio.gather(*(self.send(http, claim) for claim in claims))
+            results = await asyncio.gather(*(self.send(http, claim) for claim in claims))
         finally:
             if owned:
                 await http.aclose()
+        finals = await self.webhooks.settle_many(results)
+        for result, final in zip(results, finals, strict=True):
+            claim = result.claim
+            if final == "delivered" and claim.subscription.dialect == "hubrise":
+                await self._acknowledge(claim)
+            if final != "delivered":
+                log.info(
+                    "webhook_not_delivered",
+                    subscription=claim.subscription.id,
+                    event_id=claim.event_id,
+                    status=result.status_code,
+                    outcome=final,
+                    error=result.error,
+                )
         return len(claims)
 
-    async def send(self, http: httpx.AsyncClient, claim: Claim) -> str:
+    async def send(self, http: httpx.AsyncClient, claim: Claim) -> Result:
+        """POST one claimed delivery; what came of it (settled by the caller, in a batch)."""
         timestamp = self.store.clock() // 1000
         started = time.monotonic()
         status: int | None = None
@@ -261,26 +276,7 @@ class Dispatcher:
             error = repr(exc)
         latency_ms = int((time.monotonic() - started) * 1000)
         outcome = _outcome(claim.subscription.dialect, status)
-        final = await self.webhooks.settle(
-            claim,
-            outcome=outcome,
-            status_code=status,
-            latency_ms=latency_ms,
-            error=error,
-            retry_after_s=retry_after,
-        )
-        if final == "delivered" and claim.subscription.dialect == "hubrise":
-            await self._acknowledge(claim)
-        if final != "delivered":
-            log.info(
-                "webhook_not_delivered",
-                subscription=claim.subscription.id,
-                event_id=claim.event_id,
-                status=status,
-                outcome=final,
-                error=error,
-            )
-        return final
+        return Result(claim, outcome, status, latency_ms, error, retry_after)
 
     async def _acknowledge(self, claim: Claim) -> None:
         """HubRise: an event the callback acknowledged leaves the passive list as well."""

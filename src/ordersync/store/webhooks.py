@@ -135,6 +135,18 @@ class Attempt:
     error: str | None
 
 
+@dataclass(frozen=True)
+class Result:
+    """What one HTTP attempt of a claimed delivery came to (see `WebhookStore.settle_many`)."""
+
+    claim: Claim
+    outcome: str  # delivered | retry | failed | gone
+    status_code: int | None
+    latency_ms: int
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
 # A renderer: the body for one event, or None when the subscriber does not get that event.
 Render = Callable[[Subscription, LogEvent], Awaitable[bytes | None]]
 
@@ -565,19 +577,40 @@ class WebhookStore:
         error: str | None = None,
         retry_after_s: float | None = None,
     ) -> str:
-        """Record an attempt's outcome (`delivered`, `retry`, `failed`: given up on this event,
-        `gone`: the endpoint answered 410) and its attempt row; the resulting outcome
-        (`retry` becomes `failed` past the schedule, and any failure `disabled` once the
-        endpoint has been failing for `disable_after_ms`)."""
+        """`settle_many` of one attempt."""
+        (final,) = await self.settle_many(
+            [Result(claim, outcome, status_code, latency_ms, error, retry_after_s)]
+        )
+        return final
+
+    async def settle_many(self, results: Sequence[Result]) -> list[str]:
+        """Record attempts' outcomes (`delivered`, `retry`, `failed`: given up on this event,
+        `gone`: the endpoint answered 410) and their attempt rows, in one transaction; the
+        resulting outcomes (`retry` becomes `failed` past the schedule, any failure
+        `disabled` once the endpoint has been failing for `disable_after_ms`, `stale` when
+        the lease had expired and another worker took the row). Rows are written in
+        (subscription, delivery) order, so that two workers lock subscriptions in the same
+        order."""
         now = self.store.clock()
+        finals: dict[int, str] = {}
+        ordered = sorted(results, key=lambda r: (r.claim.subscription.id, r.claim.delivery_id))
+        async with self.store.writing(None) as conn:
+            for result in ordered:
+                finals[result.claim.delivery_id] = await self._settle(conn, result, now)
+        return [finals[r.claim.delivery_id] for r in results]
+
+    async def _settle(self, conn: Any, result: Result, now: int) -> str:
+        claim, outcome = result.claim, result.outcome
         d = webhook_deliveries.c
         s = webhook_subscriptions.c
         values: dict[str, Any] = {"lease": None}
         sub_values: dict[str, Any] = {}
+        first_failure: int | None = None
         final = outcome
         if outcome == "delivered":
             values |= {"status": "delivered", "delivered_at": now}
-            sub_values = {"failing_since": None}
+            if claim.subscription.failing_since is not None:
+                sub_values = {"failing_since": None}
         elif outcome == "gone":
             values |= {"status": "pending", "next_attempt_at": now, "attempts": claim.attempts - 1}
             sub_values = {"status": "disabled", "disabled_reason": "the endpoint answered 410 Gone"}
@@ -587,15 +620,15 @@ class WebhookStore:
             if outcome == "retry" and claim.attempts <= len(self.schedule_s):
                 wait = self.schedule_s[claim.attempts - 1]
                 wait *= 1 + self.rng.uniform(-JITTER, JITTER)
-                if retry_after_s is not None:
-                    wait = max(wait, retry_after_s)
+                if result.retry_after_s is not None:
+                    wait = max(wait, result.retry_after_s)
                 values |= {"next_attempt_at": now + int(wait * 1000)}
             else:
                 values |= {"status": "failed"}
                 final = "failed"
-            sub_values = {"failing_since": failing_since}
+            first_failure = failing_since
             if now - failing_since >= self.disable_after_ms:
-                sub_values |= {
+                sub_values = {
                     "status": "disabled",
                     "disabled_reason": "the endpoint has been failing for "
                     f"{self.disable_after_ms // DAY_MS} days",
@@ -603,41 +636,40 @@ class WebhookStore:
                 if final == "failed":
                     values |= {"status": "pending", "next_attempt_at": now}  # kept queued
                 final = "disabled"
-        async with self.store.writing(None) as conn:
-            result = await conn.execute(
-                update(webhook_deliveries)
-                .where(d.id == claim.delivery_id, d.lease == claim.lease)
-                .values(**values)
+        updated = await conn.execute(
+            update(webhook_deliveries)
+            .where(d.id == claim.delivery_id, d.lease == claim.lease)
+            .values(**values)
+        )
+        if updated.rowcount != 1:
+            final = "stale"  # the lease expired and another worker took the row
+        await conn.execute(
+            insert(webhook_attempts).values(
+                subscription_id=claim.subscription.id,
+                delivery_id=claim.delivery_id,
+                event_id=claim.event_id,
+                at=now,
+                status_code=result.status_code,
+                latency_ms=result.latency_ms,
+                outcome=final,
+                error=result.error,
             )
-            if result.rowcount != 1:
-                final = "stale"  # the lease expired and another worker took the row
+        )
+        if final == "stale":
+            return final
+        if first_failure is not None:
+            # The first failure's time is kept when it is already set.
             await conn.execute(
-                insert(webhook_attempts).values(
-                    subscription_id=claim.subscription.id,
-                    delivery_id=claim.delivery_id,
-                    event_id=claim.event_id,
-                    at=now,
-                    status_code=status_code,
-                    latency_ms=latency_ms,
-                    outcome=final,
-                    error=error,
-                )
+                update(webhook_subscriptions)
+                .where(s.id == claim.subscription.id, s.failing_since.is_(None))
+                .values(failing_since=first_failure, updated_at=now)
             )
-            if sub_values and final != "stale":
-                sub_values["updated_at"] = now
-                if "failing_since" in sub_values and sub_values["failing_since"] is not None:
-                    # Keep the first failure's time when it is already set.
-                    await conn.execute(
-                        update(webhook_subscriptions)
-                        .where(s.id == claim.subscription.id, s.failing_since.is_(None))
-                        .values(failing_since=sub_values.pop("failing_since"))
-                    )
-                    sub_values.pop("failing_since", None)
-                await conn.execute(
-                    update(webhook_subscriptions)
-                    .where(s.id == claim.subscription.id)
-                    .values(**sub_values)
-                )
+        if sub_values:
+            await conn.execute(
+                update(webhook_subscriptions)
+                .where(s.id == claim.subscription.id)
+                .values(**sub_values, updated_at=now)
+            )
         return final
 
     async def deliveries(self, sub_id: str) -> list[tuple[int, str, int]]:
