@@ -46,7 +46,7 @@ class Received:
 class Receiver:
     """An HTTP endpoint that records every request and answers from a script (then 200)."""
 
-    script: list[int] = field(default_factory=list)
+    script: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     requests: list[tuple[Received, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
@@ -68,9 +68,11 @@ class Receiver:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         with self.lock:
-            status = self.script.pop(0) if self.script else 200
+            step = self.script.pop(0) if self.script else 200
+            status, extra = step if isinstance(step, tuple) else (step, {})
             self.requests.append((Received(headers, body), status))
-        await send({"type": "http.response.start", "status": status, "headers": []})
+        answer_headers = [(k.encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": answer_headers})
         await send({"type": "http.response.body", "body": b"{}"})
 
     def delivered(self) -> list[Received]:
@@ -79,7 +81,7 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def receiver(*script: int) -> Iterator[Receiver]:
+def receiver(*script: int | tuple[int, dict[str, str]]) -> Iterator[Receiver]:
     endpoint = Receiver(list(script))
     with serve_in_thread(endpoint) as base:
         endpoint.url = f"{base}/hook"
@@ -412,3 +414,44 @@ def test_an_endpoint_failing_for_5_days_is_disabled(hub: Hub) -> None:
         assert len(endpoint.requests) == 6
         (listed,) = w.get("/api/v1/callbacks").json()
         assert "5 days" in listed["disabled_reason"]
+
+
+def test_retry_after_is_honoured_and_tradecloud_4xx_is_not_retried(hub: Hub) -> None:
+    erp, watcher = tokens(hub, "erp", "watcher")
+    throttled = (429, {"Retry-After": "3600"})
+    with receiver(throttled) as mh, receiver(400) as tc, mason(hub, watcher) as w:
+        w.post("/api/v1/callbacks", json=[{"url": mh.url, "message_type": "orderEvent"}])
+        with httpx.Client(
+            base_url=hub.base_url, headers={"Authorization": f"Bearer {watcher}"}
+        ) as t:
+            assert t.post("/v2/webhooks", json={"url": tc.url}).status_code == 201
+        with mason(hub, erp) as m, hubrise(hub, erp) as h:
+            order_id = m.post("/api/v1/orders", json=[order_payload("R-1")]).json()["data"][0]["id"]
+            _materialise(hub)
+            assert h.patch(f"/v1/location/orders/{order_id}", json={"status": "received"})
+            _materialise(hub)
+        now = [int(time.time() * 1000)]
+
+        async def main() -> None:
+            store = await Store.open(hub.db_url, clock=lambda: now[0])
+            try:
+                dispatcher = Dispatcher(store, WebhookStore(store, schedule_s=FAST))
+                for _ in range(3):
+                    await dispatcher.run_once()
+                # MasonHub: one 429, then nothing for the hour Retry-After asked for.
+                assert [status for _, status in mh.requests] == [429]
+                # Tradecloud: the 400 is not retried; the order's next event goes on.
+                assert [status for _, status in tc.requests] == [400, 200]
+                now[0] += 3_601_000
+                for _ in range(3):
+                    await dispatcher.run_once()
+            finally:
+                await store.close()
+
+        asyncio.run(main())
+        assert [status for _, status in mh.requests] == [429, 200, 200]
+        versions = [r.json["data"]["version"] for r in mh.delivered()]
+        assert versions == [1, 2]
+        (webhook,) = w.get("/api/v1/callbacks").json()
+        attempts = w.get(f"/api/v1/callbacks/{webhook['id']}/attempts").json()["data"]
+        assert [(a["status_code"], a["outcome"]) for a in attempts][-1] == (429, "retry")
