@@ -455,3 +455,34 @@ def test_retry_after_is_honoured_and_tradecloud_4xx_is_not_retried(hub: Hub) -> 
         (webhook,) = w.get("/api/v1/callbacks").json()
         attempts = w.get(f"/api/v1/callbacks/{webhook['id']}/attempts").json()["data"]
         assert [(a["status_code"], a["outcome"]) for a in attempts][-1] == (429, "retry")
+
+
+def test_a_worker_that_dies_after_claiming_leaves_the_event_to_another(hub: Hub) -> None:
+    erp, watcher = tokens(hub, "erp", "watcher")
+    with receiver() as endpoint, mason(hub, watcher) as w, mason(hub, erp) as m:
+        w.post("/api/v1/callbacks", json=[{"url": endpoint.url, "message_type": "orderEvent"}])
+        m.post("/api/v1/orders", json=[order_payload("C-1")])
+        _materialise(hub)
+        now = [int(time.time() * 1000)]
+
+        async def main() -> tuple[int, int, int]:
+            store = await Store.open(hub.db_url, clock=lambda: now[0])
+            try:
+                dead = WebhookStore(store, schedule_s=FAST)
+                (claimed,) = await dead.claim(10)  # ... and the worker dies before sending
+                survivor = Dispatcher(store, WebhookStore(store, schedule_s=FAST))
+                during_lease = await survivor.run_once()
+                now[0] += dead.lease_ms + 1
+                after_lease = await survivor.run_once()
+                # The dead worker's late answer cannot undo what the survivor recorded.
+                late = await dead.settle(claimed, outcome="retry", status_code=None, latency_ms=0)
+                return during_lease, after_lease, len(late)
+            finally:
+                await store.close()
+
+        during_lease, after_lease, _ = asyncio.run(main())
+        assert (during_lease, after_lease) == (0, 1)
+        assert len(endpoint.delivered()) == 1
+        (sub,) = w.get("/api/v1/callbacks").json()
+        attempts = w.get(f"/api/v1/callbacks/{sub['id']}/attempts").json()["data"]
+        assert [a["outcome"] for a in attempts] == ["stale", "delivered"]
