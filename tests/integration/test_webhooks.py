@@ -486,3 +486,14 @@ def test_a_worker_that_dies_after_claiming_leaves_the_event_to_another(hub: Hub)
         (sub,) = w.get("/api/v1/callbacks").json()
         attempts = w.get(f"/api/v1/callbacks/{sub['id']}/attempts").json()["data"]
         assert [a["outcome"] for a in attempts] == ["stale", "delivered"]
+
+        async def prune() -> int:
+            # Past the retention, settled rows and attempts go (one pruning pass).
+            store = await Store.open(hub.db_url, clock=lambda: now[0] + 31 * 86_400_000)
+            try:
+                return await WebhookStore(store).prune(30 * 86_400_000)
+            finally:
+                await store.close()
+
+        assert asyncio.run(prune()) == 3  # the delivery row and its two attempts
+        assert w.get(f"/api/v1/callbacks/{sub['id']}/attempts").json()["data"] == []

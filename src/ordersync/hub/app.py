@@ -76,7 +76,13 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
             tasks = [pruning]
             if settings.webhook_delivery:
                 tasks.append(
-                    asyncio.ensure_future(dispatcher.run_forever(settings.webhook_interval_s))
+                    asyncio.ensure_future(
+                        dispatcher.run_forever(
+                            settings.webhook_interval_s,
+                            retention_ms=int(settings.event_retention_days * DAY_MS),
+                            prune_every_s=settings.event_prune_interval_s,
+                        )
+                    )
                 )
             try:
                 yield

@@ -285,14 +285,21 @@ class Dispatcher:
         with contextlib.suppress(NotFound):  # not (or no longer) pending there
             await self.render.hubrise.acknowledge(caller, claim.event_id)
 
-    async def run_forever(self, interval_s: float) -> None:
-        """The background task: a round, then sleep when there was nothing to send. Errors
-        are logged and retried next round; committed state makes a crash lose nothing."""
+    async def run_forever(
+        self, interval_s: float, *, retention_ms: int | None = None, prune_every_s: float = 300
+    ) -> None:
+        """The background task: a round, then sleep when there was nothing to send; every
+        `prune_every_s` the settled rows older than `retention_ms` go. Errors are logged and
+        retried next round; committed state makes a crash lose nothing."""
+        next_prune = time.monotonic() + prune_every_s
         async with httpx.AsyncClient(timeout=self.timeout_s) as http:
             self.http = http
             while True:
                 sent = 0
                 try:
+                    if retention_ms is not None and time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + prune_every_s
+                        await self.webhooks.prune(retention_ms)
                     sent = await self.run_once()
                 except asyncio.CancelledError:
                     raise

@@ -672,6 +672,21 @@ class WebhookStore:
             )
         return final
 
+    async def prune(self, retention_ms: int) -> int:
+        """Delete settled queue rows and attempts older than `retention_ms` (the event log's
+        retention: a replay can reach back as far as the log does); how many rows."""
+        cutoff = self.store.clock() - retention_ms
+        d = webhook_deliveries.c
+        a = webhook_attempts.c
+        async with self.store.writing(None) as conn:
+            gone = await conn.execute(
+                delete(webhook_deliveries).where(
+                    d.status.in_(("delivered", "failed")), d.created_at < cutoff
+                )
+            )
+            old = await conn.execute(delete(webhook_attempts).where(a.at < cutoff))
+        return int(gone.rowcount) + int(old.rowcount)
+
     async def deliveries(self, sub_id: str) -> list[tuple[int, str, int]]:
         """(event id, status, attempts) of a subscription's queue, in event id order (tests)."""
         d = webhook_deliveries.c
