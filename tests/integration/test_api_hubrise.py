@@ -481,7 +481,7 @@ def test_a_callback_can_be_deleted_and_events_need_one(hub: Hub) -> None:
     [
         ({"events": {"order": ["delete"]}}, "events.order"),
         ({"events": {"catalog": ["update"]}}, "events.catalog"),
-        ({"url": "https://example.com/cb", "events": {"order": ["create"]}}, "url"),
+        ({"url": "ftp://example.com/cb", "events": {"order": ["create"]}}, "url"),
     ],
 )
 def test_bad_callback_bodies_are_a_422(hub: Hub, body: dict[str, Any], field: str) -> None:

@@ -14,7 +14,13 @@ from ordersync import __version__
 from ordersync.domain import now_ms
 from ordersync.hub.access_log import AccessLog
 from ordersync.hub.body_limit import BodySizeLimit
-from ordersync.hub.dialects import hubrise, masonhub, masonhub_requests, tradecloud
+from ordersync.hub.dialects import (
+    hubrise,
+    masonhub,
+    masonhub_requests,
+    tradecloud,
+    webhook_routes,
+)
 from ordersync.hub.errors import install_error_handlers
 from ordersync.hub.faults import FaultInjector, late_commit_clock
 from ordersync.hub.metrics import HubMetrics
@@ -25,12 +31,14 @@ from ordersync.hub.ratelimit import install_rate_limits
 from ordersync.hub.settings import HubSettings
 from ordersync.hub.simulator import Simulation
 from ordersync.hub.status_page import install_operator_pages
+from ordersync.hub.webhooks import Dispatcher
 from ordersync.store.counts import CountCompactor
 from ordersync.store.events import DAY_MS, EventLog, prune_forever
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.idempotency import KeyPruner, prune_keys_forever
 from ordersync.store.requests import RequestStore, resolve_forever
 from ordersync.store.store import Store, commit_lag_ms
+from ordersync.store.webhooks import WebhookStore
 
 API_PREFIXES = ("/api/", "/v2/", "/v1/")
 
@@ -62,6 +70,8 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     compactor = CountCompactor(hub_store.writer, lambda: hub_store.clock())
     # Deletes idempotency keys past their retention (at least 24 hours by default).
     key_pruner = KeyPruner(hub_store.writer, lambda: hub_store.clock(), settings.idempotency_hours)
+    webhooks = WebhookStore(hub_store, schedule_s=settings.webhook_retry_schedule_s)
+    dispatcher = Dispatcher(hub_store, webhooks, timeout_s=settings.webhook_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,6 +90,16 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
                     resolve_forever(requests, settings.request_resolve_interval_s)
                 ),
             ]
+            if settings.webhook_delivery:
+                background.append(
+                    asyncio.ensure_future(
+                        dispatcher.run_forever(
+                            settings.webhook_interval_s,
+                            retention_ms=int(settings.event_retention_days * DAY_MS),
+                            prune_every_s=settings.event_prune_interval_s,
+                        )
+                    )
+                )
             try:
                 yield
             finally:
@@ -113,6 +133,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.state.key_pruner = key_pruner
     app.state.requests = requests  # MasonHub asynchronous writes and their resolver
     app.state.sandbox = settings.sandbox_enabled
+    app.state.webhooks = webhooks
     # Listings advertise it (X-Ordersync-Commit-Lag-Ms); the agent's default lookback.
     app.state.commit_lag_ms = commit_lag_ms(hub_store.write_timeout_ms)
     app.state.warehouse = simulation  # runs while the lifespan does
@@ -121,6 +142,9 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.include_router(masonhub.router)
     app.include_router(masonhub_requests.router)
     app.include_router(tradecloud.router)
+    app.include_router(webhook_routes.masonhub_router)
+    app.include_router(webhook_routes.tradecloud_router)
+    app.include_router(webhook_routes.hubrise_router)
     hubrise.install(app)  # router under /v1 and its X-Http-Method-Override middleware
     metrics = HubMetrics()
     install_operator_pages(app, settings, metrics)  # /status, /status.json, /metrics

@@ -325,10 +325,14 @@ class HubRiseEventLogPage(BaseModel):
 
 
 class HubRiseCallback(BaseModel):
-    """This connection's callback: passive (no url), with the event types it follows."""
+    """This connection's callback: passive (no url) or active, with the event types it
+    follows; an active one also has the extension fields `id`, `status` (and `secret` once)."""
 
-    url: None
+    url: str | None
     events: dict[str, list[str]]
+    id: str | None = None
+    status: str | None = None
+    secret: str | None = None
 
 
 # -- request examples (shown in /docs, and sent first by the fuzzing run) -----------------------

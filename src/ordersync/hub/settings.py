@@ -37,6 +37,13 @@ class HubSettings:
     event_prune_interval_s: float = 300.0
     # Idempotency keys are kept at least this long (then pruned, every event_prune_interval_s).
     idempotency_hours: float = 24.0
+    # Webhook delivery (README, "Webhooks"): each worker sends queued events every
+    # `webhook_interval_s` when idle (False: this worker sends none); the retry waits in seconds
+    # (Standard Webhooks' default; tests compress them).
+    webhook_delivery: bool = True
+    webhook_interval_s: float = 0.5
+    webhook_retry_schedule_s: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_timeout_s: float = 15.0
     # A write must commit within this of its start, else it is rolled back (503); also the
     # PostgreSQL statement_timeout and idle_in_transaction_session_timeout. The advertised
     # commit lag (X-Ordersync-Commit-Lag-Ms) is derived from it (store.commit_lag_ms).
@@ -121,6 +128,8 @@ _NUMBERS: tuple[tuple[str, str, type[int] | type[float]], ...] = (
     ("event_retention_days", "ORDERSYNC_HUB_EVENT_RETENTION_DAYS", float),
     ("event_prune_interval_s", "ORDERSYNC_HUB_EVENT_PRUNE_INTERVAL_S", float),
     ("idempotency_hours", "ORDERSYNC_HUB_IDEMPOTENCY_HOURS", float),
+    ("webhook_interval_s", "ORDERSYNC_HUB_WEBHOOK_INTERVAL_S", float),
+    ("webhook_timeout_s", "ORDERSYNC_HUB_WEBHOOK_TIMEOUT_S", float),
     ("write_timeout_ms", "ORDERSYNC_HUB_WRITE_TIMEOUT_MS", int),
     ("clock_skew_ms", "ORDERSYNC_HUB_CLOCK_SKEW_MS", int),
     ("request_resolve_delay_ms", "ORDERSYNC_HUB_REQUEST_RESOLVE_DELAY_MS", int),

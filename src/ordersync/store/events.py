@@ -147,7 +147,7 @@ class PositionPruned(Exception):
         self.head = head
 
 
-def _events_statement() -> Any:
+def _events_statement(kinds: tuple[str, ...] | None = FEED_KINDS) -> Any:
     c = changes.c
     joined = (
         changes.outerjoin(connections, connections.c.id == c.connection_id)
@@ -169,9 +169,9 @@ def _events_statement() -> Any:
         .select_from(joined)
         .where(
             c.account_id == bindparam("account_id"),
-            # Entity versions only: request resolutions ("request" rows, see
-            # `ordersync.store.requests`) are for callbacks and webhooks, not the polling feed.
-            c.entity_kind.in_(FEED_KINDS),
+            # The polling feed serves entity versions only: request resolutions ("request"
+            # rows, see `ordersync.store.requests`) are for webhooks (`kinds=None`).
+            c.entity_kind.in_(kinds) if kinds is not None else c.entity_kind.is_not(None),
             c.event_id > bindparam("after"),
             c.event_id < bindparam("frontier"),
         )
@@ -181,6 +181,7 @@ def _events_statement() -> Any:
 
 
 _EVENTS = _events_statement()
+_ALL_EVENTS = _events_statement(None)
 _PRUNED_THROUGH = select(event_log.c.pruned_through).where(event_log.c.id == 1)
 
 
@@ -191,16 +192,19 @@ class EventLog:
         self.store = store
         self.retention_ms = retention_ms
 
-    async def read(self, account_id: int, after: int, limit: int) -> EventPage:
+    async def read(
+        self, account_id: int, after: int, limit: int, *, every_kind: bool = False
+    ) -> EventPage:
         """Up to `limit` events of the account after `after`, in id order; `PositionPruned`
-        when `after` is below the pruned horizon."""
+        when `after` is below the pruned horizon. Orders and shipments only, unless
+        `every_kind` (request resolutions too: the webhook outbox)."""
         async with self.store.reader.connect() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
             edge = await frontier(conn)
             rows = (
                 await conn.execute(
-                    _EVENTS,
+                    _ALL_EVENTS if every_kind else _EVENTS,
                     {"account_id": account_id, "after": after, "frontier": edge, "limit": limit},
                 )
             ).all()

@@ -264,3 +264,86 @@ order_cancel_requests = Table(
     Index("ix_order_cancel_requests_account", "account_id", "created_at"),
     Index("ix_order_cancel_requests_order", "order_id"),
 )
+
+# Webhook subscriptions (MasonHub callbacks, HubRise active callbacks, Tradecloud webhooks):
+# one row per URL a connection asked to be called on. `cursor` is the last event id of the log
+# materialised into `webhook_deliveries` for it (events below the frontier only, so no later
+# commit can slip in under it). See `ordersync.store.webhooks`.
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("connection_id", Integer, ForeignKey("connections.id"), nullable=False),
+    Column("dialect", String(20), nullable=False),  # masonhub | hubrise | tradecloud
+    Column("url", Text, nullable=False),
+    Column("message_type", String(40), nullable=False),  # e.g. orderEvent; "*" for all
+    Column("api_version", String(20), nullable=True),
+    Column("auth", Text, nullable=True),  # JSON: {"scheme": "token|basic|bearer", ...}
+    Column("events", Text, nullable=True),  # HubRise: JSON {"order": ["create", "update"]}
+    Column("cursor", BigInteger, nullable=False),
+    Column("status", String(20), nullable=False),  # active | disabled
+    Column("disabled_reason", Text, nullable=True),
+    Column("failing_since", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_webhook_subscriptions_connection", "connection_id"),
+)
+
+# A subscription's signing secrets: the newest, and during a rotation the previous one until
+# `expires_at` (both sign every delivery meanwhile, as Standard Webhooks rotation says).
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("subscription_id", String(36), nullable=False),
+    Column("secret", String(100), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Index("ix_webhook_secrets_subscription", "subscription_id"),
+)
+
+# The pending queue: one row per (subscription, event) to deliver, body rendered when the event
+# was materialised. Per (subscription, entity) only the row with the smallest event id among the
+# pending ones may be attempted: ordered per entity, and one stuck entity blocks nothing else.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("subscription_id", String(36), nullable=False),
+    Column("entity_key", String(50), nullable=False),  # "<kind>:<id>"
+    Column("event_id", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("status", String(20), nullable=False),  # pending | delivered | failed | disabled
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("lease", String(36), nullable=True),  # the claim of the worker sending it now
+    Column("created_at", BigInteger, nullable=False),
+    Column("event_created_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger, nullable=True),
+    UniqueConstraint("subscription_id", "event_id", name="uq_webhook_deliveries_event"),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_entity", "subscription_id", "entity_key", "status", "event_id"),
+)
+
+# Every HTTP attempt of a delivery: what the receiver answered and how long it took.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("subscription_id", String(36), nullable=False),
+    Column("delivery_id", BigInteger, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("latency_ms", Integer, nullable=False),
+    Column("outcome", String(20), nullable=False),  # delivered | retry | failed | disabled
+    Column("error", Text, nullable=True),
+    Index("ix_webhook_attempts_subscription", "subscription_id", "id"),
+)

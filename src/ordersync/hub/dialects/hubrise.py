@@ -76,6 +76,8 @@ from ordersync.store.hubrise import (
     PrivateRefTaken,
 )
 from ordersync.store.store import Principal, Store
+from ordersync.store.webhooks import Subscription as WebhookSubscription
+from ordersync.store.webhooks import WebhookStore, url_problem
 
 PREFIX = "/v1"
 MAX_COUNT = 100
@@ -426,8 +428,20 @@ async def patch_order(request: Request, caller: Caller, order_id: str) -> Respon
 # -- callbacks ---------------------------------------------------------------------------------
 
 
-def _render_callback(events: dict[str, list[str]] | None) -> dict[str, Any]:
-    return {"url": None, "events": events or {}}
+def _render_callback(
+    events: dict[str, list[str]] | None, active: WebhookSubscription | None = None
+) -> dict[str, Any]:
+    """The callback; with an active one (a url) also its ordersync extension fields: the
+    subscription `id` (for /v1/webhooks/{id}/...) and `status`."""
+    if active is None:
+        return {"url": None, "events": events or {}}
+    return {"url": active.url, "events": events or {}, "id": active.id, "status": active.status}
+
+
+async def _active(request: Request, caller: Principal) -> WebhookSubscription | None:
+    webhooks: WebhookStore = request.app.state.webhooks
+    found = await webhooks.subscriptions(caller, "hubrise")
+    return found[0] if found else None
 
 
 @router.get(
@@ -437,12 +451,13 @@ def _render_callback(events: dict[str, list[str]] | None) -> dict[str, Any]:
 )
 async def get_callback(request: Request, caller: Caller) -> Response:
     callback = await _hubrise(request).get_callback(caller)
-    return _json(_render_callback(callback.events if callback else None))
+    active = await _active(request, caller) if callback else None
+    return _json(_render_callback(callback.events if callback else None, active))
 
 
 @router.post(
     "/callback",
-    summary="Create or replace this connection's (passive) callback",
+    summary="Create or replace this connection's callback (active with a url)",
     responses=errors(415, 422) | {200: answer("The callback", _CALLBACK)},
     openapi_extra=request_body(CallbackIn, "HubRiseCallbackIn", example=CALLBACK_EXAMPLE),
 )
@@ -450,14 +465,9 @@ async def get_callback(request: Request, caller: Caller) -> Response:
 async def put_callback(request: Request, caller: Caller) -> Response:
     body = _model(CallbackIn, await _body(request))
     errors: FieldErrors = []
-    if body.url is not None:
-        errors.append(
-            (
-                "url",
-                "this hub keeps passive callbacks only: leave url out and poll "
-                "GET /v1/callback/events",
-            )
-        )
+    problem = None if body.url is None else url_problem(body.url)
+    if problem is not None:
+        errors.append(("url", problem))
     if not body.events:
         errors.append(("events", 'name at least one, e.g. {"order": ["create", "update"]}'))
     for kind, types in body.events.items():
@@ -467,9 +477,31 @@ async def put_callback(request: Request, caller: Caller) -> Response:
             errors.append((f"events.{kind}", f"a non-empty list of {', '.join(EVENT_TYPES)}"))
     if errors:
         raise ApiError(422, "Validation failed", errors)
-    return await _hubrise(request).put_callback_answered(
-        caller, body.events, lambda callback: _json(_render_callback(callback.events))
-    )
+    # Active delivery (a url): one subscription per connection, replaced when the url changes;
+    # its secret (extension field `secret`) is answered when it is created. Events stay
+    # listable (passive) either way. The passive callback and the answer (with an
+    # Idempotency-Key, the key too) commit last, together.
+    webhooks: WebhookStore = request.app.state.webhooks
+    active = await _active(request, caller)
+    secret = None
+    if body.url is None:
+        if active is not None:
+            await webhooks.delete(caller, "hubrise", None)
+        active = None
+    elif active is None or active.url != body.url:
+        active, secret = await webhooks.create(
+            caller, "hubrise", body.url, "*", events=body.events, replace=True
+        )
+    else:
+        active = await webhooks.set_events(caller, active.id, body.events)
+
+    def render(callback: Any) -> Response:
+        rendered = _render_callback(callback.events, active)
+        if secret is not None:
+            rendered["secret"] = secret
+        return _json(rendered)
+
+    return await _hubrise(request).put_callback_answered(caller, body.events, render)
 
 
 @router.delete(
@@ -479,6 +511,8 @@ async def put_callback(request: Request, caller: Caller) -> Response:
 )
 @idempotent
 async def delete_callback(request: Request, caller: Caller) -> Response:
+    webhooks: WebhookStore = request.app.state.webhooks
+    await webhooks.delete(caller, "hubrise", None)
     return await _hubrise(request).delete_callback_answered(
         caller, lambda _: _json(_render_callback(None))
     )

@@ -1,0 +1,356 @@
+"""Webhook delivery: each hub worker's background task sends the queued events out.
+
+A round (`Dispatcher.run_once`): materialise new events of the log into the queue (see
+`ordersync.store.webhooks`), claim the due deliveries (the oldest pending one per entity),
+POST them concurrently with httpx and settle each outcome. Every request carries the Standard
+Webhooks headers
+
+    webhook-id: <the event id, as in polling>
+    webhook-timestamp: <unix seconds>
+    webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}"> [one per secret]
+
+keyed with the subscription's `whsec_` secrets (two during a rotation), and the dialect's own:
+HubRise `X-HubRise-Hmac-SHA256` (hex HMAC-SHA256 of the raw body with the newest secret's
+key), the MasonHub callback's static `token` as `Authorization: Bearer <token>`, a Tradecloud
+webhook's Basic or Bearer credentials as `Authorization`.
+
+Acknowledged: any 2xx (HubRise: any 200-499, as HubRise documents). 410 disables the
+subscription (its queue is kept). Retried with the jittered schedule, no sooner than a
+`Retry-After`: every other answer and network error, except Tradecloud's 4xx and 500, which
+Tradecloud does not retry (the event is marked failed; later events of the order go on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from ordersync.domain import format_rfc3339
+from ordersync.errors import NotFound
+from ordersync.store.events import LogEvent
+from ordersync.store.hubrise import Event, HubRiseStore
+from ordersync.store.requests import RequestStore
+from ordersync.store.store import Principal, Store
+from ordersync.store.webhooks import Claim, Result, Subscription, WebhookStore, secret_key
+from ordersync.wire.hubrise import render_event
+from ordersync.wire.tradecloud import render_order, render_shipment
+
+log = structlog.get_logger("ordersync.hub")
+
+CLAIM_BATCH = 50
+TIMEOUT_S = 15.0
+MESSAGE_NAMESPACE = uuid.UUID("6f1c2a52-8d1e-4c61-9a3c-0d6f3c1b7e10")
+
+# Which MasonHub message type an event is, by its kind; resolutions come from the asynchronous
+# update and cancel requests (their events' kinds).
+MASONHUB_TYPES = {
+    "order": "orderEvent",
+    "shipment": "orderEvent",
+}
+# A request resolution (a "request" row of the log, see `ordersync.store.requests`) is its
+# event type: orderUpdateResolution or orderCancelResolution.
+RESOLUTION_TYPES = ("orderUpdateResolution", "orderCancelResolution")
+TRADECLOUD_NAMES = {
+    "order.created": "OrderIssuedByBuyer",
+    "order.cancelled": "OrderLinesCancelledBySupplier",
+    "shipment.created": "ShipmentIssuedBySupplier",
+}
+
+
+def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value: `v1,<base64>` per secret, space-separated."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(secret_key(s), signed, hashlib.sha256).digest()).decode()
+        for s in secrets
+    )
+
+
+def hubrise_hmac(secret: str, body: bytes) -> str:
+    return hmac.new(secret_key(secret), body, hashlib.sha256).hexdigest()
+
+
+def message_id(sub: Subscription, event_id: int) -> str:
+    """MasonHub's `message_id` (a UUID): the same for every retry of the same event."""
+    return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{sub.id}:{event_id}"))
+
+
+def headers_for(claim: Claim, timestamp: int) -> dict[str, str]:
+    sub = claim.subscription
+    msg_id = str(claim.event_id)
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "ordersync-hub-webhooks",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(claim.secrets, msg_id, timestamp, claim.body),
+    }
+    if sub.dialect == "hubrise" and claim.secrets:
+        headers["X-HubRise-Hmac-SHA256"] = hubrise_hmac(claim.secrets[0], claim.body)
+    auth = sub.auth or {}
+    if auth.get("scheme") in ("token", "bearer") and auth.get("token"):
+        headers["authorization"] = f"Bearer {auth['token']}"
+    elif auth.get("scheme") == "basic":
+        raw = f"{auth.get('username', '')}:{auth.get('password', '')}".encode()
+        headers["authorization"] = "Basic " + base64.b64encode(raw).decode()
+    return headers
+
+
+class Renderer:
+    """Each dialect's body for one event; None when the subscriber does not want it."""
+
+    def __init__(self, store: Store) -> None:
+        self.hubrise = HubRiseStore(store)
+        self.requests = RequestStore(store)
+
+    async def __call__(self, sub: Subscription, event: LogEvent) -> bytes | None:
+        if event.kind == "request":
+            return await self.resolution(sub, event)
+        assert event.doc is not None
+        if sub.dialect == "masonhub":
+            return self.masonhub(sub, event)
+        if sub.dialect == "hubrise":
+            return await self.hubrise_event(sub, event)
+        return self.tradecloud(sub, event)
+
+    async def resolution(self, sub: Subscription, event: LogEvent) -> bytes | None:
+        """MasonHub's orderUpdateResolution / orderCancelResolution callback; the other
+        dialects have no such message."""
+        if sub.dialect != "masonhub" or event.event_type not in RESOLUTION_TYPES:
+            return None
+        if sub.message_type != event.event_type:
+            return None
+        data = await self.requests.resolution(event.event_type, event.entity_id)
+        if data is None:
+            return None
+        return self._envelope(sub, event, event.event_type, data)
+
+    def _envelope(
+        self, sub: Subscription, event: LogEvent, message_type: str, data: dict[str, Any]
+    ) -> bytes:
+        data = data | {"event_id": event.event_id, "version": event.version}
+        return orjson.dumps(
+            {
+                "callback_url": sub.url,
+                "message_type": message_type,
+                "message_id": message_id(sub, event.event_id),
+                "data": data,
+            }
+        )
+
+    def masonhub(self, sub: Subscription, event: LogEvent) -> bytes | None:
+        message_type = MASONHUB_TYPES.get(event.kind)
+        if message_type is None or message_type != sub.message_type:
+            return None
+        doc = orjson.loads(event.doc or "{}")
+        data: dict[str, Any]
+        if event.kind == "order":
+            data = {
+                "order_id": doc.get("id"),
+                "customer_identifier": doc.get("customer_identifier"),
+                "status": doc.get("status"),
+                "shipments": doc.get("shipments", []),
+                "shorts": doc.get("shorts", []),
+            }
+        elif event.kind == "shipment":
+            data = {
+                "order_id": doc.get("order_id"),
+                "customer_identifier": doc.get("customer_identifier"),
+                "status": doc.get("status"),
+                "shipments": [doc],
+                "shorts": [],
+            }
+        else:
+            return None
+        return self._envelope(sub, event, message_type, data)
+
+    async def hubrise_event(self, sub: Subscription, event: LogEvent) -> bytes | None:
+        if event.kind not in ("order", "shipment"):
+            return None
+        kind_type = "create" if event.event_type == f"{event.kind}.created" else "update"
+        wanted = (sub.events or {}).get(event.kind, [])
+        if kind_type not in wanted:
+            return None
+        location = await self.hubrise.location(sub.account_id)
+        shown = Event(
+            event.event_id,
+            event.kind,
+            event.entity_id,
+            event.version,
+            kind_type,
+            event.created_at,
+            event.doc,
+            None,
+        )
+        return orjson.dumps(render_event(shown, location))
+
+    def tradecloud(self, sub: Subscription, event: LogEvent) -> bytes | None:
+        if event.kind not in ("order", "shipment"):
+            return None
+        doc = orjson.loads(event.doc or "{}")
+        name = TRADECLOUD_NAMES.get(event.event_type)
+        if name is None:
+            name = "OrderUpdated" if event.kind == "order" else "ShipmentUpdatedBySupplier"
+        key = "orderEvent" if event.kind == "order" else "singleDeliveryOrderEvent"
+        rendered = render_order(doc) if event.kind == "order" else render_shipment(doc)
+        rendered["eventId"] = event.event_id
+        meta = {
+            "messageId": message_id(sub, event.event_id),
+            "eventId": event.event_id,
+            "version": event.version,
+            "ordersyncEventType": event.event_type,
+            "createdDateTime": format_rfc3339(event.created_at),
+        }
+        return orjson.dumps({"eventName": name, key: rendered, "meta": meta})
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: the schedule's wait applies
+
+
+class Dispatcher:
+    """Materialise, claim, send, settle: one round at a time, or forever in the background."""
+
+    def __init__(
+        self,
+        store: Store,
+        webhooks: WebhookStore,
+        *,
+        http: httpx.AsyncClient | None = None,
+        timeout_s: float = TIMEOUT_S,
+        batch: int = CLAIM_BATCH,
+    ) -> None:
+        self.store = store
+        self.webhooks = webhooks
+        self.render = Renderer(store)
+        self.http = http
+        self.timeout_s = timeout_s
+        self.batch = batch
+
+    async def run_once(self) -> int:
+        """One round; how many deliveries were attempted."""
+        subs = await self.webhooks.active()
+        if not subs:
+            return 0  # reads only: an idle hub takes no write lock (SQLite has one)
+        for sub in subs:
+            await self.webhooks.materialise_one(sub, self.render)
+        if not await self.webhooks.any_due():
+            return 0
+        claims = await self.webhooks.claim(self.batch)
+        if not claims:
+            return 0
+        owned = self.http is None
+        http = self.http or httpx.AsyncClient(timeout=self.timeout_s)
+        try:
+            results = await asyncio.gather(*(self.send(http, claim) for claim in claims))
+        finally:
+            if owned:
+                await http.aclose()
+        finals = await self.webhooks.settle_many(results)
+        for result, final in zip(results, finals, strict=True):
+            claim = result.claim
+            if final == "delivered" and claim.subscription.dialect == "hubrise":
+                await self._acknowledge(claim)
+            if final != "delivered":
+                log.info(
+                    "webhook_not_delivered",
+                    subscription=claim.subscription.id,
+                    event_id=claim.event_id,
+                    status=result.status_code,
+                    outcome=final,
+                    error=result.error,
+                )
+        return len(claims)
+
+    async def send(self, http: httpx.AsyncClient, claim: Claim) -> Result:
+        """POST one claimed delivery; what came of it (settled by the caller, in a batch)."""
+        timestamp = self.store.clock() // 1000
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        try:
+            response = await http.post(
+                claim.subscription.url,
+                content=claim.body,
+                headers=headers_for(claim, timestamp),
+                timeout=self.timeout_s,
+            )
+            status = response.status_code
+            retry_after = _retry_after(response.headers.get("retry-after"))
+        except httpx.HTTPError as exc:
+            error = repr(exc)
+        latency_ms = int((time.monotonic() - started) * 1000)
+        outcome = _outcome(claim.subscription.dialect, status)
+        return Result(claim, outcome, status, latency_ms, error, retry_after)
+
+    async def _acknowledge(self, claim: Claim) -> None:
+        """HubRise: an event the callback acknowledged leaves the passive list as well."""
+        sub = claim.subscription
+        caller = Principal(sub.connection_id, sub.connection_name, sub.account_id, "")
+        with contextlib.suppress(NotFound):  # not (or no longer) pending there
+            await self.render.hubrise.acknowledge(caller, claim.event_id)
+
+    async def run_forever(
+        self, interval_s: float, *, retention_ms: int | None = None, prune_every_s: float = 300
+    ) -> None:
+        """The background task: a round, then sleep when there was nothing to send; every
+        `prune_every_s` the settled rows older than `retention_ms` go. Errors are logged and
+        retried next round; committed state makes a crash lose nothing."""
+        next_prune = time.monotonic() + prune_every_s
+        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+            self.http = http
+            while True:
+                sent = 0
+                try:
+                    if retention_ms is not None and time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + prune_every_s
+                        await self.webhooks.prune(retention_ms)
+                    sent = await self.run_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("webhook_round_failed", error=repr(exc))
+                if sent == 0:
+                    await asyncio.sleep(interval_s)
+
+
+def _outcome(dialect: str, status: int | None) -> str:
+    if status is None:
+        return "retry"
+    if 200 <= status < 300:
+        return "delivered"
+    if status == 410:
+        return "gone"
+    if dialect == "hubrise" and 200 <= status < 500:
+        return "delivered"  # HubRise: any 200-499 acknowledges
+    if dialect == "tradecloud" and (400 <= status < 500 or status == 500):
+        return "failed"  # Tradecloud retries only answers above 500
+    return "retry"
+
+
+@contextlib.asynccontextmanager
+async def background(dispatcher: Dispatcher, interval_s: float) -> Any:
+    task = asyncio.ensure_future(dispatcher.run_forever(interval_s))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
