@@ -371,6 +371,8 @@ async def test_openapi_declares_the_key_on_every_writing_operation(hub: Hub) -> 
     }
     assert keyed == {
         ("/api/v1/orders", "post"),
+        ("/api/v1/order_update_requests", "post"),
+        ("/api/v1/order_cancel_requests", "post"),
         ("/v1/location/orders", "post"),
         ("/v1/location/orders/{order_id}", "patch"),
         ("/v1/callback", "post"),
