@@ -291,6 +291,27 @@ async def test_tradecloud_polls_are_reads_and_ignore_the_key(hub: Hub) -> None:
     assert await hub.key_count() == 0
 
 
+async def test_tradecloud_order_message_is_replayed_not_applied_twice(hub: Hub) -> None:
+    """A retried buyer message with its key gets the first answer (the version it made) and
+    makes no second version; another message under the key is refused."""
+    from tests.integration.test_tradecloud_orders import line, message
+
+    first_body = message("PO-K", line("0001", "SKU-1", "1"))
+    update = message("PO-K", line("0002", "SKU-2", "1"))
+    async with hub.client("tradecloud") as http:
+        created = await http.post("/v2/api-connector/order", json=first_body, headers={KEY: "a"})
+        updated = await http.post("/v2/api-connector/order", json=update, headers={KEY: "b"})
+        again = await http.post("/v2/api-connector/order", json=update, headers={KEY: "b"})
+        other = await http.post("/v2/api-connector/order", json=first_body, headers={KEY: "b"})
+        poll = await http.post("/v2/order-search/poll", json={})
+    assert created.json()["outcome"] == "created"
+    assert updated.json()["outcome"] == "updated"
+    assert again.content == updated.content and again.headers[REPLAYED] == "true"
+    _reused(other)
+    (order,) = poll.json()["data"]
+    assert order["version"] == 2
+
+
 # -- data safety ---------------------------------------------------------------------------------
 
 
@@ -432,6 +453,7 @@ async def test_openapi_declares_the_key_on_every_writing_operation(hub: Hub) -> 
         ("/api/v1/callbacks", "delete"),
         ("/v2/webhooks", "post"),
         ("/v2/webhooks/{sub_id}", "delete"),
+        ("/v2/api-connector/order", "post"),
     }
     for path, method in keyed:
         responses = spec["paths"][path][method]["responses"]
