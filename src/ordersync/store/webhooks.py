@@ -773,6 +773,20 @@ class WebhookStore:
         return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
 
 
+async def previous_delivery_time(store: Store, sub_id: str, entity_key: str) -> int | None:
+    """When the change of the subscription's latest queued event of this entity was made (any
+    status: queued rows go out in order, so the next one follows it), or None."""
+    d = webhook_deliveries.c
+    async with store.reader.connect() as conn:
+        found = await conn.scalar(
+            select(d.event_created_at)
+            .where(d.subscription_id == sub_id, d.entity_key == entity_key)
+            .order_by(d.event_id.desc())
+            .limit(1)
+        )
+    return None if found is None else int(found)
+
+
 async def _delete_subscriptions(conn: Any, ids: list[str]) -> None:
     if not ids:
         return

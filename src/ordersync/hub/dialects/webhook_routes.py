@@ -4,7 +4,8 @@
   `GET /api/v1/callbacks?message_type=`, `DELETE /api/v1/callbacks?id=...` (every one when no
   id is given).
 - Tradecloud (ordersync extension; Tradecloud configures webhooks in its portal):
-  `POST /v2/webhooks` `{url, auth: {type: none|basic|bearer, username, password, token}}`,
+  `POST /v2/webhooks` `{url, auth: {type: none|basic|bearer, username, password, token},
+  mode: post|put|get}` (put and get: Tradecloud's legacy modes, seed 004),
   `GET /v2/webhooks`, `DELETE /v2/webhooks/{id}`.
 - HubRise: `POST /v1/callback` with a `url` (in the HubRise router).
 
@@ -67,6 +68,12 @@ class WebhookAuth(_Strict):
 class WebhookIn(_Strict):
     url: str = Field(max_length=2000)
     auth: WebhookAuth = Field(default_factory=WebhookAuth)
+    mode: Literal["post", "put", "get"] = Field(
+        default="post",
+        description="post: the order event in the body (default); Tradecloud's legacy modes: "
+        "put (the same body by PUT) or get (GET {url}?orderId=..., the receiver fetches the "
+        "order with GET /v2/order/{id})",
+    )
 
 
 class NoBody(_Strict):
@@ -111,6 +118,8 @@ def render_subscription(sub: Subscription, secret: str | None = None) -> dict[st
     }
     if sub.auth is not None:
         out["auth"] = {"type": sub.auth.get("scheme")}
+    if sub.dialect == "tradecloud":
+        out["mode"] = (sub.options or {}).get("mode", "post")
     if secret is not None:
         out["secret"] = secret
     return out
@@ -331,7 +340,7 @@ async def create_webhook(request: Request, caller: TradecloudCaller) -> Response
         if not body.auth.token:
             raise ApiError(422, "request body is invalid", [("auth.token", "required")])
         auth = {"scheme": "bearer", "token": body.auth.token}
-    spec = NewSubscription(body.url, "orderEvent", auth=auth)
+    spec = NewSubscription(body.url, "orderEvent", auth=auth, options={"mode": body.mode})
     return await _webhooks(request).create_answered(
         caller, "tradecloud", [spec], lambda made: _json(render_subscription(*made[0]), 201)
     )
