@@ -454,6 +454,8 @@ async def test_openapi_declares_the_key_on_every_writing_operation(hub: Hub) -> 
         ("/v2/webhooks", "post"),
         ("/v2/webhooks/{sub_id}", "delete"),
         ("/v2/api-connector/order", "post"),
+        ("/api/v1/callback_holds", "post"),
+        ("/api/v1/callback_holds", "delete"),
     }
     for path, method in keyed:
         responses = spec["paths"][path][method]["responses"]

@@ -627,3 +627,97 @@ def test_a_coalesced_tradecloud_event_carries_every_line_changed_since_the_last(
     assert _positions(first) == ["0001", "0002", "0003"]
     assert coalesced.json["meta"]["version"] == 3
     assert _positions(coalesced) == ["0001", "0002"]
+
+
+def test_held_callbacks_queue_and_go_out_in_order_when_released(hub: Hub) -> None:
+    """While a connection holds orderEvent, its callbacks queue (nothing is sent, nothing
+    dropped, retries do not run out) and other connections' callbacks go on; releasing the
+    hold sends the queue, every event once, in event order."""
+    erp, watcher, other = tokens(hub, "erp", "watcher", "other")
+    with (
+        receiver() as held,
+        receiver() as free,
+        mason(hub, watcher) as w,
+        mason(hub, other) as o,
+        mason(hub, erp) as m,
+        hubrise(hub, erp) as h,
+    ):
+        made = w.post("/api/v1/callbacks", json=[{"url": held.url, "message_type": "orderEvent"}])
+        sub_id = made.json()[0]["id"]
+        assert o.post("/api/v1/callbacks", json=[{"url": free.url, "message_type": "orderEvent"}])
+        holding = w.post("/api/v1/callback_holds", json=["orderEvent"])
+        assert holding.status_code == 200, holding.text
+        assert [x["message_type"] for x in holding.json()] == ["orderEvent"]
+        assert [x["message_type"] for x in w.get("/api/v1/callback_holds").json()] == ["orderEvent"]
+        assert o.get("/api/v1/callback_holds").json() == []  # holds are per connection
+        ids = [
+            d["id"]
+            for d in m.post(
+                "/api/v1/orders", json=[order_payload(f"Q-{i}") for i in range(3)]
+            ).json()["data"]
+        ]
+        _materialise(hub)
+        for order_id in ids:
+            assert h.patch(f"/v1/location/orders/{order_id}", json={"status": "received"})
+            _materialise(hub)
+        drive(hub, lambda: len(free.delivered()) == 6)
+        assert _rounds(hub, 5) == 0
+        assert held.requests == []
+        queued = asyncio.run(_deliveries(hub, sub_id))
+        assert len(queued) == 6 and {status for _, status, _ in queued} == {"pending"}
+
+        released = w.request("DELETE", "/api/v1/callback_holds", json=["orderEvent"])
+        assert released.status_code == 200 and released.json() == []
+        _drive_one_at_a_time(hub, lambda: len(held.delivered()) == 6)
+    got = [int(r.headers["webhook-id"]) for r in held.delivered()]
+    assert got == sorted(got) == [event_id for event_id, _, _ in queued]
+    for order_id in ids:
+        versions = [
+            r.json["data"]["version"]
+            for r in held.delivered()
+            if r.json["data"]["order_id"] == order_id
+        ]
+        assert versions == [1, 2]
+
+
+def test_callback_holds_refuse_unknown_types_and_replay_with_a_key(hub: Hub) -> None:
+    (watcher,) = tokens(hub, "watcher")
+    with mason(hub, watcher) as w:
+        bad = w.post("/api/v1/callback_holds", json=["orderEvent", "nope"])
+        assert bad.status_code == 422
+        assert [e["field"] for e in bad.json()["errors"]] == ["1"]
+        assert w.post("/api/v1/callback_holds", json=[]).status_code == 422
+        key = {"Idempotency-Key": "hold-1"}
+        first = w.post("/api/v1/callback_holds", json=["orderUpdateResolution"], headers=key)
+        again = w.post("/api/v1/callback_holds", json=["orderUpdateResolution"], headers=key)
+        assert again.content == first.content and again.headers["Idempotent-Replayed"] == "true"
+        w.post("/api/v1/callback_holds", json=["orderEvent"])
+        # DELETE without a body releases every hold.
+        assert w.delete("/api/v1/callback_holds").json() == []
+
+
+async def _deliveries(hub: Hub, sub_id: str) -> list[tuple[int, str, int]]:
+    store = await Store.open(hub.db_url)
+    try:
+        return await WebhookStore(store).deliveries(sub_id)
+    finally:
+        await store.close()
+
+
+def _drive_one_at_a_time(hub: Hub, until: Callable[[], bool]) -> None:
+    """Delivery rounds that claim one delivery each, so arrival order is claim order."""
+
+    async def main() -> None:
+        store = await Store.open(hub.db_url)
+        try:
+            dispatcher = Dispatcher(store, WebhookStore(store, schedule_s=FAST), batch=1)
+            for _ in range(200):
+                if until():
+                    return
+                if await dispatcher.run_once() == 0:
+                    await asyncio.sleep(0.02)
+            raise AssertionError("the receiver never got what was expected")
+        finally:
+            await store.close()
+
+    asyncio.run(main())

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from sqlalchemy import delete, exists, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
@@ -46,6 +47,7 @@ from ordersync.store.tables import (
     connections,
     webhook_attempts,
     webhook_deliveries,
+    webhook_holds,
     webhook_secrets,
     webhook_subscriptions,
 )
@@ -481,6 +483,84 @@ class WebhookStore:
             raise NotFound(f"no delivered or failed event {event_id} for this subscription")
         return count
 
+    # -- callback holds --------------------------------------------------------------------
+
+    async def holds(self, principal: Principal, dialect: str) -> list[Hold]:
+        async with self.store.reader.connect() as conn:
+            return await _holds(conn, principal, dialect)
+
+    async def hold_answered(
+        self,
+        principal: Principal,
+        dialect: str,
+        message_types: Sequence[str],
+        answer: Callable[[list[Hold]], T],
+    ) -> T:
+        """Hold the connection's deliveries of `message_types` (already held: kept as it
+        was). Held events keep being queued, never sent and never dropped, until released.
+        The holds and the answer (with an Idempotency-Key, the key) commit together."""
+        h = webhook_holds.c
+        now = self.store.clock()
+        async with self.store.writing(None) as conn:
+            held = {x.message_type for x in await _holds(conn, principal, dialect)}
+            rows = [
+                {
+                    "connection_id": principal.connection_id,
+                    "dialect": dialect,
+                    "message_type": t,
+                    "created_at": now,
+                }
+                for t in sorted(set(message_types) - held)
+            ]
+            if rows:
+                insert_ = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                await conn.execute(
+                    insert_(webhook_holds)
+                    .values(rows)
+                    .on_conflict_do_nothing(
+                        index_elements=[h.connection_id, h.dialect, h.message_type]
+                    )
+                )
+            return await settle(conn, answer(await _holds(conn, principal, dialect)))
+
+    async def release_answered(
+        self,
+        principal: Principal,
+        dialect: str,
+        message_types: Sequence[str] | None,
+        answer: Callable[[list[Hold]], T],
+    ) -> T:
+        """Release the holds of `message_types` (None: every hold): their queued events go
+        out, each entity's in order; those never tried yet are due at once, in event order.
+        The answer lists the holds that remain."""
+        h = webhook_holds.c
+        d = webhook_deliveries.c
+        s = webhook_subscriptions.c
+        async with self.store.writing(None) as conn:
+            where = [h.connection_id == principal.connection_id, h.dialect == dialect]
+            if message_types is not None:
+                where.append(h.message_type.in_(list(message_types)))
+            released = [
+                str(r[0])
+                for r in (
+                    await conn.execute(
+                        delete(webhook_holds).where(*where).returning(h.message_type)
+                    )
+                ).all()
+            ]
+            if released:
+                subs = select(s.id).where(
+                    s.connection_id == principal.connection_id,
+                    s.dialect == dialect,
+                    s.message_type.in_(released),
+                )
+                await conn.execute(
+                    update(webhook_deliveries)
+                    .where(d.subscription_id.in_(subs), d.status == "pending", d.attempts == 0)
+                    .values(next_attempt_at=self.store.clock())
+                )
+            return await settle(conn, answer(await _holds(conn, principal, dialect)))
+
     # -- materialising the log into the queue ----------------------------------------------
 
     async def active(self) -> list[Subscription]:
@@ -559,7 +639,10 @@ class WebhookStore:
             select(d.id)
             .select_from(webhook_deliveries.join(webhook_subscriptions, s.id == d.subscription_id))
             .where(
-                d.status == "pending", d.next_attempt_at <= self.store.clock(), s.status == "active"
+                d.status == "pending",
+                d.next_attempt_at <= self.store.clock(),
+                s.status == "active",
+                ~_held(),
             )
             .limit(1)
         )
@@ -579,6 +662,7 @@ class WebhookStore:
                 d.c.status == "pending",
                 d.c.next_attempt_at <= now,
                 s.status == "active",
+                ~_held(),
                 ~exists().where(
                     earlier.c.subscription_id == d.c.subscription_id,
                     earlier.c.entity_key == d.c.entity_key,
@@ -771,6 +855,36 @@ class WebhookStore:
                 )
             ).all()
         return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+@dataclass(frozen=True)
+class Hold:
+    message_type: str
+    created_at: int
+
+
+async def _holds(conn: Any, principal: Principal, dialect: str) -> list[Hold]:
+    h = webhook_holds.c
+    rows = (
+        await conn.execute(
+            select(h.message_type, h.created_at)
+            .where(h.connection_id == principal.connection_id, h.dialect == dialect)
+            .order_by(h.message_type)
+        )
+    ).all()
+    return [Hold(str(r[0]), int(r[1])) for r in rows]
+
+
+def _held() -> Any:
+    """A subscription (`webhook_subscriptions` in the query) whose message type its
+    connection holds: its deliveries wait."""
+    h = webhook_holds.c
+    s = webhook_subscriptions.c
+    return exists().where(
+        h.connection_id == s.connection_id,
+        h.dialect == s.dialect,
+        h.message_type == s.message_type,
+    )
 
 
 async def previous_delivery_time(store: Store, sub_id: str, entity_key: str) -> int | None:

@@ -3,6 +3,8 @@
 - MasonHub: `POST /api/v1/callbacks` (an array of `{url, message_type, api_version, token}`),
   `GET /api/v1/callbacks?message_type=`, `DELETE /api/v1/callbacks?id=...` (every one when no
   id is given).
+  `POST/GET/DELETE /api/v1/callback_holds` (arrays of message types): held callbacks queue,
+  never dropped, and go out in order when released.
 - Tradecloud (ordersync extension; Tradecloud configures webhooks in its portal):
   `POST /v2/webhooks` `{url, auth: {type: none|basic|bearer, username, password, token},
   mode: post|put|get}` (put and get: Tradecloud's legacy modes, seed 004),
@@ -34,6 +36,7 @@ from ordersync.hub.openapi import answer, errors, request_body
 from ordersync.store.store import Principal
 from ordersync.store.webhooks import (
     Attempt,
+    Hold,
     NewSubscription,
     Subscription,
     WebhookStore,
@@ -41,6 +44,7 @@ from ordersync.store.webhooks import (
 )
 
 MASONHUB_MESSAGE_TYPES = ("orderEvent", "orderUpdateResolution", "orderCancelResolution")
+HoldType = Literal["orderEvent", "orderUpdateResolution", "orderCancelResolution"]
 MAX_CALLBACKS = 30
 
 _OBJECT: dict[str, Any] = {"type": "object"}
@@ -308,6 +312,76 @@ async def delete_callbacks(
 
 
 extension_routes(masonhub_router, "/callbacks", masonhub_principal, "masonhub")
+
+
+# Callback holds: `POST /callback_holds` and `DELETE /callback_holds` take an array of message
+# types (DELETE without a body: every hold); `GET` lists them. Every answer lists the holds.
+HOLDS_EXAMPLE = ["orderEvent"]
+
+
+def _render_holds(holds: list[Hold]) -> Response:
+    return _json(
+        [
+            {"message_type": h.message_type, "created_at": format_rfc3339(h.created_at)}
+            for h in holds
+        ]
+    )
+
+
+async def _message_types(request: Request, *, required: bool) -> list[str] | None:
+    payload = await _body(request)
+    if payload is None and not required:
+        return None
+    if not isinstance(payload, list) or not 1 <= len(payload) <= len(MASONHUB_MESSAGE_TYPES):
+        raise ApiError(
+            422,
+            "request body is invalid",
+            [("body", f"an array of message types: {', '.join(MASONHUB_MESSAGE_TYPES)}")],
+        )
+    problems = [
+        (str(i), f"one of {', '.join(MASONHUB_MESSAGE_TYPES)}")
+        for i, t in enumerate(payload)
+        if t not in MASONHUB_MESSAGE_TYPES
+    ]
+    if problems:
+        raise ApiError(422, "request body is invalid", problems)
+    return [str(t) for t in payload]
+
+
+@masonhub_router.get(
+    "/callback_holds",
+    summary="The message types whose callbacks this connection holds",
+    responses={200: answer("The holds", _LIST)},
+)
+async def list_holds(request: Request, caller: MasonCaller) -> Response:
+    return _render_holds(await _webhooks(request).holds(caller, "masonhub"))
+
+
+@masonhub_router.post(
+    "/callback_holds",
+    summary="Hold callbacks of message types: they queue, never dropped, until released",
+    responses=errors(400, 422) | {200: answer("The holds", _LIST)},
+    openapi_extra=request_body(list[HoldType], "MasonHubCallbackHolds", example=HOLDS_EXAMPLE),
+)
+@idempotent
+async def create_holds(request: Request, caller: MasonCaller) -> Response:
+    types = await _message_types(request, required=True)
+    assert types is not None
+    return await _webhooks(request).hold_answered(caller, "masonhub", types, _render_holds)
+
+
+@masonhub_router.delete(
+    "/callback_holds",
+    summary="Release holds (no body: all): the queued callbacks go out, in order per order",
+    responses=errors(400, 422) | {200: answer("The holds that remain", _LIST)},
+    openapi_extra=request_body(
+        list[HoldType], "MasonHubCallbackHolds", example=HOLDS_EXAMPLE, required=False
+    ),
+)
+@idempotent
+async def release_holds(request: Request, caller: MasonCaller) -> Response:
+    types = await _message_types(request, required=False)
+    return await _webhooks(request).release_answered(caller, "masonhub", types, _render_holds)
 
 
 # -- Tradecloud (extension) ----------------------------------------------------------------
