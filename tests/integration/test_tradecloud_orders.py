@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -288,17 +287,3 @@ async def test_concurrent_messages_for_a_new_number_make_one_order(pg_store: Sto
         assert outcomes == ["created"] + ["updated"] * 7
         (polled,) = await _poll(http)
     assert polled["version"] == 8 and len(polled["lines"]) == 8
-
-
-def test_the_message_restates_an_order() -> None:
-    """`render_message` of a stored order, planned as a create, gives the same order back."""
-    from ordersync.domain.orders import NewOrder
-    from ordersync.wire.tradecloud_buyer import parse_message, plan, render_message
-    from tests.support import order_payload
-
-    stored = NewOrder.model_validate(
-        order_payload("PO-R", priority=3, shipping_provider="DHL")
-    ).model_dump(mode="json")
-    made = plan(None, parse_message(copy.deepcopy(render_message(stored))), 0)
-    assert made.action == "create" and made.order is not None
-    assert made.order.model_dump(mode="json") == stored
