@@ -351,6 +351,37 @@ async def test_an_answer_that_fails_leaves_neither_the_order_nor_the_key(
     assert await hub.key_count() == 2
 
 
+async def test_a_subscription_whose_answer_fails_is_not_kept(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the subscription and its answer (which carries the only copy of the
+    secret) rolls both back: the retry with the same key subscribes for real, once, and the
+    client gets a secret that signs."""
+    from ordersync.hub.dialects import hubrise as hubrise_dialect
+    from ordersync.hub.dialects import webhook_routes
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("the answer could not be built")
+
+    hook = [{"url": "http://127.0.0.1:9/hook", "message_type": "orderEvent"}]
+    callback = {"url": "http://127.0.0.1:9/cb", "events": {"order": ["create"]}}
+    async with hub.client("masonhub") as mason, hub.client("hubrise") as hubrise:
+        with monkeypatch.context() as patch:
+            patch.setattr(webhook_routes, "render_subscription", broken)
+            patch.setattr(hubrise_dialect, "_render_callback", broken)
+            failed = await mason.post("/api/v1/callbacks", json=hook, headers={KEY: "s"})
+            failed_hr = await hubrise.post("/v1/callback", json=callback, headers={KEY: "h"})
+        assert failed.status_code == 500 and failed_hr.status_code == 500
+        assert (await mason.get("/api/v1/callbacks")).json() == []
+        assert (await hubrise.get("/v1/callback")).json() == {"url": None, "events": {}}
+        retried = await mason.post("/api/v1/callbacks", json=hook, headers={KEY: "s"})
+        retried_hr = await hubrise.post("/v1/callback", json=callback, headers={KEY: "h"})
+    assert retried.status_code == 200 and REPLAYED not in retried.headers
+    assert retried.json()[0]["secret"].startswith("whsec_")
+    assert retried_hr.status_code == 200 and retried_hr.json()["secret"].startswith("whsec_")
+    assert await hub.key_count() == 2
+
+
 async def test_keys_are_kept_24_hours_then_pruned(hub: Hub) -> None:
     now = [START]
     hub.store.clock = lambda: now[0]

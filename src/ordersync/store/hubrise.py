@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -275,12 +275,17 @@ class HubRiseStore:
         principal: Principal,
         events: Mapping[str, Sequence[str]],
         answer: Callable[[Callback], T],
+        *,
+        before: Callable[[AsyncConnection], Awaitable[Any]] | None = None,
     ) -> T:
         """`put_callback`, the client's answer `answer(callback)` built before the commit (and
-        kept with an idempotency key, if the request has one)."""
+        kept with an idempotency key, if the request has one). `before(conn)`: a step of the
+        same transaction, first (the active subscription's change)."""
         subscription = orjson.dumps({k: sorted(set(v)) for k, v in sorted(events.items())})
         stamp = self.store.clock()
         async with self.store.writer.begin() as conn:
+            if before is not None:
+                await before(conn)
             # Events are kept from now on: the watermark is the frontier (every event below it
             # is final), and the events already visible above it are acknowledged up front. A
             # transaction with a smaller id that commits later is neither, so it is delivered.
@@ -320,10 +325,17 @@ class HubRiseStore:
         return await self.delete_callback_answered(principal, lambda deleted: deleted)
 
     async def delete_callback_answered(
-        self, principal: Principal, answer: Callable[[bool], T]
+        self,
+        principal: Principal,
+        answer: Callable[[bool], T],
+        *,
+        before: Callable[[AsyncConnection], Awaitable[Any]] | None = None,
     ) -> T:
-        """`delete_callback`, the answer `answer(deleted)` built before the commit."""
+        """`delete_callback`, the answer `answer(deleted)` built before the commit; `before(conn)`
+        a first step of the same transaction."""
         async with self.store.writer.begin() as conn:
+            if before is not None:
+                await before(conn)
             # The callback row first: deleting it waits for an acknowledgement in flight (which
             # holds that row's lock), so the ack rows deleted next include the one it added.
             result = await conn.execute(

@@ -402,17 +402,31 @@ class WebhookStore:
         return secret
 
     async def set_events(
-        self, principal: Principal, sub_id: str, events: dict[str, list[str]]
+        self,
+        principal: Principal,
+        sub_id: str,
+        events: dict[str, list[str]],
+        *,
+        conn: AsyncConnection | None = None,
     ) -> Subscription:
         """A HubRise callback's event filter, for the events materialised from now on."""
-        await self.get(principal, sub_id)
-        async with self.store.writing(None) as conn:
-            await conn.execute(
+        s = webhook_subscriptions.c
+        async with self.store.writing(conn) as tx:
+            await tx.execute(
                 update(webhook_subscriptions)
-                .where(webhook_subscriptions.c.id == sub_id)
+                .where(s.id == sub_id, s.connection_id == principal.connection_id)
                 .values(events=orjson.dumps(events).decode(), updated_at=self.store.clock())
             )
-        return await self.get(principal, sub_id)
+            row = (
+                await tx.execute(
+                    _subscription_query().where(
+                        s.id == sub_id, s.connection_id == principal.connection_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no webhook subscription with id {sub_id}")
+        return _subscription(row)
 
     async def enable(self, principal: Principal, sub_id: str) -> Subscription:
         """Enable a disabled subscription again: its queued events go out."""

@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -482,26 +483,30 @@ async def put_callback(request: Request, caller: Caller) -> Response:
     # listable (passive) either way. The passive callback and the answer (with an
     # Idempotency-Key, the key too) commit last, together.
     webhooks: WebhookStore = request.app.state.webhooks
-    active = await _active(request, caller)
-    secret = None
-    if body.url is None:
-        if active is not None:
-            await webhooks.delete(caller, "hubrise", None)
-        active = None
-    elif active is None or active.url != body.url:
-        active, secret = await webhooks.create(
-            caller, "hubrise", body.url, "*", events=body.events, replace=True
-        )
-    else:
-        active = await webhooks.set_events(caller, active.id, body.events)
+    current = await _active(request, caller)
+    made: dict[str, Any] = {"active": None, "secret": None}
+
+    async def change_active(conn: AsyncConnection) -> None:
+        # In the callback's transaction: a new subscription, its secret in the answer and the
+        # key commit together, so a retry never meets a subscription whose secret it never got.
+        if body.url is None:
+            await webhooks.delete(caller, "hubrise", None, conn=conn)
+        elif current is None or current.url != body.url:
+            made["active"], made["secret"] = await webhooks.create(
+                caller, "hubrise", body.url, "*", events=body.events, replace=True, conn=conn
+            )
+        else:
+            made["active"] = await webhooks.set_events(caller, current.id, body.events, conn=conn)
 
     def render(callback: Any) -> Response:
-        rendered = _render_callback(callback.events, active)
-        if secret is not None:
-            rendered["secret"] = secret
+        rendered = _render_callback(callback.events, made["active"])
+        if made["secret"] is not None:
+            rendered["secret"] = made["secret"]
         return _json(rendered)
 
-    return await _hubrise(request).put_callback_answered(caller, body.events, render)
+    return await _hubrise(request).put_callback_answered(
+        caller, body.events, render, before=change_active
+    )
 
 
 @router.delete(
@@ -512,9 +517,12 @@ async def put_callback(request: Request, caller: Caller) -> Response:
 @idempotent
 async def delete_callback(request: Request, caller: Caller) -> Response:
     webhooks: WebhookStore = request.app.state.webhooks
-    await webhooks.delete(caller, "hubrise", None)
+
+    async def drop_active(conn: AsyncConnection) -> None:
+        await webhooks.delete(caller, "hubrise", None, conn=conn)
+
     return await _hubrise(request).delete_callback_answered(
-        caller, lambda _: _json(_render_callback(None))
+        caller, lambda _: _json(_render_callback(None)), before=drop_active
     )
 
 
