@@ -44,6 +44,8 @@ from ordersync.store.webhooks import (
 )
 
 MASONHUB_MESSAGE_TYPES = ("orderEvent", "orderUpdateResolution", "orderCancelResolution")
+# The same types, for the OpenAPI description of the hold routes (keep the two in step; a
+# message type added above, e.g. skuInventoryChange, can be held once it is listed here).
 HoldType = Literal["orderEvent", "orderUpdateResolution", "orderCancelResolution"]
 MAX_CALLBACKS = 30
 
