@@ -1,0 +1,340 @@
+"""`agent push`: the ERP's creates, updates and cancels reach a real hub (uvicorn, its request
+resolver running) through the outbox; each line ends resolved or failed with the platform's
+reason; pushing again sends nothing new; a SIGKILL at any step of a push, then the same push
+again, ends with each order created exactly once and every line resolved; two copies at once
+do not duplicate anything either."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from ordersync.agent.config import SourceConfig
+from ordersync.agent.outbox import push_outbox
+from ordersync.agent.push import PushFileError, PushReport, parse_lines, push
+from ordersync.domain import OrderStatus
+from ordersync.hub.app import create_app
+from ordersync.hub.ratelimit import QuotaPolicy
+from ordersync.hub.settings import HubSettings
+from ordersync.store.engine import create_engines, parse_database_url
+from ordersync.store.store import Principal, Store
+from ordersync.store.tables import changes
+from tests.support import ORDERSYNC_CLI, order_payload, serve_in_thread
+
+ROOTS = {"masonhub": "/api/v1", "hubrise": "/v1"}
+
+
+@dataclass
+class LiveHub:
+    root: str
+    token: str
+    store: Store
+    warehouse: Principal
+
+    def source(self, dialect: str = "masonhub") -> SourceConfig:
+        return SourceConfig(
+            name=dialect, dialect=dialect, base_url=self.root + ROOTS[dialect], token_env="T"
+        )
+
+    async def orders(self) -> dict[str, dict[str, Any]]:
+        """customer_identifier -> the order as the hub serves it."""
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(
+                f"{self.root}/api/v1/orders",
+                params={"updated_since": "2000-01-01T00:00:00Z", "limit": 100},
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
+        return {o["customer_identifier"]: o for o in answer.json()["data"]}
+
+    async def creations(self) -> dict[str, int]:
+        """order id -> how many `order.created` events the hub's log holds for it."""
+        async with self.store.writer.connect() as conn:
+            rows = await conn.execute(
+                select(changes.c.entity_id, func.count())
+                .where(changes.c.event_type == "order.created")
+                .group_by(changes.c.entity_id)
+            )
+            return {str(i): int(n) for i, n in rows}
+
+
+@pytest.fixture
+async def live_hub(tmp_path: Path) -> AsyncIterator[LiveHub]:
+    db_url = f"sqlite:///{tmp_path}/hub.db"
+    store = await Store.open(db_url)
+    token = await store.create_token("acme", "erp")
+    warehouse = await store.authenticate(await store.create_token("acme", "warehouse"))
+    settings = HubSettings(
+        db_url=db_url,
+        quotas=QuotaPolicy(),
+        request_resolve_delay_ms=0,
+        request_resolve_interval_s=0.05,
+    )
+    with serve_in_thread(create_app(settings)) as root:
+        yield LiveHub(root, token, store, warehouse)
+    await store.close()
+
+
+def lines_of(*changes: dict[str, Any]) -> list[str]:
+    return [orjson.dumps(change).decode() for change in changes]
+
+
+async def push_text(
+    hub: LiveHub, replica: str, text: list[str], dialect: str = "masonhub", **kwargs: Any
+) -> PushReport:
+    lines = parse_lines(dialect, dialect, text)
+    kwargs.setdefault("poll_interval_s", 0.05)
+    kwargs.setdefault("wait_s", 20)
+    return await push(hub.source(dialect), hub.token, replica, lines, **kwargs)
+
+
+def states(report: PushReport) -> list[tuple[str, str]]:
+    return [(r.ref, r.state) for r in report.results]
+
+
+MIXED = lines_of(
+    {"op": "create", "order": order_payload("SO-1")},
+    {"op": "create", "order": order_payload("SO-2")},
+    {"op": "update", "order": order_payload("SO-1", shipping_provider="DHL")},
+    {"op": "cancel", "customer_identifier": "SO-2"},
+)
+
+
+async def test_creates_updates_and_cancels_are_applied_and_each_line_resolved(
+    live_hub: LiveHub, tmp_path: Path
+) -> None:
+    """Each line is resolved (the update and cancel once the hub's resolver applied them) and
+    the hub shows the result; the report names the platform's order and request ids."""
+    report = await push_text(live_hub, f"sqlite:///{tmp_path}/replica.db", MIXED)
+    assert states(report) == [("SO-1", "resolved")] * 1 + [("SO-2", "resolved")] + [
+        ("SO-1", "resolved"),
+        ("SO-2", "resolved"),
+    ]
+    assert report.exit_code == 0
+    orders = await live_hub.orders()
+    assert orders["SO-1"]["shipping_provider"] == "DHL"
+    assert orders["SO-2"]["status"] == "canceled"
+    assert report.results[0].order_id == orders["SO-1"]["id"]
+    assert report.results[2].request_id and report.results[3].request_id
+
+
+async def test_refusals_and_failed_resolutions_carry_the_platforms_reason(
+    live_hub: LiveHub, tmp_path: Path
+) -> None:
+    """An invalid create fails naming the field; an update of a packed order fails with the
+    resolver's reason; a cancel of an unknown order fails (303); other lines go on (exit 1)."""
+    replica = f"sqlite:///{tmp_path}/replica.db"
+    await push_text(live_hub, replica, lines_of({"op": "create", "order": order_payload("P-1")}))
+    packed = (await live_hub.orders())["P-1"]["id"]
+    for target in (OrderStatus.AT_WAREHOUSE, OrderStatus.IN_PROCESS, OrderStatus.PACKED):
+        await live_hub.store.transition_order(
+            live_hub.warehouse, live_hub.warehouse.account_id, packed, target
+        )
+    report = await push_text(
+        live_hub,
+        replica,
+        lines_of(
+            {"op": "create", "order": order_payload("BAD-1", line_items=[])},
+            {"op": "update", "order": order_payload("P-1", shipping_provider="DHL")},
+            {"op": "cancel", "customer_identifier": "NOBODY"},
+            {"op": "create", "order": order_payload("OK-1")},
+        ),
+    )
+    assert [r.state for r in report.results] == ["failed", "failed", "failed", "resolved"]
+    bad, late, unknown, _ = report.results
+    assert bad.reason is not None and "line_items" in bad.reason
+    assert late.reason is not None and "packed" in late.reason
+    assert unknown.reason is not None and "303" in unknown.reason
+    assert report.exit_code == 1
+
+
+async def test_pushing_the_same_file_again_sends_nothing_new(
+    live_hub: LiveHub, tmp_path: Path
+) -> None:
+    """A second push of the same file reports the same results from the outbox and sends no
+    request: the hub's log is unchanged."""
+    replica = f"sqlite:///{tmp_path}/replica.db"
+    first = await push_text(live_hub, replica, MIXED)
+    log_before = await live_hub.creations()
+    requests: list[httpx.Request] = []
+    transport = httpx.AsyncHTTPTransport()
+    second = await push_text(live_hub, replica, MIXED, transport=_Spy(transport, requests))
+    assert states(second) == states(first)
+    assert requests == []
+    assert await live_hub.creations() == log_before
+
+
+class _Spy(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport, seen: list[httpx.Request]) -> None:
+        self.inner, self.seen = inner, seen
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_two_copies_at_once_create_each_order_once(live_hub: LiveHub, tmp_path: Path) -> None:
+    """Two pushes of one file running side by side on one replica: every order is created
+    once, and both report every line resolved."""
+    replica = f"sqlite:///{tmp_path}/replica.db"
+    text = MIXED + lines_of(*({"op": "create", "order": order_payload(f"T-{i}")} for i in range(8)))
+    first, second = await asyncio.gather(
+        push_text(live_hub, replica, text), push_text(live_hub, replica, text)
+    )
+    assert {r.state for r in first.results + second.results} == {"resolved"}
+    assert len(await live_hub.orders()) == 10
+    assert set((await live_hub.creations()).values()) == {1}
+
+
+async def test_hubrise_creates_updates_and_cancels_by_private_ref(
+    live_hub: LiveHub, tmp_path: Path
+) -> None:
+    """HubRise: POST /location/orders, then PATCH by the order's private_ref (status, and
+    `cancelled` for a cancel); every answer is final."""
+    order = {
+        "ref": "R-1",
+        "private_ref": "erp-1",
+        "service_type_ref": "ground",
+        "shipping_provider": "UPS",
+        "customer": {
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "address_1": "12 Analytical Row",
+            "city": "London",
+            "postal_code": "EC1A 1BB",
+            "country": "GB",
+        },
+        "items": [{"sku_ref": "SKU-1", "price": "9.99 EUR", "quantity": "2"}],
+    }
+    report = await push_text(
+        live_hub,
+        f"sqlite:///{tmp_path}/replica.db",
+        lines_of(
+            {"op": "create", "order": order},
+            {"op": "update", "private_ref": "erp-1", "order": {"status": "received"}},
+            {"op": "cancel", "private_ref": "erp-1"},
+            {"op": "cancel", "private_ref": "erp-unknown"},
+        ),
+        dialect="hubrise",
+    )
+    assert states(report) == [
+        ("erp-1", "resolved"),
+        ("erp-1", "resolved"),
+        ("erp-1", "resolved"),
+        ("erp-unknown", "failed"),
+    ]
+    assert (await live_hub.orders())["R-1"]["status"] == "canceled"
+
+
+def test_a_line_that_is_no_change_is_refused_before_anything_is_sent() -> None:
+    """Not JSON, an unknown op, an update without its order: PushFileError naming the line."""
+    for text, expected in (
+        (["{nope"], "line 1: not JSON"),
+        (['{"op": "delete"}'], "op must be one of"),
+        (['{"op": "create", "order": {}}', '{"op": "update"}'], "line 1: the order needs"),
+        (['{"op": "cancel"}'], "cancel needs customer_identifier"),
+    ):
+        with pytest.raises(PushFileError, match=expected):
+            parse_lines("masonhub", "masonhub", text)
+
+
+def test_keys_are_stable_and_repeated_lines_get_their_own() -> None:
+    """The same file gives the same keys; two identical lines get two keys; a line's own key
+    is kept."""
+    text = lines_of(
+        {"op": "cancel", "customer_identifier": "A"},
+        {"op": "cancel", "customer_identifier": "A"},
+        {"op": "cancel", "customer_identifier": "B", "key": "erp-change-7"},
+    )
+    keys = [line.key for line in parse_lines("masonhub", "m", text)]
+    assert keys == [line.key for line in parse_lines("masonhub", "m", text)]
+    assert len(set(keys)) == 3 and keys[2] == "erp-change-7"
+    assert keys[0] != parse_lines("masonhub", "other-source", text)[0].key
+
+
+# -- SIGKILL at every step ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def push_cli(live_hub: LiveHub, tmp_path: Path) -> Iterator[Any]:
+    replica = tmp_path / "replica.db"
+    (tmp_path / "agent.toml").write_text(
+        "[[sources]]\n"
+        'name = "masonhub"\n'
+        f'base_url = "{live_hub.root}/api/v1"\n'
+        'token_env = "HUB_TOKEN"\n'
+        f'[sink]\nurl = "sqlite:///{replica}"\n'
+    )
+    (tmp_path / "changes.jsonl").write_text("\n".join(MIXED) + "\n")
+
+    def run(kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "HUB_TOKEN": live_hub.token,
+            "PYTHONPATH": os.pathsep.join(sys.path),
+        }
+        env.pop("ORDERSYNC_PUSH_KILL_AT", None)
+        if kill_at:
+            env["ORDERSYNC_PUSH_KILL_AT"] = kill_at
+        return subprocess.run(
+            [
+                *ORDERSYNC_CLI,
+                "agent",
+                "push",
+                "--source",
+                "masonhub",
+                "changes.jsonl",
+                "--poll-interval",
+                "0.05",
+                "--wait",
+                "20",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    yield run
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    ["after_insert", "after_send:1", "after_send:3", "after_answer:2", "during_poll"],
+)
+async def test_sigkill_at_every_step_then_the_same_push_creates_each_order_once(
+    live_hub: LiveHub, push_cli: Any, tmp_path: Path, kill_at: str
+) -> None:
+    """The push dies (SIGKILL) at `kill_at`; pushed again it ends exit 0 with every line
+    resolved, each order created exactly once, the update and the cancel applied."""
+    killed = push_cli(kill_at)
+    assert killed.returncode == -9, killed.stderr
+    again = push_cli()
+    assert again.returncode == 0, again.stderr
+    results = [orjson.loads(line) for line in again.stdout.splitlines()]
+    assert [(r["ref"], r["state"]) for r in results] == [
+        ("SO-1", "resolved"),
+        ("SO-2", "resolved"),
+        ("SO-1", "resolved"),
+        ("SO-2", "resolved"),
+    ]
+    orders = await live_hub.orders()
+    assert set(orders) == {"SO-1", "SO-2"}
+    assert set((await live_hub.creations()).values()) == {1}
+    assert orders["SO-1"]["shipping_provider"] == "DHL"
+    assert orders["SO-2"]["status"] == "canceled"
+    engine = create_engines(parse_database_url(f"sqlite:///{tmp_path}/replica.db"))[1]
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(push_outbox))).scalar() == 4
+    await engine.dispose()
