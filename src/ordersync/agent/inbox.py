@@ -55,7 +55,7 @@ from ordersync.agent.feeds import Batch, MayFetch
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.records import Cursor, Record
 from ordersync.agent.sources.hubrise import HubRiseSource
-from ordersync.agent.sources.masonhub import parse_record
+from ordersync.agent.sources.masonhub import MasonHubSource, parse_record
 from ordersync.agent.sources.tradecloud import TradecloudSource
 from ordersync.domain.timestamps import now_ms
 
@@ -235,6 +235,8 @@ async def fetch_entity(
         if exc.status in (400, 404, 410, 422):  # gone, or an id the platform does not know
             return None
         raise
+    if isinstance(source, MasonHubSource):
+        return source.record(kind, answer.body)  # echo marking included
     if dialect == "masonhub":
         return parse_record(kind, answer.body)
     if isinstance(source, TradecloudSource):

@@ -21,8 +21,11 @@ import pytest
 from sqlalchemy import func, select
 
 from ordersync.agent.config import SourceConfig
+from ordersync.agent.factory import open_engine
+from ordersync.agent.inbox import fetch_entity
 from ordersync.agent.outbox import push_outbox
 from ordersync.agent.push import PushFileError, PushReport, parse_lines, push
+from ordersync.agent.sinks.sql import orders as replica_orders
 from ordersync.domain import OrderStatus
 from ordersync.hub.app import create_app
 from ordersync.hub.ratelimit import QuotaPolicy
@@ -338,3 +341,51 @@ async def test_sigkill_at_every_step_then_the_same_push_creates_each_order_once(
     async with engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(push_outbox))).scalar() == 4
     await engine.dispose()
+
+
+# -- echo ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", ["masonhub", "tradecloud"])
+async def test_pushed_changes_come_back_marked_as_echoes(
+    live_hub: LiveHub, tmp_path: Path, dialect: str
+) -> None:
+    """What the push wrote comes back through polling (and a webhook's fetch by id) marked
+    `"echo": true` and counted; the warehouse's change to another order does not."""
+    replica = f"sqlite:///{tmp_path}/replica.db"
+    await push_text(
+        live_hub,
+        replica,
+        lines_of(
+            {"op": "create", "order": order_payload("E-1")},
+            {"op": "create", "order": order_payload("E-2")},
+            {"op": "update", "order": order_payload("E-1", shipping_provider="DHL")},
+        ),
+    )
+    orders = await live_hub.orders()
+    await live_hub.store.transition_order(
+        live_hub.warehouse, live_hub.warehouse.account_id, orders["E-2"]["id"],
+        OrderStatus.AT_WAREHOUSE,
+    )  # fmt: skip
+    root = {"masonhub": "/api/v1", "tradecloud": "/v2"}[dialect]
+    config = SourceConfig(
+        name=dialect,
+        dialect=dialect,  # type: ignore[arg-type]
+        base_url=live_hub.root + root,
+        token_env="T",
+        connection_name="erp",  # the push's connection (its token's name)
+        streams=["orders"],
+    )
+    async with await open_engine(config, live_hub.token, replica) as agent:
+        await agent.engine.run_cycle()
+        assert agent.source.echoes_recognised == 1  # E-1 at its pushed update's version
+        again = await fetch_entity(agent.source, dialect, "order", orders["E-1"]["id"], b"")
+        foreign = await fetch_entity(agent.source, dialect, "order", orders["E-2"]["id"], b"")
+        assert again is not None and again.echo and again.version == 2
+        assert foreign is not None and not foreign.echo
+    engine = create_engines(parse_database_url(replica))[1]
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(replica_orders.c.id, replica_orders.c.data))
+        echoed = {i for i, data in rows if orjson.loads(data).get("echo")}
+    await engine.dispose()
+    assert echoed == {orders["E-1"]["id"]}
