@@ -25,6 +25,7 @@ from ordersync.agent.factory import open_engine
 from ordersync.agent.inbox import fetch_entity
 from ordersync.agent.outbox import push_outbox
 from ordersync.agent.push import PushFileError, PushReport, parse_lines, push
+from ordersync.agent.retry import RetryPolicy
 from ordersync.agent.sinks.sql import orders as replica_orders
 from ordersync.domain import OrderStatus
 from ordersync.hub.app import create_app
@@ -184,6 +185,36 @@ class _Spy(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.seen.append(request)
         return await self.inner.handle_async_request(request)
+
+
+class _DownFor(httpx.AsyncBaseTransport):
+    """The platform answers 503 to every request for the identifier `down`; the rest pass."""
+
+    def __init__(self, down: str) -> None:
+        self.inner, self.down = httpx.AsyncHTTPTransport(), down.encode()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down in request.content:
+            return httpx.Response(503, json={"message": "down for maintenance"})
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_line_without_an_answer_stays_pending_with_the_lines_after_it(
+    live_hub: LiveHub, tmp_path: Path
+) -> None:
+    """A request whose retries are spent leaves its line and the later ones pending (exit 8:
+    file order is kept); the same push later sends them and ends resolved."""
+    replica = f"sqlite:///{tmp_path}/replica.db"
+    retry = RetryPolicy(attempts=2, initial=0.01, maximum=0.01)
+    first = await push_text(
+        live_hub, replica, MIXED, transport=_DownFor("SO-2"), retry=retry, wait_s=0
+    )
+    assert [r.state for r in first.results] == ["resolved", "pending", "pending", "pending"]
+    assert first.results[1].reason is not None and "503" in first.results[1].reason
+    assert first.exit_code == 8
+    second = await push_text(live_hub, replica, MIXED)
+    assert {r.state for r in second.results} == {"resolved"}
+    assert set((await live_hub.creations()).values()) == {1}
 
 
 async def test_two_copies_at_once_create_each_order_once(live_hub: LiveHub, tmp_path: Path) -> None:
