@@ -171,7 +171,7 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
     )
     for column in (
         "source", "stream", "position", "lag", "applied", "repeats", "last success",
-        "last error", "quota", "quarantined (source)",
+        "last error", "quota", "quarantined (source)", "echoes (source)",
     ):  # fmt: skip
         table.add_column(column, overflow="fold")  # wrapped on a narrow terminal, never cut
     for row in rows:
@@ -186,6 +186,7 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
             escape(row.get("last_error") or "-"),
             _quota_cell(row),
             str(row.get("quarantined", "-")),
+            str(row.get("echoes", "-")),
         )
     _out().print(table)
 

@@ -377,11 +377,6 @@ def _applied_so_far(runtime: AgentRuntime, source: str) -> int:
 def status_payload(runtime: AgentRuntime, now: int | None = None) -> list[dict[str, Any]]:
     """Each stream's figures (`/status`), lags as of `now` (default: now)."""
     quarantined = getattr(runtime.sink, "quarantine_counts", {})
-    # Changes our own connection made (`agent push`), recognised coming back (README, "Echo").
-    echoes = {
-        name: getattr(engine.source, "echoes_recognised", 0)
-        for name, engine in runtime.engines.items()
-    }
     now = now_ms() if now is None else now
     return [
         status_row(
@@ -390,7 +385,7 @@ def status_payload(runtime: AgentRuntime, now: int | None = None) -> list[dict[s
             runtime.budgets.exhausted(state.source),
             now=now,
         )
-        | {"quarantined": quarantined.get(state.source, 0), "echoes": echoes.get(state.source, 0)}
+        | {"quarantined": quarantined.get(state.source, 0)}
         | (_inbox_figures(runtime, state.source) if state.stream == INBOX_STREAM else {})
         for state in runtime.status()
     ]
@@ -435,6 +430,7 @@ def status_row(
         "stopped": state.stopped or stopped_reason is not None,
         "applied": state.totals.applied,
         "duplicates": state.totals.duplicates,
+        "echoes": state.echoes,
         "api_calls": state.totals.api_calls,
         "quota_exhausted_window": None if quota_pause is None else quota_pause.window,
         "quota_exhausted_until": None if quota_pause is None else quota_pause.until_rfc3339,

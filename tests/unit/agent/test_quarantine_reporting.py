@@ -33,7 +33,6 @@ def test_status_rows_carry_the_sources_quarantined_count() -> None:
     of its source sit in the quarantine."""
     runtime: Any = SimpleNamespace(
         sink=SimpleNamespace(quarantine_counts={"m": 2}),
-        engines={},
         stopped={},
         budgets=SimpleNamespace(exhausted=lambda source: None),
         status=lambda: [StreamStatus("m", "orders"), StreamStatus("n", "orders")],
