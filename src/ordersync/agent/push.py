@@ -82,7 +82,12 @@ class PushLine:
     key: str = ""
 
     def as_new_row(self) -> NewRow:
-        return NewRow(self.key, self.op, self.ref, orjson.dumps(self.document).decode())
+        return NewRow(self.key, self.op, self.ref, self.canonical)
+
+    @property
+    def canonical(self) -> str:
+        """The line as the outbox keeps it (keys sorted: the same change, the same text)."""
+        return orjson.dumps(self.document, option=orjson.OPT_SORT_KEYS).decode()
 
 
 @dataclass
@@ -397,15 +402,18 @@ async def push_lines(
     rows = await outbox.record(source, [line.as_new_row() for line in lines])
     fire("after_insert")
     by_key = {line.key: line for line in lines}
+    # A key the outbox holds for another change: that change is what the key stands for (it
+    # may have been sent); this line is refused, not sent under it.
+    reused = {row.key for row in rows if row.line != by_key[row.key].canonical}
     unanswered: str | None = None
     for row in rows:
-        if row.state != PENDING:
+        if row.state != PENDING or row.key in reused:
             continue
         if unanswered is not None:
             break  # in file order: a later change never overtakes an unanswered earlier one
         await outbox.sent(row)
         try:
-            answer = await writer.send(row, by_key[row.key].document)
+            answer = await writer.send(row, orjson.loads(row.line))
         except AuthError:
             raise
         except SourceError as exc:  # no answer (retries spent, rate limited): stays pending
@@ -429,7 +437,20 @@ async def push_lines(
     report = PushReport(source)
     for row in final:
         line = by_key[row.key]
-        reason = row.reason
+        if row.key in reused:
+            earlier = f"key {row.key!r} was pushed before for another change"
+            report.results.append(
+                LineResult(
+                    line.number,
+                    line.op,
+                    line.ref,
+                    row.key,
+                    FAILED,
+                    reason=f"{earlier} ({row.op} {row.ref}, {row.state})",
+                )
+            )
+            continue
+        reason: str | None = row.reason
         if row.state == PENDING and unanswered is not None:
             reason = f"not answered yet: {unanswered}"
         report.results.append(

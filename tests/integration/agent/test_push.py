@@ -89,6 +89,14 @@ async def live_hub(tmp_path: Path) -> AsyncIterator[LiveHub]:
     await store.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def replica(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The replica the outbox lives in: SQLite, or a PostgreSQL database of its own."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path}/replica.db"
+
+
 def lines_of(*changes: dict[str, Any]) -> list[str]:
     return [orjson.dumps(change).decode() for change in changes]
 
@@ -115,11 +123,11 @@ MIXED = lines_of(
 
 
 async def test_creates_updates_and_cancels_are_applied_and_each_line_resolved(
-    live_hub: LiveHub, tmp_path: Path
+    live_hub: LiveHub, replica: str
 ) -> None:
     """Each line is resolved (the update and cancel once the hub's resolver applied them) and
     the hub shows the result; the report names the platform's order and request ids."""
-    report = await push_text(live_hub, f"sqlite:///{tmp_path}/replica.db", MIXED)
+    report = await push_text(live_hub, replica, MIXED)
     assert states(report) == [("SO-1", "resolved")] * 1 + [("SO-2", "resolved")] + [
         ("SO-1", "resolved"),
         ("SO-2", "resolved"),
@@ -176,6 +184,22 @@ async def test_pushing_the_same_file_again_sends_nothing_new(
     assert states(second) == states(first)
     assert requests == []
     assert await live_hub.creations() == log_before
+
+
+async def test_a_key_reused_for_another_change_is_refused_and_not_sent(
+    live_hub: LiveHub, tmp_path: Path
+) -> None:
+    """A line whose own `key` was pushed before with other content fails naming the key; the
+    earlier change stands and nothing is sent under the key again."""
+    replica = f"sqlite:///{tmp_path}/replica.db"
+    first = {"op": "create", "order": order_payload("K-1"), "key": "erp-7"}
+    await push_text(live_hub, replica, lines_of(first))
+    other = {"op": "create", "order": order_payload("K-2"), "key": "erp-7"}
+    report = await push_text(live_hub, replica, lines_of(other))
+    (result,) = report.results
+    assert result.state == "failed" and result.reason is not None
+    assert "erp-7" in result.reason and "K-1" in result.reason
+    assert set(await live_hub.orders()) == {"K-1"}
 
 
 class _Spy(httpx.AsyncBaseTransport):
