@@ -226,6 +226,56 @@ async def test_hubrise_callback_and_event_ack_are_replayed(hub: Hub) -> None:
         assert (await watcher.get("/v1/callback")).json()["events"] == {}
 
 
+# -- webhook subscriptions -----------------------------------------------------------------------
+
+
+async def test_masonhub_callbacks_are_subscribed_once_and_the_secret_replayed(hub: Hub) -> None:
+    """A retried subscription gets the first answer (the same ids and the secret shown once)
+    and leaves one callback, not two; a retried delete says what the first one deleted."""
+    hook = [{"url": "http://127.0.0.1:9/hook", "message_type": "orderEvent"}]
+    async with hub.client("masonhub") as http:
+        first = await http.post("/api/v1/callbacks", json=hook, headers={KEY: "sub"})
+        again = await http.post("/api/v1/callbacks", json=hook, headers={KEY: "sub"})
+        other = await http.post("/api/v1/callbacks", json=hook + hook, headers={KEY: "sub"})
+        listed = (await http.get("/api/v1/callbacks")).json()
+        assert first.status_code == 200, first.text
+        assert again.content == first.content and again.headers[REPLAYED] == "true"
+        assert first.json()[0]["secret"].startswith("whsec_")
+        _reused(other)
+        assert [c["id"] for c in listed] == [first.json()[0]["id"]]
+
+        gone = await http.delete("/api/v1/callbacks", headers={KEY: "del"})
+        gone_again = await http.delete("/api/v1/callbacks", headers={KEY: "del"})
+        unkeyed = await http.delete("/api/v1/callbacks")
+    assert gone.json() == {"deleted": 1}
+    assert gone_again.json() == {"deleted": 1} and gone_again.headers[REPLAYED] == "true"
+    assert unkeyed.json() == {"deleted": 0}
+
+
+async def test_tradecloud_webhooks_are_subscribed_once_and_deletes_replayed(hub: Hub) -> None:
+    hook = {"url": "http://127.0.0.1:9/hook", "auth": {"type": "bearer", "token": "t"}}
+    async with hub.client("tradecloud") as http:
+        first = await http.post("/v2/webhooks", json=hook, headers={KEY: "w"})
+        again = await http.post("/v2/webhooks", json=hook, headers={KEY: "w"})
+        other = await http.post(
+            "/v2/webhooks", json=hook | {"url": "http://x/"}, headers={KEY: "w"}
+        )
+        assert first.status_code == again.status_code == 201, first.text
+        assert again.content == first.content and again.headers[REPLAYED] == "true"
+        _reused(other)
+        assert len((await http.get("/v2/webhooks")).json()) == 1
+        path = f"/v2/webhooks/{first.json()['id']}"
+        missing = await http.delete("/v2/webhooks/nope", headers={KEY: "d"})
+        # Refused before anything was deleted: no key kept, so the key can name another call.
+        deleted = await http.delete(path, headers={KEY: "d"})
+        deleted_again = await http.delete(path, headers={KEY: "d"})
+        unkeyed = await http.delete(path)
+    assert missing.status_code == 404
+    assert deleted.status_code == 200 and deleted_again.content == deleted.content
+    assert deleted_again.headers[REPLAYED] == "true"
+    assert unkeyed.status_code == 404
+
+
 # -- Tradecloud ----------------------------------------------------------------------------------
 
 
@@ -239,6 +289,27 @@ async def test_tradecloud_polls_are_reads_and_ignore_the_key(hub: Hub) -> None:
     assert before.json()["total"] == 0
     assert after.json()["total"] == 1 and REPLAYED not in after.headers
     assert await hub.key_count() == 0
+
+
+async def test_tradecloud_order_message_is_replayed_not_applied_twice(hub: Hub) -> None:
+    """A retried buyer message with its key gets the first answer (the version it made) and
+    makes no second version; another message under the key is refused."""
+    from tests.integration.test_tradecloud_orders import line, message
+
+    first_body = message("PO-K", line("0001", "SKU-1", "1"))
+    update = message("PO-K", line("0002", "SKU-2", "1"))
+    async with hub.client("tradecloud") as http:
+        created = await http.post("/v2/api-connector/order", json=first_body, headers={KEY: "a"})
+        updated = await http.post("/v2/api-connector/order", json=update, headers={KEY: "b"})
+        again = await http.post("/v2/api-connector/order", json=update, headers={KEY: "b"})
+        other = await http.post("/v2/api-connector/order", json=first_body, headers={KEY: "b"})
+        poll = await http.post("/v2/order-search/poll", json={})
+    assert created.json()["outcome"] == "created"
+    assert updated.json()["outcome"] == "updated"
+    assert again.content == updated.content and again.headers[REPLAYED] == "true"
+    _reused(other)
+    (order,) = poll.json()["data"]
+    assert order["version"] == 2
 
 
 # -- data safety ---------------------------------------------------------------------------------
@@ -378,6 +449,11 @@ async def test_openapi_declares_the_key_on_every_writing_operation(hub: Hub) -> 
         ("/v1/callback", "post"),
         ("/v1/callback", "delete"),
         ("/v1/callback/events/{event_id}", "delete"),
+        ("/api/v1/callbacks", "post"),
+        ("/api/v1/callbacks", "delete"),
+        ("/v2/webhooks", "post"),
+        ("/v2/webhooks/{sub_id}", "delete"),
+        ("/v2/api-connector/order", "post"),
     }
     for path, method in keyed:
         responses = spec["paths"][path][method]["responses"]

@@ -37,6 +37,8 @@ FAST = (0.0,) * 7  # the retry schedule, compressed
 class Received:
     headers: dict[str, str]
     body: bytes
+    method: str = "POST"
+    target: str = ""  # path and query
 
     @property
     def json(self) -> Any:
@@ -68,10 +70,12 @@ class Receiver:
             if not message.get("more_body"):
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        query = scope.get("query_string", b"").decode()
+        target = scope["path"] + (f"?{query}" if query else "")
         with self.lock:
             step = self.script.pop(0) if self.script else 200
             status, extra = step if isinstance(step, tuple) else (step, {})
-            self.requests.append((Received(headers, body), status))
+            self.requests.append((Received(headers, body, scope["method"], target), status))
         answer_headers = [(k.encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": answer_headers})
         await send({"type": "http.response.body", "body": b"{}"})
@@ -536,3 +540,90 @@ def test_masonhub_update_resolution_is_delivered_to_its_subscriber(hub: Hub) -> 
     assert envelope["data"]["id"] == request_id and envelope["data"]["status"] == "success"
     assert verify(secret, delivered) == 1
     assert all(r.json["message_type"] == "orderEvent" for r in events.delivered())
+
+
+def tradecloud(hub: Hub, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=hub.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+def _positions(received: Received) -> list[str]:
+    return [line["buyerLine"]["position"] for line in received.json["orderEvent"]["lines"]]
+
+
+def test_tradecloud_webhook_modes_post_put_and_get(hub: Hub) -> None:
+    """POST (default) and the legacy PUT carry the order event with only the lines affected;
+    the legacy GET calls `{url}?orderId=` with no body and the receiver fetches the order."""
+    from tests.integration.test_tradecloud_orders import PATH, line, message
+
+    erp, watcher = tokens(hub, "erp", "watcher")
+    with (
+        receiver() as posted,
+        receiver() as put,
+        receiver() as got,
+        tradecloud(hub, watcher) as w,
+        tradecloud(hub, erp) as e,
+    ):
+        secrets = {}
+        for endpoint, mode in ((posted, None), (put, "put"), (got, "get")):
+            body: dict[str, Any] = {"url": endpoint.url + "?tenant=7"}
+            if mode is not None:
+                body["mode"] = mode
+            made = w.post("/v2/webhooks", json=body)
+            assert made.status_code == 201, made.text
+            assert made.json()["mode"] == (mode or "post")
+            secrets[mode] = made.json()["secret"]
+        assert sorted(h["mode"] for h in w.get("/v2/webhooks").json()) == ["get", "post", "put"]
+        two = message("PO-W", line("0001", "SKU-1", "1"), line("0002", "SKU-2", "1"))
+        order_id = e.post(PATH, json=two).json()["order"]["id"]
+        _materialise(hub)
+        assert e.post(PATH, json=message("PO-W", line("0002", "SKU-2", "5"))).status_code == 200
+        drive(
+            hub,
+            lambda: (
+                len(posted.delivered()) == 2
+                and len(put.delivered()) == 2
+                and len(got.delivered()) == 2
+            ),
+        )
+        created, updated = posted.delivered()
+        assert [r.method for r in posted.delivered()] == ["POST", "POST"]
+        assert created.json["eventName"] == "OrderIssuedByBuyer"
+        assert _positions(created) == ["0001", "0002"]
+        # Only the line the update changed.
+        assert _positions(updated) == ["0002"]
+        assert updated.json["orderEvent"]["orderId"] == order_id
+        assert updated.json["orderEvent"]["lines"][0]["buyerLine"]["quantity"] == "5"
+        assert verify(secrets[None], updated) == 1
+        assert [r.method for r in put.delivered()] == ["PUT", "PUT"]
+        assert [_positions(r) for r in put.delivered()] == [["0001", "0002"], ["0002"]]
+        assert verify(secrets["put"], put.delivered()[1]) == 1
+        for fetched in got.delivered():
+            assert fetched.method == "GET" and fetched.body == b""
+            assert fetched.target == f"/hook?tenant=7&orderId={order_id}"
+            assert verify(secrets["get"], fetched) == 1
+        # The GET receiver fetches the order: every line, as it now stands.
+        order = w.get(f"/v2/order/{order_id}").json()
+        assert [ln["buyerLine"]["quantity"] for ln in order["lines"]] == ["1", "5"]
+        assert w.post("/v2/webhooks", json={"url": posted.url, "mode": "patch"}).status_code == 422
+
+
+def test_a_coalesced_tradecloud_event_carries_every_line_changed_since_the_last(hub: Hub) -> None:
+    """Two updates queued as one (the first superseded before the worker read it): the
+    delivery carries the lines both changed, not only the last one's."""
+    from tests.integration.test_tradecloud_orders import PATH, line, message
+
+    erp, watcher = tokens(hub, "erp", "watcher")
+    with receiver() as endpoint, tradecloud(hub, watcher) as w, tradecloud(hub, erp) as e:
+        assert w.post("/v2/webhooks", json={"url": endpoint.url}).status_code == 201
+        three = [line(f"000{i}", f"SKU-{i}", "1") for i in (1, 2, 3)]
+        e.post(PATH, json=message("PO-C", *three))
+        _materialise(hub)
+        e.post(PATH, json=message("PO-C", line("0001", "SKU-1", "2")))
+        e.post(PATH, json=message("PO-C", line("0002", "SKU-2", "2")))
+        drive(hub, lambda: len(endpoint.delivered()) == 2)
+    first, coalesced = endpoint.delivered()
+    assert _positions(first) == ["0001", "0002", "0003"]
+    assert coalesced.json["meta"]["version"] == 3
+    assert _positions(coalesced) == ["0001", "0002"]

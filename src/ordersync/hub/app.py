@@ -19,6 +19,7 @@ from ordersync.hub.dialects import (
     masonhub,
     masonhub_requests,
     tradecloud,
+    tradecloud_orders,
     webhook_routes,
 )
 from ordersync.hub.errors import install_error_handlers
@@ -142,6 +143,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.include_router(masonhub.router)
     app.include_router(masonhub_requests.router)
     app.include_router(tradecloud.router)
+    app.include_router(tradecloud_orders.router)
     app.include_router(webhook_routes.masonhub_router)
     app.include_router(webhook_routes.tradecloud_router)
     app.include_router(webhook_routes.hubrise_router)

@@ -31,18 +31,26 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 import orjson
 import structlog
 
-from ordersync.domain import format_rfc3339
+from ordersync.domain import format_rfc3339, parse_rfc3339_ms
 from ordersync.errors import NotFound
 from ordersync.store.events import LogEvent
 from ordersync.store.hubrise import Event, HubRiseStore
 from ordersync.store.requests import RequestStore
 from ordersync.store.store import Principal, Store
-from ordersync.store.webhooks import Claim, Result, Subscription, WebhookStore, secret_key
+from ordersync.store.webhooks import (
+    Claim,
+    Result,
+    Subscription,
+    WebhookStore,
+    previous_delivery_time,
+    secret_key,
+)
 from ordersync.wire.hubrise import render_event
 from ordersync.wire.tradecloud import render_order, render_shipment
 
@@ -63,7 +71,6 @@ MASONHUB_TYPES = {
 RESOLUTION_TYPES = ("orderUpdateResolution", "orderCancelResolution")
 TRADECLOUD_NAMES = {
     "order.created": "OrderIssuedByBuyer",
-    "order.cancelled": "OrderLinesCancelledBySupplier",
     "shipment.created": "ShipmentIssuedBySupplier",
 }
 
@@ -86,18 +93,36 @@ def message_id(sub: Subscription, event_id: int) -> str:
     return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{sub.id}:{event_id}"))
 
 
-def headers_for(claim: Claim, timestamp: int) -> dict[str, str]:
+def request_for(claim: Claim) -> tuple[str, str, bytes]:
+    """The method, URL and body of a delivery: POST the body, except Tradecloud's legacy
+    modes: PUT the body, or GET the URL with `?orderId=` and no body."""
     sub = claim.subscription
+    if sub.dialect != "tradecloud":
+        return "POST", sub.url, claim.body
+    mode = tradecloud_mode(sub)
+    if mode == "get":
+        order_id = str(orjson.loads(claim.body)["orderId"])
+        parts = urlsplit(sub.url)
+        query = "&".join(q for q in (parts.query, urlencode({"orderId": order_id})) if q)
+        return "GET", urlunsplit(parts._replace(query=query)), b""
+    return ("PUT" if mode == "put" else "POST"), sub.url, claim.body
+
+
+def headers_for(claim: Claim, timestamp: int, body: bytes | None = None) -> dict[str, str]:
+    """The headers of a delivery of `body` (default: the claim's), signed over that body."""
+    sub = claim.subscription
+    body = claim.body if body is None else body
     msg_id = str(claim.event_id)
     headers = {
-        "content-type": "application/json",
         "user-agent": "ordersync-hub-webhooks",
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(claim.secrets, msg_id, timestamp, claim.body),
+        "webhook-signature": sign(claim.secrets, msg_id, timestamp, body),
     }
+    if body:
+        headers["content-type"] = "application/json"
     if sub.dialect == "hubrise" and claim.secrets:
-        headers["X-HubRise-Hmac-SHA256"] = hubrise_hmac(claim.secrets[0], claim.body)
+        headers["X-HubRise-Hmac-SHA256"] = hubrise_hmac(claim.secrets[0], body)
     auth = sub.auth or {}
     if auth.get("scheme") in ("token", "bearer") and auth.get("token"):
         headers["authorization"] = f"Bearer {auth['token']}"
@@ -111,6 +136,7 @@ class Renderer:
     """Each dialect's body for one event; None when the subscriber does not want it."""
 
     def __init__(self, store: Store) -> None:
+        self.store = store
         self.hubrise = HubRiseStore(store)
         self.requests = RequestStore(store)
 
@@ -122,7 +148,7 @@ class Renderer:
             return self.masonhub(sub, event)
         if sub.dialect == "hubrise":
             return await self.hubrise_event(sub, event)
-        return self.tradecloud(sub, event)
+        return await self.tradecloud(sub, event)
 
     async def resolution(self, sub: Subscription, event: LogEvent) -> bytes | None:
         """MasonHub's orderUpdateResolution / orderCancelResolution callback; the other
@@ -195,15 +221,30 @@ class Renderer:
         )
         return orjson.dumps(render_event(shown, location))
 
-    def tradecloud(self, sub: Subscription, event: LogEvent) -> bytes | None:
+    async def tradecloud(self, sub: Subscription, event: LogEvent) -> bytes | None:
+        """Tradecloud's webhook body. POST and PUT (legacy) modes: `{eventName, orderEvent |
+        singleDeliveryOrderEvent, meta}`, the order event carrying only the lines affected
+        since the subscriber's previous delivery of that order. GET mode (legacy): what the
+        sender needs to call `GET {url}?orderId=...` (orders only; the receiver fetches the
+        whole order)."""
         if event.kind not in ("order", "shipment"):
             return None
         doc = orjson.loads(event.doc or "{}")
-        name = TRADECLOUD_NAMES.get(event.event_type)
-        if name is None:
-            name = "OrderUpdated" if event.kind == "order" else "ShipmentUpdatedBySupplier"
+        if tradecloud_mode(sub) == "get":
+            if event.kind != "order":
+                return None
+            return orjson.dumps({"orderId": event.entity_id})
+        name = _tradecloud_name(event)
         key = "orderEvent" if event.kind == "order" else "singleDeliveryOrderEvent"
-        rendered = render_order(doc) if event.kind == "order" else render_shipment(doc)
+        if event.kind == "order":
+            rendered = render_order(doc)
+            rendered["orderId"] = event.entity_id  # Tradecloud's OrderEvent names it so
+            since = await previous_delivery_time(
+                self.store, sub.id, f"{event.kind}:{event.entity_id}"
+            )
+            rendered["lines"] = _affected(rendered, event, sub, since)
+        else:
+            rendered = render_shipment(doc)
         rendered["eventId"] = event.event_id
         meta = {
             "messageId": message_id(sub, event.event_id),
@@ -213,6 +254,39 @@ class Renderer:
             "createdDateTime": format_rfc3339(event.created_at),
         }
         return orjson.dumps({"eventName": name, key: rendered, "meta": meta})
+
+
+def tradecloud_mode(sub: Subscription) -> str:
+    """A Tradecloud webhook's method: `post` (the default), or the legacy `put` or `get`."""
+    return str((sub.options or {}).get("mode", "post"))
+
+
+def _tradecloud_name(event: LogEvent) -> str:
+    if event.event_type == "order.canceled":
+        # By a client of the hub (the buyer), or by the hub's warehouse (the supplier side).
+        return "OrderLinesCancelledByBuyer" if event.connection else "OrderLinesCancelledBySupplier"
+    name = TRADECLOUD_NAMES.get(event.event_type)
+    if name is None:
+        name = "OrderUpdated" if event.kind == "order" else "ShipmentUpdatedBySupplier"
+    return name
+
+
+def _affected(
+    rendered: dict[str, Any], event: LogEvent, sub: Subscription, since: int | None
+) -> list[dict[str, Any]]:
+    """The lines that changed since the subscriber's previous delivery of this order (or since
+    it subscribed): each line's `lastUpdatedAt` is the version that last changed it, so a
+    version coalesced into this one still has its lines sent. A status move touches every
+    line; a created order sends them all."""
+    if event.event_type == "order.created":
+        return list(rendered["lines"])
+    floor = since if since is not None else sub.created_at
+    lines = []
+    for line in rendered["lines"]:
+        stamp = parse_rfc3339_ms(line["lastUpdatedAt"])
+        if stamp > floor or stamp >= event.created_at:
+            lines.append(line)
+    return lines
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -285,12 +359,11 @@ class Dispatcher:
         status: int | None = None
         error: str | None = None
         retry_after: float | None = None
+        method, url, body = request_for(claim)
+        headers = headers_for(claim, timestamp, body)
         try:
-            response = await http.post(
-                claim.subscription.url,
-                content=claim.body,
-                headers=headers_for(claim, timestamp),
-                timeout=self.timeout_s,
+            response = await http.request(
+                method, url, content=body, headers=headers, timeout=self.timeout_s
             )
             status = response.status_code
             retry_after = _retry_after(response.headers.get("retry-after"))

@@ -281,6 +281,7 @@ webhook_subscriptions = Table(
     Column("api_version", String(20), nullable=True),
     Column("auth", Text, nullable=True),  # JSON: {"scheme": "token|basic|bearer", ...}
     Column("events", Text, nullable=True),  # HubRise: JSON {"order": ["create", "update"]}
+    Column("options", Text, nullable=True),  # JSON per dialect: Tradecloud {"mode": "post"}
     Column("cursor", BigInteger, nullable=False),
     Column("status", String(20), nullable=False),  # active | disabled
     Column("disabled_reason", Text, nullable=True),
@@ -328,6 +329,17 @@ webhook_deliveries = Table(
     UniqueConstraint("subscription_id", "event_id", name="uq_webhook_deliveries_event"),
     Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     Index("ix_webhook_deliveries_entity", "subscription_id", "entity_key", "status", "event_id"),
+)
+
+# Callback holds (MasonHub `/callback_holds`): while a connection holds a message type, its
+# subscriptions of that type queue their deliveries and send none; releasing sends the queue.
+webhook_holds = Table(
+    "webhook_holds",
+    metadata,
+    Column("connection_id", Integer, ForeignKey("connections.id"), primary_key=True),
+    Column("dialect", String(20), primary_key=True),
+    Column("message_type", String(40), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
 )
 
 # Every HTTP attempt of a delivery: what the receiver answered and how long it took.

@@ -30,15 +30,17 @@ import secrets as _secrets
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 from sqlalchemy import delete, exists, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
 from ordersync.errors import NotFound, ValidationFailed
 from ordersync.store.events import EventLog, LogEvent, PositionPruned
+from ordersync.store.idempotency import settle
 from ordersync.store.store import Principal, Store
 from ordersync.store.tables import (
     connections,
@@ -57,6 +59,7 @@ ROTATION_GRACE_MS = DAY_MS  # the previous secret keeps signing this long after 
 LEASE_MS = 60_000  # a claim's deadline: well above the HTTP timeout
 MATERIALISE_PAGE = 100
 DIALECTS = ("masonhub", "hubrise", "tradecloud")
+T = TypeVar("T")
 
 
 def new_secret() -> str:
@@ -93,6 +96,17 @@ def url_problem(url: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class NewSubscription:
+    """What a client asked to subscribe (`WebhookStore.create_answered`)."""
+
+    url: str
+    message_type: str
+    api_version: str | None = None
+    auth: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Subscription:
     id: str
     account_id: int
@@ -109,6 +123,7 @@ class Subscription:
     disabled_reason: str | None
     failing_since: int | None
     created_at: int
+    options: dict[str, Any] | None = None  # per dialect, e.g. Tradecloud's legacy `mode`
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,7 @@ def _subscription_query() -> Any:
         s.disabled_reason,
         s.failing_since,
         s.created_at,
+        s.options,
     ).select_from(webhook_subscriptions.join(connections, connections.c.id == s.connection_id))
 
 
@@ -189,6 +205,7 @@ def _subscription(row: Any) -> Subscription:
         row[12],
         row[13],
         int(row[14]),
+        None if row[15] is None else orjson.loads(row[15]),
     )
 
 
@@ -223,11 +240,13 @@ class WebhookStore:
         api_version: str | None = None,
         auth: dict[str, Any] | None = None,
         events: dict[str, list[str]] | None = None,
+        options: dict[str, Any] | None = None,
         replace: bool = False,
+        conn: AsyncConnection | None = None,
     ) -> tuple[Subscription, str]:
         """A new subscription and its secret (shown once). It gets the changes committed
         after now. `replace`: the connection's other subscriptions of this dialect go (HubRise
-        keeps one callback per connection)."""
+        keeps one callback per connection). `conn`: one step of the caller's transaction."""
         problem = url_problem(url)
         if problem is not None:
             raise ValidationFailed("the callback url is invalid", [("url", problem)])
@@ -235,15 +254,15 @@ class WebhookStore:
         now = self.store.clock()
         sub_id = str(uuid.uuid4())
         secret = new_secret()
-        async with self.store.writing(None) as conn:
+        async with self.store.writing(conn) as tx:
             if replace:
                 old = select(webhook_subscriptions.c.id).where(
                     webhook_subscriptions.c.connection_id == principal.connection_id,
                     webhook_subscriptions.c.dialect == dialect,
                 )
-                ids = [str(r[0]) for r in (await conn.execute(old)).all()]
-                await _delete_subscriptions(conn, ids)
-            await conn.execute(
+                ids = [str(r[0]) for r in (await tx.execute(old)).all()]
+                await _delete_subscriptions(tx, ids)
+            await tx.execute(
                 insert(webhook_subscriptions).values(
                     id=sub_id,
                     account_id=principal.account_id,
@@ -254,18 +273,49 @@ class WebhookStore:
                     api_version=api_version,
                     auth=None if auth is None else orjson.dumps(auth).decode(),
                     events=None if events is None else orjson.dumps(events).decode(),
+                    options=None if options is None else orjson.dumps(options).decode(),
                     cursor=head,
                     status="active",
                     created_at=now,
                     updated_at=now,
                 )
             )
-            await conn.execute(
+            await tx.execute(
                 insert(webhook_secrets).values(
                     subscription_id=sub_id, secret=secret, created_at=now
                 )
             )
-        return await self.get(principal, sub_id), secret
+            row = (
+                await tx.execute(_subscription_query().where(webhook_subscriptions.c.id == sub_id))
+            ).one()
+        return _subscription(row), secret
+
+    async def create_answered(
+        self,
+        principal: Principal,
+        dialect: str,
+        specs: Sequence[NewSubscription],
+        answer: Callable[[list[tuple[Subscription, str]]], T],
+    ) -> T:
+        """Create every subscription of `specs` and build the client's answer from them (with
+        their secrets) in one transaction; with an `Idempotency-Key` the answer is stored
+        there too (`settle`), so a retry replays it, secrets included, and never creates a
+        second set."""
+        async with self.store.writing(None) as conn:
+            made = [
+                await self.create(
+                    principal,
+                    dialect,
+                    spec.url,
+                    spec.message_type,
+                    api_version=spec.api_version,
+                    auth=spec.auth,
+                    options=spec.options,
+                    conn=conn,
+                )
+                for spec in specs
+            ]
+            return await settle(conn, answer(made))
 
     async def get(self, principal: Principal, sub_id: str) -> Subscription:
         statement = _subscription_query().where(
@@ -291,19 +341,39 @@ class WebhookStore:
             rows = (await conn.execute(statement.order_by(s.created_at, s.id))).all()
         return [_subscription(r) for r in rows]
 
-    async def delete(self, principal: Principal, dialect: str, ids: Sequence[str] | None) -> int:
+    async def delete(
+        self,
+        principal: Principal,
+        dialect: str,
+        ids: Sequence[str] | None,
+        *,
+        conn: AsyncConnection | None = None,
+    ) -> int:
         """Delete the connection's subscriptions of `dialect` (those of `ids`, or all) with
-        their queue; how many."""
+        their queue; how many. `conn`: one step of the caller's transaction."""
         s = webhook_subscriptions.c
         statement = select(s.id).where(
             s.connection_id == principal.connection_id, s.dialect == dialect
         )
         if ids is not None:
             statement = statement.where(s.id.in_(list(ids)))
-        async with self.store.writing(None) as conn:
-            found = [str(r[0]) for r in (await conn.execute(statement)).all()]
-            await _delete_subscriptions(conn, found)
+        async with self.store.writing(conn) as tx:
+            found = [str(r[0]) for r in (await tx.execute(statement)).all()]
+            await _delete_subscriptions(tx, found)
         return len(found)
+
+    async def delete_answered(
+        self,
+        principal: Principal,
+        dialect: str,
+        ids: Sequence[str] | None,
+        answer: Callable[[int], T],
+    ) -> T:
+        """`delete` and the client's answer (built from how many went; it may raise to refuse,
+        which rolls the deletion back) in one transaction, the idempotency key settled there."""
+        async with self.store.writing(None) as conn:
+            deleted = await self.delete(principal, dialect, ids, conn=conn)
+            return await settle(conn, answer(deleted))
 
     async def rotate(
         self, principal: Principal, sub_id: str, grace_ms: int = ROTATION_GRACE_MS
@@ -701,6 +771,20 @@ class WebhookStore:
                 )
             ).all()
         return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+async def previous_delivery_time(store: Store, sub_id: str, entity_key: str) -> int | None:
+    """When the change of the subscription's latest queued event of this entity was made (any
+    status: queued rows go out in order, so the next one follows it), or None."""
+    d = webhook_deliveries.c
+    async with store.reader.connect() as conn:
+        found = await conn.scalar(
+            select(d.event_created_at)
+            .where(d.subscription_id == sub_id, d.entity_key == entity_key)
+            .order_by(d.event_id.desc())
+            .limit(1)
+        )
+    return None if found is None else int(found)
 
 
 async def _delete_subscriptions(conn: Any, ids: list[str]) -> None:

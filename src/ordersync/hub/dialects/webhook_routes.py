@@ -4,7 +4,8 @@
   `GET /api/v1/callbacks?message_type=`, `DELETE /api/v1/callbacks?id=...` (every one when no
   id is given).
 - Tradecloud (ordersync extension; Tradecloud configures webhooks in its portal):
-  `POST /v2/webhooks` `{url, auth: {type: none|basic|bearer, username, password, token}}`,
+  `POST /v2/webhooks` `{url, auth: {type: none|basic|bearer, username, password, token},
+  mode: post|put|get}` (put and get: Tradecloud's legacy modes, seed 004),
   `GET /v2/webhooks`, `DELETE /v2/webhooks/{id}`.
 - HubRise: `POST /v1/callback` with a `url` (in the HubRise router).
 
@@ -27,10 +28,17 @@ from ordersync.domain import format_rfc3339, parse_rfc3339_ms
 from ordersync.hub.auth import hubrise_principal, masonhub_principal, tradecloud_principal
 from ordersync.hub.dialects.hubrise import HubRiseRoute
 from ordersync.hub.errors import ApiError, pydantic_errors
+from ordersync.hub.idempotency import idempotent
 from ordersync.hub.json_body import parse_json
 from ordersync.hub.openapi import answer, errors, request_body
 from ordersync.store.store import Principal
-from ordersync.store.webhooks import Attempt, Subscription, WebhookStore, url_problem
+from ordersync.store.webhooks import (
+    Attempt,
+    NewSubscription,
+    Subscription,
+    WebhookStore,
+    url_problem,
+)
 
 MASONHUB_MESSAGE_TYPES = ("orderEvent", "orderUpdateResolution", "orderCancelResolution")
 MAX_CALLBACKS = 30
@@ -60,6 +68,12 @@ class WebhookAuth(_Strict):
 class WebhookIn(_Strict):
     url: str = Field(max_length=2000)
     auth: WebhookAuth = Field(default_factory=WebhookAuth)
+    mode: Literal["post", "put", "get"] = Field(
+        default="post",
+        description="post: the order event in the body (default); Tradecloud's legacy modes: "
+        "put (the same body by PUT) or get (GET {url}?orderId=..., the receiver fetches the "
+        "order with GET /v2/order/{id})",
+    )
 
 
 class NoBody(_Strict):
@@ -104,6 +118,8 @@ def render_subscription(sub: Subscription, secret: str | None = None) -> dict[st
     }
     if sub.auth is not None:
         out["auth"] = {"type": sub.auth.get("scheme")}
+    if sub.dialect == "tradecloud":
+        out["mode"] = (sub.options or {}).get("mode", "post")
     if secret is not None:
         out["secret"] = secret
     return out
@@ -220,6 +236,7 @@ MasonCaller = Annotated[Principal, Depends(masonhub_principal)]
         example=[{"url": "http://127.0.0.1:9/hook", "message_type": "orderEvent"}],
     ),
 )
+@idempotent
 async def create_callbacks(request: Request, caller: MasonCaller) -> Response:
     payload = await _body(request)
     if not isinstance(payload, list) or not 1 <= len(payload) <= MAX_CALLBACKS:
@@ -244,18 +261,20 @@ async def create_callbacks(request: Request, caller: MasonCaller) -> Response:
         items.append(parsed)
     if problems:
         raise ApiError(422, "request body is invalid", problems)
-    created = []
-    for item in items:
-        sub, secret = await _webhooks(request).create(
-            caller,
-            "masonhub",
+    specs = [
+        NewSubscription(
             item.url,
             item.message_type,
             api_version=item.api_version,
             auth=None if item.token is None else {"scheme": "token", "token": item.token},
         )
-        created.append(render_subscription(sub, secret))
-    return _json(created)
+        for item in items
+    ]
+    # All of them and the answer (their secrets; with an Idempotency-Key, the key) commit
+    # together: a retry replays this answer instead of subscribing the URLs twice.
+    return await _webhooks(request).create_answered(
+        caller, "masonhub", specs, lambda made: _json([render_subscription(*m) for m in made])
+    )
 
 
 @masonhub_router.get(
@@ -277,13 +296,15 @@ async def list_callbacks(
     summary="Delete callbacks by id (all of this connection's when no id is given)",
     responses={200: answer("How many were deleted", _OBJECT)},
 )
+@idempotent
 async def delete_callbacks(
     request: Request,
     caller: MasonCaller,
     id: Annotated[list[str] | None, Query()] = None,
 ) -> Response:
-    deleted = await _webhooks(request).delete(caller, "masonhub", id)
-    return _json({"deleted": deleted})
+    return await _webhooks(request).delete_answered(
+        caller, "masonhub", id, lambda deleted: _json({"deleted": deleted})
+    )
 
 
 extension_routes(masonhub_router, "/callbacks", masonhub_principal, "masonhub")
@@ -304,6 +325,7 @@ TradecloudCaller = Annotated[Principal, Depends(tradecloud_principal)]
         WebhookIn, "TradecloudWebhookIn", example={"url": "http://127.0.0.1:9/hook"}
     ),
 )
+@idempotent
 async def create_webhook(request: Request, caller: TradecloudCaller) -> Response:
     body: WebhookIn = await _body(request, WebhookIn)
     problem = url_problem(body.url)
@@ -318,10 +340,10 @@ async def create_webhook(request: Request, caller: TradecloudCaller) -> Response
         if not body.auth.token:
             raise ApiError(422, "request body is invalid", [("auth.token", "required")])
         auth = {"scheme": "bearer", "token": body.auth.token}
-    sub, secret = await _webhooks(request).create(
-        caller, "tradecloud", body.url, "orderEvent", auth=auth
+    spec = NewSubscription(body.url, "orderEvent", auth=auth, options={"mode": body.mode})
+    return await _webhooks(request).create_answered(
+        caller, "tradecloud", [spec], lambda made: _json(render_subscription(*made[0]), 201)
     )
-    return _json(render_subscription(sub, secret), 201)
 
 
 @tradecloud_router.get(
@@ -339,10 +361,14 @@ async def list_webhooks(request: Request, caller: TradecloudCaller) -> Response:
     summary="ordersync extension: delete a webhook",
     responses=errors(404) | {200: answer("Deleted", _OBJECT)},
 )
+@idempotent
 async def delete_webhook(request: Request, caller: TradecloudCaller, sub_id: str) -> Response:
-    if await _webhooks(request).delete(caller, "tradecloud", [sub_id]) == 0:
-        raise ApiError(404, f"no webhook with id {sub_id}")
-    return _json({"deleted": 1})
+    def answer(deleted: int) -> Response:
+        if deleted == 0:
+            raise ApiError(404, f"no webhook with id {sub_id}")
+        return _json({"deleted": 1})
+
+    return await _webhooks(request).delete_answered(caller, "tradecloud", [sub_id], answer)
 
 
 extension_routes(tradecloud_router, "/webhooks", tradecloud_principal, "tradecloud")
