@@ -7,6 +7,8 @@ A push file is JSON lines, one change each (README, "Pushing orders"):
     {"op": "update", "private_ref": "erp-1", "order": {"status": "received"}}   HubRise PATCH
     {"op": "cancel", "customer_identifier": "SO-1"}         MasonHub
     {"op": "cancel", "private_ref": "erp-1"}                HubRise (or "order_id")
+    {"op": "create"|"update", "order": {"order": {...}, "lines": [...]}}   Tradecloud message
+    {"op": "cancel", "purchaseOrderNumber": "PO-1"}         Tradecloud
 
 with an optional `"key"`: the line's idempotency key. Without one the key is derived from the
 source, the line's content and its occurrence in the file (the n-th identical line), so the
@@ -184,6 +186,8 @@ def _check(dialect: str, document: dict[str, Any], number: int) -> tuple[Op, str
     op = document.get("op")
     if op not in OPS:
         raise PushFileError(f"line {number}: op must be one of {', '.join(OPS)}, not {op!r}")
+    if dialect == "tradecloud":
+        return op, _tradecloud_ref(op, document, number)
     order = document.get("order")
     if op == "create" or (op == "update" and dialect != "hubrise"):
         if not isinstance(order, dict):
@@ -206,6 +210,25 @@ def _check(dialect: str, document: dict[str, Any], number: int) -> tuple[Op, str
     if not isinstance(ref, str) or not ref:
         raise PushFileError(f"line {number}: cancel needs customer_identifier")
     return op, ref
+
+
+def _tradecloud_ref(op: Op, document: dict[str, Any], number: int) -> str:
+    """Tradecloud: a create or update is the buyer's order message `{"order": {...}, "lines":
+    [...]}` under `order`; a cancel names the `purchaseOrderNumber`."""
+    if op == "cancel":
+        ref = document.get("purchaseOrderNumber")
+        if not isinstance(ref, str) or not ref:
+            raise PushFileError(f"line {number}: cancel needs purchaseOrderNumber")
+        return ref
+    message = document.get("order")
+    header = message.get("order") if isinstance(message, dict) else None
+    ref = header.get("purchaseOrderNumber") if isinstance(header, dict) else None
+    if not isinstance(ref, str) or not ref:
+        raise PushFileError(
+            f"line {number}: {op} needs the order message, "
+            '{"order": {"order": {"purchaseOrderNumber": ...}, "lines": [...]}}'
+        )
+    return ref
 
 
 # -- the dialects ------------------------------------------------------------------------------
@@ -376,9 +399,37 @@ class HubRiseWriter:
         return {}
 
 
+class TradecloudWriter:
+    """The buyer's order message, `POST /api-connector/order`, for all three: a create or an
+    update is the message as given (keyed by its purchaseOrderNumber), a cancel the order's
+    `indicators.cancelled` without lines. Every answer is final: nothing to poll."""
+
+    def __init__(self, client: ApiClient) -> None:
+        self.client = client
+
+    async def send(self, row: OutboxRow, line: dict[str, Any]) -> Answer:
+        message = (
+            {"order": {"purchaseOrderNumber": row.ref, "indicators": {"cancelled": True}}}
+            if row.op == "cancel"
+            else line["order"]
+        )
+        try:
+            answer = await self.client.request_json(
+                "POST", "/api-connector/order", body=message, headers=_headers(row)
+            )
+        except RequestRejected as exc:
+            return Answer(FAILED, reason=refusal(exc))
+        order = answer.body.get("order") if isinstance(answer.body, dict) else None
+        return _created("tradecloud", order)
+
+    async def poll(self, rows: Sequence[OutboxRow]) -> dict[int, Answer]:
+        return {}
+
+
 WRITERS: dict[str, Callable[[ApiClient], Writer]] = {
     "masonhub": MasonHubWriter,
     "hubrise": HubRiseWriter,
+    "tradecloud": TradecloudWriter,
 }
 
 

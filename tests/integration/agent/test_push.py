@@ -36,7 +36,7 @@ from ordersync.store.store import Principal, Store
 from ordersync.store.tables import changes
 from tests.support import ORDERSYNC_CLI, order_payload, serve_in_thread
 
-ROOTS = {"masonhub": "/api/v1", "hubrise": "/v1"}
+ROOTS = {"masonhub": "/api/v1", "hubrise": "/v1", "tradecloud": "/v2"}
 
 
 @dataclass
@@ -48,7 +48,11 @@ class LiveHub:
 
     def source(self, dialect: str = "masonhub") -> SourceConfig:
         return SourceConfig(
-            name=dialect, dialect=dialect, base_url=self.root + ROOTS[dialect], token_env="T"
+            name=dialect,
+            dialect=dialect,  # type: ignore[arg-type]
+            base_url=self.root + ROOTS[dialect],
+            token_env="T",
+            connection_name="erp",  # the token's connection (Tradecloud's Basic user)
         )
 
     async def orders(self) -> dict[str, dict[str, Any]]:
@@ -292,6 +296,55 @@ async def test_hubrise_creates_updates_and_cancels_by_private_ref(
         ("erp-unknown", "failed"),
     ]
     assert (await live_hub.orders())["R-1"]["status"] == "canceled"
+
+
+def tradecloud_message(number: str, quantity: str = "2", **header: Any) -> dict[str, Any]:
+    return {
+        "order": {
+            "purchaseOrderNumber": number,
+            "destination": {
+                "names": ["Main warehouse"],
+                "addressLines": ["Street 123"],
+                "postalCode": "1234 AB",
+                "city": "Rotterdam",
+                "countryCodeIso2": "NL",
+            },
+            **header,
+        },
+        "lines": [
+            {
+                "position": "0001",
+                "item": {"number": "SKU-1"},
+                "deliverySchedule": [{"date": "2026-12-24", "quantity": quantity}],
+                "prices": {"netPrice": {"priceInTransactionCurrency": {"value": "9.99"}}},
+            }
+        ],
+    }
+
+
+async def test_tradecloud_sends_the_buyers_order_message_for_each_change(
+    live_hub: LiveHub, tmp_path: Path
+) -> None:
+    """Tradecloud: create and update by the order message (keyed by purchaseOrderNumber),
+    cancel by `indicators.cancelled`; the answer is final, the hub holds the result."""
+    report = await push_text(
+        live_hub,
+        f"sqlite:///{tmp_path}/replica.db",
+        lines_of(
+            {"op": "create", "order": tradecloud_message("PO-1")},
+            {"op": "create", "order": tradecloud_message("PO-2")},
+            {"op": "update", "order": tradecloud_message("PO-1", quantity="5")},
+            {"op": "cancel", "purchaseOrderNumber": "PO-2"},
+            {"op": "update", "order": tradecloud_message("PO-3", orderType="nonsense" * 40)},
+        ),
+        dialect="tradecloud",
+    )
+    assert [r.state for r in report.results] == ["resolved"] * 4 + ["failed"]
+    assert report.results[4].reason is not None and "orderType" in report.results[4].reason
+    orders = await live_hub.orders()
+    assert orders["PO-1"]["line_items"][0]["quantity"] == "5"
+    assert orders["PO-2"]["status"] == "canceled"
+    assert report.results[0].order_id == orders["PO-1"]["id"]
 
 
 def test_a_line_that_is_no_change_is_refused_before_anything_is_sent() -> None:
