@@ -295,7 +295,7 @@ class ApiClient:
             url,
             params=_query(params),
             headers={**headers, **extra_headers} if extra_headers else headers,
-            content=None if body is None else orjson.dumps(body),
+            content=None if body is None else orjson.dumps(body, default=exact_json),
         )
         try:
             async with asyncio.timeout(self.deadline):
@@ -393,6 +393,13 @@ class ApiClient:
 
 
 _NOT_JSON: Any = object()  # a body that does not decode: its own value, so messages can say so
+
+
+def exact_json(value: Any) -> Any:
+    """orjson's `default`: a Decimal goes out as the JSON number it is, digit for digit."""
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _json_body(content: bytes, decode: Callable[[bytes], Any] = orjson.loads) -> Any:

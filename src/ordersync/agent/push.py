@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -38,7 +40,7 @@ import httpx
 import orjson
 import structlog
 
-from ordersync.agent.client import ApiClient, auth_headers
+from ordersync.agent.client import ApiClient, auth_headers, exact_json
 from ordersync.agent.config import SourceConfig
 from ordersync.agent.errors import AgentError, AuthError, RequestRejected, SourceError
 from ordersync.agent.metrics import AgentMetrics
@@ -89,7 +91,7 @@ class PushLine:
     @property
     def canonical(self) -> str:
         """The line as the outbox keeps it (keys sorted: the same change, the same text)."""
-        return orjson.dumps(self.document, option=orjson.OPT_SORT_KEYS).decode()
+        return orjson.dumps(self.document, default=exact_json, option=orjson.OPT_SORT_KEYS).decode()
 
 
 @dataclass
@@ -153,15 +155,15 @@ def parse_lines(dialect: str, source: str, text: Iterable[str]) -> list[PushLine
         if not raw.strip():
             continue
         try:
-            document = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            document = load_exact(raw)
+        except (ValueError, RecursionError) as exc:
             raise PushFileError(f"line {number}: not JSON ({exc})") from None
         if not isinstance(document, dict):
             raise PushFileError(f"line {number}: expected a JSON object with an op")
         op, ref = _check(dialect, document, number)
         key = document.get("key")
         if key is None:
-            content = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+            content = orjson.dumps(document, default=exact_json, option=orjson.OPT_SORT_KEYS)
             occurrence = seen.get(content, 0)
             seen[content] = occurrence + 1
             digest = hashlib.sha256(
@@ -176,6 +178,15 @@ def parse_lines(dialect: str, source: str, text: Iterable[str]) -> list[PushLine
         taken = next(k for k in keys if keys.count(k) > 1)
         raise PushFileError(f"key {taken!r} is given to two lines; each change needs its own")
     return lines
+
+
+def load_exact(text: str) -> Any:
+    """JSON with its fractional numbers as Decimal: a quantity or price goes out as written."""
+    return json.loads(text, parse_float=Decimal, parse_constant=_not_a_number)
+
+
+def _not_a_number(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _printable(text: str) -> bool:
@@ -464,7 +475,7 @@ async def push_lines(
             break  # in file order: a later change never overtakes an unanswered earlier one
         await outbox.sent(row)
         try:
-            answer = await writer.send(row, orjson.loads(row.line))
+            answer = await writer.send(row, load_exact(row.line))
         except AuthError:
             raise
         except SourceError as exc:  # no answer (retries spent, rate limited): stays pending

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
+from ordersync.agent.client import exact_json
 from ordersync.agent.config import SourceConfig
 from ordersync.agent.factory import open_engine
 from ordersync.agent.inbox import fetch_entity
@@ -102,7 +104,7 @@ def replica(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def lines_of(*changes: dict[str, Any]) -> list[str]:
-    return [orjson.dumps(change).decode() for change in changes]
+    return [orjson.dumps(change, default=exact_json).decode() for change in changes]
 
 
 async def push_text(
@@ -298,7 +300,11 @@ async def test_hubrise_creates_updates_and_cancels_by_private_ref(
     assert (await live_hub.orders())["R-1"]["status"] == "canceled"
 
 
-def tradecloud_message(number: str, quantity: str = "2", **header: Any) -> dict[str, Any]:
+# A JSON number a float cannot hold: it reaches the platform digit for digit.
+EXACT = Decimal("123456789012345.000000000001")
+
+
+def tradecloud_message(number: str, quantity: Any = "2", **header: Any) -> dict[str, Any]:
     return {
         "order": {
             "purchaseOrderNumber": number,
@@ -325,15 +331,16 @@ def tradecloud_message(number: str, quantity: str = "2", **header: Any) -> dict[
 async def test_tradecloud_sends_the_buyers_order_message_for_each_change(
     live_hub: LiveHub, tmp_path: Path
 ) -> None:
-    """Tradecloud: create and update by the order message (keyed by purchaseOrderNumber),
-    cancel by `indicators.cancelled`; the answer is final, the hub holds the result."""
+    """Tradecloud: create and update by the order message (keyed by purchaseOrderNumber; a
+    quantity sent as a JSON number arrives exactly), cancel by `indicators.cancelled`; the
+    answer is final, the hub holds the result."""
     report = await push_text(
         live_hub,
         f"sqlite:///{tmp_path}/replica.db",
         lines_of(
             {"op": "create", "order": tradecloud_message("PO-1")},
             {"op": "create", "order": tradecloud_message("PO-2")},
-            {"op": "update", "order": tradecloud_message("PO-1", quantity="5")},
+            {"op": "update", "order": tradecloud_message("PO-1", quantity=EXACT)},
             {"op": "cancel", "purchaseOrderNumber": "PO-2"},
             {"op": "update", "order": tradecloud_message("PO-3", orderType="nonsense" * 40)},
         ),
@@ -342,7 +349,7 @@ async def test_tradecloud_sends_the_buyers_order_message_for_each_change(
     assert [r.state for r in report.results] == ["resolved"] * 4 + ["failed"]
     assert report.results[4].reason is not None and "orderType" in report.results[4].reason
     orders = await live_hub.orders()
-    assert orders["PO-1"]["line_items"][0]["quantity"] == "5"
+    assert orders["PO-1"]["line_items"][0]["quantity"] == "123456789012345.000000000001"
     assert orders["PO-2"]["status"] == "canceled"
     assert report.results[0].order_id == orders["PO-1"]["id"]
 
