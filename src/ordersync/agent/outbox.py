@@ -187,6 +187,24 @@ class Outbox:
                 values[name] = value
         await self._update(row, only_open=True, **values)
 
+    async def resolve_request(
+        self, source: str, request_id: str, state: str, reason: str | None = None
+    ) -> int:
+        """A resolution that came by callback (the agent's webhook inbox): the accepted rows
+        of that request take it. How many did (0: not ours, or recorded already)."""
+        c = push_outbox.c
+        values: dict[str, Any] = {"state": state, "updated_at_ms": self.clock()}
+        if reason is not None:
+            values["reason"] = reason
+        with self._translated(f"cannot update the push outbox of {source}"):
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(push_outbox)
+                    .where(c.source == source, c.request_id == request_id, c.state == ACCEPTED)
+                    .values(**values)
+                )
+                return int(result.rowcount or 0)
+
     async def _update(self, row: OutboxRow, *, only_open: bool = False, **values: Any) -> None:
         c = push_outbox.c
         statement = update(push_outbox).where(c.seq == row.seq)

@@ -36,6 +36,7 @@ from ordersync.hub.settings import HubSettings
 from ordersync.store.engine import create_engines, parse_database_url
 from ordersync.store.store import Principal, Store
 from ordersync.store.tables import changes
+from tests.integration.agent.harness import BASE_URLS, Hub
 from tests.support import ORDERSYNC_CLI, order_payload, serve_in_thread
 
 ROOTS = {"masonhub": "/api/v1", "hubrise": "/v1", "tradecloud": "/v2"}
@@ -504,3 +505,47 @@ async def test_pushed_changes_come_back_marked_as_echoes(
         echoed = {i for i, data in rows if orjson.loads(data).get("echo")}
     await engine.dispose()
     assert echoed == {orders["E-1"]["id"]}
+
+
+# -- resolution callbacks ----------------------------------------------------------------------
+
+
+async def test_a_resolution_callback_settles_the_pushed_request_without_polling(
+    tmp_path: Path, hub: Hub
+) -> None:
+    """A MasonHub `orderUpdateResolution` delivered to the running agent's receiver resolves
+    the outbox row of the request `agent push` sent: the next push reports it resolved without
+    asking the platform (polling stays the fallback)."""
+    from tests.integration.agent.test_webhook_receiver import agent, signed_headers
+
+    (order,) = await hub.create_orders(1)
+    replica = f"sqlite:///{tmp_path}/replica.db"
+    line = lines_of({"op": "update", "order": order_payload(order.customer_identifier)})
+    source = SourceConfig(
+        name="masonhub", base_url=BASE_URLS["masonhub"], token_env="T", connection_name="agent"
+    )
+    pushed = await push(
+        source, hub.token, replica, parse_lines("masonhub", "masonhub", line),
+        wait_s=0, transport=httpx.ASGITransport(app=hub.app),
+    )  # fmt: skip
+    (accepted,) = pushed.results
+    assert accepted.state == "accepted" and accepted.request_id is not None
+    requests = hub.app.state.requests
+    hub.clock.advance(10_000)
+    assert await requests.resolve_due(everything=True) == 1
+    data = await requests.resolution("orderUpdateResolution", accepted.request_id)
+    body = orjson.dumps(
+        {"callback_url": "http://agent/webhooks/masonhub", "message_type":
+         "orderUpdateResolution", "message_id": "m-1", "data": data}
+    )  # fmt: skip
+    async with agent(tmp_path, hub, sink_url=replica) as (runtime, port):
+        answer = await port.post("/webhooks/masonhub", content=body, headers=signed_headers(body))
+        assert answer.status_code == 204
+        await runtime.engines["masonhub"].sync_feed(runtime.inbox_feeds["masonhub"])
+    seen: list[httpx.Request] = []
+    again = await push(
+        source, hub.token, replica, parse_lines("masonhub", "masonhub", line),
+        wait_s=0, transport=_Spy(httpx.ASGITransport(app=hub.app), seen),
+    )  # fmt: skip
+    assert [r.state for r in again.results] == ["resolved"]
+    assert seen == []
