@@ -85,3 +85,27 @@ def test_a_push_to_a_running_hub_resolves_each_line(
         assert malformed.stderr.strip().splitlines() == [
             "error: line 2: op must be one of create, update, cancel, not 'delete'"
         ]
+
+
+def test_push_needs_a_sql_replica_and_a_known_source(tmp_path: Path) -> None:
+    """A JSONL sink has no outbox to keep, an unknown --source is named: one line, exit 2."""
+    (tmp_path / "changes.jsonl").write_text('{"op": "cancel", "customer_identifier": "A"}\n')
+    (tmp_path / "agent.toml").write_text(
+        '[[sources]]\nname = "masonhub"\nbase_url = "http://127.0.0.1:9/api/v1"\n'
+        f'token_env = "HUB_TOKEN"\n[sink]\nurl = "jsonl://{tmp_path}/changes-out.jsonl"\n'
+    )
+    for source, expected in (
+        ("masonhub", "error: push keeps its outbox in the SQL replica"),
+        ("nope", "error: --source 'nope' is not in agent.toml (sources: masonhub)"),
+    ):
+        result = subprocess.run(
+            [*ORDERSYNC_CLI, "agent", "push", "--source", source, "changes.jsonl"],
+            cwd=tmp_path,
+            env=os.environ | {"HUB_TOKEN": "x"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(expected), line
