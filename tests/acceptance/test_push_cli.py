@@ -1,6 +1,7 @@
 """`ordersync agent push` as a user runs it: its help, a push to a hub process that ends with
 every line resolved, one result per line on stdout, a summary on stderr and the README's exit
-codes (0 resolved, 1 a line failed, 2 a bad line, nothing sent)."""
+codes (0 resolved, 1 a line failed, 2 a bad line, nothing sent); `agent status` then counts
+the outbox's lines per state."""
 
 from __future__ import annotations
 
@@ -85,6 +86,17 @@ def test_a_push_to_a_running_hub_resolves_each_line(
         assert malformed.stderr.strip().splitlines() == [
             "error: line 2: op must be one of create, update, cancel, not 'delete'"
         ]
+
+        status = subprocess.run(
+            [*ORDERSYNC_CLI, "agent", "status"],
+            cwd=tmp_path,
+            env=os.environ | {"HUB_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "push masonhub: 0 pending, 0 accepted, 3 resolved, 1 failed" in status.stdout
 
 
 def test_push_needs_a_sql_replica_and_a_known_source(tmp_path: Path) -> None:

@@ -189,6 +189,16 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
             str(row.get("echoes", "-")),
         )
     _out().print(table)
+    _print_push_outbox(settings)
+
+
+def _print_push_outbox(settings: AgentConfig) -> None:
+    """One line per source `agent push` wrote through: its outbox's lines per state."""
+    from ordersync.agent.outbox import STATES, stored_counts
+
+    for source, counts in sorted(loops.run(stored_counts(settings.sink.url)).items()):
+        figures = ", ".join(f"{counts.get(state, 0)} {state}" for state in STATES)
+        print(f"push {source}: {figures}")
 
 
 def _out() -> Console:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -32,6 +33,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    inspect,
     select,
     update,
 )
@@ -252,3 +254,38 @@ def _row(row: Any) -> OutboxRow:
         row.reason,
         int(row.attempts),
     )
+
+
+async def stored_counts(url: str) -> dict[str, dict[str, int]]:
+    """source -> rows per state of the push outbox of the SQL replica at `url`, creating
+    nothing (`agent status`); empty when there is no outbox (nothing was ever pushed)."""
+    from ordersync.store.engine import create_engines, parse_database_url
+
+    if not url.partition("://")[0].split("+")[0].lower().startswith(("sqlite", "postgres")):
+        return {}
+    parsed = parse_database_url(url)
+    if parsed.backend == "sqlite" and not _file_exists(parsed.sync_url.removeprefix("sqlite:///")):
+        return {}  # connecting would create the file
+    reader, writer = create_engines(parsed, pool_size=1)
+    c = push_outbox.c
+    counts: dict[str, dict[str, int]] = {}
+    try:
+        async with reader.connect() as conn:
+            has = await conn.run_sync(lambda sync: inspect(sync).has_table(push_outbox.name))
+            if has:
+                rows = await conn.execute(
+                    select(c.source, c.state, func.count()).group_by(c.source, c.state)
+                )
+                for source, state, n in rows:
+                    counts.setdefault(str(source), {})[str(state)] = int(n)
+    except (SQLAlchemyError, OSError):
+        return {}  # the figures are extras of `agent status`; the positions said the rest
+    finally:
+        await reader.dispose()
+        if writer is not reader:
+            await writer.dispose()
+    return counts
+
+
+def _file_exists(path: str) -> bool:
+    return Path(path).exists()
