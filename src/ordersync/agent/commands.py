@@ -171,7 +171,7 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
     )
     for column in (
         "source", "stream", "position", "lag", "applied", "repeats", "last success",
-        "last error", "quota", "quarantined (source)", "echoes (source)",
+        "last error", "quota", "echoes (source)", "quarantined (source)",
     ):  # fmt: skip
         table.add_column(column, overflow="fold")  # wrapped on a narrow terminal, never cut
     for row in rows:
@@ -185,8 +185,8 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
             row.get("last_success_at") or "-",
             escape(row.get("last_error") or "-"),
             _quota_cell(row),
-            str(row.get("quarantined", "-")),
             str(row.get("echoes", "-")),
+            str(row.get("quarantined", "-")),
         )
     _out().print(table)
     _print_push_outbox(settings)
