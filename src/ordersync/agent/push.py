@@ -68,6 +68,7 @@ OPS: tuple[Op, ...] = ("create", "update", "cancel")
 PushHook = Callable[[str], None]
 STEPS = ("after_insert", "after_send", "after_answer", "during_poll")
 POLL_BATCH = 30  # ids per status request (MasonHub's limit)
+MAX_REF = 200  # characters of an order's name (the outbox's ref column)
 
 
 class PushFileError(OrdersyncError):
@@ -194,33 +195,54 @@ def _printable(text: str) -> bool:
 
 
 def _check(dialect: str, document: dict[str, Any], number: int) -> tuple[Op, str]:
+    """The line's op and the order it names (its ref), as the dialect names orders."""
     op = document.get("op")
     if op not in OPS:
         raise PushFileError(f"line {number}: op must be one of {', '.join(OPS)}, not {op!r}")
-    if dialect == "tradecloud":
-        return op, _tradecloud_ref(op, document, number)
-    order = document.get("order")
-    if op == "create" or (op == "update" and dialect != "hubrise"):
-        if not isinstance(order, dict):
-            raise PushFileError(f"line {number}: {op} needs an order object")
-        # HubRise: the ERP's own id is the order's private_ref when it has one, else its ref.
-        field_name = "ref" if dialect == "hubrise" else "customer_identifier"
-        ref = order.get("private_ref") or order.get("ref") if dialect == "hubrise" else None
-        ref = ref or order.get(field_name)
-        if not isinstance(ref, str) or not ref:
-            raise PushFileError(f"line {number}: the order needs its {field_name}")
-        return op, ref
-    if dialect == "hubrise":
-        if op == "update" and not isinstance(order, dict):
-            raise PushFileError(f"line {number}: update needs an order object (the PATCH body)")
-        ref = document.get("order_id") or document.get("private_ref")
-        if not isinstance(ref, str) or not ref:
-            raise PushFileError(f"line {number}: {op} needs order_id or private_ref")
-        return op, ref
-    ref = document.get("customer_identifier")
-    if not isinstance(ref, str) or not ref:
-        raise PushFileError(f"line {number}: cancel needs customer_identifier")
+    named = {"tradecloud": _tradecloud_ref, "hubrise": _hubrise_ref}.get(dialect, _masonhub_ref)
+    ref = named(op, document, number)
+    if len(ref) > MAX_REF:
+        raise PushFileError(f"line {number}: {ref[:20]!r}... is longer than {MAX_REF} characters")
     return op, ref
+
+
+def _text_of(value: Any, need: str, number: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise PushFileError(f"line {number}: {need}")
+    return value
+
+
+def _order_of(op: Op, document: dict[str, Any], number: int, what: str) -> dict[str, Any]:
+    order = document.get("order")
+    if not isinstance(order, dict):
+        raise PushFileError(f"line {number}: {op} needs an order object ({what})")
+    return order
+
+
+def _masonhub_ref(op: Op, document: dict[str, Any], number: int) -> str:
+    """MasonHub: a create or update carries the order (the update: the full order), named by
+    its customer_identifier; a cancel names the customer_identifier."""
+    if op == "cancel":
+        return _text_of(
+            document.get("customer_identifier"), "cancel needs customer_identifier", number
+        )
+    order = _order_of(op, document, number, "the order as the platform takes it")
+    return _text_of(
+        order.get("customer_identifier"), "the order needs its customer_identifier", number
+    )
+
+
+def _hubrise_ref(op: Op, document: dict[str, Any], number: int) -> str:
+    """HubRise: a create carries the order (named by its private_ref, else its ref); an update
+    (the PATCH body) and a cancel name the order by order_id or private_ref."""
+    if op == "create":
+        order = _order_of(op, document, number, "the order as the platform takes it")
+        ref = order.get("private_ref") or order.get("ref")
+        return _text_of(ref, "the order needs its ref", number)
+    if op == "update":
+        _order_of(op, document, number, "the PATCH body")
+    ref = document.get("order_id") or document.get("private_ref")
+    return _text_of(ref, f"{op} needs order_id or private_ref", number)
 
 
 def _tradecloud_ref(op: Op, document: dict[str, Any], number: int) -> str:
@@ -228,18 +250,12 @@ def _tradecloud_ref(op: Op, document: dict[str, Any], number: int) -> str:
     [...]}` under `order`; a cancel names the `purchaseOrderNumber`."""
     if op == "cancel":
         ref = document.get("purchaseOrderNumber")
-        if not isinstance(ref, str) or not ref:
-            raise PushFileError(f"line {number}: cancel needs purchaseOrderNumber")
-        return ref
-    message = document.get("order")
-    header = message.get("order") if isinstance(message, dict) else None
+        return _text_of(ref, "cancel needs purchaseOrderNumber", number)
+    message = _order_of(op, document, number, "the buyer's order message")
+    header = message.get("order")
     ref = header.get("purchaseOrderNumber") if isinstance(header, dict) else None
-    if not isinstance(ref, str) or not ref:
-        raise PushFileError(
-            f"line {number}: {op} needs the order message, "
-            '{"order": {"order": {"purchaseOrderNumber": ...}, "lines": [...]}}'
-        )
-    return ref
+    need = 'the message needs {"order": {"purchaseOrderNumber": ...}, "lines": [...]}'
+    return _text_of(ref, need, number)
 
 
 # -- the dialects ------------------------------------------------------------------------------

@@ -356,12 +356,14 @@ async def test_tradecloud_sends_the_buyers_order_message_for_each_change(
 
 
 def test_a_line_that_is_no_change_is_refused_before_anything_is_sent() -> None:
-    """Not JSON, an unknown op, an update without its order: PushFileError naming the line."""
+    """Not JSON, an unknown op, an order without its identifier, a cancel naming none, an
+    identifier too long to keep: PushFileError naming the line."""
     for text, expected in (
         (["{nope"], "line 1: not JSON"),
         (['{"op": "delete"}'], "op must be one of"),
         (['{"op": "create", "order": {}}', '{"op": "update"}'], "line 1: the order needs"),
         (['{"op": "cancel"}'], "cancel needs customer_identifier"),
+        (lines_of({"op": "cancel", "customer_identifier": "x" * 201}), "longer than 200"),
     ):
         with pytest.raises(PushFileError, match=expected):
             parse_lines("masonhub", "masonhub", text)
