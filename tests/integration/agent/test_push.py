@@ -261,31 +261,33 @@ async def test_two_copies_at_once_create_each_order_once(live_hub: LiveHub, tmp_
     assert set((await live_hub.creations()).values()) == {1}
 
 
+HUBRISE_ORDER = {
+    "ref": "R-1",
+    "private_ref": "erp-1",
+    "service_type_ref": "ground",
+    "shipping_provider": "UPS",
+    "customer": {
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "address_1": "12 Analytical Row",
+        "city": "London",
+        "postal_code": "EC1A 1BB",
+        "country": "GB",
+    },
+    "items": [{"sku_ref": "SKU-1", "price": "9.99 EUR", "quantity": "2"}],
+}
+
+
 async def test_hubrise_creates_updates_and_cancels_by_private_ref(
     live_hub: LiveHub, tmp_path: Path
 ) -> None:
     """HubRise: POST /location/orders, then PATCH by the order's private_ref (status, and
     `cancelled` for a cancel); every answer is final."""
-    order = {
-        "ref": "R-1",
-        "private_ref": "erp-1",
-        "service_type_ref": "ground",
-        "shipping_provider": "UPS",
-        "customer": {
-            "first_name": "Ada",
-            "last_name": "Lovelace",
-            "address_1": "12 Analytical Row",
-            "city": "London",
-            "postal_code": "EC1A 1BB",
-            "country": "GB",
-        },
-        "items": [{"sku_ref": "SKU-1", "price": "9.99 EUR", "quantity": "2"}],
-    }
     report = await push_text(
         live_hub,
         f"sqlite:///{tmp_path}/replica.db",
         lines_of(
-            {"op": "create", "order": order},
+            {"op": "create", "order": HUBRISE_ORDER},
             {"op": "update", "private_ref": "erp-1", "order": {"status": "received"}},
             {"op": "cancel", "private_ref": "erp-1"},
             {"op": "cancel", "private_ref": "erp-unknown"},
@@ -390,15 +392,18 @@ def test_keys_are_stable_and_repeated_lines_get_their_own() -> None:
 def push_cli(live_hub: LiveHub, tmp_path: Path) -> Iterator[Any]:
     replica = tmp_path / "replica.db"
     (tmp_path / "agent.toml").write_text(
-        "[[sources]]\n"
-        'name = "masonhub"\n'
-        f'base_url = "{live_hub.root}/api/v1"\n'
+        f'[[sources]]\nname = "masonhub"\nbase_url = "{live_hub.root}/api/v1"\n'
+        'token_env = "HUB_TOKEN"\n'
+        f'[[sources]]\nname = "hubrise"\ndialect = "hubrise"\nbase_url = "{live_hub.root}/v1"\n'
         'token_env = "HUB_TOKEN"\n'
         f'[sink]\nurl = "sqlite:///{replica}"\n'
     )
-    (tmp_path / "changes.jsonl").write_text("\n".join(MIXED) + "\n")
+    (tmp_path / "masonhub.jsonl").write_text("\n".join(MIXED) + "\n")
+    (tmp_path / "hubrise.jsonl").write_text("\n".join(HUBRISE_LINES) + "\n")
 
-    def run(kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        kill_at: str | None = None, source: str = "masonhub"
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
             "HUB_TOKEN": live_hub.token,
@@ -413,8 +418,8 @@ def push_cli(live_hub: LiveHub, tmp_path: Path) -> Iterator[Any]:
                 "agent",
                 "push",
                 "--source",
-                "masonhub",
-                "changes.jsonl",
+                source,
+                f"{source}.jsonl",
                 "--poll-interval",
                 "0.05",
                 "--wait",
@@ -432,7 +437,14 @@ def push_cli(live_hub: LiveHub, tmp_path: Path) -> Iterator[Any]:
 
 @pytest.mark.parametrize(
     "kill_at",
-    ["after_insert", "after_send:1", "after_send:3", "after_answer:2", "during_poll"],
+    [
+        "after_insert",
+        "after_send:1",
+        "after_send:3",
+        "after_send:4",
+        "after_answer:2",
+        "during_poll",
+    ],
 )
 async def test_sigkill_at_every_step_then_the_same_push_creates_each_order_once(
     live_hub: LiveHub, push_cli: Any, tmp_path: Path, kill_at: str
@@ -551,3 +563,25 @@ async def test_a_resolution_callback_settles_the_pushed_request_without_polling(
     )  # fmt: skip
     assert [r.state for r in again.results] == ["resolved"]
     assert seen == []
+
+
+HUBRISE_LINES = lines_of(
+    {"op": "create", "order": HUBRISE_ORDER},
+    {"op": "cancel", "private_ref": "erp-1"},
+)
+
+
+@pytest.mark.parametrize("kill_at", ["after_send:1", "after_send:2"])
+async def test_sigkill_after_a_hubrise_request_is_sent_then_the_same_push_does_it_once(
+    live_hub: LiveHub, push_cli: Any, kill_at: str
+) -> None:
+    """HubRise: the create (its private_ref is unique) or the cancel went out and the push
+    died before recording the answer; pushed again, the replayed answer resolves the line
+    instead of a refusal, and the order exists once, cancelled."""
+    assert push_cli(kill_at, source="hubrise").returncode == -9
+    again = push_cli(source="hubrise")
+    assert again.returncode == 0, again.stderr
+    results = [orjson.loads(line) for line in again.stdout.splitlines()]
+    assert [r["state"] for r in results] == ["resolved", "resolved"]
+    assert (await live_hub.orders())["R-1"]["status"] == "canceled"
+    assert set((await live_hub.creations()).values()) == {1}
