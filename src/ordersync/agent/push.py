@@ -501,6 +501,11 @@ async def push_lines(
             )
             continue
         fire("after_send")
+        if answer.state == FAILED and row.attempts > 0:
+            # Sent before, its answer never recorded: were the platform's key gone (keys
+            # expire), the refusal may be the first request's own effect (a duplicate).
+            hint = "sent before under this key; the platform may already hold the change"
+            answer = Answer(FAILED, reason=f"{answer.reason} ({hint})")
         await outbox.answered(
             row,
             answer.state,

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from ordersync.agent.client import exact_json
 from ordersync.agent.config import SourceConfig
@@ -35,7 +35,7 @@ from ordersync.hub.ratelimit import QuotaPolicy
 from ordersync.hub.settings import HubSettings
 from ordersync.store.engine import create_engines, parse_database_url
 from ordersync.store.store import Principal, Store
-from ordersync.store.tables import changes
+from ordersync.store.tables import changes, idempotency_keys
 from tests.integration.agent.harness import BASE_URLS, Hub
 from tests.support import ORDERSYNC_CLI, order_payload, serve_in_thread
 
@@ -207,6 +207,33 @@ async def test_a_key_reused_for_another_change_is_refused_and_not_sent(
     assert result.state == "failed" and result.reason is not None
     assert "erp-7" in result.reason and "K-1" in result.reason
     assert set(await live_hub.orders()) == {"K-1"}
+
+
+class _Died(Exception):
+    """Stands for the push process dying at a step: nothing after it runs."""
+
+
+async def test_a_resend_after_the_platform_forgot_the_key_fails_without_a_duplicate(
+    live_hub: LiveHub, tmp_path: Path
+) -> None:
+    """The create went out, the push died before recording the answer, and the platform's
+    key expired meanwhile: pushed again, the platform refuses the duplicate, so the line
+    fails saying it was sent before; the order exists once."""
+    replica = f"sqlite:///{tmp_path}/replica.db"
+    line = lines_of({"op": "create", "order": order_payload("X-1")})
+
+    def die(step: str) -> None:
+        if step == "after_send":
+            raise _Died(step)
+
+    with pytest.raises(_Died):
+        await push_text(live_hub, replica, line, hook=die)
+    async with live_hub.store.writer.begin() as conn:
+        await conn.execute(delete(idempotency_keys))
+    (result,) = (await push_text(live_hub, replica, line)).results
+    assert result.state == "failed" and result.reason is not None
+    assert "sent before under this key" in result.reason
+    assert set((await live_hub.creations()).values()) == {1}
 
 
 class _Spy(httpx.AsyncBaseTransport):
