@@ -157,9 +157,17 @@ class ApiClient:
         return await self.request_json("POST", endpoint, params, body)
 
     async def request_json(
-        self, method: str, endpoint: str, params: Params = (), body: Any = None
+        self,
+        method: str,
+        endpoint: str,
+        params: Params = (),
+        body: Any = None,
+        *,
+        headers: Mapping[str, str] | None = None,
     ) -> ApiResponse:
-        return await self._abortable(self._retried(method, endpoint, params, body))
+        """`headers` are added to this request's (e.g. `Idempotency-Key`: a write is then safe
+        to retry, the platform replaying its first answer)."""
+        return await self._abortable(self._retried(method, endpoint, params, body, headers))
 
     async def probe(self, method: str, endpoint: str, params: Params = (), body: Any = None) -> int:
         """One attempt, no retries, no quota spent: the status the platform answers (preflight
@@ -209,10 +217,17 @@ class ApiClient:
         finally:
             self._in_flight.discard(task)
 
-    async def _retried(self, method: str, endpoint: str, params: Params, body: Any) -> ApiResponse:
+    async def _retried(
+        self,
+        method: str,
+        endpoint: str,
+        params: Params,
+        body: Any,
+        headers: Mapping[str, str] | None = None,
+    ) -> ApiResponse:
         try:
             return await self.retrier.call(
-                lambda attempt: self._attempt(endpoint, params, attempt, method, body)
+                lambda attempt: self._attempt(endpoint, params, attempt, method, body, headers)
             )
         except RetriesSpent as spent:
             message = f"{self.source}: {endpoint} {spent.why}"
@@ -224,7 +239,13 @@ class ApiClient:
         self.metrics.retries.labels(self.source, transient.reason).inc()
 
     async def _attempt(
-        self, endpoint: str, params: Params, attempt: int, method: str = "GET", body: Any = None
+        self,
+        endpoint: str,
+        params: Params,
+        attempt: int,
+        method: str = "GET",
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> ApiResponse:
         url = self.base_url + endpoint
         # Quota first, then the clock: request latency is the platform's, not our pacing.
@@ -232,7 +253,7 @@ class ApiClient:
         started = self.perf()
         self.calls += 1
         try:
-            response, content = await self._exchange(method, url, params, body)
+            response, content = await self._exchange(method, url, params, body, headers)
         except _NoAnswer as exc:
             if ticket is not None:
                 ticket.settle(None, None)
@@ -260,15 +281,21 @@ class ApiClient:
         return self._interpret(response, decoded, endpoint, content)
 
     async def _exchange(
-        self, method: str, url: str, params: Params, body: Any
+        self,
+        method: str,
+        url: str,
+        params: Params,
+        body: Any,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> tuple[httpx.Response, bytes]:
         """One request and its whole body, within the deadline."""
+        headers = self._headers if body is None else self._json_headers
         request = self.http.build_request(
             method,
             url,
             params=_query(params),
-            headers=self._headers if body is None else self._json_headers,
-            content=None if body is None else orjson.dumps(body),
+            headers={**headers, **extra_headers} if extra_headers else headers,
+            content=None if body is None else orjson.dumps(body, default=exact_json),
         )
         try:
             async with asyncio.timeout(self.deadline):
@@ -331,7 +358,11 @@ class ApiClient:
             raise Transient("rate_limited", retry_after, rate_limited=True)
         if status >= 500 or status == 408:
             raise Transient(f"http_{status}", retry_after)
-        raise RequestRejected(f"{self.source}: {endpoint} rejected ({status}): {message}", status)
+        raise RequestRejected(
+            f"{self.source}: {endpoint} rejected ({status}): {message}",
+            status,
+            None if body is _NOT_JSON else body,
+        )
 
     def _observe(
         self,
@@ -362,6 +393,13 @@ class ApiClient:
 
 
 _NOT_JSON: Any = object()  # a body that does not decode: its own value, so messages can say so
+
+
+def exact_json(value: Any) -> Any:
+    """orjson's `default`: a Decimal goes out as the JSON number it is, digit for digit."""
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _json_body(content: bytes, decode: Callable[[bytes], Any] = orjson.loads) -> Any:

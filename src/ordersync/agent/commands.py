@@ -171,7 +171,7 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
     )
     for column in (
         "source", "stream", "position", "lag", "applied", "repeats", "last success",
-        "last error", "quota", "quarantined (source)",
+        "last error", "quota", "echoes (source)", "quarantined (source)",
     ):  # fmt: skip
         table.add_column(column, overflow="fold")  # wrapped on a narrow terminal, never cut
     for row in rows:
@@ -185,9 +185,20 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
             row.get("last_success_at") or "-",
             escape(row.get("last_error") or "-"),
             _quota_cell(row),
+            str(row.get("echoes", "-")),
             str(row.get("quarantined", "-")),
         )
     _out().print(table)
+    _print_push_outbox(settings)
+
+
+def _print_push_outbox(settings: AgentConfig) -> None:
+    """One line per source `agent push` wrote through: its outbox's lines per state."""
+    from ordersync.agent.outbox import STATES, stored_counts
+
+    for source, counts in sorted(loops.run(stored_counts(settings.sink.url)).items()):
+        figures = ", ".join(f"{counts.get(state, 0)} {state}" for state in STATES)
+        print(f"push {source}: {figures}")
 
 
 def _out() -> Console:
@@ -422,6 +433,144 @@ def reset(
     except OrdersyncError as exc:
         raise _fail(exc) from None
     _say(f"source {source}: positions reset; the next run reads again from {where}")
+
+
+@agent_app.command("push")
+def push(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE.jsonl",
+            help='One change per line: {"op": "create"|"update"|"cancel", ...} (README,'
+            ' "Pushing orders"); - reads stdin.',
+        ),
+    ],
+    source: Annotated[str, typer.Option(help="The source ([[sources]] name) to write to.")],
+    config: ConfigOption = Path("agent.toml"),
+    wait: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="How long to follow asynchronous requests (MasonHub updates and cancels) to"
+            " their resolution; 0: look once. Lines still open exit 8: push the same file"
+            " again to go on.",
+        ),
+    ] = 60.0,
+    poll_interval: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Between two looks at open requests.")
+    ] = 1.0,
+    log_format: LogFormatOption = "auto",
+    log_level: LogLevelOption = "warning",
+    kill_at: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ORDERSYNC_PUSH_KILL_AT", hidden=True, help="Testing: SIGKILL at STEP[:N]."
+        ),
+    ] = None,
+) -> None:
+    """Create, update and cancel orders on a platform from FILE.jsonl, each with an
+    idempotency key, through an outbox in the replica: a line is recorded before it is sent,
+    its answer before the next step, so pushing the same file again (after a crash, or to
+    follow open requests) sends only what was never answered. Prints one result per line
+    (a table on a terminal, else JSON lines): resolved, accepted (resolution still open),
+    failed with the platform's reason, or pending (not answered: run again). Exit 0 all
+    resolved, 1 some failed, 8 some still open."""
+    from ordersync.agent.push import parse_lines
+    from ordersync.agent.push import push as push_lines
+
+    setup_logging(log_format, log_level)
+    if wait < 0 or not poll_interval > 0:
+        raise _fail(ConfigurationError("--wait must be >= 0 and --poll-interval > 0"))
+    hook = _kill_switch(kill_at)
+
+    async def main() -> Any:
+        settings = load_config(config)
+        chosen = next((s for s in settings.sources if s.name == source), None)
+        if chosen is None:
+            names = ", ".join(s.name for s in settings.sources)
+            raise ConfigurationError(f"--source {source!r} is not in {config} (sources: {names})")
+        token = chosen.token(os.environ)
+        lines = parse_lines(chosen.dialect, chosen.name, _read_push_file(file))
+        from ordersync.agent.runner import check_replica
+
+        check_replica(settings.sink.url, create=True)
+        return await push_lines(
+            chosen,
+            token,
+            settings.sink.url,
+            lines,
+            wait_s=wait,
+            poll_interval_s=poll_interval,
+            hook=hook,
+        )
+
+    try:
+        report = loops.run(main())
+    except OrdersyncError as exc:
+        raise _fail(exc) from None
+    as_json = log_format.lower() == "json" or not sys.stdout.isatty()
+    _print_push(report, as_json)
+    _say(
+        f"{report.source}: {len(report.results)} lines: {report.count('resolved')} resolved, "
+        f"{report.count('accepted')} accepted, {report.count('failed')} failed, "
+        f"{report.count('pending')} pending"
+        + ("" if report.complete else "; push the same file again to go on")
+    )
+    raise typer.Exit(report.exit_code)
+
+
+def _read_push_file(file: Path) -> list[str]:
+    if str(file) == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        return file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {file}: {exc}") from None
+
+
+def _kill_switch(spec: str | None) -> Callable[[str], None] | None:
+    """ORDERSYNC_PUSH_KILL_AT=STEP[:N]: the process kills itself (SIGKILL) the N-th time (default
+    1) it reaches STEP, for crash tests."""
+    from ordersync.agent.push import STEPS
+
+    if not spec:
+        return None
+    step, _, nth = spec.partition(":")
+    if step not in STEPS or (nth and not nth.isdigit()):
+        raise _fail(ConfigurationError(f"ORDERSYNC_PUSH_KILL_AT={spec!r}: use STEP[:N], STEP one"
+                                       f" of {', '.join(STEPS)}"))  # fmt: skip
+    seen = {"n": 0}
+
+    def hook(name: str) -> None:
+        if name == step:
+            seen["n"] += 1
+            if seen["n"] == int(nth or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _print_push(report: Any, as_json: bool) -> None:
+    import orjson
+
+    if as_json:
+        for result in report.results:
+            sys.stdout.write(orjson.dumps(result.as_json()).decode() + "\n")
+        sys.stdout.flush()
+        return
+    table = Table("line", "op", "order", "state", "platform id", "request", "reason")
+    colour = {"resolved": "green", "failed": "red", "accepted": "yellow", "pending": "yellow"}
+    for r in report.results:
+        table.add_row(
+            str(r.line),
+            r.op,
+            escape(r.ref),
+            f"[{colour.get(r.state, 'white')}]{r.state}[/]",
+            r.order_id or "-",
+            r.request_id or "-",
+            escape(r.reason or "-"),
+        )
+    _out().print(table)
 
 
 def _print_verify(reports: list[VerifyReport], show: int) -> None:

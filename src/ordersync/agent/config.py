@@ -102,7 +102,9 @@ class SourceConfig(_Strict):
     auth: Auth | None = Field(default=None, description="default: the dialect's own scheme")
     connection_name: str | None = Field(default=None, description="Basic user; echo detection")
     echo: Literal["skip", "apply"] = Field(
-        default="skip", description="tradecloud: mark our own connection's changes as echoes"
+        default="skip",
+        description="tradecloud, masonhub (with connection_name): mark our own connection's "
+        "changes as echoes",
     )
     quota: list[str] = Field(
         default_factory=list,

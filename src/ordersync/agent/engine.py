@@ -122,6 +122,8 @@ class StreamStatus:
     last_success_at_ms: int | None = None
     stopped: bool = False  # a fatal error (refused token) stopped the source
     totals: CycleCounts = field(default_factory=CycleCounts)
+    # The source's changes recognised as our own connection's (`agent push`): echoes.
+    echoes: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,10 @@ class SyncEngine:
         return [feed.stream for feed in self.feeds]
 
     def status(self) -> list[StreamStatus]:
-        return with_lags(self._status.values(), self.clock())
+        states = with_lags(self._status.values(), self.clock())
+        for state in states:
+            state.echoes = int(getattr(self.source, "echoes_recognised", 0))
+        return states
 
     async def run(self, interval: float, stop_event: asyncio.Event) -> None:
         """Cycle every `interval` seconds until `stop_event` (see `run_every`)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ordersync.errors import OrdersyncError
 
@@ -35,9 +36,12 @@ class AuthError(SourceError):
 
 
 class RequestRejected(SourceError):
-    def __init__(self, message: str, status: int) -> None:
+    """`body`: the platform's JSON answer (its field errors), None when it sent none."""
+
+    def __init__(self, message: str, status: int, body: Any = None) -> None:
         super().__init__(message)
         self.status = status
+        self.body = body
 
 
 class RetriesExhausted(SourceError):

@@ -53,9 +53,10 @@ from ordersync.agent.engine import SyncEngine, wait_first
 from ordersync.agent.errors import AgentError, AuthError, RequestAborted, RequestRejected, SinkError
 from ordersync.agent.feeds import Batch, MayFetch
 from ordersync.agent.metrics import AgentMetrics
+from ordersync.agent.outbox import FAILED, RESOLVED, Outbox
 from ordersync.agent.records import Cursor, Record
 from ordersync.agent.sources.hubrise import HubRiseSource
-from ordersync.agent.sources.masonhub import parse_record
+from ordersync.agent.sources.masonhub import MasonHubSource, parse_record
 from ordersync.agent.sources.tradecloud import TradecloudSource
 from ordersync.domain.timestamps import now_ms
 
@@ -65,6 +66,7 @@ STREAM = "webhooks"  # the inbox feed's stream: its position is the inbox's done
 RETENTION_MS = 24 * 3600 * 1000
 BATCH = 50  # rows per batch: their entities are fetched concurrently
 Entity = tuple[str, str]  # (kind, id)
+RESOLUTION_MESSAGES = ("orderUpdateResolution", "orderCancelResolution")
 
 _SEQ = BigInteger().with_variant(Integer, "sqlite")
 metadata = MetaData()
@@ -235,6 +237,8 @@ async def fetch_entity(
         if exc.status in (400, 404, 410, 422):  # gone, or an id the platform does not know
             return None
         raise
+    if isinstance(source, MasonHubSource):
+        return source.record(kind, answer.body)  # echo marking included
     if dialect == "masonhub":
         return parse_record(kind, answer.body)
     if isinstance(source, TradecloudSource):
@@ -259,7 +263,9 @@ class InboxFeed:
         metrics: AgentMetrics,
         clock: Callable[[], int] = now_ms,
         batch: int = BATCH,
+        outbox: Outbox | None = None,
     ) -> None:
+        self.outbox = outbox  # where `agent push` follows its requests (resolution callbacks)
         self.source = source
         self.dialect = dialect
         self.inbox = inbox
@@ -299,6 +305,9 @@ class InboxFeed:
                 return
 
     async def _fetch(self, rows: list[InboxRow]) -> list[Record]:
+        if self.outbox is not None:
+            for row in rows:
+                await self._resolution(self.outbox, row.body)
         named = {entity: row.body for row in rows for entity in row.entities}
         if any(not row.entities for row in rows):
             self.poll_wake.set()  # a delivery naming nothing we can fetch: poll instead
@@ -311,6 +320,29 @@ class InboxFeed:
         if any(record is None for record in fetched):
             self.poll_wake.set()
         return [record for record in fetched if record is not None]
+
+    async def _resolution(self, outbox: Outbox, body: bytes) -> None:
+        """A MasonHub resolution callback of a request `agent push` sent: its outbox row takes
+        the outcome now (a hint like any webhook: the push's own polling stays the truth)."""
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        data = document.get("data") if isinstance(document, dict) else None
+        if (
+            self.dialect != "masonhub"
+            or document.get("message_type") not in RESOLUTION_MESSAGES
+            or not isinstance(data, dict)
+            or not isinstance(data.get("id"), str)
+            or data.get("status") not in ("success", "failure", "failed")
+        ):
+            return
+        state = RESOLVED if data["status"] == "success" else FAILED
+        reason = data.get("reason") if isinstance(data.get("reason"), str) else None
+        with contextlib.suppress(SinkError):  # polling brings the same outcome
+            await outbox.resolve_request(
+                self.name, data["id"], state, reason or (None if state == RESOLVED else "failed")
+            )
 
     async def _settled(self, rows: list[InboxRow], last: Cursor) -> None:
         """After the batch's commit: its events are applied (or were duplicates)."""

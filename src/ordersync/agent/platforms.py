@@ -80,7 +80,12 @@ def _masonhub(
     client: ApiClient, c: SourceConfig, clock: Callable[[], int]
 ) -> tuple[SourceInfo, list[ChangeFeed]]:
     source = MasonHubSource(
-        client, name=c.name, streams=tuple(c.streams), statuses=tuple(c.statuses)
+        client,
+        name=c.name,
+        streams=tuple(c.streams),
+        statuses=tuple(c.statuses),
+        connection_name=c.connection_name,
+        echo=c.echo,
     )
     return source, [ListingFeed(source, s, _listing(c), clock=clock) for s in source.streams]
 

@@ -38,6 +38,7 @@ from ordersync.agent.inbox import STREAM as INBOX_STREAM
 from ordersync.agent.inbox import Inbox, InboxFeed, run_inbox
 from ordersync.agent.lease import POLL_SECONDS, Lease, acquire, shown
 from ordersync.agent.metrics import AgentMetrics
+from ordersync.agent.outbox import Outbox
 from ordersync.agent.platforms import PLATFORMS, advertised_lookback_ms
 from ordersync.agent.sinks import open_sink
 from ordersync.agent.sinks.base import Sink
@@ -132,6 +133,8 @@ async def open_webhooks(runtime: AgentRuntime) -> None:
     if not takers or not isinstance(runtime.sink, SqlSink):
         return
     inbox = await Inbox.open(runtime.sink.engine)
+    # MasonHub's resolution callbacks settle what `agent push` follows (agent/push.py).
+    outbox = await Outbox.open(runtime.sink.engine)
     desks = {
         s.name: SourceWebhooks(s.name, s.dialect, [decode_secret(k) for k in s.webhook_secrets])
         for s in takers
@@ -150,6 +153,7 @@ async def open_webhooks(runtime: AgentRuntime) -> None:
             inbox,
             poll_wake=desks[s.name].poll_wake,
             metrics=runtime.metrics,
+            outbox=outbox if s.dialect == "masonhub" else None,
         )
 
 
@@ -430,6 +434,7 @@ def status_row(
         "stopped": state.stopped or stopped_reason is not None,
         "applied": state.totals.applied,
         "duplicates": state.totals.duplicates,
+        "echoes": state.echoes,
         "api_calls": state.totals.api_calls,
         "quota_exhausted_window": None if quota_pause is None else quota_pause.window,
         "quota_exhausted_until": None if quota_pause is None else quota_pause.until_rfc3339,

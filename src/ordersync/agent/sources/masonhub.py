@@ -1,8 +1,16 @@
-"""The MasonHub dialect (seed 000): `GET /orders` and `GET /shipments` with `updated_since`."""
+"""The MasonHub dialect (seed 000): `GET /orders` and `GET /shipments` with `updated_since`.
+
+Echo: each document names the connection that made its last change (`updated_by`; the hub
+stamps it on creates, on the resolution of an update or cancel request, on every write). With
+`echo="skip"` and our own `connection_name`, a change made by us (`agent push`) is still applied
+(the replica holds every version) but marked as an echo (`Record.echo`: the replica's document
+gets `"echo": true`) and counted, as on Tradecloud; `echo="apply"`, or no connection name, takes
+every change as it comes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ordersync import kinds
 from ordersync.agent.client import ApiClient
@@ -26,6 +34,8 @@ class MasonHubSource:
         name: str = "masonhub",
         streams: tuple[str, ...] = ("orders", "shipments"),
         statuses: tuple[str, ...] = (),
+        connection_name: str | None = None,
+        echo: Literal["skip", "apply"] = "skip",
     ) -> None:
         unknown = set(streams) - set(STREAMS)
         if unknown:
@@ -36,6 +46,27 @@ class MasonHubSource:
         self.name = name
         self.streams = streams
         self.statuses = statuses
+        self.connection_name = connection_name
+        self.echo = echo
+        self._echoes: set[str] = set()
+
+    @property
+    def echoes_recognised(self) -> int:
+        """Distinct (id, version) changes recognised as our own connection's."""
+        return len(self._echoes)
+
+    def record(self, kind: Kind, item: Any, *, summary: bool = False) -> Record:
+        """A record of one document, marked as an echo when our own connection made it."""
+        echo = (
+            self.echo == "skip"
+            and self.connection_name is not None
+            and isinstance(item, dict)
+            and item.get("updated_by") == self.connection_name
+        )
+        record = parse_record(kind, item, summary=summary, echo=echo)
+        if record.echo:
+            self._echoes.add(record.key)
+        return record
 
     @property
     def api_calls(self) -> int:
@@ -73,7 +104,7 @@ class MasonHubSource:
             data = response.body.get("data") if isinstance(response.body, dict) else None
             if not isinstance(data, list):
                 raise ProtocolError(f"{self.name}: /{stream} answered without a data array")
-            records = [parse_record(kind, item, summary=summary) for item in data]
+            records = [self.record(kind, item, summary=summary) for item in data]
         keyset = (
             response.headers is not None
             and response.headers.get("x-ordersync-keyset", "") == "after_id"
@@ -81,10 +112,10 @@ class MasonHubSource:
         return FetchedPage(records, response.server_time_ms, keyset)
 
 
-def parse_record(kind: Kind, item: Any, *, summary: bool = False) -> Record:
+def parse_record(kind: Kind, item: Any, *, summary: bool = False, echo: bool = False) -> Record:
     """A record of a MasonHub document (see `decode_record`); ProtocolError when its id,
     version or updated_at is unreadable."""
     try:
-        return decode_record(kind, "masonhub", item, summary=summary)
+        return decode_record(kind, "masonhub", item, summary=summary, echo=echo)
     except WireError as exc:
         raise ProtocolError(f"a {kind} without a valid id, version or updated_at: {exc}") from exc
