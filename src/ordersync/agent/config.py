@@ -72,7 +72,7 @@ DEFAULT_AUTH: dict[str, Auth] = {
     "tradecloud": "basic",
     "hubrise": "access-token",
 }
-Stream = Literal["orders", "shipments"]
+Stream = Literal["orders", "shipments", "inventory"]
 STREAMS: tuple[Stream, ...] = ("orders", "shipments")
 
 

@@ -45,9 +45,6 @@ class ShipmentSnapshot:
     tracking_number: str | None
 
 
-Snapshot = OrderSnapshot | ShipmentSnapshot
-
-
 @dataclass(frozen=True, slots=True)
 class StockQuantity:
     location: str
@@ -64,3 +61,6 @@ class InventorySnapshot:
     updated_at_ms: int
     sku: str
     quantities: tuple[StockQuantity, ...] = ()
+
+
+Snapshot = OrderSnapshot | ShipmentSnapshot | InventorySnapshot

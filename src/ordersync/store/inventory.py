@@ -41,7 +41,7 @@ from ordersync.domain.inventory_item import InventoryItem, StockLine
 from ordersync.errors import NotFound, ValidationFailed
 from ordersync.store.events import allocate_event_ids
 from ordersync.store.store import Principal, Store
-from ordersync.store.tables import changes, skus, stock
+from ordersync.store.tables import accounts, changes, skus, stock
 
 INVENTORY_KIND = "inventory"  # `changes.entity_kind` of an inventory version
 MAX_CODE_LENGTH = 100  # sku, location, lot number and purchase order columns
@@ -69,6 +69,14 @@ class InventoryStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    async def account_id(self, name: str) -> int:
+        """The id of the account named `name`; NotFound when there is none."""
+        async with self.store.reader.connect() as conn:
+            found = await conn.scalar(select(accounts.c.id).where(accounts.c.name == name))
+        if found is None:
+            raise NotFound(f"no account {name!r}")
+        return int(found)
 
     # -- the catalogue ---------------------------------------------------------------------
 

@@ -197,6 +197,7 @@ def build_engine(
     clock: Callable[[], int] | None = None,
     dialect: str = "masonhub",
     echo: EchoMode = "apply",
+    streams: tuple[str, ...] = ("orders", "shipments"),
 ) -> Any:
     """A `SyncEngine` named after its dialect (HubRise: its backfill and event feeds)."""
     http = httpx.AsyncClient(transport=transport or httpx.ASGITransport(app=hub.app))
@@ -234,7 +235,7 @@ def build_engine(
     source: MasonHubSource | TradecloudSource = (
         TradecloudSource(client, name=dialect, connection_name=CONNECTION, echo=echo)
         if dialect == "tradecloud"
-        else MasonHubSource(client, name=SOURCE)
+        else MasonHubSource(client, name=SOURCE, streams=streams)
     )
     return SyncEngine(
         source,

@@ -93,7 +93,11 @@ async def list_sku_snapshots(
         ),
     ] = None,
     list_type: Annotated[
-        str, Query(pattern="^detail$", description="detail only (accepted for symmetry)")
+        str,
+        Query(
+            pattern="^(detail|summary)$",
+            description="accepted as on /orders; snapshots are small, both answer in full",
+        ),
     ] = "detail",
 ) -> Response:
     check_offset(offset, request.app.state.max_offset, re_anchor="updated_since")
