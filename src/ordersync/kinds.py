@@ -137,7 +137,8 @@ INVENTORY = register(
         table="inventory",
         columns=("sku",),
         codecs={
-            "masonhub": Codec(inventory.sku_snapshot_head, inventory.parse_sku_snapshot),
+            "masonhub": Codec(inventory.inventory_head, inventory.parse_sku_snapshot),
+            "hubrise": Codec(inventory.inventory_head, inventory.parse_hubrise_catalog_entry),
         },
         line_table=LineTable(
             "inventory_quantities",

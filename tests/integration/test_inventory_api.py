@@ -194,3 +194,43 @@ def test_unknown_skus_are_refused_only_once_there_is_a_catalogue(account: Any) -
     for sku in skus[1:]:
         receive(api, {"sku": sku, "location": "EAST", "quantity": 1})
     assert api.post("/api/v1/orders", json=[order_payload("known")]).status_code == 201
+
+
+def test_hubrise_catalogue_listing_pages_changes_by_updated_at(account: Any) -> None:
+    """/v1/location/inventory (extension): one entry per SKU with stock per location, oldest
+    change first; updated_since + after_id continue after an entry; bad parameters are 400s
+    naming them."""
+    _, masonhub, hubrise = account
+    receive(masonhub, {"sku": "A", "location": "EAST", "quantity": 2})
+    receive(masonhub, {"sku": "B", "location": "WEST", "quantity": 5})
+    receive(masonhub, {"sku": "A", "location": "WEST", "quantity": 1})
+    listed = hubrise.get("/v1/location/inventory")
+    assert listed.headers["X-Ordersync-Keyset"] == "after_id"
+    entries = listed.json()
+    assert [(e["sku_ref"], e["stock"], e["version"]) for e in entries] == [
+        ("B", "5", 1),
+        ("A", "3", 2),
+    ]
+    assert entries[1]["locations"] == [
+        {"location_id": "EAST", "stock": "2"},
+        {"location_id": "WEST", "stock": "1"},
+    ]
+    first = entries[0]
+    after = hubrise.get(
+        "/v1/location/inventory",
+        params={"updated_since": first["updated_at"], "after_id": first["sku_id"]},
+    ).json()
+    assert [e["sku_ref"] for e in after] == ["A"]
+    bad = hubrise.get("/v1/location/inventory", params={"updated_since": "soon"})
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "updated_since"
+
+
+def test_hubrise_order_with_an_unknown_sku_names_its_item(account: Any) -> None:
+    """HubRise's create names the item's own field (items.0.sku_ref) for an unknown SKU."""
+    from ordersync.hub.openapi_shapes import HUBRISE_ORDER_EXAMPLE
+
+    _, masonhub, hubrise = account
+    receive(masonhub, {"sku": "SOMETHING-ELSE", "location": "EAST", "quantity": 1})
+    refused = hubrise.post("/v1/location/orders", json=HUBRISE_ORDER_EXAMPLE)
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["items.0.sku_ref"]

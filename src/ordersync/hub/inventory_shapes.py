@@ -77,6 +77,17 @@ class HubRiseInventoryEntry(BaseModel):
     updated_at: str = Field(description="ordersync extension")
 
 
+class HubRiseLocationStock(BaseModel):
+    location_id: str
+    stock: str
+
+
+class HubRiseCatalogEntry(HubRiseInventoryEntry):
+    """ordersync extension: a SKU of the catalogue, every location's stock."""
+
+    locations: list[HubRiseLocationStock]
+
+
 class HubRiseInventoryIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -13,6 +13,9 @@ HubRise renders one entry per (SKU, location) of a catalog's location inventory:
 `{sku_ref, stock, expires_at}`, `stock` the available units as a decimal string, `expires_at`
 null (HubRise's `expires_at` is when a stock value lapses; ordersync's stock does not lapse).
 ordersync extension fields: `sku_id`, `version`, `updated_at` of the SKU's inventory version.
+The ordersync extension listing of a location's catalogue changes (`GET /v1/location/inventory`)
+has one entry per SKU: `stock` summed over locations and `locations[]` of
+`{location_id, stock}`, so that one document is one version of the SKU.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def render_sku_snapshot(item: InventoryItem) -> dict[str, Any]:
     }
 
 
-def sku_snapshot_head(document: Any) -> Head:
+def inventory_head(document: Any) -> Head:
+    """`sku_id`, `version` and `updated_at`: the head of every inventory document."""
     doc = mapping(document, "document")
     return Head(
         identifier(member(doc, "sku_id"), "sku_id"),
@@ -68,7 +72,7 @@ def sku_snapshot_head(document: Any) -> Head:
 
 
 def parse_sku_snapshot(document: Any) -> InventorySnapshot:
-    top = sku_snapshot_head(document)
+    top = inventory_head(document)
     doc: dict[str, Any] = document
     counts = array(member(doc, "status_counts"), "status_counts")
     return InventorySnapshot(
@@ -97,7 +101,8 @@ def _count(value: Any, path: str, key: str) -> int:
 # -- HubRise -----------------------------------------------------------------------------------
 
 
-def render_hubrise_inventory(item: InventoryItem, location: str) -> dict[str, Any]:
+def render_hubrise_inventory(item: InventoryItem, location: str | None) -> dict[str, Any]:
+    """The entry of `item` at `location` (None: every location's units summed)."""
     return {
         "sku_ref": item.sku,
         "stock": format_decimal(Decimal(item.available_to_sell(location))),
@@ -111,19 +116,51 @@ def render_hubrise_inventory(item: InventoryItem, location: str) -> dict[str, An
 def parse_hubrise_inventory(document: Any, location: str) -> InventorySnapshot:
     """One entry of a location's inventory -> the snapshot of that location's `available`
     units (the only status HubRise knows)."""
-    doc = mapping(document, "document")
-    top = Head(
-        identifier(member(doc, "sku_id"), "sku_id"),
-        integer(member(doc, "version"), "version"),
-        rfc3339_ms(member(doc, "updated_at"), "updated_at"),
-    )
-    try:
-        stock = parse_decimal(member(doc, "stock"))
-    except ValueError as exc:
-        raise WireError("stock", str(exc)) from None
+    top = inventory_head(document)
+    doc: dict[str, Any] = document
     optional_text(doc.get("expires_at"), "expires_at")
     return InventorySnapshot(
         *top,
         text(member(doc, "sku_ref"), "sku_ref"),
-        (StockQuantity(location, "available", stock),),
+        (StockQuantity(location, "available", _stock(member(doc, "stock"), "stock")),),
     )
+
+
+def render_hubrise_catalog_entry(item: InventoryItem) -> dict[str, Any]:
+    return render_hubrise_inventory(item, None) | {
+        "locations": [
+            {
+                "location_id": location,
+                "stock": format_decimal(Decimal(item.available_to_sell(location))),
+            }
+            for location in item.locations()
+        ]
+    }
+
+
+def parse_hubrise_catalog_entry(document: Any) -> InventorySnapshot:
+    """A catalogue entry -> the snapshot of the SKU's `available` units per location."""
+    top = inventory_head(document)
+    doc: dict[str, Any] = document
+    locations = array(member(doc, "locations"), "locations")
+    return InventorySnapshot(
+        *top,
+        text(member(doc, "sku_ref"), "sku_ref"),
+        tuple(_location_stock(entry, f"locations[{i}]") for i, entry in enumerate(locations)),
+    )
+
+
+def _location_stock(value: Any, path: str) -> StockQuantity:
+    entry = mapping(value, path)
+    return StockQuantity(
+        text(member(entry, "location_id", path), path, ".location_id"),
+        "available",
+        _stock(member(entry, "stock", path), path + ".stock"),
+    )
+
+
+def _stock(value: Any, path: str) -> Decimal:
+    try:
+        return parse_decimal(value)
+    except ValueError as exc:
+        raise WireError(path, str(exc)) from None

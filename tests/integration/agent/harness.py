@@ -12,6 +12,7 @@ import httpx
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.engine import EngineHook, EngineSettings, SyncEngine
 from ordersync.agent.feeds.hubrise import hubrise_feeds
+from ordersync.agent.feeds.listing import ListingSettings
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.retry import RetryPolicy
 from ordersync.agent.sinks.base import Sink
@@ -215,7 +216,7 @@ def build_engine(
         exact_numbers=dialect == "tradecloud",
     )
     if dialect == "hubrise":
-        hubrise = HubRiseSource(client, name=dialect)
+        hubrise = HubRiseSource(client, name=dialect, streams=streams)
         ensure_callback = hubrise.ensure_callback
 
         async def noting_shipments_first() -> None:
@@ -227,7 +228,12 @@ def build_engine(
         return SyncEngine(
             hubrise,
             sink,
-            feeds=hubrise_feeds(hubrise, page_size),
+            feeds=hubrise_feeds(
+                hubrise,
+                page_size,
+                listing=ListingSettings(lookback_ms=lookback_ms, page_size=page_size),
+                clock=clock or hub.clock,
+            ),
             metrics=metrics,
             clock=clock or hub.clock,
             hook=hook,

@@ -1,5 +1,5 @@
-"""The `inventory` stream (MasonHub `sku_snapshots`): a SKU's absolute quantities per location
-and status mirrored into every sink with the guarantees of orders (applied if newer, at most
+"""The `inventory` stream (MasonHub `sku_snapshots`; HubRise through ordersync's
+`/v1/location/inventory` listing): a SKU's absolute quantities per location and status mirrored into every sink with the guarantees of orders (applied if newer, at most
 once, position committed with the data), `agent verify` over it, and skuInventoryChange
 deliveries naming the SKU to fetch."""
 
@@ -152,3 +152,29 @@ async def test_a_sku_inventory_change_names_the_sku_to_fetch(
     engine = build_engine(hub, await sink_factory(), streams=STREAMS)
     record = await fetch_entity(engine.source, "masonhub", "inventory", a.id, body)
     assert record is not None and (record.kind, record.id, record.version) == ("inventory", a.id, 1)
+
+
+@pytest.mark.parametrize("sink_factory", ["sqlite", "postgresql", "jsonl"], indirect=True)
+async def test_hubrise_inventory_is_polled_and_mirrored_as_available_units(
+    hub: Hub, sink_factory: SinkFactory
+) -> None:
+    """Through HubRise the replica gets each SKU's version and its available units per
+    location (HubRise's `stock`: the only status it knows); an allocation's new version
+    replaces them, and nothing is applied twice."""
+    a, b = await stock(hub)
+    sink = await sink_factory()
+    engine = build_engine(hub, sink, dialect="hubrise", streams=STREAMS)
+    await engine.run_cycle()
+    assert await sink.load_versions("hubrise", "inventory") == await hub_inventory(hub)
+    await allocate_from(hub, "A", 8)
+    hub.clock.advance(5_000)
+    await engine.run_cycle()
+    assert await sink.load_versions("hubrise", "inventory") == {a.id: 2, b.id: 1}
+    if isinstance(sink, SqlSink):
+        held = await quantities(sink)
+        assert held == {
+            (a.id, "EAST", "available"): Decimal(0),
+            (a.id, "WEST", "available"): Decimal(2),
+            (b.id, "WEST", "available"): Decimal(1),
+        }
+    await assert_applied_at_most_once(sink)

@@ -1,5 +1,6 @@
 """HubRise catalog inventory under /v1: `GET`, `PUT` and `PATCH`
-`/v1/catalogs/{catalog_id}/locations/{location_id}/inventory`.
+`/v1/catalogs/{catalog_id}/locations/{location_id}/inventory`, and the ordersync extension
+`GET /v1/location/inventory` (the catalogue's changes, for polling).
 
 The account has one catalog, whose id is the account's name (the HubRise location of the
 connection's token, `GET /v1/location/...`, is the whole account); `location_id` is a warehouse
@@ -12,6 +13,11 @@ a `stock` below what the lots hold is refused, naming the entry). `PUT` overwrit
 inventory: SKUs it does not list drop to 0 available there. `PATCH` changes the SKUs it lists.
 A SKU not in the catalogue is registered. `expires_at` must be null: ordersync stock does not
 lapse. All in one transaction, the SKUs locked in order (`ordersync.store.inventory`).
+
+`GET /v1/location/inventory?updated_since=&after_id=&offset=&count=` lists one entry per SKU
+(every location's `stock` summed, `locations[]` each, `sku_id`, `version`, `updated_at`)
+ascending by (updated_at, sku_id): HubRise has no "changed since" inventory listing, and the
+agent's inventory stream walks this one (`X-Ordersync-Keyset: after_id`, as MasonHub's).
 """
 
 from __future__ import annotations
@@ -19,28 +25,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Annotated, Any, TypeVar
+from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from ordersync.domain.inventory import StockKey, StockUnit, whole_units
 from ordersync.domain.inventory_item import InventoryItem
+from ordersync.domain.timestamps import parse_rfc3339_ms
 from ordersync.hub.auth import hubrise_principal
 from ordersync.hub.dialects.hubrise import PREFIX, HubRiseRoute, _body
 from ordersync.hub.dialects.hubrise_shapes import clean_message
 from ordersync.hub.errors import ApiError
 from ordersync.hub.inventory_shapes import (
     HUBRISE_INVENTORY_EXAMPLE,
+    HubRiseCatalogEntry,
     HubRiseInventoryEntry,
     HubRiseInventoryIn,
 )
+from ordersync.hub.offsets import MAX_OFFSET, check_offset
 from ordersync.hub.openapi import answer, errors, model_ref, request_body
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.inventory import InventoryStore
 from ordersync.store.store import Principal, Store
-from ordersync.wire.inventory import render_hubrise_inventory
+from ordersync.wire.inventory import render_hubrise_catalog_entry, render_hubrise_inventory
 
 MAX_ENTRIES = 1000
 F = TypeVar("F", bound=Callable[..., Any])
@@ -210,3 +220,60 @@ def _entries(payload: Any) -> list[HubRiseInventoryIn]:
 def _field(loc: tuple[Any, ...]) -> str:
     index, *rest = loc
     return f"[{index}]" + "".join(f".{p}" for p in rest)
+
+
+@router.get(
+    "/location/inventory",
+    summary="ordersync extension: the catalogue's SKUs by last change, for polling",
+    responses={
+        200: answer(
+            "One entry per SKU, ascending by (updated_at, sku_id)",
+            {"type": "array", "items": model_ref(HubRiseCatalogEntry, "HubRiseCatalogEntry")},
+            ("X-Ordersync-Keyset",),
+        )
+    },
+)
+async def list_catalogue(
+    request: Request,
+    caller: Caller,
+    updated_since: Annotated[
+        str | None, Query(description="changed at or after (ISO 8601 with offset)")
+    ] = None,
+    after_id: Annotated[
+        UUID | None,
+        Query(description="with updated_since: only entries after (updated_since, after_id)"),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, description=f"at most {MAX_OFFSET} (hub setting)")] = 0,
+    count: Annotated[int, Query(ge=1, le=100, description="1..100")] = 100,
+) -> Response:
+    check_offset(offset, request.app.state.max_offset, re_anchor="updated_since")
+    since = None
+    if updated_since is not None:
+        try:
+            since = parse_rfc3339_ms(updated_since)
+        except (ValueError, OverflowError) as exc:
+            raise ApiError(
+                400, "request parameters are invalid", [("updated_since", str(exc))]
+            ) from None
+    if after_id is not None and since is None:
+        raise ApiError(
+            400,
+            "request parameters are invalid",
+            [("after_id", "after_id continues an updated_since listing; send both")],
+        )
+    page = await _inventory(request).list_items(
+        caller.account_id,
+        updated_since_ms=since,
+        after_id=None if after_id is None else str(after_id),
+        offset=offset,
+        limit=count,
+    )
+    entries = [
+        render_hubrise_catalog_entry(InventoryItem.model_validate_json(doc)) for doc in page.items
+    ]
+    return Response(
+        orjson.dumps(entries),
+        200,
+        {"X-Ordersync-Keyset": "after_id"},
+        media_type="application/json",
+    )
