@@ -1,7 +1,8 @@
 """The `inventory` stream (MasonHub `sku_snapshots`; HubRise through ordersync's
-`/v1/location/inventory` listing): a SKU's absolute quantities per location and status mirrored into every sink with the guarantees of orders (applied if newer, at most
-once, position committed with the data), `agent verify` over it, and skuInventoryChange
-deliveries naming the SKU to fetch."""
+`/v1/location/inventory` listing): a SKU's absolute quantities per location and status
+mirrored into every sink with the guarantees of orders (applied if newer, at most once,
+position committed with the data), `agent verify` over it, and skuInventoryChange deliveries
+naming the SKU to fetch."""
 
 from __future__ import annotations
 
