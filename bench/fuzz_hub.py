@@ -403,10 +403,13 @@ async def seed_hub(db_url: str) -> Seeded:
             ),
         )
         (event, *_) = await hubrise.pending_events(follower)
-        # Stock of the examples' SKU: the account then has a catalogue (orders naming other
-        # SKUs are refused), and the inventory routes have a SKU, a catalog and a location.
-        (item,) = await InventoryStore(store).set_stock(
-            writer, account, [StockUnit("SKU-1", "WH-EAST", available=10)]
+        # Stock of the SKUs the examples and tests order: the account then has a catalogue
+        # (as it would after the run's first inventory write; orders naming other SKUs are
+        # refused with a 422), and the inventory routes have a SKU, a catalog and a location.
+        item, _ = await InventoryStore(store).set_stock(
+            writer,
+            account,
+            [StockUnit(sku, "WH-EAST", available=10) for sku in ("SKU-1", "SKU-BIG")],
         )
     finally:
         await store.close()
