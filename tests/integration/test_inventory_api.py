@@ -234,3 +234,18 @@ def test_hubrise_order_with_an_unknown_sku_names_its_item(account: Any) -> None:
     refused = hubrise.post("/v1/location/orders", json=HUBRISE_ORDER_EXAMPLE)
     assert refused.status_code == 422, refused.text
     assert [e["field"] for e in refused.json()["errors"]] == ["items.0.sku_ref"]
+
+
+def test_a_retried_receipt_with_its_idempotency_key_is_received_once(account: Any) -> None:
+    """Receipts add up, so the same request again under its Idempotency-Key is answered with
+    the first answer (Idempotent-Replayed) and the stock counts it once."""
+    _, api, _ = account
+    body = [{"sku": "A", "location": "EAST", "quantity": 4}]
+    headers = {"Idempotency-Key": "receipt-1"}
+    first = api.post("/api/v1/stock_receipts", json=body, headers=headers)
+    again = api.post("/api/v1/stock_receipts", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.content == first.content
+    (snapshot,) = api.get("/api/v1/sku_snapshots").json()["data"]
+    assert snapshot["total_available_to_sell"] == 4

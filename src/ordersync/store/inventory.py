@@ -201,6 +201,12 @@ class InventoryStore:
         await self._bump(conn, principal, account_id, known, changed, event_type, {})
         return await _items(conn, account_id, changed)
 
+    async def items(
+        self, conn: AsyncConnection, account_id: int, codes: Collection[str]
+    ) -> list[InventoryItem]:
+        """The current items of the SKU codes, as the caller's transaction sees them."""
+        return await _items(conn, account_id, codes)
+
     # -- reads -----------------------------------------------------------------------------
 
     async def get_item(self, account_id: int, sku_id: str) -> InventoryItem:

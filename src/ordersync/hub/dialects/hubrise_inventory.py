@@ -39,6 +39,7 @@ from ordersync.hub.auth import hubrise_principal
 from ordersync.hub.dialects.hubrise import PREFIX, HubRiseRoute, _body
 from ordersync.hub.dialects.hubrise_shapes import clean_message
 from ordersync.hub.errors import ApiError
+from ordersync.hub.idempotency import idempotent
 from ordersync.hub.inventory_shapes import (
     HUBRISE_INVENTORY_EXAMPLE,
     HubRiseCatalogEntry,
@@ -48,6 +49,7 @@ from ordersync.hub.inventory_shapes import (
 from ordersync.hub.offsets import MAX_OFFSET, check_offset
 from ordersync.hub.openapi import answer, errors, model_ref, request_body
 from ordersync.store.hubrise import HubRiseStore
+from ordersync.store.idempotency import settle
 from ordersync.store.inventory import InventoryStore
 from ordersync.store.store import Principal, Store
 from ordersync.wire.inventory import render_hubrise_catalog_entry, render_hubrise_inventory
@@ -133,6 +135,7 @@ def _write_route(method: str) -> Callable[[F], F]:
 
 
 @_write_route("put")
+@idempotent
 async def put_inventory(
     request: Request, caller: Caller, catalog_id: CatalogId, location_id: LocationId
 ) -> Response:
@@ -140,6 +143,7 @@ async def put_inventory(
 
 
 @_write_route("patch")
+@idempotent
 async def patch_inventory(
     request: Request, caller: Caller, catalog_id: CatalogId, location_id: LocationId
 ) -> Response:
@@ -188,8 +192,9 @@ async def _write(
             ]
         await inventory.set_stock(caller, account, units, conn=conn)
         stock = await inventory.read_stock(conn, account)
-    codes = {u.sku for u in stock if u.location == location_id}
-    return _rendered(await _items(inventory, account, codes), location_id)
+        codes = {u.sku for u in stock if u.location == location_id}
+        answer = _rendered(await inventory.items(conn, account, codes), location_id)
+        return await settle(conn, answer)
 
 
 def _entries(payload: Any) -> list[HubRiseInventoryIn]:

@@ -22,6 +22,7 @@ from ordersync.domain.inventory_item import InventoryItem
 from ordersync.hub.auth import masonhub_principal
 from ordersync.hub.dialects.masonhub import _since
 from ordersync.hub.errors import ApiError, pydantic_errors
+from ordersync.hub.idempotency import idempotent
 from ordersync.hub.inventory_shapes import (
     RECEIPT_EXAMPLE,
     SkuSnapshot,
@@ -32,8 +33,9 @@ from ordersync.hub.inventory_shapes import (
 from ordersync.hub.json_body import parse_json, require_storable_text
 from ordersync.hub.offsets import MAX_OFFSET, check_offset
 from ordersync.hub.openapi import answer, errors, model_ref, request_body
+from ordersync.store.idempotency import settle
 from ordersync.store.inventory import InventoryStore
-from ordersync.store.store import Principal
+from ordersync.store.store import Principal, Store
 from ordersync.wire.inventory import render_sku_snapshot
 
 MAX_RECEIPTS = 100
@@ -139,7 +141,8 @@ async def get_sku_snapshot(request: Request, caller: Caller, sku_id: UUID) -> Re
     "/stock_receipts",
     summary="ordersync extension: receive stock (units added to a location, lot and status)",
     description=f"1 to {MAX_RECEIPTS} receipts, all stored in one transaction or none; a SKU "
-    "not in the catalogue is registered. Each SKU whose counts changed gets a new inventory "
+    "not in the catalogue is registered. Receipts add up: send an Idempotency-Key to retry "
+    "safely. Each SKU whose counts changed gets a new inventory "
     "version (and a skuInventoryChange callback).",
     responses=errors(415, 422)
     | {
@@ -149,11 +152,16 @@ async def get_sku_snapshot(request: Request, caller: Caller, sku_id: UUID) -> Re
     },
     openapi_extra=request_body(list[StockReceipt], "StockReceipts", example=[RECEIPT_EXAMPLE]),
 )
+@idempotent
 async def receive_stock(request: Request, caller: Caller) -> Response:
     receipts = _receipts(await request.body())
     units = _units(receipts)
-    items = await inventory(request).receive_stock(caller, caller.account_id, units)
-    return _json({"data": [render_sku_snapshot(item) for item in items]})
+    store: Store = request.app.state.store
+    # The answer is built and (with an Idempotency-Key) stored in the receipt's transaction:
+    # receipts add up, so a retried one must be answered, not received twice.
+    async with store.writing(None) as conn:
+        items = await inventory(request).receive_stock(caller, caller.account_id, units, conn=conn)
+        return await settle(conn, _json({"data": [render_sku_snapshot(item) for item in items]}))
 
 
 def _receipts(raw: bytes) -> list[StockReceipt]:
