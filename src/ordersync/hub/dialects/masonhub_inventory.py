@@ -110,13 +110,16 @@ async def list_sku_snapshots(
             "query parameters are invalid",
             [("after_id", "after_id continues an updated_since listing; send both")],
         )
-    codes = None if cid is None else [c for c in cid]
-    for index, code in enumerate(codes or ()):
+    for index, code in enumerate(cid or ()):
         if "\x00" in code:
-            raise ApiError(400, "query parameters are invalid", [(f"cid[{index}]", "NUL")])
+            raise ApiError(
+                400,
+                "query parameters are invalid",
+                [(f"cid[{index}]", "must not contain NUL (U+0000)")],
+            )
     page = await inventory(request).list_items(
         caller.account_id,
-        codes=codes,
+        codes=cid,
         updated_since_ms=since,
         after_id=None if after_id is None else str(after_id),
         offset=offset,
