@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 import pytest
@@ -179,3 +180,27 @@ async def test_hubrise_inventory_is_polled_and_mirrored_as_available_units(
             (b.id, "WEST", "available"): Decimal(1),
         }
     await assert_applied_at_most_once(sink)
+
+
+async def test_the_http_sink_posts_inventory_keyed_by_sku_id_and_version(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """Each SKU version reaches the ERP once, its idempotency key `sku_id:version`."""
+    from tests.integration.agent.test_http_sink import FakeErp, open_http_sink
+
+    a, b = await stock(hub)
+    erp = FakeErp()
+    engine = build_engine(hub, await open_http_sink(erp, tmp_path), streams=STREAMS)
+    await engine.run_cycle()
+    await allocate_from(hub, "A", 1)
+    hub.clock.advance(5_000)
+    await engine.run_cycle()
+    await engine.run_cycle()
+    assert erp.versions("inventory") == await hub_inventory(hub) == {a.id: 2, b.id: 1}
+    keys = [
+        c["idempotency_key"]
+        for _, changes in erp.posts
+        for c in changes
+        if c["kind"] == "inventory"
+    ]
+    assert sorted(keys) == sorted([f"{a.id}:1", f"{a.id}:2", f"{b.id}:1"])
