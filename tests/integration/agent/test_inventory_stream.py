@@ -204,3 +204,32 @@ async def test_the_http_sink_posts_inventory_keyed_by_sku_id_and_version(
         if c["kind"] == "inventory"
     ]
     assert sorted(keys) == sorted([f"{a.id}:1", f"{a.id}:2", f"{b.id}:1"])
+
+
+@pytest.mark.parametrize("step", ["mid_apply", "before_cursor", "after_cursor"])
+@pytest.mark.parametrize("sink_factory", ["sqlite", "sqlite-inline", "postgresql"], indirect=True)
+async def test_a_crash_mid_inventory_page_then_restart_converges(
+    hub: Hub, sink_factory: SinkFactory, step: str
+) -> None:
+    """A crash at each step of the second inventory page's commit; a restarted agent ends with
+    every SKU's newest version and its quantities, none applied twice."""
+    from tests.integration.agent.test_crashes import SimulatedCrash, crash_on
+
+    inventory = InventoryStore(hub.store)
+    for n in range(12):  # 12 SKUs, 1 ms apart: three pages of 5
+        hub.clock.advance()
+        await inventory.set_stock(
+            hub.principal, hub.principal.account_id, [StockUnit(f"S{n:02d}", "EAST", available=n)]
+        )
+    sink = await sink_factory(fault_hook=crash_on(step, 2))
+    with pytest.raises(SimulatedCrash):
+        await build_engine(hub, sink, page_size=5, streams=("inventory",)).run_cycle()
+    await allocate_from(hub, "S11", 3)  # a change while the agent is down
+    restarted = await sink_factory()
+    assert isinstance(restarted, SqlSink)
+    await build_engine(hub, restarted, page_size=5, streams=("inventory",)).run_cycle()
+    assert await restarted.load_versions(SOURCE, "inventory") == await hub_inventory(hub)
+    held = await quantities(restarted)
+    assert sum(q for (_, _, s), q in held.items() if s == "available") == sum(range(12)) - 3
+    assert sum(q for (_, _, s), q in held.items() if s == "allocated") == 3
+    await assert_applied_at_most_once(restarted)
