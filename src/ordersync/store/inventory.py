@@ -45,6 +45,7 @@ from ordersync.store.tables import accounts, changes, skus, stock
 
 INVENTORY_KIND = "inventory"  # `changes.entity_kind` of an inventory version
 MAX_CODE_LENGTH = 100  # sku, location, lot number and purchase order columns
+MAX_COUNT = 2**31 - 1  # a count column's largest value
 
 _COUNTS = tuple(status.value.replace("-", "_") for status in InventoryStatus)
 
@@ -323,15 +324,24 @@ class InventoryStore:
         stored = {u.key: u for u in await _stock_units(conn, account_id, set(locked))}
         now = self.store.clock()
         rows: dict[StockKey, dict[str, Any]] = {}
-        for unit in units:
+        too_many = []
+        for index, unit in enumerate(units):
             before = stored.get(unit.key)
             after = _received(before, unit) if add else unit
+            too_many += [
+                (f"[{index}].{name}", f"{unit.sku} at {unit.location} would hold more than "
+                 f"{MAX_COUNT} units")
+                for name in _COUNTS
+                if getattr(after, name) > MAX_COUNT
+            ]  # fmt: skip
             if after == before:
                 continue
             if before is None and after == StockUnit(after.sku, after.location, after.lot_number):
                 continue  # an empty row says nothing a missing one does not
             stored[unit.key] = after
             rows[unit.key] = _stock_row(account_id, str(locked[unit.sku].id), after, now)
+        if too_many:  # the count columns are 32-bit integers
+            raise ValidationFailed("the stock cannot be stored", too_many)
         if rows:
             statement = _dialect_insert(conn, stock)
             columns = {c: statement.excluded[c] for c in ("sku_id", "updated_at", *_ATTRIBUTES)}
