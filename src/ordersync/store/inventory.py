@@ -199,8 +199,7 @@ class InventoryStore:
         if missing:
             raise NotFound(f"no SKU {missing[0]!r} in the catalogue")
         changed = await self._store_units(conn, account_id, known, units, add=False)
-        await self._bump(conn, principal, account_id, known, changed, event_type, {})
-        return await _items(conn, account_id, changed)
+        return await self._bump(conn, principal, account_id, known, changed, event_type, {})
 
     async def items(
         self, conn: AsyncConnection, account_id: int, codes: Collection[str]
@@ -362,14 +361,15 @@ class InventoryStore:
         changed: Collection[str],
         event_type: str,
         named: Collection[str],
-    ) -> None:
-        """A new version of each SKU whose stock changed or that `_ensure` just inserted."""
+    ) -> list[InventoryItem]:
+        """A new version of each SKU whose stock changed or that `_ensure` just inserted;
+        those versions, in SKU order."""
         due = sorted(s for s in locked if s in changed or (s in named and locked[s].version == 0))
         if not due:
-            return
+            return []
         lines = await _stock_lines(conn, account_id, due)
         event_ids = await allocate_event_ids(conn, len(due))
-        change_rows = []
+        change_rows, items = [], []
         for sku, event_id in zip(due, event_ids, strict=True):
             row = locked[sku]
             version = int(row.version) + 1
@@ -383,6 +383,7 @@ class InventoryStore:
                 updated_at=format_rfc3339(stamp),
                 stock=tuple(lines.get(sku, ())),
             )
+            items.append(item)
             await conn.execute(
                 update(skus)
                 .where(skus.c.id == row.id)
@@ -407,6 +408,7 @@ class InventoryStore:
                 }
             )
         await conn.execute(insert(changes), change_rows)
+        return items
 
 
 def check_codes(fields: Iterable[tuple[str, str | None]]) -> None:
