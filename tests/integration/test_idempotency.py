@@ -487,6 +487,9 @@ async def test_openapi_declares_the_key_on_every_writing_operation(hub: Hub) -> 
         ("/v2/api-connector/order", "post"),
         ("/api/v1/callback_holds", "post"),
         ("/api/v1/callback_holds", "delete"),
+        ("/api/v1/stock_receipts", "post"),
+        ("/v1/catalogs/{catalog_id}/locations/{location_id}/inventory", "put"),
+        ("/v1/catalogs/{catalog_id}/locations/{location_id}/inventory", "patch"),
     }
     for path, method in keyed:
         responses = spec["paths"][path][method]["responses"]

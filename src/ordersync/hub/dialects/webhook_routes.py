@@ -43,10 +43,16 @@ from ordersync.store.webhooks import (
     url_problem,
 )
 
-MASONHUB_MESSAGE_TYPES = ("orderEvent", "orderUpdateResolution", "orderCancelResolution")
-# The same types, for the OpenAPI description of the hold routes (keep the two in step; a
-# message type added above, e.g. skuInventoryChange, can be held once it is listed here).
-HoldType = Literal["orderEvent", "orderUpdateResolution", "orderCancelResolution"]
+MASONHUB_MESSAGE_TYPES = (
+    "orderEvent",
+    "orderUpdateResolution",
+    "orderCancelResolution",
+    "skuInventoryChange",
+)
+# The same types, for the OpenAPI description of the hold routes (keep the two in step).
+HoldType = Literal[
+    "orderEvent", "orderUpdateResolution", "orderCancelResolution", "skuInventoryChange"
+]
 MAX_CALLBACKS = 30
 
 _OBJECT: dict[str, Any] = {"type": "object"}

@@ -2,7 +2,7 @@
 
 See `ordersync.store.webhooks`. A nullable column and a new table: nothing existing changes.
 
-Revision ID: 0010_tchooks
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-03 02:45:00.000000
 """
@@ -10,7 +10,7 @@ Create Date: 2026-12-03 02:45:00.000000
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_tchooks"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
