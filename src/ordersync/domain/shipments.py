@@ -7,6 +7,7 @@ from decimal import Decimal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ordersync.domain.lifecycle import ShipmentStatus
+from ordersync.domain.orders import ValueAddedService
 
 
 class ShipmentLine(BaseModel):
@@ -15,6 +16,7 @@ class ShipmentLine(BaseModel):
     line_number: int = Field(ge=1)
     sku_customer_identifier: str
     quantity: Decimal = Field(gt=0)
+    lot_number: str | None = None
 
 
 class NewShipment(BaseModel):
@@ -25,6 +27,8 @@ class NewShipment(BaseModel):
     service_level: str
     tracking_number: str
     lines: list[ShipmentLine] = Field(min_length=1)
+    location: str | None = Field(default=None, description="the warehouse location it left")
+    value_added_services: list[ValueAddedService] = Field(default_factory=list)
 
 
 class Shipment(NewShipment):
