@@ -35,7 +35,9 @@ class Shipment(NewShipment):
     id: str
     customer_identifier: str
     status: ShipmentStatus = ShipmentStatus.SHIPPED
-    shipped_at: str
+    shipped_at: str | None = Field(
+        default=None, description="when it left the warehouse; none while manifested"
+    )
     version: int = 1
     created_at: str
     updated_at: str

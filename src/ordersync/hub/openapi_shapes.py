@@ -176,7 +176,7 @@ class TradecloudShipment(BaseModel):
     carrier: str
     serviceLevel: str
     trackingNumber: str
-    shippedAt: str
+    shippedAt: str | None
     lines: list[TcShipmentLine]
     status: TcShipmentStatus
     location: str | None
@@ -273,7 +273,7 @@ class HubRiseShipment(BaseModel):
     carrier: str
     service_level: str
     tracking_number: str
-    shipped_at: str
+    shipped_at: str | None
     items: list[HrShipmentItem]
     warehouse_location: str | None
     value_added_services: list[dict[str, Any]]

@@ -702,16 +702,25 @@ class Store:
         return after
 
     async def create_shipment(
-        self, principal: Principal | None, account_id: int, new: NewShipment
+        self,
+        principal: Principal | None,
+        account_id: int,
+        new: NewShipment,
+        *,
+        status: ShipmentStatus = ShipmentStatus.SHIPPED,
+        conn: AsyncConnection | None = None,
     ) -> Shipment:
-        async with self._writing() as conn:
+        """A new shipment of an order, `shipped` (with `shipped_at`) or `manifested` (packed,
+        its label printed: `shipped_at` comes with the move to `shipped`)."""
+        async with self.writing(conn) as conn:
             order_row = await _locked_row(conn, orders, account_id, new.order_id, "order")
             stamp = self.clock()
             shipment = Shipment(
                 **new.model_dump(),
                 id=str(uuid.uuid4()),
                 customer_identifier=str(order_row.customer_identifier),
-                shipped_at=format_rfc3339(stamp),
+                status=status,
+                shipped_at=None if status is ShipmentStatus.MANIFESTED else format_rfc3339(stamp),
                 created_at=format_rfc3339(stamp),
                 updated_at=format_rfc3339(stamp),
             )
@@ -736,9 +745,15 @@ class Store:
         return shipment
 
     async def transition_shipment(
-        self, principal: Principal | None, account_id: int, shipment_id: str, target: ShipmentStatus
+        self,
+        principal: Principal | None,
+        account_id: int,
+        shipment_id: str,
+        target: ShipmentStatus,
+        *,
+        conn: AsyncConnection | None = None,
     ) -> Shipment:
-        async with self._writing() as conn:
+        async with self.writing(conn) as conn:
             row = await _locked_row(conn, shipments, account_id, shipment_id, "shipment")
             before = Shipment.model_validate_json(row.doc)
             stamp = _next_stamp(self.clock(), row)
@@ -747,6 +762,7 @@ class Store:
                     "status": target,
                     "version": before.version + 1,
                     "updated_at": format_rfc3339(stamp),
+                    "shipped_at": before.shipped_at or format_rfc3339(stamp),
                 }
             )
             (event_id,) = await allocate_event_ids(conn, 1)

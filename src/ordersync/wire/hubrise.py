@@ -178,7 +178,9 @@ def render_shipment(doc: dict[str, Any], location: Place) -> dict[str, Any]:
         "carrier": doc["carrier"],
         "service_level": doc["service_level"],
         "tracking_number": doc["tracking_number"],
-        "shipped_at": format_time(parse_rfc3339_ms(doc["shipped_at"]), tz),
+        "shipped_at": None
+        if doc.get("shipped_at") is None
+        else format_time(parse_rfc3339_ms(doc["shipped_at"]), tz),
         "items": [
             {
                 "line_number": line["line_number"],

@@ -71,7 +71,12 @@ LINE_STATUS: dict[str, dict[str, str | None]] = {
         "deliveryLineStatus": "NotDelivered",
     },
 }
-SHIPMENT_STATUS = {"shipped": "Shipped", "in_transit": "InTransit", "delivered": "Delivered"}
+SHIPMENT_STATUS = {
+    "manifested": "ReadyToShip",
+    "shipped": "Shipped",
+    "in_transit": "InTransit",
+    "delivered": "Delivered",
+}
 
 
 def render_order(doc: dict[str, Any]) -> dict[str, Any]:
