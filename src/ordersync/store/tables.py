@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -346,4 +347,48 @@ webhook_attempts = Table(
     Column("outcome", String(20), nullable=False),  # delivered | retry | failed | disabled
     Column("error", Text, nullable=True),
     Index("ix_webhook_attempts_subscription", "subscription_id", "id"),
+)
+
+# The catalogue and the inventory entity (see `ordersync.store.inventory`): one row per SKU of an
+# account. It is also the entity of the `inventory` change feed: `version`, `updated_at` and
+# `doc` (the `InventoryItem` JSON: every stock row of the SKU) move in the transaction of every
+# change of one of its `stock` rows, with a `changes` row of kind "inventory". Writers lock these
+# rows (`FOR UPDATE`, ordered by sku) before reading or writing the SKU's stock.
+skus = Table(
+    "skus",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("sku", String(100), nullable=False),
+    Column("name", Text, nullable=True),
+    Column("version", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", Integer, ForeignKey("connections.id"), nullable=True),
+    Column("doc", Text, nullable=False),
+    Column("event_id", BigInteger, nullable=True),  # as orders.event_id
+    UniqueConstraint("account_id", "sku", name="uq_skus_account_sku"),
+    Index("ix_skus_account_updated", "account_id", "updated_at", "id"),
+)
+
+# Stock per (account, sku, location, lot), with absolute whole-unit counts per status.
+# `lot_number` is "" for stock that is not lot-tracked (a key column cannot be NULL).
+stock = Table(
+    "stock",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id"), primary_key=True),
+    Column("sku", String(100), primary_key=True),
+    Column("location", String(100), primary_key=True),
+    Column("lot_number", String(100), primary_key=True),
+    Column("sku_id", String(36), ForeignKey("skus.id"), nullable=False),
+    Column("expires_on", Date, nullable=True),
+    Column("received_on", Date, nullable=True),
+    Column("purchase_order", String(100), nullable=True),
+    Column("available", Integer, nullable=False),
+    Column("allocated", Integer, nullable=False),
+    Column("backordered", Integer, nullable=False),
+    Column("damaged", Integer, nullable=False),
+    Column("quality_control", Integer, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_stock_sku_id", "sku_id"),
 )
