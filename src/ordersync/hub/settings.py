@@ -27,6 +27,9 @@ class HubSettings:
     simulate_rate: float = 0.0
     simulate_seed: int | None = None
     simulate_account: str = "demo"
+    # The warehouse: how long a single_shipment order waits for one location that can fill it
+    # before it fails (README, "Warehouse simulator").
+    single_shipment_wait_ms: int = 10 * 60 * 1000
     faults: FaultSettings = field(default_factory=FaultSettings)
     quotas: QuotaPolicy = field(default_factory=QuotaPolicy.hubrise_default)
     quota_store: str = "auto"  # auto (memory on SQLite, SQL on PostgreSQL) | memory | sql
