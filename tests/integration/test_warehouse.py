@@ -46,7 +46,9 @@ class Hub:
 
     async def create(self, identifier: str, **changes: Any) -> str:
         """An order created through MasonHub's API; its id."""
-        response = await self.api.post("/api/v1/orders", json=[order_payload(identifier, **changes)])
+        response = await self.api.post(
+            "/api/v1/orders", json=[order_payload(identifier, **changes)]
+        )
         assert response.status_code == 201, response.text
         return str(response.json()["data"][0]["id"])
 
@@ -182,7 +184,12 @@ async def test_shorts_are_recorded_and_shown_in_every_dialect(hub: Hub) -> None:
     masonhub = await hub.order(order_id)
     assert masonhub["status"] == "inProcess"
     assert masonhub["shorts"] == [
-        {"line_number": 1, "sku_customer_id": "SKU-1", "quantity": "2", "reason": "insufficient_stock"}
+        {
+            "line_number": 1,
+            "sku_customer_id": "SKU-1",
+            "quantity": "2",
+            "reason": "insufficient_stock",
+        }
     ]
     tradecloud = (await hub.api.get(f"/v2/order/{order_id}")).json()
     assert tradecloud["shorts"] == [
