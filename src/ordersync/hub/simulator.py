@@ -216,11 +216,11 @@ class Warehouse:
             for order_id, identifier in await self.worker.orders_in(status):
                 if self._planned.get(order_id) not in (step, "cancel"):
                     self._plan_order(order_id, identifier, status, now)
-        for status, step in SHIPMENT_STEPS.items():
-            for shipment in await self.worker.shipments_in(status):
+        for shipment_status, step in SHIPMENT_STEPS.items():
+            for shipment in await self.worker.shipments_in(shipment_status):
                 if self._planned.get(shipment.id) != step:
                     key = f"{shipment.customer_identifier}:{shipment.location}"
-                    self._plan_shipment(shipment.id, key, status, now)
+                    self._plan_shipment(shipment.id, key, shipment_status, now)
         for order_id in await self._canceled_holding_stock():
             self._push(now, "release", order_id)
 

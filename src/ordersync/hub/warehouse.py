@@ -73,6 +73,8 @@ DEFAULT_SINGLE_SHIPMENT_WAIT_MS = 10 * 60 * 1000
 SINGLE_SHIPMENT_TIMEOUT = "single_shipment_timeout"
 # Picks the tracking number of a shipment: (order, location) -> number.
 Tracking = Callable[[Order, str], str]
+# One order write of a step: (order id, change, event type), see `Store.update_orders`.
+Edit = tuple[str, Callable[[Order], Order], str]
 
 
 @dataclass
@@ -132,6 +134,7 @@ class WarehouseWorker:
     async def pack(self, order_ids: Sequence[str], tracking: Tracking) -> list[Shipment]:
         """`inProcess` -> `packed`, with one manifested shipment per location group."""
         created: list[Shipment] = []
+        packed: list[str] = []
         async with self.store.writing(None) as conn:
             for order in await self._claim(conn, order_ids, OrderStatus.IN_PROCESS):
                 for group in order.allocations:
@@ -144,12 +147,12 @@ class WarehouseWorker:
                             conn=conn,
                         )
                     )
-                await self._transition(conn, order.id, OrderStatus.PACKED)
+                packed.append(order.id)
+            await self._transition(conn, packed, OrderStatus.PACKED)
         return created
 
     async def ship(self, order_ids: Sequence[str]) -> list[str]:
         """`packed` -> `fulfilled`: its manifested shipments ship, their units leave the stock."""
-        moved = []
         async with self.store.writing(None) as conn:
             claimed = await self._claim(conn, order_ids, OrderStatus.PACKED)
             if not claimed:
@@ -166,9 +169,8 @@ class WarehouseWorker:
                         ShipmentStatus.SHIPPED,
                         conn=conn,
                     )
-            for order in claimed:
-                await self._transition(conn, order.id, OrderStatus.FULFILLED)
-                moved.append(order.id)
+            moved = [order.id for order in claimed]
+            await self._transition(conn, moved, OrderStatus.FULFILLED)
         return moved
 
     async def move_shipments(
@@ -212,12 +214,13 @@ class WarehouseWorker:
                 return report
             now = self.store.clock()
             by_identifier, demands = {}, []
+            edits: list[Edit] = []
             for order in claimed:
                 try:
                     demand = demand_from_order(order)
                 except Unallocatable as exc:
                     failure = OrderFailure(reason=str(exc.reason), detail=str(exc))
-                    await self._fail(conn, order, failure)
+                    edits.append(_failed(order.id, failure))
                     report.failed[order.id] = failure.reason
                     continue
                 # Ties on priority and submission time go by customer_identifier, not by the
@@ -235,11 +238,11 @@ class WarehouseWorker:
             for outcome in run.outcomes:
                 order = by_identifier[outcome.order_id]
                 if isinstance(outcome, Allocated):
-                    await self._allocated(conn, order, outcome)
+                    edits.append(_allocated(order.id, outcome))
                     report.allocated.append(order.id)
                 elif isinstance(outcome, Failed):
                     failure = OrderFailure(reason=str(outcome.reason), detail=outcome.detail)
-                    await self._fail(conn, order, failure)
+                    edits.append(_failed(order.id, failure))
                     report.failed[order.id] = failure.reason
                 elif self._waited_too_long(order, outcome, now):
                     failure = OrderFailure(
@@ -247,15 +250,15 @@ class WarehouseWorker:
                         detail=f"no single location could fill the order within "
                         f"{self.single_shipment_wait_ms / 1000:g} s ({outcome.detail})",
                     )
-                    await self._fail(conn, order, failure)
+                    edits.append(_failed(order.id, failure))
                     report.failed[order.id] = failure.reason
                 else:
                     report.waiting[order.id] = str(outcome.reason)
+            await self.store.update_orders(self.principal, self.account_id, edits, conn=conn)
         return report
 
     async def release_canceled(self, order_ids: Sequence[str]) -> list[str]:
         """Canceled orders that still hold allocations give their units back."""
-        released = []
         async with self.store.writing(None) as conn:
             claimed = [
                 o for o in await self._claim(conn, order_ids, OrderStatus.CANCELED) if o.allocations
@@ -269,16 +272,13 @@ class WarehouseWorker:
                 for line in group.lines
             ]
             await self._take_out(conn, back, "inventory.released", release=True)
-            for order in claimed:
-                await self.store.update_order(
-                    self.principal,
-                    self.account_id,
-                    order.id,
-                    lambda o: o.model_copy(update={"allocations": []}),
-                    "order.allocation_released",
-                    conn=conn,
-                )
-                released.append(order.id)
+            released = [order.id for order in claimed]
+            await self.store.update_orders(
+                self.principal,
+                self.account_id,
+                [(i, _without_allocations, "order.allocation_released") for i in released],
+                conn=conn,
+            )
         return released
 
     # -- inside a step's transaction ---------------------------------------------------------
@@ -287,10 +287,9 @@ class WarehouseWorker:
         self, order_ids: Sequence[str], current: OrderStatus, target: OrderStatus
     ) -> list[str]:
         async with self.store.writing(None) as conn:
-            claimed = await self._claim(conn, order_ids, current)
-            for order in claimed:
-                await self._transition(conn, order.id, target)
-        return [o.id for o in claimed]
+            moved = [order.id for order in await self._claim(conn, order_ids, current)]
+            await self._transition(conn, moved, target)
+        return moved
 
     async def _claim(
         self,
@@ -329,59 +328,11 @@ class WarehouseWorker:
         )
         return [Shipment.model_validate_json(r[0]) for r in rows]
 
-    async def _transition(self, conn: AsyncConnection, order_id: str, target: OrderStatus) -> None:
-        await self.store.transition_order(
-            self.principal, self.account_id, order_id, target, conn=conn
-        )
-
-    async def _allocated(self, conn: AsyncConnection, order: Order, outcome: Allocated) -> None:
-        groups = [
-            LocationAllocation(
-                location=shipment.location,
-                lines=[
-                    AllocatedLine(
-                        line_number=pick.line_number,
-                        sku_customer_identifier=pick.sku,
-                        lot_number=pick.lot_number,
-                        quantity=Decimal(pick.quantity),
-                    )
-                    for pick in shipment.picks
-                ],
-            )
-            for shipment in outcome.shipments
-        ]
-        shorts = [
-            OrderShort(
-                line_number=short.line_number,
-                sku_customer_id=short.sku,
-                quantity=Decimal(short.quantity),
-                reason=str(short.reason),
-            )
-            for short in outcome.shorts
-        ]
-
-        def change(current: Order) -> Order:
-            check_transition(current.status, OrderStatus.IN_PROCESS)
-            return current.model_copy(
-                update={
-                    "status": OrderStatus.IN_PROCESS,
-                    "allocations": groups,
-                    "shorts": shorts,
-                }
-            )
-
-        await self.store.update_order(
-            self.principal, self.account_id, order.id, change, "order.inProcess", conn=conn
-        )
-
-    async def _fail(self, conn: AsyncConnection, order: Order, failure: OrderFailure) -> None:
-        def change(current: Order) -> Order:
-            check_transition(current.status, OrderStatus.CANCELED)
-            return current.model_copy(update={"status": OrderStatus.CANCELED, "failure": failure})
-
-        await self.store.update_order(
-            self.principal, self.account_id, order.id, change, "order.canceled", conn=conn
-        )
+    async def _transition(
+        self, conn: AsyncConnection, order_ids: Sequence[str], target: OrderStatus
+    ) -> None:
+        edits = [(order_id, _to(target), f"order.{target}") for order_id in order_ids]
+        await self.store.update_orders(self.principal, self.account_id, edits, conn=conn)
 
     def _waited_too_long(self, order: Order, outcome: Waiting, now: int) -> bool:
         """A `single_shipment` order waits for a location that can fill it up to the configured
@@ -404,7 +355,7 @@ class WarehouseWorker:
             # does not deliver it, and this is the last chance to.
             claimed = await self._claim(conn, [order_id], OrderStatus.FULFILLED, wait=True)
             if claimed:
-                await self._transition(conn, order_id, OrderStatus.DELIVERED)
+                await self._transition(conn, [order_id], OrderStatus.DELIVERED)
 
     async def _take_out(
         self,
@@ -437,6 +388,63 @@ class WarehouseWorker:
             await self.inventory.apply_stock(
                 conn, self.principal, self.account_id, list(units.values()), event_type=event_type
             )
+
+
+def _to(target: OrderStatus) -> Callable[[Order], Order]:
+    def change(order: Order) -> Order:
+        check_transition(order.status, target)
+        return order.model_copy(update={"status": target})
+
+    return change
+
+
+def _allocated(order_id: str, outcome: Allocated) -> Edit:
+    """The order's move to `inProcess` with its location groups and its shorts."""
+    groups = [
+        LocationAllocation(
+            location=shipment.location,
+            lines=[
+                AllocatedLine(
+                    line_number=pick.line_number,
+                    sku_customer_identifier=pick.sku,
+                    lot_number=pick.lot_number,
+                    quantity=Decimal(pick.quantity),
+                )
+                for pick in shipment.picks
+            ],
+        )
+        for shipment in outcome.shipments
+    ]
+    shorts = [
+        OrderShort(
+            line_number=short.line_number,
+            sku_customer_id=short.sku,
+            quantity=Decimal(short.quantity),
+            reason=str(short.reason),
+        )
+        for short in outcome.shorts
+    ]
+
+    def change(order: Order) -> Order:
+        check_transition(order.status, OrderStatus.IN_PROCESS)
+        update = {"status": OrderStatus.IN_PROCESS, "allocations": groups, "shorts": shorts}
+        return order.model_copy(update=update)
+
+    return order_id, change, f"order.{OrderStatus.IN_PROCESS}"
+
+
+def _failed(order_id: str, failure: OrderFailure) -> Edit:
+    """The warehouse gives the order up: `canceled`, with the reason."""
+
+    def change(order: Order) -> Order:
+        check_transition(order.status, OrderStatus.CANCELED)
+        return order.model_copy(update={"status": OrderStatus.CANCELED, "failure": failure})
+
+    return order_id, change, f"order.{OrderStatus.CANCELED}"
+
+
+def _without_allocations(order: Order) -> Order:
+    return order.model_copy(update={"allocations": []})
 
 
 def _shipment_of(order: Order, group: LocationAllocation, tracking_number: str) -> NewShipment:

@@ -701,6 +701,60 @@ class Store:
             )
         return after
 
+    async def update_orders(
+        self,
+        principal: Principal | None,
+        account_id: int,
+        edits: Sequence[tuple[str, Callable[[Order], Order], str]],
+        *,
+        conn: AsyncConnection | None = None,
+    ) -> list[Order]:
+        """`update_order` for many orders, `(order_id, change, event_type)` each, in one
+        transaction and with one statement per part of the write (lock, update, change rows,
+        count deltas) instead of one per order: the warehouse moves orders in batches. Rows are
+        locked in id order; each order may appear once. The orders after, in `edits` order."""
+        if not edits:
+            return []
+        ids = [order_id for order_id, _, _ in edits]
+        if len(set(ids)) != len(ids):
+            raise ValueError("each order may appear once in update_orders")
+        async with self.writing(conn) as conn:
+            found = await conn.execute(
+                select(orders)
+                .where(orders.c.account_id == account_id, orders.c.id.in_(sorted(ids)))
+                .order_by(orders.c.id)
+                .with_for_update()
+            )
+            rows = {str(row.id): row for row in found}
+            missing = [order_id for order_id in ids if order_id not in rows]
+            if missing:
+                raise NotFound(f"no order with id {missing[0]}")
+            event_ids = await allocate_event_ids(conn, len(edits))
+            now = self.clock()
+            by = principal.connection_name if principal else None
+            updated, change_rows, deltas = [], [], CountDeltas()
+            results = []
+            for (order_id, change, event_type), event_id in zip(edits, event_ids, strict=True):
+                row = rows[order_id]
+                before = Order.model_validate_json(row.doc)
+                stamp = _next_stamp(now, row)
+                after = stamp_change(before, change(before), format_rfc3339(stamp), by)
+                values = _order_row(after, account_id, int(row.created_at), stamp, principal)
+                updated.append({f"b_{k}": v for k, v in (values | {"event_id": event_id}).items()})
+                change_row = _change_row(account_id, "order", after, event_type, principal, stamp)
+                change_rows.append(change_row | {"event_id": event_id})
+                deltas.move(
+                    account_id,
+                    "order",
+                    (str(row.status), int(row.updated_at)),
+                    (after.status, stamp),
+                )
+                results.append(after)
+            await conn.execute(_UPDATE_ORDERS, updated)
+            await conn.execute(insert(changes), change_rows)
+            await deltas.apply(conn)
+        return results
+
     async def create_shipment(
         self,
         principal: Principal | None,
@@ -787,6 +841,28 @@ class Store:
             )
         return after
 
+
+# One UPDATE run for many orders (executemany): parameters are named b_<column>.
+_UPDATE_ORDERS = (
+    update(orders)
+    .where(orders.c.id == bindparam("b_id"))
+    .values(
+        {
+            name: bindparam(f"b_{name}")
+            for name in (
+                "account_id",
+                "customer_identifier",
+                "status",
+                "version",
+                "created_at",
+                "updated_at",
+                "updated_by",
+                "doc",
+                "event_id",
+            )
+        }
+    )
+)
 
 _AUTHENTICATE = (
     select(connections.c.id, connections.c.name, accounts.c.id, accounts.c.name)
