@@ -12,14 +12,17 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlalchemy import select
 
 from ordersync.domain import OrderStatus, ShipmentStatus
 from ordersync.domain.inventory import StockUnit
 from ordersync.hub.app import create_app
 from ordersync.hub.settings import HubSettings
+from ordersync.hub.simulator import Warehouse
 from ordersync.hub.warehouse import WarehouseWorker
 from ordersync.store.inventory import InventoryStore
 from ordersync.store.store import Principal, Store
+from ordersync.store.tables import changes
 from tests.support import order_payload
 
 START_MS = 1_893_456_000_000  # 2030-01-01T00:00:00Z
@@ -318,6 +321,51 @@ async def test_an_unparsable_order_policy_is_refused_naming_the_field(hub: Hub) 
     )
     assert response.status_code == 422
     assert "order_policy" in response.text
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_scheduler_takes_api_orders_through_to_delivery(hub: Hub) -> None:
+    """The warehouse alone (rate 0: it creates nothing) finds an order created through the API
+    and moves it, step by step, to delivered; every change is one version with its event."""
+    await hub.stock(unit("SKU-1", "WH-A", 5), unit("SKU-2", "WH-B", 5))
+    order_id = await hub.create("SCHEDULED")
+    clock = Monotonic()
+    warehouse = Warehouse(hub.store, hub.principal, rate=0, seed=3, monotonic=clock)
+    for _ in range(120):
+        clock.now += 1
+        hub.clock.now += 1000
+        await warehouse._advance_due()
+    order = await hub.order(order_id)
+    assert order["status"] == "delivered" and order["version"] == 6
+    shipments = await hub.shipments(order_id)
+    assert [(s["location"], s["status"]) for s in shipments] == [
+        ("WH-A", "delivered"),
+        ("WH-B", "delivered"),
+    ]
+    async with hub.store.reader.connect() as conn:
+        events = [
+            (str(r[0]), int(r[1]))
+            for r in await conn.execute(
+                select(changes.c.event_type, changes.c.version)
+                .where(changes.c.entity_id == order_id)
+                .order_by(changes.c.event_id)
+            )
+        ]
+    assert events == [
+        ("order.created", 1),
+        ("order.atWarehouse", 2),
+        ("order.inProcess", 3),
+        ("order.packed", 4),
+        ("order.fulfilled", 5),
+        ("order.delivered", 6),
+    ]
 
 
 def test_day_of_the_store_clock_is_utc() -> None:

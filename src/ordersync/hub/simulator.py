@@ -54,6 +54,7 @@ SHIPMENT_SECONDS = {ShipmentStatus.SHIPPED: 3.0, ShipmentStatus.IN_TRANSIT: 5.0}
 CANCEL_PROBABILITY = 0.06
 VALUE_ADDED_PROBABILITY = 0.1
 SIMULATOR_CONNECTION = "warehouse-simulator"
+WORKER_CONNECTION = "warehouse-worker"
 SIMULATED_PREFIX = "SIM-"  # the customer identifiers of the simulator's own orders
 SKUS = [f"SKU-{n:04d}" for n in range(1, 201)]
 LOCATIONS = ["WH-CENTRAL", "WH-EAST", "WH-WEST", "WH-NORTH", "WH-SOUTH"]
@@ -129,11 +130,15 @@ class Warehouse:
         # The simulator writes through the store, never over HTTP: the token it needs only to
         # name its connection. The previous start's token is revoked, so that restarts do not
         # leave live tokens behind.
-        await store.revoke_connection(settings.simulate_account, SIMULATOR_CONNECTION)
-        token = await store.create_token(settings.simulate_account, SIMULATOR_CONNECTION)
+        if settings.simulate_rate > 0:
+            await store.revoke_connection(settings.simulate_account, SIMULATOR_CONNECTION)
+            token = await store.create_token(settings.simulate_account, SIMULATOR_CONNECTION)
+            principal = await store.authenticate(token)
+        else:  # the worker alone, maybe in several processes: a principal of its own each
+            principal = await store.internal_principal(settings.simulate_account, WORKER_CONNECTION)
         warehouse = cls(
             store,
-            await store.authenticate(token),
+            principal,
             settings.simulate_rate,
             settings.simulate_seed,
             single_shipment_wait_ms=settings.single_shipment_wait_ms,
@@ -317,8 +322,8 @@ class Warehouse:
         """A receipt now and then, sized to the order rate, into random locations: the first
         one larger, and most SKUs in WH-CENTRAL, so that most orders ship from one place,
         some split and some come up short."""
-        if self._next_receipt is not None and now < self._next_receipt:
-            return
+        if self.rate <= 0 or (self._next_receipt is not None and now < self._next_receipt):
+            return  # the worker alone receives nothing: its stock is set through the API
         first = self._next_receipt is None
         self._next_receipt = now + RECEIPT_SECONDS
         rng = self._rng("receipt", self.receipts)

@@ -312,6 +312,26 @@ class Store:
         row = rows[0]
         return Principal(int(row[0]), str(row[1]), int(row[2]), str(row[3]))
 
+    async def internal_principal(self, account_name: str, connection_name: str) -> Principal:
+        """A principal for the hub's own writes (a warehouse worker): a connection row of its
+        own, created revoked and with no token anyone holds, so that each process gets one
+        without touching another's and without leaving a live credential behind."""
+        async with self.writer.begin() as conn:
+            account_id = await self._ensure_account(conn, account_name, "UTC")
+            now = self.clock()
+            connection_id = await conn.scalar(
+                insert(connections)
+                .values(
+                    account_id=account_id,
+                    name=connection_name,
+                    token_hash=hash_token(secrets.token_urlsafe(32)),
+                    created_at=now,
+                    revoked_at=now,
+                )
+                .returning(connections.c.id)
+            )
+        return Principal(int(connection_id), connection_name, account_id, account_name)
+
     async def revoke_connection(self, account_name: str, connection_name: str) -> int:
         """Revoke every live token of that connection; how many were revoked. Refused from the
         next request on, in every process (`authenticate` reads the database each time)."""
