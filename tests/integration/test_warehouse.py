@@ -138,7 +138,7 @@ async def test_an_order_created_through_the_api_is_shipped_and_delivered(hub: Hu
         ("SKU-1", "2"),
         ("SKU-2", "1"),
     ]
-    assert await hub.worker.ship([order_id]) == [order_id]
+    assert [s.order_id for s in await hub.worker.ship([order_id])] == [order_id]
     assert (await hub.order(order_id))["status"] == "fulfilled"
     assert (await counts(hub, "SKU-1")) == {("WH-A", "available"): 3, ("WH-A", "allocated"): 0}
     (shipped,) = await hub.shipments(order_id)

@@ -60,7 +60,7 @@ SKUS = [f"SKU-{n:04d}" for n in range(1, 201)]
 LOCATIONS = ["WH-CENTRAL", "WH-EAST", "WH-WEST", "WH-NORTH", "WH-SOUTH"]
 RECEIPT_SECONDS = 10.0  # a stock receipt every so often
 WAIT_RETRY_SECONDS = 2.0  # an order that could not be allocated is tried again after this
-DISCOVERY_SECONDS = 1.0
+DISCOVERY_SECONDS = 5.0
 BATCH = 100
 CITIES = [
     ("Austin", "TX", "78701"),
@@ -119,6 +119,7 @@ class Warehouse:
         self.receipts = 0
         self._schedule: list[_Step] = []
         self._planned: dict[str, str] = {}  # entity id -> the step planned for it
+        self._identifiers: dict[str, str] = {}  # order id -> customer_identifier, while open
         self._seq = itertools.count()
         self._next_receipt: float | None = None
         self._next_discovery = 0.0
@@ -199,7 +200,9 @@ class Warehouse:
 
     def _plan_order(self, order_id: str, identifier: str, status: OrderStatus, now: float) -> None:
         if status not in ORDER_STEPS:
+            self._identifiers.pop(order_id, None)
             return
+        self._identifiers[order_id] = identifier
         due = now + self._rng(identifier, status).expovariate(1 / STAGE_SECONDS[status])
         if identifier.startswith(SIMULATED_PREFIX):  # its customer may cancel it
             fate = self._rng(identifier, "cancel")
@@ -281,35 +284,32 @@ class Warehouse:
             report = await worker.allocate(ids)
             await self._moved(report.allocated, OrderStatus.IN_PROCESS, now)
             self.moves += len(report.failed)
+            for order_id in report.failed:
+                self._identifiers.pop(order_id, None)
             for order_id in report.waiting:
                 self._push(now + WAIT_RETRY_SECONDS, "allocate", order_id)
         elif kind == "pack":
             shipments = await worker.pack(ids, self._tracking)
             await self._moved(sorted({s.order_id for s in shipments}), OrderStatus.PACKED, now)
         elif kind == "ship":
-            moved = await worker.ship(ids)
-            self.moves += len(moved)
-            for shipment in await worker.shipments_in(ShipmentStatus.SHIPPED):
-                if shipment.order_id in moved:
-                    key = f"{shipment.customer_identifier}:{shipment.location}"
-                    self._plan_shipment(shipment.id, key, ShipmentStatus.SHIPPED, now)
+            shipped = await worker.ship(ids)
+            await self._moved(sorted({s.order_id for s in shipped}), OrderStatus.FULFILLED, now)
+            for shipment in shipped:
+                key = f"{shipment.customer_identifier}:{shipment.location}"
+                self._plan_shipment(shipment.id, key, ShipmentStatus.SHIPPED, now)
         elif kind == "in_transit":
-            moved = await worker.move_shipments(ids, ShipmentStatus.IN_TRANSIT)
-            for shipment in await worker.shipments_in(ShipmentStatus.IN_TRANSIT):
-                if shipment.id in moved:
-                    key = f"{shipment.customer_identifier}:{shipment.location}"
-                    self._plan_shipment(shipment.id, key, ShipmentStatus.IN_TRANSIT, now)
+            for shipment in await worker.move_shipments(ids, ShipmentStatus.IN_TRANSIT):
+                key = f"{shipment.customer_identifier}:{shipment.location}"
+                self._plan_shipment(shipment.id, key, ShipmentStatus.IN_TRANSIT, now)
         else:
             await worker.move_shipments(ids, ShipmentStatus.DELIVERED)
 
     async def _moved(self, order_ids: list[str], status: OrderStatus, now: float) -> None:
         """Plan the next step of orders a step just moved to `status`."""
         self.moves += len(order_ids)
-        if not order_ids or status not in ORDER_STEPS:
-            return
-        wanted = set(order_ids)
-        for order_id, identifier in await self.worker.orders_in(status):
-            if order_id in wanted:
+        for order_id in order_ids:
+            identifier = self._identifiers.get(order_id)
+            if identifier is not None:
                 self._plan_order(order_id, identifier, status, now)
 
     def _tracking(self, order: Order, location: str) -> str:

@@ -151,17 +151,19 @@ class WarehouseWorker:
             await self._transition(conn, packed, OrderStatus.PACKED)
         return created
 
-    async def ship(self, order_ids: Sequence[str]) -> list[str]:
-        """`packed` -> `fulfilled`: its manifested shipments ship, their units leave the stock."""
+    async def ship(self, order_ids: Sequence[str]) -> list[Shipment]:
+        """`packed` -> `fulfilled`: its manifested shipments ship, their units leave the stock.
+        The shipments shipped."""
+        shipped: list[Shipment] = []
         async with self.store.writing(None) as conn:
             claimed = await self._claim(conn, order_ids, OrderStatus.PACKED)
             if not claimed:
-                return []
+                return shipped
             manifested = await self._shipments_of(conn, [o.id for o in claimed])
             leaving = [line for s in manifested for line in _unit_lines(s)]
             await self._take_out(conn, leaving, "inventory.shipped")
             for shipment in manifested:
-                if shipment.status is ShipmentStatus.MANIFESTED:
+                shipped.append(
                     await self.store.transition_shipment(
                         self.principal,
                         self.account_id,
@@ -169,20 +171,20 @@ class WarehouseWorker:
                         ShipmentStatus.SHIPPED,
                         conn=conn,
                     )
-            moved = [order.id for order in claimed]
-            await self._transition(conn, moved, OrderStatus.FULFILLED)
-        return moved
+                )
+            await self._transition(conn, [order.id for order in claimed], OrderStatus.FULFILLED)
+        return shipped
 
     async def move_shipments(
         self, shipment_ids: Sequence[str], target: ShipmentStatus
-    ) -> list[str]:
+    ) -> list[Shipment]:
         """`shipped` -> `in_transit` or `in_transit` -> `delivered`; an order whose shipments
         are then all delivered becomes `delivered` in the same transaction."""
         before = {
             ShipmentStatus.IN_TRANSIT: ShipmentStatus.SHIPPED,
             ShipmentStatus.DELIVERED: ShipmentStatus.IN_TRANSIT,
         }[target]
-        moved = []
+        moved: list[Shipment] = []
         async with self.store.writing(None) as conn:
             rows = await conn.execute(
                 select(shipments.c.id, shipments.c.order_id)
@@ -196,10 +198,11 @@ class WarehouseWorker:
             )
             claimed = [(str(r[0]), str(r[1])) for r in rows]
             for shipment_id, _ in claimed:
-                await self.store.transition_shipment(
-                    self.principal, self.account_id, shipment_id, target, conn=conn
+                moved.append(
+                    await self.store.transition_shipment(
+                        self.principal, self.account_id, shipment_id, target, conn=conn
+                    )
                 )
-                moved.append(shipment_id)
             if target is ShipmentStatus.DELIVERED:
                 for order_id in sorted({order_id for _, order_id in claimed}):
                     await self._deliver_if_complete(conn, order_id)
