@@ -292,6 +292,13 @@ def hub_serve(
             " the stock, ship, deliver) in every worker process, without creating orders.",
         ),
     ] = False,
+    single_shipment_wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a single_shipment order waits for one location that can fill it"
+            " before the warehouse fails it.",
+        ),
+    ] = 600.0,
     max_body_bytes: Annotated[
         int, typer.Option(envvar="ORDERSYNC_HUB_MAX_BODY_BYTES", help="Larger bodies get 413.")
     ] = 1_048_576,
@@ -378,6 +385,7 @@ def hub_serve(
             simulate_seed=seed,
             simulate_account=account,
             warehouse=warehouse,
+            single_shipment_wait_ms=int(single_shipment_wait * 1000),
             max_body_bytes=max_body_bytes,
             quotas=quotas,
             faults=fault_settings,
