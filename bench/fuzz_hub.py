@@ -365,9 +365,11 @@ async def seed_hub(db_url: str) -> Seeded:
     """An account with one connection per dialect, an order, a shipment, and a HubRise
     callback with a pending event, so that operations on an id reach a real entity."""
     from ordersync.domain import NewOrder
+    from ordersync.domain.inventory import StockUnit
     from ordersync.domain.shipments import NewShipment, ShipmentLine
     from ordersync.hub.openapi_shapes import NEW_ORDER_EXAMPLE
     from ordersync.store.hubrise import HubRiseStore
+    from ordersync.store.inventory import InventoryStore
     from ordersync.store.store import Store
 
     store = await Store.open(db_url)
@@ -401,9 +403,24 @@ async def seed_hub(db_url: str) -> Seeded:
             ),
         )
         (event, *_) = await hubrise.pending_events(follower)
+        # Stock of the SKUs the examples and tests order: the account then has a catalogue
+        # (as it would after the run's first inventory write; orders naming other SKUs are
+        # refused with a 422), and the inventory routes have a SKU, a catalog and a location.
+        item, _ = await InventoryStore(store).set_stock(
+            writer,
+            account,
+            [StockUnit(sku, "WH-EAST", available=10) for sku in ("SKU-1", "SKU-BIG")],
+        )
     finally:
         await store.close()
-    known = {"order_id": order.id, "shipment_id": shipment.id, "event_id": str(event.seq)}
+    known = {
+        "order_id": order.id,
+        "shipment_id": shipment.id,
+        "event_id": str(event.seq),
+        "sku_id": item.id,
+        "catalog_id": "fuzz",
+        "location_id": "WH-EAST",
+    }
     return Seeded(tokens, known)
 
 

@@ -12,6 +12,7 @@ from ordersync import __version__
 from ordersync.agent.commands import agent_app
 from ordersync.errors import OrdersyncError, exit_code
 from ordersync.hub.commands import hub_app
+from ordersync.hub.stock_commands import stock_app
 
 # Help texts are plain text: with rich markup, "[[sources]]" or "[default: 5]" would vanish.
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+hub_app.add_typer(stock_app, name="stock")
 app.add_typer(hub_app, name="hub")
 app.add_typer(agent_app, name="agent")
 

@@ -5,8 +5,9 @@ names, so a new kind (inventory, update requests) is one `register` call plus it
 and codec functions. The hub's store keeps its own tables (`store/tables.py`).
 
 A replica row of a kind holds, between `updated_at_ms` and `data`, the snapshot fields named in
-`columns`, each in a column of the same name; a kind with `line_table` keeps its snapshot's
-`lines` in that table too.
+`columns`, each in a column of the same name; a kind with a `line_table` keeps the items of one
+snapshot field in that table too (an order's `lines`; a SKU's quantities per location and
+status), replaced whole with each newer version.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ordersync.domain.snapshots import OrderSnapshot, ShipmentSnapshot, Snapshot
-from ordersync.wire import hubrise, masonhub, tradecloud
+from ordersync.domain.snapshots import (
+    InventorySnapshot,
+    OrderSnapshot,
+    ShipmentSnapshot,
+    Snapshot,
+)
+from ordersync.wire import hubrise, inventory, masonhub, tradecloud
 from ordersync.wire.fields import Head
 
 
@@ -30,6 +36,18 @@ class Codec:
 
 
 @dataclass(frozen=True, slots=True)
+class LineTable:
+    """Where a kind keeps the items of one snapshot field: the table, its columns (the first
+    is the entity row's `seq`), the field, and the values of one item's row after the seq
+    from (source, entity id, item)."""
+
+    name: str
+    columns: tuple[str, ...]
+    field: str
+    values: Callable[[str, str, Any], tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
 class EntityKind:
     name: str  # as records, ledgers and HubRise events name it: "order"
     stream: str  # the stream that carries it on every dialect: "orders"
@@ -37,7 +55,7 @@ class EntityKind:
     table: str  # the replica's table
     columns: tuple[str, ...]  # snapshot fields the replica row holds
     codecs: Mapping[str, Codec]  # dialect -> codec
-    line_table: str | None = None  # where the snapshot's `lines` go, for kinds that have them
+    line_table: LineTable | None = None  # where the snapshot's items go, for kinds with them
 
 
 KINDS: dict[str, EntityKind] = {}
@@ -80,7 +98,19 @@ ORDER = register(
             "tradecloud": Codec(tradecloud.head, tradecloud.parse_order),
             "hubrise": Codec(hubrise.head, hubrise.parse_order),
         },
-        line_table="order_lines",
+        line_table=LineTable(
+            "order_lines",
+            ("order_seq", "line_number", "source", "order_id", "sku", "quantity", "unit_price"),
+            "lines",
+            lambda source, entity_id, line: (
+                line.line_number,
+                source,
+                entity_id,
+                line.sku,
+                line.quantity,
+                line.unit_price,
+            ),
+        ),
     )
 )
 SHIPMENT = register(
@@ -95,5 +125,26 @@ SHIPMENT = register(
             "tradecloud": Codec(tradecloud.head, tradecloud.parse_shipment),
             "hubrise": Codec(hubrise.head, hubrise.parse_shipment),
         },
+    )
+)
+# A SKU's stock (MasonHub `sku_snapshots`): its absolute quantity per (location, status), one
+# `inventory_quantities` row each, replaced whole by each newer version.
+INVENTORY = register(
+    EntityKind(
+        name="inventory",
+        stream="inventory",
+        snapshot=InventorySnapshot,
+        table="inventory",
+        columns=("sku",),
+        codecs={
+            "masonhub": Codec(inventory.inventory_head, inventory.parse_sku_snapshot),
+            "hubrise": Codec(inventory.inventory_head, inventory.parse_hubrise_catalog_entry),
+        },
+        line_table=LineTable(
+            "inventory_quantities",
+            ("inventory_seq", "location", "status", "source", "sku_id", "quantity"),
+            "quantities",
+            lambda source, entity_id, q: (q.location, q.status, source, entity_id, q.quantity),
+        ),
     )
 )

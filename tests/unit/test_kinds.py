@@ -17,9 +17,11 @@ from ordersync.wire import Head, WireError
 
 
 def test_each_dialect_reads_orders_and_shipments() -> None:
-    """Every dialect has a codec for both kinds, and their streams are the ones sources serve."""
-    for dialect in ("masonhub", "tradecloud", "hubrise"):
-        assert kinds.streams(dialect) == ("orders", "shipments")
+    """Every dialect has a codec for both kinds, and their streams are the ones sources serve;
+    MasonHub and HubRise serve inventory too, Tradecloud has none (README)."""
+    for dialect in ("masonhub", "hubrise"):
+        assert kinds.streams(dialect) == ("orders", "shipments", "inventory")
+    assert kinds.streams("tradecloud") == ("orders", "shipments")
     assert kinds.by_stream("orders").name == "order"
     assert kinds.by_name("shipment").stream == "shipments"
     with pytest.raises(KeyError):
@@ -41,41 +43,41 @@ def test_a_kind_or_stream_is_registered_once() -> None:
         kinds.register(dataclasses.replace(kinds.SHIPMENT, name="parcel"))
 
 
-def _inventory_head(doc: Any) -> Head:
+def _count_head(doc: Any) -> Head:
     return Head(str(doc["sku"]), int(doc["version"]), int(doc["at"]))
 
 
-def _inventory(doc: Any) -> ShipmentSnapshot:
+def _count(doc: Any) -> ShipmentSnapshot:
     if not isinstance(doc.get("on_hand"), int):
         raise WireError("on_hand", f"{doc.get('on_hand')!r} is not an integer")
     return ShipmentSnapshot(doc["sku"], doc["version"], doc["at"], None, "counted", None)
 
 
 @pytest.fixture
-def inventory() -> Iterator[EntityKind]:
+def stock_count() -> Iterator[EntityKind]:
     kind = kinds.register(
         EntityKind(
-            name="inventory",
-            stream="inventory",
+            name="count",
+            stream="counts",
             snapshot=ShipmentSnapshot,  # any snapshot type serves the test
-            table="inventory",
+            table="counts",
             columns=("status",),
-            codecs={"masonhub": Codec(_inventory_head, _inventory)},
+            codecs={"masonhub": Codec(_count_head, _count)},
         )
     )
     yield kind
     del kinds.KINDS[kind.name]
 
 
-def test_a_new_kind_is_one_registration(inventory: EntityKind) -> None:
+def test_a_new_kind_is_one_registration(stock_count: EntityKind) -> None:
     """Registered once, a kind is found by stream and read by the agent's record decoding with
     its own codec: no source or record code names it."""
-    assert kinds.streams("masonhub") == ("orders", "shipments", "inventory")
+    assert kinds.streams("masonhub") == ("orders", "shipments", "inventory", "counts")
     assert kinds.streams("tradecloud") == ("orders", "shipments")
-    name = kinds.by_stream("inventory").name
+    name = kinds.by_stream("counts").name
     record = decode_record(name, "masonhub", {"sku": "S-1", "version": 4, "at": 9, "on_hand": 3})
     assert (record.kind, record.id, record.version, record.updated_at_ms) == (
-        "inventory",
+        "count",
         "S-1",
         4,
         9,
@@ -83,4 +85,4 @@ def test_a_new_kind_is_one_registration(inventory: EntityKind) -> None:
     assert record.snapshot == ShipmentSnapshot("S-1", 4, 9, None, "counted", None)
     refused = decode_record(name, "masonhub", {"sku": "S-2", "version": 1, "at": 9, "on_hand": "3"})
     assert refused.snapshot is None
-    assert refused.problem == "inventory S-2: on_hand: '3' is not an integer"
+    assert refused.problem == "count S-2: on_hand: '3' is not an integer"

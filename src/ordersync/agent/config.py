@@ -72,7 +72,7 @@ DEFAULT_AUTH: dict[str, Auth] = {
     "tradecloud": "basic",
     "hubrise": "access-token",
 }
-Stream = Literal["orders", "shipments"]
+Stream = Literal["orders", "shipments", "inventory"]
 STREAMS: tuple[Stream, ...] = ("orders", "shipments")
 
 
@@ -142,6 +142,11 @@ class SourceConfig(_Strict):
             raise ValueError("echo = 'skip' needs connection_name to recognise our own changes")
         if self.statuses and self.dialect != "masonhub":
             raise ValueError("statuses (status-based polling) is for the masonhub dialect only")
+        if "inventory" in self.streams and self.dialect == "tradecloud":
+            raise ValueError(
+                "the inventory stream is for the masonhub and hubrise dialects: Tradecloud "
+                "has no inventory"
+            )
         return self
 
     @field_validator("quota")

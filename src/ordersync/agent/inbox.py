@@ -221,6 +221,7 @@ async def fetch_entity(
     path = {
         ("masonhub", "order"): f"/orders/{quoted}",
         ("masonhub", "shipment"): f"/shipments/{quoted}",
+        ("masonhub", "inventory"): f"/sku_snapshots/{quoted}",
         ("tradecloud", "order"): f"/order/{quoted}",
         ("hubrise", "order"): f"/location/orders/{quoted}",
     }.get((dialect, kind))

@@ -102,7 +102,7 @@ def _hubrise(
     client: ApiClient, c: SourceConfig, clock: Callable[[], int]
 ) -> tuple[SourceInfo, list[ChangeFeed]]:
     source = HubRiseSource(client, name=c.name, streams=tuple(c.streams))
-    return source, hubrise_feeds(source, c.page_size)
+    return source, hubrise_feeds(source, c.page_size, listing=_listing(c), clock=clock)
 
 
 PLATFORMS: dict[str, Platform] = {

@@ -184,7 +184,10 @@ def entities_named(dialect: str, body: bytes) -> list[Entity]:
         data = document.get("data")
         if not isinstance(data, dict):
             raise Rejected(400, "malformed_body", "data", "a MasonHub callback carries data")
-        if order_id := _text(data.get("order_id")):
+        if document.get("message_type") == "skuInventoryChange":
+            if sku_id := _text(data.get("sku_id")):
+                found.append(("inventory", sku_id))
+        elif order_id := _text(data.get("order_id")):
             found.append(("order", order_id))
         if shipment_id := _text(data.get("shipment_id")):
             found.append(("shipment", shipment_id))

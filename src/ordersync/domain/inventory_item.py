@@ -74,7 +74,7 @@ class InventoryItem(_Model):
         for unit in self.units():
             for status, count in unit.status_counts().items():
                 totals[(unit.location, status)] = totals.get((unit.location, status), 0) + count
-        return dict(sorted(totals.items()))
+        return dict(sorted(totals.items(), key=lambda kv: (kv[0][0], _RANK[kv[0][1]])))
 
     def locations(self) -> tuple[str, ...]:
         return tuple(sorted({line.location for line in self.stock}))
@@ -89,3 +89,6 @@ class InventoryItem(_Model):
             line.available + line.allocated + line.backordered + line.damaged + line.quality_control
             for line in self.stock
         )
+
+
+_RANK = {status: rank for rank, status in enumerate(InventoryStatus)}

@@ -45,4 +45,22 @@ class ShipmentSnapshot:
     tracking_number: str | None
 
 
-Snapshot = OrderSnapshot | ShipmentSnapshot
+@dataclass(frozen=True, slots=True)
+class StockQuantity:
+    location: str
+    status: str  # the platform's inventory status word ("available", "quality-control", ...)
+    quantity: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class InventorySnapshot:
+    """One version of a SKU's stock: absolute quantities per (location, status)."""
+
+    id: str
+    version: int
+    updated_at_ms: int
+    sku: str
+    quantities: tuple[StockQuantity, ...] = ()
+
+
+Snapshot = OrderSnapshot | ShipmentSnapshot | InventorySnapshot

@@ -16,7 +16,9 @@ from ordersync.hub.access_log import AccessLog
 from ordersync.hub.body_limit import BodySizeLimit
 from ordersync.hub.dialects import (
     hubrise,
+    hubrise_inventory,
     masonhub,
+    masonhub_inventory,
     masonhub_requests,
     tradecloud,
     webhook_routes,
@@ -36,6 +38,7 @@ from ordersync.store.counts import CountCompactor
 from ordersync.store.events import DAY_MS, EventLog, prune_forever
 from ordersync.store.hubrise import HubRiseStore
 from ordersync.store.idempotency import KeyPruner, prune_keys_forever
+from ordersync.store.inventory import InventoryStore
 from ordersync.store.requests import RequestStore, resolve_forever
 from ordersync.store.store import Store, commit_lag_ms
 from ordersync.store.webhooks import WebhookStore
@@ -138,6 +141,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.state.requests = requests  # MasonHub asynchronous writes and their resolver
     app.state.sandbox = settings.sandbox_enabled
     app.state.webhooks = webhooks
+    app.state.inventory = InventoryStore(hub_store)  # catalogue and stock
     # Listings advertise it (X-Ordersync-Commit-Lag-Ms); the agent's default lookback.
     app.state.commit_lag_ms = commit_lag_ms(hub_store.write_timeout_ms)
     app.state.warehouse = simulation  # runs while the lifespan does
@@ -150,6 +154,8 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     app.include_router(webhook_routes.tradecloud_router)
     app.include_router(webhook_routes.hubrise_router)
     hubrise.install(app)  # router under /v1 and its X-Http-Method-Override middleware
+    app.include_router(masonhub_inventory.router)
+    app.include_router(hubrise_inventory.router)
     metrics = HubMetrics()
     install_operator_pages(app, settings, metrics)  # /status, /status.json, /metrics
 

@@ -37,6 +37,7 @@ import orjson
 import structlog
 
 from ordersync.domain import format_rfc3339
+from ordersync.domain.inventory_item import InventoryItem
 from ordersync.errors import NotFound
 from ordersync.store.events import LogEvent
 from ordersync.store.hubrise import Event, HubRiseStore
@@ -44,6 +45,7 @@ from ordersync.store.requests import RequestStore
 from ordersync.store.store import Principal, Store
 from ordersync.store.webhooks import Claim, Result, Subscription, WebhookStore, secret_key
 from ordersync.wire.hubrise import render_event
+from ordersync.wire.inventory import render_sku_snapshot
 from ordersync.wire.tradecloud import render_order, render_shipment
 
 log = structlog.get_logger("ordersync.hub")
@@ -57,6 +59,7 @@ MESSAGE_NAMESPACE = uuid.UUID("6f1c2a52-8d1e-4c61-9a3c-0d6f3c1b7e10")
 MASONHUB_TYPES = {
     "order": "orderEvent",
     "shipment": "orderEvent",
+    "inventory": "skuInventoryChange",
 }
 # A request resolution (a "request" row of the log, see `ordersync.store.requests`) is its
 # event type: orderUpdateResolution or orderCancelResolution.
@@ -163,6 +166,9 @@ class Renderer:
                 "shipments": doc.get("shipments", []),
                 "shorts": doc.get("shorts", []),
             }
+        elif event.kind == "inventory":
+            # The SKU's sku_snapshot at this version: absolute counts, never deltas.
+            data = render_sku_snapshot(InventoryItem.model_validate(doc))
         elif event.kind == "shipment":
             data = {
                 "order_id": doc.get("order_id"),

@@ -51,7 +51,7 @@ import structlog
 from sqlalchemy import and_, bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ordersync.store.tables import changes, connections, event_log, orders, shipments
+from ordersync.store.tables import changes, connections, event_log, orders, shipments, skus
 
 
 class Store(Protocol):
@@ -112,7 +112,7 @@ async def frontier(conn: AsyncConnection) -> int:
 @dataclass(frozen=True)
 class LogEvent:
     event_id: int
-    kind: str  # "order" | "shipment"
+    kind: str  # "order" | "shipment" | "inventory" | "request"
     entity_id: str
     version: int
     event_type: str  # e.g. "order.created", "order.packed", "shipment.delivered"
@@ -153,6 +153,7 @@ def _events_statement(kinds: tuple[str, ...] | None = FEED_KINDS) -> Any:
         changes.outerjoin(connections, connections.c.id == c.connection_id)
         .outerjoin(orders, and_(c.entity_kind == "order", orders.c.id == c.entity_id))
         .outerjoin(shipments, and_(c.entity_kind == "shipment", shipments.c.id == c.entity_id))
+        .outerjoin(skus, and_(c.entity_kind == "inventory", skus.c.id == c.entity_id))
     )
     return (
         select(
@@ -163,8 +164,8 @@ def _events_statement(kinds: tuple[str, ...] | None = FEED_KINDS) -> Any:
             c.event_type,
             connections.c.name,
             c.created_at,
-            func.coalesce(orders.c.version, shipments.c.version),
-            func.coalesce(orders.c.doc, shipments.c.doc),
+            func.coalesce(orders.c.version, shipments.c.version, skus.c.version),
+            func.coalesce(orders.c.doc, shipments.c.doc, skus.c.doc),
         )
         .select_from(joined)
         .where(

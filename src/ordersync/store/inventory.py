@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,7 +41,7 @@ from ordersync.domain.inventory_item import InventoryItem, StockLine
 from ordersync.errors import NotFound, ValidationFailed
 from ordersync.store.events import allocate_event_ids
 from ordersync.store.store import Principal, Store
-from ordersync.store.tables import changes, skus, stock
+from ordersync.store.tables import accounts, changes, skus, stock
 
 INVENTORY_KIND = "inventory"  # `changes.entity_kind` of an inventory version
 MAX_CODE_LENGTH = 100  # sku, location, lot number and purchase order columns
@@ -60,6 +60,7 @@ class SkuEntry:
 @dataclass(frozen=True)
 class ItemPage:
     items: list[str]  # stored `InventoryItem` JSON documents, in (updated_at, id) order
+    event_ids: list[int | None]  # the event id of each item's version
     total: int
 
 
@@ -68,6 +69,14 @@ class InventoryStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    async def account_id(self, name: str) -> int:
+        """The id of the account named `name`; NotFound when there is none."""
+        async with self.store.reader.connect() as conn:
+            found = await conn.scalar(select(accounts.c.id).where(accounts.c.name == name))
+        if found is None:
+            raise NotFound(f"no account {name!r}")
+        return int(found)
 
     # -- the catalogue ---------------------------------------------------------------------
 
@@ -144,6 +153,16 @@ class InventoryStore:
         lot attributes given replace the stored ones, those left None are kept."""
         return await self._write(principal, account_id, units, conn, "inventory.received", add=True)
 
+    async def ensure_skus(
+        self, conn: AsyncConnection, account_id: int, codes: Collection[str]
+    ) -> None:
+        """Insert the SKUs of `codes` not yet in the catalogue, inside the caller's transaction,
+        before it locks anything (see the module docstring); a `set_stock` naming them in the
+        same transaction gives them version 1, and a transaction that ends without one rolls
+        back. For writers that must read locked stock before they know what to write."""
+        check_codes([("sku", code) for code in codes])
+        await self._ensure(conn, account_id, dict.fromkeys(codes))
+
     async def read_stock(
         self,
         conn: AsyncConnection,
@@ -182,6 +201,12 @@ class InventoryStore:
         await self._bump(conn, principal, account_id, known, changed, event_type, {})
         return await _items(conn, account_id, changed)
 
+    async def items(
+        self, conn: AsyncConnection, account_id: int, codes: Collection[str]
+    ) -> list[InventoryItem]:
+        """The current items of the SKU codes, as the caller's transaction sees them."""
+        return await _items(conn, account_id, codes)
+
     # -- reads -----------------------------------------------------------------------------
 
     async def get_item(self, account_id: int, sku_id: str) -> InventoryItem:
@@ -202,26 +227,38 @@ class InventoryStore:
         *,
         codes: Collection[str] | None = None,
         updated_since_ms: int | None = None,
+        after_id: str | None = None,
         offset: int = 0,
         limit: int = 100,
     ) -> ItemPage:
         """Inventory documents ordered by (updated_at, id), optionally of some SKU codes
-        and/or updated at or after `updated_since_ms`, with the total of matching rows."""
-        where = [skus.c.account_id == account_id]
+        and/or updated at or after `updated_since_ms`; with `after_id` (and a since), only
+        those after (updated_since_ms, after_id) in that order (the keyset continuation).
+        `total` counts the matching rows without the keyset."""
+        where = [skus.c.account_id == account_id, skus.c.version > 0]
         if codes is not None:
-            where.append(skus.c.sku.in_(list(codes)))
+            where.append(skus.c.sku.in_(sorted(codes)))
         if updated_since_ms is not None:
             where.append(skus.c.updated_at >= updated_since_ms)
+        page_where = list(where)
+        if after_id is not None and updated_since_ms is not None:
+            page_where.append(or_(skus.c.updated_at > updated_since_ms, skus.c.id > after_id))
         async with self.store.reader.connect() as conn:
-            total = int(await conn.scalar(select(func.count()).where(*where)) or 0)
-            rows = await conn.execute(
-                select(skus.c.doc)
-                .where(*where)
-                .order_by(skus.c.updated_at, skus.c.id)
-                .offset(offset)
-                .limit(limit)
+            total = int(
+                await conn.scalar(select(func.count()).select_from(skus).where(*where)) or 0
             )
-            return ItemPage([str(r[0]) for r in rows], total)
+            rows = (
+                await conn.execute(
+                    select(skus.c.doc, skus.c.event_id)
+                    .where(*page_where)
+                    .order_by(skus.c.updated_at, skus.c.id)
+                    .offset(offset)
+                    .limit(limit)
+                )
+            ).all()
+        return ItemPage(
+            [str(r[0]) for r in rows], [None if r[1] is None else int(r[1]) for r in rows], total
+        )
 
     # -- the write path --------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ from ordersync.store.engine import (
 )
 from ordersync.store.events import allocate_event_ids, frontier
 from ordersync.store.idempotency import settle
-from ordersync.store.tables import accounts, changes, connections, orders, shipments
+from ordersync.store.tables import accounts, changes, connections, orders, shipments, skus
 
 Clock = Callable[[], int]
 T = TypeVar("T")
@@ -604,10 +604,14 @@ class Store:
         account_id = principal.account_id
         results: list[CreateResult] = []
         candidates: dict[str, tuple[int, Order, int]] = {}  # identifier -> (index, order, stamp)
+        unknown = await _unknown_skus(conn, account_id, items)
         for index, item in enumerate(items):
             identifier = item.customer_identifier
             if not _storable(identifier):
                 results.append(_unstorable(identifier))
+                continue
+            if unknown and (refused := _unknown_sku_errors(item, unknown)):
+                results.append(CreateResult(identifier, errors=refused))
                 continue
             if identifier in candidates:  # the first of a batch wins, as if sent one by one
                 results.append(_duplicate(identifier))
@@ -993,6 +997,34 @@ def _insert_orders_statement(dialect: str) -> Any:
 def _dialect_insert(conn: AsyncConnection, table: Any) -> Any:
     """INSERT with the dialect's ON CONFLICT clause (both PostgreSQL and SQLite have one)."""
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+async def _unknown_skus(
+    conn: AsyncConnection, account_id: int, items: Sequence[NewOrder]
+) -> set[str]:
+    """The SKUs of `items` not in the account's catalogue; none when it has no catalogue (an
+    account that never registered a SKU takes any, as before inventory existed)."""
+    wanted = {line.sku_customer_identifier for item in items for line in item.line_items}
+    if not wanted:
+        return set()
+    has_catalogue = select(skus.c.id).where(skus.c.account_id == account_id).limit(1)
+    if (await conn.execute(has_catalogue)).first() is None:
+        return set()
+    known = await conn.execute(
+        select(skus.c.sku).where(skus.c.account_id == account_id, skus.c.sku.in_(wanted))
+    )
+    return wanted - {str(r[0]) for r in known}
+
+
+def _unknown_sku_errors(item: NewOrder, unknown: set[str]) -> list[tuple[str, str]]:
+    return [
+        (
+            f"line_items.{i}.sku_customer_identifier",
+            f"unknown SKU {line.sku_customer_identifier!r}: not in this account's catalogue",
+        )
+        for i, line in enumerate(item.line_items)
+        if line.sku_customer_identifier in unknown
+    ]
 
 
 def _storable(customer_identifier: str) -> bool:

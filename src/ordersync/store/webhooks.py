@@ -18,7 +18,9 @@ sends the event again (at-least-once: receivers dedupe by `webhook-id`, the even
 outcome is committed with its attempt row before the next claim of that entity.
 
 Events superseded before they were materialised (the log keeps only each entity's current
-document) are coalesced: the later event of the same entity carries the newer state.
+document) are coalesced: the later event of the same entity carries the newer state. Inventory
+goes further, since its counts are absolute: queuing a newer inventory event of a SKU marks the
+older pending (not in-flight) ones `superseded`, never to be sent.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ ROTATION_GRACE_MS = DAY_MS  # the previous secret keeps signing this long after 
 LEASE_MS = 60_000  # a claim's deadline: well above the HTTP timeout
 MATERIALISE_PAGE = 100
 DIALECTS = ("masonhub", "hubrise", "tradecloud")
+INVENTORY_KEY = "inventory:"  # the entity_key prefix of inventory deliveries
+SUPERSEDED = "superseded"  # a delivery status: a newer inventory event replaced it unsent
 
 
 def new_secret() -> str:
@@ -476,7 +480,9 @@ class WebhookStore:
             if moved.rowcount != 1:
                 return 0  # another worker materialised this page (or it was deleted)
             if rows:
+                rows = _newest_inventory(rows)
                 await conn.execute(insert(webhook_deliveries), rows)
+                await _supersede_inventory(conn, sub.id, rows)
         return len(rows)
 
     # -- claiming and settling deliveries --------------------------------------------------
@@ -683,7 +689,7 @@ class WebhookStore:
         async with self.store.writing(None) as conn:
             gone = await conn.execute(
                 delete(webhook_deliveries).where(
-                    d.status.in_(("delivered", "failed")), d.created_at < cutoff
+                    d.status.in_(("delivered", "failed", SUPERSEDED)), d.created_at < cutoff
                 )
             )
             old = await conn.execute(delete(webhook_attempts).where(a.at < cutoff))
@@ -701,6 +707,42 @@ class WebhookStore:
                 )
             ).all()
         return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+def _newest_inventory(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows to queue, keeping of each inventory entity only its newest event: counts are
+    absolute, so the newest carries everything an older one would tell."""
+    newest: dict[str, int] = {}
+    for row in rows:
+        if row["entity_key"].startswith(INVENTORY_KEY):
+            newest[row["entity_key"]] = max(newest.get(row["entity_key"], 0), row["event_id"])
+    return [
+        r
+        for r in rows
+        if not r["entity_key"].startswith(INVENTORY_KEY) or newest[r["entity_key"]] == r["event_id"]
+    ]
+
+
+async def _supersede_inventory(conn: Any, sub_id: str, rows: list[dict[str, Any]]) -> None:
+    """ "Newer inventory counts may supersede undelivered older ones": the pending, not
+    in-flight (no lease) deliveries of an inventory entity older than the one just queued
+    are marked `superseded` and never sent. One in flight is left to finish: the entity's
+    order of delivery holds either way."""
+    d = webhook_deliveries.c
+    for row in rows:
+        if not row["entity_key"].startswith(INVENTORY_KEY):
+            continue
+        await conn.execute(
+            update(webhook_deliveries)
+            .where(
+                d.subscription_id == sub_id,
+                d.entity_key == row["entity_key"],
+                d.status == "pending",
+                d.lease.is_(None),
+                d.event_id < row["event_id"],
+            )
+            .values(status=SUPERSEDED)
+        )
 
 
 async def _delete_subscriptions(conn: Any, ids: list[str]) -> None:

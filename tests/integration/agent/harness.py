@@ -12,6 +12,7 @@ import httpx
 from ordersync.agent.client import ApiClient, auth_headers
 from ordersync.agent.engine import EngineHook, EngineSettings, SyncEngine
 from ordersync.agent.feeds.hubrise import hubrise_feeds
+from ordersync.agent.feeds.listing import ListingSettings
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.retry import RetryPolicy
 from ordersync.agent.sinks.base import Sink
@@ -197,6 +198,7 @@ def build_engine(
     clock: Callable[[], int] | None = None,
     dialect: str = "masonhub",
     echo: EchoMode = "apply",
+    streams: tuple[str, ...] = ("orders", "shipments"),
 ) -> Any:
     """A `SyncEngine` named after its dialect (HubRise: its backfill and event feeds)."""
     http = httpx.AsyncClient(transport=transport or httpx.ASGITransport(app=hub.app))
@@ -214,7 +216,7 @@ def build_engine(
         exact_numbers=dialect == "tradecloud",
     )
     if dialect == "hubrise":
-        hubrise = HubRiseSource(client, name=dialect)
+        hubrise = HubRiseSource(client, name=dialect, streams=streams)
         ensure_callback = hubrise.ensure_callback
 
         async def noting_shipments_first() -> None:
@@ -226,7 +228,12 @@ def build_engine(
         return SyncEngine(
             hubrise,
             sink,
-            feeds=hubrise_feeds(hubrise, page_size),
+            feeds=hubrise_feeds(
+                hubrise,
+                page_size,
+                listing=ListingSettings(lookback_ms=lookback_ms, page_size=page_size),
+                clock=clock or hub.clock,
+            ),
             metrics=metrics,
             clock=clock or hub.clock,
             hook=hook,
@@ -234,7 +241,7 @@ def build_engine(
     source: MasonHubSource | TradecloudSource = (
         TradecloudSource(client, name=dialect, connection_name=CONNECTION, echo=echo)
         if dialect == "tradecloud"
-        else MasonHubSource(client, name=SOURCE)
+        else MasonHubSource(client, name=SOURCE, streams=streams)
     )
     return SyncEngine(
         source,

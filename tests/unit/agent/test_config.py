@@ -37,3 +37,19 @@ def test_a_config_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
     """--config pointing at a directory is a clear error, not IsADirectoryError."""
     with pytest.raises(ConfigurationError, match="cannot be read"):
         load_config(tmp_path, {})
+
+
+def test_the_inventory_stream_is_refused_for_tradecloud_and_taken_elsewhere() -> None:
+    """Tradecloud has no inventory: asking for the stream there is a configuration error
+    naming it; MasonHub and HubRise take it."""
+    tradecloud = SOURCE | {
+        "dialect": "tradecloud",
+        "connection_name": "erp",
+        "streams": ["orders", "inventory"],
+    }
+    with pytest.raises(ConfigurationError, match="inventory"):
+        parse_config({"sources": [tradecloud]}, {})
+    for dialect in ("masonhub", "hubrise"):
+        source = SOURCE | {"dialect": dialect, "streams": ["orders", "inventory"]}
+        (parsed,) = parse_config({"sources": [source]}, {}).sources
+        assert parsed.streams == ["orders", "inventory"]

@@ -1,6 +1,6 @@
 """HubRise's feeds: the creation-time backfill walked once, then the callback's events.
 
-HubRise has no "changed since" listing. Instead:
+HubRise has no "changed since" listing of orders. Instead:
 
 1. The connection's passive callback is made to exist before anything is read (`Subscription`):
    from that moment the platform keeps an event for every change, so whatever is created or
@@ -22,8 +22,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ordersync.agent.feeds import Batch, ChangeFeed, MayFetch
+from ordersync.agent.feeds.listing import ListingFeed, ListingSettings
 from ordersync.agent.records import Cursor, may_replace
-from ordersync.agent.sources.hubrise import Event, HubRiseSource
+from ordersync.agent.sources.hubrise import INVENTORY, Event, HubRiseSource
+from ordersync.domain.timestamps import now_ms
 
 BACKFILL = "orders-backfill"
 EVENTS = "events"
@@ -107,11 +109,21 @@ class EventFeed:
         return acknowledge
 
 
-def hubrise_feeds(source: HubRiseSource, page_size: int = 100) -> list[ChangeFeed]:
-    """The backfill (when orders are subscribed) and the event feed, sharing one callback."""
+def hubrise_feeds(
+    source: HubRiseSource,
+    page_size: int = 100,
+    *,
+    listing: ListingSettings | None = None,
+    clock: Callable[[], int] = now_ms,
+) -> list[ChangeFeed]:
+    """The backfill (when orders are subscribed) and the event feed, sharing one callback;
+    with inventory subscribed, its listing walk (as MasonHub's)."""
     subscription = Subscription(source)
     feeds: list[ChangeFeed] = []
     if "orders" in source.subscribed:
         feeds.append(BackfillFeed(source, subscription, page_size))
     feeds.append(EventFeed(source, subscription))
+    if INVENTORY in source.subscribed:
+        settings = listing or ListingSettings(page_size=max(2, min(page_size, 100)))
+        feeds.append(ListingFeed(source, INVENTORY, settings, clock=clock))
     return feeds

@@ -32,7 +32,7 @@ from ordersync.agent.sinks.base import latest_per_id
 from ordersync.agent.sinks.rows import (
     ENTITY_COLUMNS,
     ENTITY_TABLES,
-    LINE_COLUMNS,
+    LINE_TABLES,
     Prepared,
     document_json,
     prepare,
@@ -224,7 +224,9 @@ def _encodes(text: str) -> bool:
 def _column_problem(row: Prepared, refuses_nul: bool) -> str | None:
     kind = row[0]
     checks = [(ENTITY_TABLES[kind], ENTITY_COLUMNS[kind][1:], row[3])]
-    checks += [("order_lines", LINE_COLUMNS[1:], line) for line in row[4]]
+    lines = LINE_TABLES.get(kind)
+    if lines is not None:
+        checks += [(lines.name, lines.columns[1:], line) for line in row[4]]
     for table, columns, values in checks:
         for column, value in zip(columns, values, strict=True):
             problem = _value_problem(value, refuses_nul)

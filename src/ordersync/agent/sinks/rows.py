@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from ordersync.agent.errors import SinkError
 from ordersync.agent.records import Kind, Record
-from ordersync.domain.snapshots import LineSnapshot, Snapshot
-from ordersync.kinds import KINDS, by_name
+from ordersync.domain.snapshots import Snapshot
+from ordersync.kinds import KINDS, LineTable, by_name
 
 # Table names and their columns in order, from the kinds registry: a kind's row holds the
 # snapshot fields it names (`EntityKind.columns`); `sql.py` defines the tables and checks them.
@@ -26,12 +27,16 @@ ENTITY_COLUMNS: dict[Kind, tuple[str, ...]] = {
     kind.name: ("seq", "source", "id", "version", "updated_at_ms", *kind.columns, "data")
     for kind in KINDS.values()
 }
-LINE_COLUMNS = ("order_seq", "line_number", "source", "order_id", "sku", "quantity", "unit_price")
+# Each line table's columns (the first: its entity row's seq), by kind.
+LINE_TABLES: dict[Kind, LineTable] = {
+    kind.name: kind.line_table for kind in KINDS.values() if kind.line_table is not None
+}
+LINE_COLUMNS = LINE_TABLES["order"].columns
 APPLIED_COLUMNS = ("kind", "entity_seq", "version", "source", "id", "applied_at_ms")
 CURSOR_COLUMNS = ("source", "stream", "updated_at_ms", "last_id", "committed_at_ms")
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     **{ENTITY_TABLES[kind]: columns for kind, columns in ENTITY_COLUMNS.items()},
-    "order_lines": LINE_COLUMNS,
+    **{line.name: line.columns for line in LINE_TABLES.values()},
     "applied_versions": APPLIED_COLUMNS,
     "checkpoints": CURSOR_COLUMNS,
 }
@@ -67,9 +72,10 @@ def entity_values(seq: int | None, source: str, r: Record) -> Values:
     return (seq, source, r.id, r.version, r.updated_at_ms, *fields, document)
 
 
-def line_values(seq: int, source: str, r: Record, line: LineSnapshot) -> Values:
-    """One `order_lines` row (LINE_COLUMNS), amounts as exact Decimals."""
-    return (seq, line.line_number, source, r.id, line.sku, line.quantity, line.unit_price)
+def line_values(seq: int, source: str, r: Record, line: Any) -> Values:
+    """One row of the kind's line table (`LINE_TABLES[r.kind].columns`), amounts as exact
+    Decimals."""
+    return (seq, *LINE_TABLES[r.kind].values(source, r.id, line))
 
 
 def applied_values(kind: Kind, seq: int, source: str, r: Record, stamp: int) -> Values:
@@ -86,14 +92,10 @@ Prepared = tuple[Kind, str, int, Values, list[Values], str]
 
 def prepare(source: str, r: Record) -> Prepared:
     lines = []
-    if by_name(r.kind).line_table is not None:
+    if r.kind in LINE_TABLES:
         for line in line_items(r):
-            row = line_values(0, source, r, line)
-            quantity, price = row[5], row[6]
-            lines.append(
-                (*row[1:5], None if quantity is None else str(quantity),
-                 None if price is None else str(price))
-            )  # fmt: skip
+            row = line_values(0, source, r, line)[1:]
+            lines.append(tuple(str(v) if isinstance(v, Decimal) else v for v in row))
     return (r.kind, r.id, r.version, entity_values(None, source, r)[1:], lines, r.dialect)
 
 
@@ -104,7 +106,10 @@ def by_kind(records: Sequence[Record]) -> dict[Kind, list[Record]]:
     return groups
 
 
-def line_items(record: Record) -> tuple[LineSnapshot, ...]:
-    """The lines of a record whose kind has them (`EntityKind.line_table`)."""
-    lines: tuple[LineSnapshot, ...] = getattr(snapshot(record), "lines", ())
-    return lines
+def line_items(record: Record) -> tuple[Any, ...]:
+    """The items of a record whose kind has a line table (`EntityKind.line_table`)."""
+    table = LINE_TABLES.get(record.kind)
+    if table is None:
+        return ()
+    items: tuple[Any, ...] = getattr(snapshot(record), table.field, ())
+    return items

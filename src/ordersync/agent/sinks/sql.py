@@ -56,7 +56,7 @@ from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
 from ordersync.agent.sinks.rows import (
     APPLIED_COLUMNS,
     ENTITY_COLUMNS,
-    LINE_COLUMNS,
+    LINE_TABLES,
     TABLE_COLUMNS,
     applied_values,
     by_kind,
@@ -144,6 +144,30 @@ shipments = Table(
     Column("data", Text, nullable=False),
     UniqueConstraint("source", "id", name="uq_shipments_source_id"),
 )
+# A SKU's stock (kind "inventory"), and its quantity per (location, status) at that version.
+inventory = Table(
+    "inventory",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    Column("source", String(50), nullable=False),
+    Column("id", String(_ID), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("sku", String(200)),
+    Column("data", Text, nullable=False),
+    UniqueConstraint("source", "id", name="uq_inventory_source_id"),
+)
+inventory_quantities = Table(
+    "inventory_quantities",
+    metadata,
+    Column("inventory_seq", _SEQ, primary_key=True),  # inventory.seq
+    Column("location", String(200), primary_key=True),
+    Column("status", String(50), primary_key=True),
+    Column("source", String(50), nullable=False),
+    Column("sku_id", String(_ID), nullable=False),
+    Column("quantity", ExactDecimal()),
+)
+
 # The at-most-once ledger: one row per (entity, version) applied. Its primary key makes a
 # second application of a version abort the page's transaction.
 applied_versions = Table(
@@ -421,7 +445,7 @@ class SqlSink:
         if not newer:
             return 0
         if by_name(kind).line_table is not None:
-            await self._replace_lines(conn, source, newer, won, updated)
+            await self._replace_lines(conn, kind, source, newer, won, updated)
         fire(self.fault_hook, "mid_apply")
         stamp = now_ms()
         await conn.execute(
@@ -484,6 +508,7 @@ class SqlSink:
     @staticmethod
     async def _replace_lines(
         conn: AsyncConnection,
+        kind: Kind,
         source: str,
         newer: list[Record],
         seqs: dict[str, int],
@@ -492,16 +517,19 @@ class SqlSink:
         # The old lines of every row the upsert updated go, even of a row the held read did
         # not see: another writer may have inserted it, with its lines, since. A row it
         # inserted has none (and skipping that DELETE keeps a backfill's plans cheap).
+        layout = LINE_TABLES[kind]
+        table = metadata.tables[layout.name]
+        owner = table.c[layout.columns[0]]
         if updated:
             replaced = [seqs[i] for i in updated]
-            await conn.execute(delete(order_lines).where(order_lines.c.order_seq.in_(replaced)))
+            await conn.execute(delete(table).where(owner.in_(replaced)))
         lines = [
-            dict(zip(LINE_COLUMNS, line_values(seqs[r.id], source, r, item), strict=True))
+            dict(zip(layout.columns, line_values(seqs[r.id], source, r, item), strict=True))
             for r in newer
             for item in line_items(r)
         ]
         if lines:
-            await conn.execute(insert(order_lines), lines)
+            await conn.execute(insert(table), lines)
 
     async def _save_cursor(
         self, conn: AsyncConnection, source: str, stream: str, cursor: Cursor

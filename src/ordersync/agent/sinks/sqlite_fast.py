@@ -28,8 +28,13 @@ from ordersync.agent.sinks import quarantine
 from ordersync.agent.sinks.base import FaultHook, fire
 from ordersync.agent.sinks.quarantine import HeldBack
 from ordersync.agent.sinks.replica_file import ReplicaFault, ReplicaFile
-from ordersync.agent.sinks.rows import ENTITY_COLUMNS, ENTITY_TABLES, TABLE_COLUMNS, Prepared
-from ordersync.kinds import by_name
+from ordersync.agent.sinks.rows import (
+    ENTITY_COLUMNS,
+    ENTITY_TABLES,
+    LINE_TABLES,
+    TABLE_COLUMNS,
+    Prepared,
+)
 
 log = structlog.get_logger("ordersync.agent.sinks")
 
@@ -128,7 +133,7 @@ class SqliteWriter:
                 f"{c} = ?{i}" for i, c in enumerate(ENTITY_COLUMNS[kind], 1) if c != "seq"
             )
             self._updates[kind] = f"UPDATE {table} SET {assigned} WHERE seq = ?1 AND version < ?4"
-        self._lines = _insert("order_lines")
+        self._lines = {kind: _insert(table.name) for kind, table in LINE_TABLES.items()}
         self._applied = _insert("applied_versions")
         # The cursor never moves back (see records.may_replace): forward streams keep
         # a stored cursor ahead of the page's, descending ones a stored cursor below it.
@@ -288,14 +293,15 @@ class SqliteWriter:
         replaced = [r for r in newer if r[1] in held]
         if replaced:
             db.executemany(self._updates[kind], [(seqs[r[1]], *r[3]) for r in replaced])
-        if by_name(kind).line_table is not None:
+        lines = LINE_TABLES.get(kind)
+        if lines is not None:
             if replaced:
                 marks = ",".join("?" * len(replaced))
                 db.execute(
-                    f"DELETE FROM order_lines WHERE order_seq IN ({marks})",
+                    f"DELETE FROM {lines.name} WHERE {lines.columns[0]} IN ({marks})",
                     [seqs[r[1]] for r in replaced],
                 )
-            db.executemany(self._lines, [(seqs[r[1]], *line) for r in newer for line in r[4]])
+            db.executemany(self._lines[kind], [(seqs[r[1]], *line) for r in newer for line in r[4]])
         fire(hook, "mid_apply")
         db.executemany(
             self._applied,

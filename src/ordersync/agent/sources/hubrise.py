@@ -5,6 +5,9 @@ is no "changed since" listing, so it does not fit the `Source.fetch_page` contra
 from the connection's callback instead (`GET /callback/events`, acknowledged one by one with
 `DELETE /callback/events/:id`). Its feeds (agent/feeds/hubrise.py) drive both.
 
+Inventory is polled instead: ordersync's hub lists the catalogue's SKUs by last change
+(`GET /location/inventory`, an extension), walked by a `ListingFeed` through `fetch_page`.
+
 Records carry the document as received and its snapshot, read by `ordersync.wire.hubrise` with
 the money, decimal and time functions the hub reads request bodies with (one strictness on both
 ends): `"9.99 EUR"` is the amount 9.99 in EUR, times with their offsets are UTC milliseconds.
@@ -18,13 +21,14 @@ from typing import Any
 from ordersync import kinds
 from ordersync.agent.client import ApiClient
 from ordersync.agent.errors import ProtocolError, RequestRejected, malformed_answer
-from ordersync.agent.records import Kind, Record, decode_record
+from ordersync.agent.records import FetchedPage, Kind, Record, decode_record
 from ordersync.domain.timestamps import format_rfc3339
 from ordersync.wire import WireError
 from ordersync.wire.fields import mapping
 from ordersync.wire.hubrise import instant
 
 STREAMS = kinds.streams("hubrise")
+INVENTORY = "inventory"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +65,9 @@ class HubRiseSource:
         self.client = client
         self.name = name
         self.subscribed = streams
-        # What status() reports on: the backfill walk and the event feed.
-        self.streams: tuple[str, ...] = ("orders-backfill", "events")
+        # What status() reports on: the backfill walk, the event feed, the inventory listing.
+        polled = (INVENTORY,) if INVENTORY in streams else ()
+        self.streams: tuple[str, ...] = ("orders-backfill", "events", *polled)
 
     @property
     def api_calls(self) -> int:
@@ -71,7 +76,11 @@ class HubRiseSource:
     async def ensure_callback(self) -> None:
         """Create (or keep) the connection's passive callback: events are kept from the moment
         it first exists; re-posting it changes the subscription only, never drops events."""
-        events = {kinds.by_stream(s).name: ["create", "update"] for s in self.subscribed}
+        events = {
+            kinds.by_stream(s).name: ["create", "update"]
+            for s in self.subscribed
+            if s != INVENTORY  # polled, not evented
+        }
         await self.client.post_json("/callback", {"events": events})
 
     async def list_orders(
@@ -91,6 +100,37 @@ class HubRiseSource:
         headers = response.headers
         next_cursor = headers.get("x-cursor-next") if headers is not None else None
         return OrdersPage(records, created, next_cursor or None)
+
+    async def fetch_page(
+        self,
+        stream: str,
+        since_ms: int,
+        offset: int,
+        limit: int,
+        *,
+        summary: bool = False,
+        after_id: str | None = None,
+    ) -> FetchedPage:
+        """A page of the inventory listing (the one stream HubRise serves by change time)."""
+        if stream != INVENTORY:
+            raise ValueError(f"HubRise lists {INVENTORY} only by change time, not {stream}")
+        params: list[tuple[str, str | int]] = [
+            ("updated_since", format_rfc3339(max(since_ms, 0))),
+            ("count", limit),
+            ("offset", offset),
+        ]
+        if after_id is not None:
+            params.append(("after_id", after_id))
+        response = await self.client.get_json("/location/inventory", params)
+        with malformed_answer(f"{self.name}: /location/inventory"):
+            if not isinstance(response.body, list):
+                raise ProtocolError(f"{self.name}: /location/inventory answered without an array")
+            records = [self.record("inventory", item) for item in response.body]
+        keyset = (
+            response.headers is not None
+            and response.headers.get("x-ordersync-keyset", "") == "after_id"
+        )
+        return FetchedPage(records, response.server_time_ms, keyset)
 
     async def pending_events(self) -> list[Event]:
         """Unacknowledged events, oldest first (at most 100 per call)."""

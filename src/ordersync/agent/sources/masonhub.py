@@ -1,4 +1,5 @@
-"""The MasonHub dialect (seed 000): `GET /orders` and `GET /shipments` with `updated_since`."""
+"""The MasonHub dialect (seed 000): `GET /orders`, `GET /shipments` and `GET /sku_snapshots`
+(the `inventory` stream; `updated_since` is ordersync's extension there) with `updated_since`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from ordersync.domain.timestamps import format_rfc3339
 from ordersync.wire import WireError
 
 STREAMS = kinds.streams("masonhub")
+# The listing path of each stream: its own name, but for inventory.
+PATHS = {"inventory": "/sku_snapshots"}
 
 
 class MasonHubSource:
@@ -66,13 +69,14 @@ class MasonHubSource:
         after_id: str | None = None,
     ) -> FetchedPage:
         kind = kinds.by_stream(stream).name
+        path = PATHS.get(stream, f"/{stream}")
         response = await self.client.get_json(
-            f"/{stream}", self.page_params(since_ms, offset, limit, summary, after_id)
+            path, self.page_params(since_ms, offset, limit, summary, after_id)
         )
-        with malformed_answer(f"{self.name}: /{stream}"):
+        with malformed_answer(f"{self.name}: {path}"):
             data = response.body.get("data") if isinstance(response.body, dict) else None
             if not isinstance(data, list):
-                raise ProtocolError(f"{self.name}: /{stream} answered without a data array")
+                raise ProtocolError(f"{self.name}: {path} answered without a data array")
             records = [parse_record(kind, item, summary=summary) for item in data]
         keyset = (
             response.headers is not None

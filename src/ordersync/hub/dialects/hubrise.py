@@ -391,7 +391,11 @@ async def create_order(request: Request, caller: Caller) -> Response:
         caller, order, ref, lambda row: _json(render_row(row, location), 201)
     )
     if response is None:
-        raise ApiError(422, "Validation failed", [(wire_field((f,)), m) for f, m in result.errors])
+        raise ApiError(
+            422,
+            "Validation failed",
+            [(wire_field(tuple(f.split("."))), m) for f, m in result.errors],
+        )
     return response
 
 

@@ -32,7 +32,12 @@ from ordersync.hub.openapi import answer, errors, request_body
 from ordersync.store.store import Principal
 from ordersync.store.webhooks import Attempt, Subscription, WebhookStore, url_problem
 
-MASONHUB_MESSAGE_TYPES = ("orderEvent", "orderUpdateResolution", "orderCancelResolution")
+MASONHUB_MESSAGE_TYPES = (
+    "orderEvent",
+    "orderUpdateResolution",
+    "orderCancelResolution",
+    "skuInventoryChange",
+)
 MAX_CALLBACKS = 30
 
 _OBJECT: dict[str, Any] = {"type": "object"}
