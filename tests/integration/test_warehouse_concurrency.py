@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -35,9 +35,7 @@ def pg_hub_url(pg_admin_url: str, pg_hub_template: str) -> Iterator[str]:
         yield url
 
 
-def allocate_everything(
-    db_url: str, token: str, order_ids: list[str], seed: int, start: float
-) -> list[str]:
+def allocate_everything(db_url: str, token: str, seed: int, ready: Any) -> list[str]:
     """One hub process: allocate every order it can claim, in its own shuffled batches, until
     none is left waiting. The ids this process allocated."""
 
@@ -47,7 +45,8 @@ def allocate_everything(
             worker = WarehouseWorker(store, await store.authenticate(token))
             rng = random.Random(seed)
             mine: list[str] = []
-            await asyncio.sleep(max(0.0, start - time.time()))  # both processes begin together
+            await worker.orders_in(OrderStatus.AT_WAREHOUSE)  # connected, warm
+            await asyncio.to_thread(ready.wait)  # both processes begin together
             for _ in range(20):
                 pending = [i for i, _ in await worker.orders_in(OrderStatus.AT_WAREHOUSE)]
                 if not pending:
@@ -107,12 +106,11 @@ async def test_two_hub_processes_never_oversell_nor_allocate_an_order_twice(
         ids = [r.order.id for r in created if r.order is not None]
         await WarehouseWorker(store, principal).admit(ids)
 
-        start = time.time() + 2.0
         spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        with spawn.Manager() as manager, ProcessPoolExecutor(2, mp_context=spawn) as pool:
+            ready = manager.Barrier(2, timeout=120)
             futures = [
-                pool.submit(allocate_everything, pg_hub_url, token, ids, seed, start)
-                for seed in (1, 2)
+                pool.submit(allocate_everything, pg_hub_url, token, seed, ready) for seed in (1, 2)
             ]
             first, second = (f.result(timeout=300) for f in futures)
 
