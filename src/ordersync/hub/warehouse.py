@@ -186,6 +186,25 @@ class WarehouseWorker:
         }[target]
         moved: list[Shipment] = []
         async with self.store.writing(None) as conn:
+            if target is ShipmentStatus.DELIVERED:
+                # Orders before shipments, as in every step: lock the orders these belong to.
+                owners = await conn.scalars(
+                    select(shipments.c.order_id)
+                    .where(
+                        shipments.c.account_id == self.account_id,
+                        shipments.c.id.in_(list(shipment_ids)),
+                    )
+                    .distinct()
+                )
+                await conn.execute(
+                    select(orders.c.id)
+                    .where(
+                        orders.c.account_id == self.account_id,
+                        orders.c.id.in_(sorted(str(o) for o in owners)),
+                    )
+                    .order_by(orders.c.id)
+                    .with_for_update()
+                )
             rows = await conn.execute(
                 select(shipments.c.id, shipments.c.order_id)
                 .where(
@@ -354,8 +373,7 @@ class WarehouseWorker:
             )
         ]
         if statuses and all(s == ShipmentStatus.DELIVERED for s in statuses):
-            # Waiting for the lock, not skipping: whoever holds the order (a client's request)
-            # does not deliver it, and this is the last chance to.
+            # Already locked by `move_shipments` (not skipped: this is the last chance to).
             claimed = await self._claim(conn, [order_id], OrderStatus.FULFILLED, wait=True)
             if claimed:
                 await self._transition(conn, [order_id], OrderStatus.DELIVERED)
