@@ -53,6 +53,8 @@ STAGE_SECONDS = {
 SHIPMENT_SECONDS = {ShipmentStatus.SHIPPED: 3.0, ShipmentStatus.IN_TRANSIT: 5.0}
 CANCEL_PROBABILITY = 0.06
 VALUE_ADDED_PROBABILITY = 0.1
+SOFT_PICK_PROBABILITY = 0.05
+HARD_PICK_PROBABILITY = 0.01
 SIMULATOR_CONNECTION = "warehouse-simulator"
 WORKER_CONNECTION = "warehouse-worker"
 SIMULATED_PREFIX = "SIM-"  # the customer identifiers of the simulator's own orders
@@ -322,8 +324,8 @@ class Warehouse:
 
     async def _receive_if_due(self, now: float) -> None:
         """A receipt now and then, sized to the order rate, into random locations: the first
-        one larger, and most SKUs in WH-CENTRAL, so that most orders ship from one place,
-        some split and some come up short."""
+        one larger, and nearly every SKU in WH-CENTRAL, so that most orders can ship from one
+        place (single_shipment ones too), some split and some come up short."""
         if self.rate <= 0 or (self._next_receipt is not None and now < self._next_receipt):
             return  # the worker alone receives nothing: its stock is set through the API
         first = self._next_receipt is None
@@ -335,7 +337,7 @@ class Warehouse:
         units = []
         for sku in SKUS:
             where = rng.sample(LOCATIONS[1:], 2)
-            if first and rng.random() < 0.7:
+            if rng.random() < (0.95 if first else 0.6):
                 where.append(LOCATIONS[0])
             for location in where:
                 quantity = rng.randint(0, per_sku * (4 if first else 1))
@@ -377,9 +379,20 @@ class Warehouse:
             if rng.random() < VALUE_ADDED_PROBABILITY
             else []
         )
+        # A few customers constrain the units: a soft preference for one location, and,
+        # rarer, a hard lot no receipt ever brings (the warehouse fails those orders).
+        draw = rng.random()
+        rules = (
+            [{"attribute": "location", "value": "WH-EAST", "match": "soft"}]
+            if draw < SOFT_PICK_PROBABILITY
+            else [{"attribute": "lot_number", "value": "L19990101", "match": "hard"}]
+            if draw > 1 - HARD_PICK_PROBABILITY
+            else []
+        )
         return NewOrder.model_validate(
             {
                 "value_added_services": services,
+                "pick_from": rules,
                 "customer_identifier": f"SIM-{number:08d}",
                 "order_type": rng.choice(["customer", "customer", "wholesale"]),
                 "priority": rng.choice([0, 0, 0, 1, 5]),
