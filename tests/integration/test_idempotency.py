@@ -378,6 +378,9 @@ async def test_openapi_declares_the_key_on_every_writing_operation(hub: Hub) -> 
         ("/v1/callback", "post"),
         ("/v1/callback", "delete"),
         ("/v1/callback/events/{event_id}", "delete"),
+        ("/api/v1/stock_receipts", "post"),
+        ("/v1/catalogs/{catalog_id}/locations/{location_id}/inventory", "put"),
+        ("/v1/catalogs/{catalog_id}/locations/{location_id}/inventory", "patch"),
     }
     for path, method in keyed:
         responses = spec["paths"][path][method]["responses"]

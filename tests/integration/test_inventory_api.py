@@ -249,3 +249,14 @@ def test_a_retried_receipt_with_its_idempotency_key_is_received_once(account: An
     assert again.content == first.content
     (snapshot,) = api.get("/api/v1/sku_snapshots").json()["data"]
     assert snapshot["total_available_to_sell"] == 4
+
+
+def test_receipts_past_a_count_column_are_a_422_not_a_500(account: Any) -> None:
+    """Three receipts of 10^9 units would pass 2^31 - 1: the third is refused naming it."""
+    _, api, _ = account
+    receipt = {"sku": "A", "location": "EAST", "quantity": 1_000_000_000}
+    assert receive(api, receipt).status_code == 200
+    assert receive(api, receipt).status_code == 200
+    refused = receive(api, receipt)
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["[0].available"]

@@ -45,6 +45,7 @@ from ordersync.store.tables import accounts, changes, skus, stock
 
 INVENTORY_KIND = "inventory"  # `changes.entity_kind` of an inventory version
 MAX_CODE_LENGTH = 100  # sku, location, lot number and purchase order columns
+MAX_COUNT = 2**31 - 1  # a count column's largest value
 
 _COUNTS = tuple(status.value.replace("-", "_") for status in InventoryStatus)
 
@@ -198,8 +199,7 @@ class InventoryStore:
         if missing:
             raise NotFound(f"no SKU {missing[0]!r} in the catalogue")
         changed = await self._store_units(conn, account_id, known, units, add=False)
-        await self._bump(conn, principal, account_id, known, changed, event_type, {})
-        return await _items(conn, account_id, changed)
+        return await self._bump(conn, principal, account_id, known, changed, event_type, {})
 
     async def items(
         self, conn: AsyncConnection, account_id: int, codes: Collection[str]
@@ -323,15 +323,24 @@ class InventoryStore:
         stored = {u.key: u for u in await _stock_units(conn, account_id, set(locked))}
         now = self.store.clock()
         rows: dict[StockKey, dict[str, Any]] = {}
-        for unit in units:
+        too_many = []
+        for index, unit in enumerate(units):
             before = stored.get(unit.key)
             after = _received(before, unit) if add else unit
+            too_many += [
+                (f"[{index}].{name}", f"{unit.sku} at {unit.location} would hold more than "
+                 f"{MAX_COUNT} units")
+                for name in _COUNTS
+                if getattr(after, name) > MAX_COUNT
+            ]  # fmt: skip
             if after == before:
                 continue
             if before is None and after == StockUnit(after.sku, after.location, after.lot_number):
                 continue  # an empty row says nothing a missing one does not
             stored[unit.key] = after
             rows[unit.key] = _stock_row(account_id, str(locked[unit.sku].id), after, now)
+        if too_many:  # the count columns are 32-bit integers
+            raise ValidationFailed("the stock cannot be stored", too_many)
         if rows:
             statement = _dialect_insert(conn, stock)
             columns = {c: statement.excluded[c] for c in ("sku_id", "updated_at", *_ATTRIBUTES)}
@@ -352,14 +361,15 @@ class InventoryStore:
         changed: Collection[str],
         event_type: str,
         named: Collection[str],
-    ) -> None:
-        """A new version of each SKU whose stock changed or that `_ensure` just inserted."""
+    ) -> list[InventoryItem]:
+        """A new version of each SKU whose stock changed or that `_ensure` just inserted;
+        those versions, in SKU order."""
         due = sorted(s for s in locked if s in changed or (s in named and locked[s].version == 0))
         if not due:
-            return
+            return []
         lines = await _stock_lines(conn, account_id, due)
         event_ids = await allocate_event_ids(conn, len(due))
-        change_rows = []
+        change_rows, items = [], []
         for sku, event_id in zip(due, event_ids, strict=True):
             row = locked[sku]
             version = int(row.version) + 1
@@ -373,6 +383,7 @@ class InventoryStore:
                 updated_at=format_rfc3339(stamp),
                 stock=tuple(lines.get(sku, ())),
             )
+            items.append(item)
             await conn.execute(
                 update(skus)
                 .where(skus.c.id == row.id)
@@ -397,6 +408,7 @@ class InventoryStore:
                 }
             )
         await conn.execute(insert(changes), change_rows)
+        return items
 
 
 def check_codes(fields: Iterable[tuple[str, str | None]]) -> None:

@@ -599,7 +599,9 @@ class Store:
         still in flight: PostgreSQL waits for it) is refused here as a duplicate instead of
         failing the whole batch. Rows go in sorted by identifier: two batches sharing
         identifiers take their unique-index entries in the same order and queue rather than
-        deadlock. Changes and counters are written for the inserted rows only.
+        deadlock. Changes and counters are written for the inserted rows only. Once the
+        account has a catalogue (`ordersync.store.inventory`), an order naming a SKU not in it
+        is refused, naming the line's field.
         """
         account_id = principal.account_id
         results: list[CreateResult] = []

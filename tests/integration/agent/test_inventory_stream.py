@@ -233,3 +233,37 @@ async def test_a_crash_mid_inventory_page_then_restart_converges(
     assert sum(q for (_, _, s), q in held.items() if s == "available") == sum(range(12)) - 3
     assert sum(q for (_, _, s), q in held.items() if s == "allocated") == 3
     await assert_applied_at_most_once(restarted)
+
+
+@pytest.mark.parametrize("dialect", ["masonhub", "hubrise"])
+async def test_agent_run_wiring_builds_the_inventory_stream_from_the_config(
+    hub: Hub, tmp_path: Path, dialect: str
+) -> None:
+    """`streams = [..., "inventory"]` in a source's configuration: the engine `agent run`
+    builds (platforms) syncs the SKUs next to the orders."""
+    import httpx
+
+    from ordersync.agent.config import SourceConfig
+    from ordersync.agent.factory import open_engine
+    from tests.integration.agent.harness import BASE_URLS
+
+    await hub.create_orders(3)  # before the catalogue exists: their SKUs are not in it
+    await stock(hub)
+    source = SourceConfig(
+        name=dialect,
+        dialect=dialect,
+        base_url=BASE_URLS[dialect],
+        token_env="T",
+        lookback=2,
+        streams=["orders", "shipments", "inventory"],
+    )
+    async with await open_engine(
+        source,
+        hub.token,
+        f"sqlite:///{tmp_path}/replica.db",
+        transport=httpx.ASGITransport(app=hub.app),
+    ) as agent:
+        assert "inventory" in agent.engine.streams
+        await agent.engine.run_cycle()
+        assert await agent.sink.load_versions(dialect, "inventory") == await hub_inventory(hub)
+        assert len(await agent.sink.load_versions(dialect, "order")) == 3

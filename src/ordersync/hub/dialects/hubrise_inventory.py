@@ -104,18 +104,9 @@ async def get_inventory(
     inventory = _inventory(request)
     async with request.app.state.store.reader.connect() as conn:
         stock = await inventory.read_stock(conn, caller.account_id)
-    codes = {u.sku for u in stock if u.location == location_id}
-    items = await _items(inventory, caller.account_id, codes)
+        codes = {u.sku for u in stock if u.location == location_id}
+        items = await inventory.items(conn, caller.account_id, codes)
     return _rendered(items, location_id)
-
-
-async def _items(
-    inventory: InventoryStore, account_id: int, codes: set[str]
-) -> list[InventoryItem]:
-    if not codes:
-        return []
-    page = await inventory.list_items(account_id, codes=codes, limit=len(codes))
-    return [InventoryItem.model_validate_json(doc) for doc in page.items]
 
 
 def _write_route(method: str) -> Callable[[F], F]:
