@@ -27,7 +27,12 @@ ORDER_STATUS = {
     "delivered": "Completed/Delivered",
     "canceled": "Cancelled/Cancelled",
 }
-SHIPMENT_STATUS = {"shipped": "Shipped", "in_transit": "InTransit", "delivered": "Delivered"}
+SHIPMENT_STATUS = {
+    "manifested": "ReadyToShip",
+    "shipped": "Shipped",
+    "in_transit": "InTransit",
+    "delivered": "Delivered",
+}
 
 
 def received(document: dict[str, Any]) -> Any:

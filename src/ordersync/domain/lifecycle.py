@@ -18,6 +18,9 @@ class OrderStatus(StrEnum):
 
 
 class ShipmentStatus(StrEnum):
+    """`manifested` (MasonHub's word): packed, label printed, not yet handed to the carrier."""
+
+    MANIFESTED = "manifested"
     SHIPPED = "shipped"
     IN_TRANSIT = "in_transit"
     DELIVERED = "delivered"

@@ -6,7 +6,13 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from ordersync.domain.lifecycle import OrderStatus
 from ordersync.domain.weekdays import normalize_weekdays
@@ -56,8 +62,14 @@ class OrderLine(LineItem):
 class PickFrom(_Model):
     """An inventory constraint: a hard match must hold, a soft match is a preference."""
 
-    attribute: Text = Field(description="e.g. lot_number, location, expiration_date")
-    value: Text
+    attribute: Text = Field(
+        description="lot_number, expiration_date, purchase_order or location (MasonHub's "
+        "match_type)"
+    )
+    value: Text = Field(
+        description="the value to match; expiration_date takes YYYY-MM-DD, or >=YYYY-MM-DD "
+        "(an extension: that day or later)"
+    )
     match: Literal["hard", "soft"] = "hard"
 
 
@@ -95,6 +107,23 @@ class NewOrder(_Model):
         "absent = any day",
     )
 
+    @field_validator("pick_from")
+    @classmethod
+    def _parsable_pick_from(cls, rules: list[PickFrom]) -> list[PickFrom]:
+        # Refused when a client creates the order, naming the rule, rather than failing the
+        # order at the warehouse; the allocation's own parser decides (imported here because
+        # allocation imports this module). Not on `Order`: a stored order is read as stored.
+        if cls is not NewOrder:
+            return rules
+        from ordersync.domain.allocation import rule_from_pick_from
+
+        for index, rule in enumerate(rules):
+            try:
+                rule_from_pick_from(rule)
+            except ValueError as exc:
+                raise ValueError(f"pick_from[{index}]: {exc}") from None
+        return rules
+
     @field_validator("delivery_days")
     @classmethod
     def _weekdays(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -128,8 +157,42 @@ class NewOrder(_Model):
         ]
 
 
+class OrderShort(_Model):
+    """Units of a line the warehouse could not ship (MasonHub's `shorts[]` on the order)."""
+
+    line_number: int = Field(ge=1)
+    sku_customer_id: str
+    quantity: Decimal = Field(gt=0)
+    reason: str = Field(description="insufficient_stock or hard_pick_from")
+
+
+class AllocatedLine(_Model):
+    line_number: int = Field(ge=1)
+    sku_customer_identifier: str
+    lot_number: str | None = None
+    quantity: Decimal = Field(gt=0)
+
+
+class LocationAllocation(_Model):
+    """The units of one warehouse location reserved for the order: one shipment when it ships."""
+
+    location: str
+    lines: list[AllocatedLine]
+
+
+class OrderFailure(_Model):
+    """Why the warehouse gave the order up (the order is then `canceled`)."""
+
+    reason: str = Field(
+        description="pick_from_unmatched, invalid_pick_from, fractional_quantity or "
+        "single_shipment_timeout"
+    )
+    detail: str
+
+
 class Order(NewOrder):
-    """An order as the hub stores and serves it."""
+    """An order as the hub stores and serves it. `shorts`, `allocations` and `failure` are the
+    warehouse's: never sent by a client, kept by updates."""
 
     id: str
     status: OrderStatus = OrderStatus.OPEN
@@ -140,6 +203,9 @@ class Order(NewOrder):
         default=None, description="the connection that made the last change (echo detection)"
     )
     line_items: list[OrderLine] = Field(min_length=1, max_length=500)  # type: ignore[assignment]
+    shorts: list[OrderShort] = Field(default_factory=list)
+    allocations: list[LocationAllocation] = Field(default_factory=list)
+    failure: OrderFailure | None = None
 
 
 def stamp_change(before: Order | None, after: Order, stamp: str, by: str | None) -> Order:

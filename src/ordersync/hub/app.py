@@ -69,7 +69,11 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     event_log = EventLog(hub_store, retention_ms=int(settings.event_retention_days * DAY_MS))
     requests = RequestStore(hub_store, delay_ms=settings.request_resolve_delay_ms)
 
-    simulation = Simulation(hub_store, settings) if settings.simulate_rate > 0 else None
+    simulation = (
+        Simulation(hub_store, settings)
+        if settings.simulate_rate > 0 or settings.warehouse
+        else None
+    )
     # Folds the writers' count deltas into the listing-total buckets (one worker at a time).
     compactor = CountCompactor(hub_store.writer, lambda: hub_store.clock())
     # Deletes idempotency keys past their retention (at least 24 hours by default).

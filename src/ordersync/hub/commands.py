@@ -281,7 +281,24 @@ def hub_serve(
         float, typer.Option(help="Warehouse simulator: new orders per second (0 = off).")
     ] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Simulator random seed (deterministic).")] = None,
-    account: Annotated[str, typer.Option(help="Account the simulator writes to.")] = "demo",
+    account: Annotated[
+        str, typer.Option(help="Account the simulator (or the warehouse worker) works on.")
+    ] = "demo",
+    warehouse: Annotated[
+        bool,
+        typer.Option(
+            "--warehouse",
+            help="Run the warehouse worker on the account's orders (admit, allocate against"
+            " the stock, ship, deliver) in every worker process, without creating orders.",
+        ),
+    ] = False,
+    single_shipment_wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a single_shipment order waits for one location that can fill it"
+            " before the warehouse fails it.",
+        ),
+    ] = 600.0,
     max_body_bytes: Annotated[
         int, typer.Option(envvar="ORDERSYNC_HUB_MAX_BODY_BYTES", help="Larger bodies get 413.")
     ] = 1_048_576,
@@ -351,7 +368,11 @@ def hub_serve(
     if workers < 1:
         fail(f"--workers {workers}: at least 1", EXIT_INVALID)
     if workers > 1 and simulate:
-        fail("run the simulator in a single-worker hub (--workers 1)", EXIT_INVALID)
+        fail(
+            "run the simulator in a single-worker hub (--workers 1); --warehouse runs the"
+            " warehouse worker alone in every worker",
+            EXIT_INVALID,
+        )
     quota_specs = ";".join([os.environ.get("ORDERSYNC_HUB_QUOTAS", ""), *(quota or [])])
     try:
         quotas = QuotaPolicy.from_specs(quota_specs, QuotaPolicy.hubrise_default())
@@ -363,6 +384,8 @@ def hub_serve(
             simulate_rate=simulate,
             simulate_seed=seed,
             simulate_account=account,
+            warehouse=warehouse,
+            single_shipment_wait_ms=int(single_shipment_wait * 1000),
             max_body_bytes=max_body_bytes,
             quotas=quotas,
             faults=fault_settings,
@@ -391,6 +414,7 @@ def hub_serve(
         err.print(
             f"hub serving {shown_url(database.given)} on http://{host}:{port}/api/v1"
             + (f" (simulating {simulate} orders/s for account {account!r})" if simulate else "")
+            + (f" (warehouse worker for account {account!r})" if warehouse and not simulate else "")
             + (" with injected faults" if settings.faults.any else "")
             + (f", {workers} workers" if workers > 1 else "")
         )

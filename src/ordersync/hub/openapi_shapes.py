@@ -132,12 +132,21 @@ class TcOrderStatus(BaseModel):
     logisticsStatus: str
 
 
+class TcShort(BaseModel):
+    position: str
+    item: TcItem
+    quantity: Decimal
+    reason: str
+
+
 class TradecloudOrder(BaseModel):
     id: str
     version: int
     buyerOrder: TcBuyerOrder
     lines: list[TcLine]
     status: TcOrderStatus
+    shorts: list[TcShort]
+    failure: dict[str, str] | None
     createdAt: str
     lastUpdatedAt: str
     lastUpdatedBy: str | None
@@ -151,6 +160,7 @@ class TcShipmentLine(BaseModel):
     position: str
     item: TcItem
     quantity: Decimal
+    lotNumber: str | None
     meta: TcShipmentLineMeta
 
 
@@ -166,9 +176,11 @@ class TradecloudShipment(BaseModel):
     carrier: str
     serviceLevel: str
     trackingNumber: str
-    shippedAt: str
+    shippedAt: str | None
     lines: list[TcShipmentLine]
     status: TcShipmentStatus
+    location: str | None
+    valueAddedServices: list[dict[str, Any]]
     lastUpdatedAt: str
     lastUpdatedBy: str | None
 
@@ -208,6 +220,13 @@ class HrItem(BaseModel):
     subtotal: str
 
 
+class HrShort(BaseModel):
+    line_number: int
+    sku_ref: str
+    quantity: Decimal
+    reason: str
+
+
 class HubRiseOrder(BaseModel):
     """An order in the location's time zone and currency (money as `"8.90 EUR"`)."""
 
@@ -231,6 +250,8 @@ class HubRiseOrder(BaseModel):
     order_policy: str
     pick_from: list[dict[str, Any]]
     value_added_services: list[dict[str, Any]]
+    shorts: list[HrShort]
+    failure: dict[str, str] | None
     submitted_at: str
     version: int
     updated_at: str
@@ -240,6 +261,7 @@ class HrShipmentItem(BaseModel):
     line_number: int
     sku_ref: str
     quantity: Decimal
+    lot_number: str | None
 
 
 class HubRiseShipment(BaseModel):
@@ -251,8 +273,10 @@ class HubRiseShipment(BaseModel):
     carrier: str
     service_level: str
     tracking_number: str
-    shipped_at: str
+    shipped_at: str | None
     items: list[HrShipmentItem]
+    warehouse_location: str | None
+    value_added_services: list[dict[str, Any]]
     version: int
     created_at: str
     updated_at: str

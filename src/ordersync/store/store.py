@@ -312,6 +312,26 @@ class Store:
         row = rows[0]
         return Principal(int(row[0]), str(row[1]), int(row[2]), str(row[3]))
 
+    async def internal_principal(self, account_name: str, connection_name: str) -> Principal:
+        """A principal for the hub's own writes (a warehouse worker): a connection row of its
+        own, created revoked and with no token anyone holds, so that each process gets one
+        without touching another's and without leaving a live credential behind."""
+        async with self.writer.begin() as conn:
+            account_id = await self._ensure_account(conn, account_name, "UTC")
+            now = self.clock()
+            connection_id = await conn.scalar(
+                insert(connections)
+                .values(
+                    account_id=account_id,
+                    name=connection_name,
+                    token_hash=hash_token(secrets.token_urlsafe(32)),
+                    created_at=now,
+                    revoked_at=now,
+                )
+                .returning(connections.c.id)
+            )
+        return Principal(int(connection_id), connection_name, account_id, account_name)
+
     async def revoke_connection(self, account_name: str, connection_name: str) -> int:
         """Revoke every live token of that connection; how many were revoked. Refused from the
         next request on, in every process (`authenticate` reads the database each time)."""
@@ -707,17 +727,80 @@ class Store:
             )
         return after
 
+    async def update_orders(
+        self,
+        principal: Principal | None,
+        account_id: int,
+        edits: Sequence[tuple[str, Callable[[Order], Order], str]],
+        *,
+        conn: AsyncConnection | None = None,
+    ) -> list[Order]:
+        """`update_order` for many orders, `(order_id, change, event_type)` each, in one
+        transaction and with one statement per part of the write (lock, update, change rows,
+        count deltas) instead of one per order: the warehouse moves orders in batches. Rows are
+        locked in id order; each order may appear once. The orders after, in `edits` order."""
+        if not edits:
+            return []
+        ids = [order_id for order_id, _, _ in edits]
+        if len(set(ids)) != len(ids):
+            raise ValueError("each order may appear once in update_orders")
+        async with self.writing(conn) as conn:
+            found = await conn.execute(
+                select(orders)
+                .where(orders.c.account_id == account_id, orders.c.id.in_(sorted(ids)))
+                .order_by(orders.c.id)
+                .with_for_update()
+            )
+            rows = {str(row.id): row for row in found}
+            missing = [order_id for order_id in ids if order_id not in rows]
+            if missing:
+                raise NotFound(f"no order with id {missing[0]}")
+            event_ids = await allocate_event_ids(conn, len(edits))
+            now = self.clock()
+            by = principal.connection_name if principal else None
+            updated, change_rows, deltas = [], [], CountDeltas()
+            results = []
+            for (order_id, change, event_type), event_id in zip(edits, event_ids, strict=True):
+                row = rows[order_id]
+                before = Order.model_validate_json(row.doc)
+                stamp = _next_stamp(now, row)
+                after = stamp_change(before, change(before), format_rfc3339(stamp), by)
+                values = _order_row(after, account_id, int(row.created_at), stamp, principal)
+                updated.append({f"b_{k}": v for k, v in (values | {"event_id": event_id}).items()})
+                change_row = _change_row(account_id, "order", after, event_type, principal, stamp)
+                change_rows.append(change_row | {"event_id": event_id})
+                deltas.move(
+                    account_id,
+                    "order",
+                    (str(row.status), int(row.updated_at)),
+                    (after.status, stamp),
+                )
+                results.append(after)
+            await conn.execute(_UPDATE_ORDERS, updated)
+            await conn.execute(insert(changes), change_rows)
+            await deltas.apply(conn)
+        return results
+
     async def create_shipment(
-        self, principal: Principal | None, account_id: int, new: NewShipment
+        self,
+        principal: Principal | None,
+        account_id: int,
+        new: NewShipment,
+        *,
+        status: ShipmentStatus = ShipmentStatus.SHIPPED,
+        conn: AsyncConnection | None = None,
     ) -> Shipment:
-        async with self._writing() as conn:
+        """A new shipment of an order, `shipped` (with `shipped_at`) or `manifested` (packed,
+        its label printed: `shipped_at` comes with the move to `shipped`)."""
+        async with self.writing(conn) as conn:
             order_row = await _locked_row(conn, orders, account_id, new.order_id, "order")
             stamp = self.clock()
             shipment = Shipment(
                 **new.model_dump(),
                 id=str(uuid.uuid4()),
                 customer_identifier=str(order_row.customer_identifier),
-                shipped_at=format_rfc3339(stamp),
+                status=status,
+                shipped_at=None if status is ShipmentStatus.MANIFESTED else format_rfc3339(stamp),
                 created_at=format_rfc3339(stamp),
                 updated_at=format_rfc3339(stamp),
             )
@@ -742,9 +825,15 @@ class Store:
         return shipment
 
     async def transition_shipment(
-        self, principal: Principal | None, account_id: int, shipment_id: str, target: ShipmentStatus
+        self,
+        principal: Principal | None,
+        account_id: int,
+        shipment_id: str,
+        target: ShipmentStatus,
+        *,
+        conn: AsyncConnection | None = None,
     ) -> Shipment:
-        async with self._writing() as conn:
+        async with self.writing(conn) as conn:
             row = await _locked_row(conn, shipments, account_id, shipment_id, "shipment")
             before = Shipment.model_validate_json(row.doc)
             stamp = _next_stamp(self.clock(), row)
@@ -753,6 +842,7 @@ class Store:
                     "status": target,
                     "version": before.version + 1,
                     "updated_at": format_rfc3339(stamp),
+                    "shipped_at": before.shipped_at or format_rfc3339(stamp),
                 }
             )
             (event_id,) = await allocate_event_ids(conn, 1)
@@ -777,6 +867,28 @@ class Store:
             )
         return after
 
+
+# One UPDATE run for many orders (executemany): parameters are named b_<column>.
+_UPDATE_ORDERS = (
+    update(orders)
+    .where(orders.c.id == bindparam("b_id"))
+    .values(
+        {
+            name: bindparam(f"b_{name}")
+            for name in (
+                "account_id",
+                "customer_identifier",
+                "status",
+                "version",
+                "created_at",
+                "updated_at",
+                "updated_by",
+                "doc",
+                "event_id",
+            )
+        }
+    )
+)
 
 _AUTHENTICATE = (
     select(connections.c.id, connections.c.name, accounts.c.id, accounts.c.name)

@@ -137,6 +137,16 @@ def render_order(doc: dict[str, Any], location: Place, private_ref: str | None) 
         "order_policy": doc["order_policy"],
         "pick_from": doc["pick_from"],
         "value_added_services": doc["value_added_services"],
+        "shorts": [
+            {
+                "line_number": short["line_number"],
+                "sku_ref": short["sku_customer_id"],
+                "quantity": format_decimal(Decimal(short["quantity"])),
+                "reason": short["reason"],
+            }
+            for short in doc.get("shorts", ())
+        ],
+        "failure": doc.get("failure"),
         "submitted_at": at(doc["submitted_at"]),
         "version": doc["version"],
         "updated_at": at(doc["updated_at"]),
@@ -168,15 +178,20 @@ def render_shipment(doc: dict[str, Any], location: Place) -> dict[str, Any]:
         "carrier": doc["carrier"],
         "service_level": doc["service_level"],
         "tracking_number": doc["tracking_number"],
-        "shipped_at": format_time(parse_rfc3339_ms(doc["shipped_at"]), tz),
+        "shipped_at": None
+        if doc.get("shipped_at") is None
+        else format_time(parse_rfc3339_ms(doc["shipped_at"]), tz),
         "items": [
             {
                 "line_number": line["line_number"],
                 "sku_ref": line["sku_customer_identifier"],
                 "quantity": format_decimal(Decimal(line["quantity"])),
+                "lot_number": line.get("lot_number"),
             }
             for line in doc["lines"]
         ],
+        "warehouse_location": doc.get("location"),
+        "value_added_services": doc.get("value_added_services", []),
         "version": doc["version"],
         "created_at": format_time(parse_rfc3339_ms(doc["created_at"]), tz),
         "updated_at": format_time(parse_rfc3339_ms(doc["updated_at"]), tz),

@@ -71,7 +71,12 @@ LINE_STATUS: dict[str, dict[str, str | None]] = {
         "deliveryLineStatus": "NotDelivered",
     },
 }
-SHIPMENT_STATUS = {"shipped": "Shipped", "in_transit": "InTransit", "delivered": "Delivered"}
+SHIPMENT_STATUS = {
+    "manifested": "ReadyToShip",
+    "shipped": "Shipped",
+    "in_transit": "InTransit",
+    "delivered": "Delivered",
+}
 
 
 def render_order(doc: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +113,18 @@ def render_order(doc: dict[str, Any]) -> dict[str, Any]:
             "processStatus": line_status["processStatus"],
             "logisticsStatus": line_status["logisticsStatus"],
         },
+        # Ours, where Tradecloud has no field: what the warehouse could not ship, and why it
+        # gave the order up.
+        "shorts": [
+            {
+                "position": f"{short['line_number']:04d}",
+                "item": {"number": short["sku_customer_id"]},
+                "quantity": short["quantity"],
+                "reason": short["reason"],
+            }
+            for short in doc.get("shorts", ())
+        ],
+        "failure": doc.get("failure"),
         "createdAt": doc["created_at"],
         "lastUpdatedAt": doc["updated_at"],
         "lastUpdatedBy": doc.get("updated_by"),
@@ -129,11 +146,14 @@ def render_shipment(doc: dict[str, Any]) -> dict[str, Any]:
                 "position": f"{line['line_number']:04d}",
                 "item": {"number": line["sku_customer_identifier"]},
                 "quantity": line["quantity"],
+                "lotNumber": line.get("lot_number"),
                 "meta": {"lastUpdatedAt": doc["updated_at"]},
             }
             for line in doc["lines"]
         ],
         "status": {"logisticsStatus": SHIPMENT_STATUS.get(doc["status"], doc["status"])},
+        "location": doc.get("location"),
+        "valueAddedServices": doc.get("value_added_services", []),
         "lastUpdatedAt": doc["updated_at"],
         "lastUpdatedBy": doc.get("updated_by"),
     }
