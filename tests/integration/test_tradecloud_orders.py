@@ -15,6 +15,9 @@ import pytest
 from ordersync.domain.lifecycle import OrderStatus
 from ordersync.hub.app import create_app
 from ordersync.hub.settings import HubSettings
+from ordersync.domain.inventory import StockUnit
+from ordersync.domain.orders import OrderShort
+from ordersync.store.inventory import InventoryStore
 from ordersync.store.store import Store
 from tests.support import fresh_pg_database
 
@@ -248,6 +251,57 @@ async def test_bad_messages_get_422_naming_each_field(hub: Hub) -> None:
         assert unknown.status_code == 422
         assert unknown.json()["errors"][0]["field"] == "order.purchaseOrderNumber"
         assert await _poll(http) == []
+
+
+async def test_once_the_account_has_a_catalogue_an_unknown_item_is_refused_by_its_name(
+    hub: Hub, store: Store
+) -> None:
+    caller = await store.authenticate(hub.token)
+    assert caller is not None
+    await InventoryStore(store).set_stock(
+        caller, caller.account_id, [StockUnit("SKU-1", "WH-EAST", available=5)]
+    )
+    async with hub.client() as http:
+        answer = await http.post(PATH, json=message("PO-C", line("0001", "NOPE", "1")))
+        assert answer.status_code == 422, answer.text
+        assert [e["field"] for e in answer.json()["errors"]] == ["lines.0.item.number"]
+        assert await _poll(http) == []
+        created = await http.post(PATH, json=message("PO-C", line("0001", "SKU-1", "1")))
+        assert created.json()["outcome"] == "created"
+
+
+async def test_an_order_the_warehouse_has_worked_on_still_takes_updates(
+    hub: Hub, store: Store
+) -> None:
+    """The stored order carries the warehouse's shorts and allocations; a message is compared
+    with the order the client sent, not with those."""
+    async with hub.client() as http:
+        created = await http.post(PATH, json=message("PO-W", line("0001", "SKU-1", "2")))
+        caller = await store.authenticate(hub.token)
+        assert caller is not None
+        await store.update_order(
+            caller,
+            caller.account_id,
+            created.json()["order"]["id"],
+            lambda o: o.model_copy(
+                update={
+                    "shorts": [
+                        OrderShort(
+                            line_number=1,
+                            sku_customer_id="SKU-1",
+                            quantity=1,
+                            reason="insufficient_stock",
+                        )
+                    ]
+                }
+            ),
+            "order.updated",
+        )
+        same = await http.post(PATH, json=message("PO-W", line("0001", "SKU-1", "2")))
+        assert same.status_code == 200, same.text
+        assert same.json()["outcome"] == "unchanged"
+        more = await http.post(PATH, json=message("PO-W", line("0001", "SKU-1", "3")))
+        assert more.json()["outcome"] == "updated"
 
 
 async def test_basic_authentication_as_the_other_tradecloud_routes(hub: Hub) -> None:

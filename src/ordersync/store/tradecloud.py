@@ -27,7 +27,7 @@ from ordersync.errors import ValidationFailed
 from ordersync.store.idempotency import settle
 from ordersync.store.store import Principal, Store
 from ordersync.store.tables import orders
-from ordersync.wire.tradecloud_buyer import OrderMessage, plan
+from ordersync.wire.tradecloud_buyer import OrderMessage, message_field, plan
 
 T = TypeVar("T")
 
@@ -129,5 +129,4 @@ async def _outcome(conn: AsyncConnection, action: str, order: Order) -> Outcome:
 
 
 def _named(errors: Any) -> list[tuple[str, str]]:
-    names = {"customer_identifier": "order.purchaseOrderNumber"}
-    return [(names.get(f, f), m) for f, m in errors]
+    return [(message_field(f), m) for f, m in errors]

@@ -465,6 +465,12 @@ _LINE_NAMES = {
 }
 
 
+def message_field(stored: str) -> str:
+    """The message's name of a stored order's field (`line_items.0.sku_customer_identifier`
+    -> `lines.0.item.number`), for refusals the store words in its own names."""
+    return _field(tuple(stored.split(".")), invoice=False)
+
+
 def _field(loc: tuple[Any, ...], invoice: bool) -> str:
     parts = [str(p) for p in loc]
     if not parts:
@@ -481,12 +487,14 @@ def _field(loc: tuple[Any, ...], invoice: bool) -> str:
     return ".".join([head, *rest])
 
 
+# What a stored order has that a client's order does not (identity, stamps, the warehouse's
+# shorts and allocations): left out when comparing a message with the stored order.
+_STORED_ONLY = set(Order.model_fields) - set(NewOrder.model_fields)
+
+
 def _comparable(order: Order) -> dict[str, Any]:
     data = NewOrder.model_validate(
-        order.model_dump(
-            exclude={"id", "status", "version", "created_at", "updated_at", "updated_by"}
-            | {"line_items"}
-        )
+        order.model_dump(exclude=_STORED_ONLY | {"line_items"})
         | {"line_items": [_plain(line) for line in order.line_items]}
     )
     return _comparable_new(data)
