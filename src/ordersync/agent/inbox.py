@@ -64,6 +64,11 @@ log = structlog.get_logger("ordersync.agent.inbox")
 STREAM = "webhooks"  # the inbox feed's stream: its position is the inbox's done mark
 RETENTION_MS = 24 * 3600 * 1000
 BATCH = 50  # rows per batch: their entities are fetched concurrently
+# A drained inbox moves its position's time to now ("drained as of") only when the time is
+# older than this, and done rows are pruned at most this often: each is a write transaction
+# on the replica, where the receiver's inserts wait for the write lock.
+QUIET_MS = 1000
+PRUNE_EVERY_MS = 60_000
 Entity = tuple[str, str]  # (kind, id)
 
 _SEQ = BigInteger().with_variant(Integer, "sqlite")
@@ -267,6 +272,7 @@ class InboxFeed:
         self.metrics = metrics
         self.clock = clock
         self.batch = batch
+        self._pruned_at: int | None = None
 
     @property
     def name(self) -> str:
@@ -280,8 +286,10 @@ class InboxFeed:
             if not rows:
                 self.metrics.inbox_depth.labels(self.name).set(0)
                 since = 0 if position is None else position.updated_at_ms
-                # Nothing pending: drained as of now (the lag's base), same rows done.
-                position = Cursor(max(self.clock(), since), _seq_id(seq_of(position)))
+                # Nothing pending: drained as of now (the lag's base), same rows done; a
+                # position moved less than QUIET_MS ago stays (no commit for it).
+                if position is None or self.clock() - since >= QUIET_MS:
+                    position = Cursor(max(self.clock(), since), _seq_id(seq_of(position)))
                 yield Batch([], position, 0, caught_up=True)
                 return
             records = await self._fetch(rows)
@@ -323,7 +331,9 @@ class InboxFeed:
             self.metrics.inbox_depth.labels(self.name).set(
                 await self.inbox.depth(self.name, seq_of(last))
             )
-            await self.inbox.prune(self.name, seq_of(last))
+            if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_MS:
+                self._pruned_at = now
+                await self.inbox.prune(self.name, seq_of(last))
 
 
 async def run_inbox(

@@ -27,6 +27,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ import structlog
 
 from ordersync.domain import format_rfc3339
 from ordersync.errors import NotFound
+from ordersync.hub.faults import FaultSettings
 from ordersync.store.events import LogEvent
 from ordersync.store.hubrise import Event, HubRiseStore
 from ordersync.store.requests import RequestStore
@@ -49,6 +51,8 @@ from ordersync.wire.tradecloud import render_order, render_shipment
 log = structlog.get_logger("ordersync.hub")
 
 CLAIM_BATCH = 50
+MIN_IDLE_S = 0.02  # the first nap of an idle dispatcher; doubled up to the settings' interval
+IN_FLIGHT = 4  # rounds whose POSTs may be out at once in one dispatcher
 TIMEOUT_S = 15.0
 MESSAGE_NAMESPACE = uuid.UUID("6f1c2a52-8d1e-4c61-9a3c-0d6f3c1b7e10")
 
@@ -235,6 +239,7 @@ class Dispatcher:
         http: httpx.AsyncClient | None = None,
         timeout_s: float = TIMEOUT_S,
         batch: int = CLAIM_BATCH,
+        faults: FaultSettings | None = None,
     ) -> None:
         self.store = store
         self.webhooks = webhooks
@@ -242,19 +247,29 @@ class Dispatcher:
         self.http = http
         self.timeout_s = timeout_s
         self.batch = batch
+        self.drop_rate = faults.webhook_drop_rate if faults is not None else 0.0
+        self._drops = random.Random(faults.seed if faults is not None else None)
 
     async def run_once(self) -> int:
         """One round; how many deliveries were attempted."""
+        claims = await self.claim_due()
+        if claims:
+            await self.deliver(claims)
+        return len(claims)
+
+    async def claim_due(self) -> list[Claim]:
+        """A round's first half: materialise new events, lease the due deliveries."""
         subs = await self.webhooks.active()
         if not subs:
-            return 0  # reads only: an idle hub takes no write lock (SQLite has one)
+            return []  # reads only: an idle hub takes no write lock (SQLite has one)
         for sub in subs:
             await self.webhooks.materialise_one(sub, self.render)
         if not await self.webhooks.any_due():
-            return 0
-        claims = await self.webhooks.claim(self.batch)
-        if not claims:
-            return 0
+            return []
+        return await self.webhooks.claim(self.batch)
+
+    async def deliver(self, claims: Sequence[Claim]) -> None:
+        """A round's second half: POST the claimed deliveries concurrently, settle them."""
         owned = self.http is None
         http = self.http or httpx.AsyncClient(timeout=self.timeout_s)
         try:
@@ -276,10 +291,13 @@ class Dispatcher:
                     outcome=final,
                     error=result.error,
                 )
-        return len(claims)
 
     async def send(self, http: httpx.AsyncClient, claim: Claim) -> Result:
         """POST one claimed delivery; what came of it (settled by the caller, in a batch)."""
+        if self.drop_rate and self._drops.random() < self.drop_rate:
+            # Injected fault (`FaultSettings.webhook_drop_rate`): lost on the way, and the hub
+            # believes it arrived. Its attempt row says so.
+            return Result(claim, "delivered", None, 0, "injected fault: dropped on the way")
         timestamp = self.store.clock() // 1000
         started = time.monotonic()
         status: int | None = None
@@ -308,27 +326,70 @@ class Dispatcher:
             await self.render.hubrise.acknowledge(caller, claim.event_id)
 
     async def run_forever(
-        self, interval_s: float, *, retention_ms: int | None = None, prune_every_s: float = 300
+        self,
+        interval_s: float,
+        *,
+        retention_ms: int | None = None,
+        prune_every_s: float = 300,
+        min_idle_s: float = MIN_IDLE_S,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
-        """The background task: a round, then sleep when there was nothing to send; every
-        `prune_every_s` the settled rows older than `retention_ms` go. Errors are logged and
-        retried next round; committed state makes a crash lose nothing."""
+        """The background task, until cancelled. Rounds overlap: once a round's deliveries
+        are claimed (leased, committed) their POSTs go out in a task of their own and the next
+        round starts, up to `in_flight` rounds sending at once, so that a slow receiver does
+        not hold back the events committed meanwhile (order per entity still holds: an event
+        is claimed only when no earlier one of its entity is pending, and a leased one is).
+        With nothing to claim the loop naps: a commit of this process's store ends the nap
+        at once (`Store.on_commit`: a change made through this hub, or a settled delivery
+        that frees the next event of its entity, goes out without waiting), else after
+        `min_idle_s`, doubled after each idle round up to `interval_s` (what a wake announced
+        may be held back by the log's frontier a little longer; other processes' changes are
+        found this way). Every `prune_every_s` the settled rows older than `retention_ms` go.
+        Errors are logged and retried next round; committed state makes a crash lose nothing
+        (a lease left by a cancelled send expires and the event is sent again)."""
         next_prune = time.monotonic() + prune_every_s
-        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-            self.http = http
-            while True:
-                sent = 0
-                try:
-                    if retention_ms is not None and time.monotonic() >= next_prune:
-                        next_prune = time.monotonic() + prune_every_s
-                        await self.webhooks.prune(retention_ms)
-                    sent = await self.run_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("webhook_round_failed", error=repr(exc))
-                if sent == 0:
-                    await asyncio.sleep(interval_s)
+        wake = asyncio.Event()
+        forget = self.store.on_commit(wake.set)
+        shortest = min(min_idle_s, interval_s)
+        idle_s = shortest
+        sending: set[asyncio.Task[None]] = set()
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+                self.http = http
+                while True:
+                    wake.clear()  # before the round: a commit during it means one more round
+                    claims: list[Claim] = []
+                    try:
+                        if retention_ms is not None and time.monotonic() >= next_prune:
+                            next_prune = time.monotonic() + prune_every_s
+                            await self.webhooks.prune(retention_ms)
+                        claims = await self.claim_due()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("webhook_round_failed", error=repr(exc))
+                    if claims:
+                        task = asyncio.ensure_future(self._deliver_logged(claims))
+                        sending.add(task)
+                        task.add_done_callback(sending.discard)
+                        idle_s = shortest
+                        if len(sending) >= in_flight:
+                            await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), idle_s)
+                    idle_s = shortest if wake.is_set() else min(idle_s * 2, interval_s)
+        finally:
+            forget()
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+
+    async def _deliver_logged(self, claims: Sequence[Claim]) -> None:
+        try:
+            await self.deliver(claims)
+        except Exception as exc:  # the leases expire and the events go out again
+            log.warning("webhook_round_failed", error=repr(exc))
 
 
 def _outcome(dialect: str, status: int | None) -> str:
