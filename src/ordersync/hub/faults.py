@@ -45,6 +45,7 @@ class FaultSettings:
             reset_rate=0.02,
             late_commit_rate=0.05,
             late_commit_ms=1500,
+            webhook_drop_rate=0.05,
             seed=seed,
         )
 
