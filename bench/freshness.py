@@ -44,6 +44,7 @@ import json
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +88,7 @@ class PathRun:
     hub_p99_ms: float = float("nan")
     agent_p50_ms: float = float("nan")
     agent_p99_ms: float = float("nan")
+    hub_cpu_s: float = float("nan")  # the hub process, over the run (writes, deliveries, reads)
 
 
 @dataclass
@@ -213,13 +215,52 @@ async def _changes(db: str, account_id: int) -> dict[tuple[str, str, int], int]:
         await store.close()
 
 
+@contextlib.contextmanager
+def _hub(db: str) -> Iterator[tuple[str, int]]:
+    """`ordersync hub serve` on a free port (the HubRise quota off, quiet log): its base URL
+    and process id."""
+    from tests.support import ORDERSYNC_CLI, _wait_healthy, free_port
+
+    port = free_port()
+    quota = ("--quota", "/v1/@all=off", "--quota", "/v1/@heavy=off")
+    server = subprocess.Popen(
+        [
+            *ORDERSYNC_CLI,
+            "hub",
+            "serve",
+            "--db",
+            db,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *quota,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, server)
+        yield base, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_path(backend: str, path: str, args: argparse.Namespace) -> PathRun:
-    from tests.support import free_port, hub_process
+    from tests.support import free_port
 
     with _hub_database(backend) as db:
         agent_token, writer_token, account_id = asyncio.run(_tokens(db))
-        quota = ("--quota", "/v1/@all=off", "--quota", "/v1/@heavy=off")
-        with hub_process(db, "--log-level", "warning", *quota) as base:
+        with _hub(db) as (base, pid):
+            cpu0 = _cpu_seconds(pid)
             result = asyncio.run(
                 _measure(
                     backend,
@@ -233,6 +274,7 @@ def run_path(backend: str, path: str, args: argparse.Namespace) -> PathRun:
                     free_port(),
                 )
             )
+            result.hub_cpu_s = round(_cpu_seconds(pid) - cpu0, 1)
     return result
 
 
@@ -495,7 +537,8 @@ def _row(run: dict[str, Any], tag: str = "") -> str:
         f"{run['backend']:<11}{run['path']:<9}{run['changes']:>8,}{run['rate']:>8.1f}"
         f"{run['p50_ms']:>9.0f}{run['p90_ms']:>9.0f}{run['p99_ms']:>9.0f}{run['max_ms']:>9.0f}"
         f"{run['applied_by_webhook']:>10,}{run['applied_by_poll']:>8,}{run['missing']:>8,}"
-        f"{run['agent_cpu_s']:>8.1f}{run['hub_p50_ms']:>7.0f} /{run['hub_p99_ms']:>5.0f}"
+        f"{run['agent_cpu_s']:>8.1f}{run.get('hub_cpu_s', float('nan')):>8.1f}"
+        f"{run['hub_p50_ms']:>7.0f} /{run['hub_p99_ms']:>5.0f}"
         f"{run['agent_p50_ms']:>7.0f} /{run['agent_p99_ms']:>5.0f}  {tag}"
     )
 
@@ -505,6 +548,7 @@ def report(result: dict[str, Any], baseline: dict[str, Any] | None) -> None:
     print(
         f"{'backend':<11}{'path':<9}{'changes':>8}{'ch/s':>8}{'p50 ms':>9}{'p90 ms':>9}"
         f"{'p99 ms':>9}{'max ms':>9}{'by hook':>10}{'by poll':>8}{'missing':>8}{'cpu s':>8}"
+        f"{'hub cpu':>8}"
         f"{'to inbox':>14}{'to apply':>14}"
     )
     runs = result["runs"]

@@ -166,6 +166,11 @@ class Renderer:
                 "status": doc.get("status"),
                 "shipments": doc.get("shipments", []),
                 "shorts": doc.get("shorts", []),
+                # ordersync extension: the order at this version, as `GET /orders/{id}` shows
+                # it, so a receiver can apply it without fetching it (MasonHub sends no such
+                # field; a receiver without it fetches). A shipment's own event carries its
+                # document in `shipments` already.
+                "order": doc,
             }
         elif event.kind == "shipment":
             data = {
@@ -342,11 +347,12 @@ class Dispatcher:
         With nothing to claim the loop naps: a commit of this process's store ends the nap
         at once (`Store.on_commit`: a change made through this hub, or a settled delivery
         that frees the next event of its entity, goes out without waiting), else after
-        `min_idle_s`, doubled after each idle round up to `interval_s` (what a wake announced
-        may be held back by the log's frontier a little longer; other processes' changes are
-        found this way). Every `prune_every_s` the settled rows older than `retention_ms` go.
-        Errors are logged and retried next round; committed state makes a crash lose nothing
-        (a lease left by a cancelled send expires and the event is sent again)."""
+        `min_idle_s`, doubled after each idle round up to `interval_s` (other processes'
+        changes are found this way). After a wake the naps start again from 20 ms: what the
+        wake announced may be held back by the log's frontier a little longer. Every
+        `prune_every_s` the settled rows older than `retention_ms` go. Errors are logged and
+        retried next round; committed state makes a crash lose nothing (a lease left by a
+        cancelled send expires and the event is sent again)."""
         next_prune = time.monotonic() + prune_every_s
         wake = asyncio.Event()
         forget = self.store.on_commit(wake.set)
@@ -378,7 +384,13 @@ class Dispatcher:
                         continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), idle_s)
-                    idle_s = shortest if wake.is_set() else min(idle_s * 2, interval_s)
+                    # Woken: the next round comes at once, and if the change is not found yet
+                    # (above the frontier) the one after that 20 ms later, doubling.
+                    idle_s = (
+                        min(MIN_IDLE_S, interval_s)
+                        if wake.is_set()
+                        else min(idle_s * 2, interval_s)
+                    )
         finally:
             forget()
             for task in sending:

@@ -28,6 +28,7 @@ from tests.integration.agent.harness import (
     BASE_URLS,
     CONNECTION,
     Hub,
+    Intercept,
     applied_changes,
     assert_replica_equals_hub,
 )
@@ -38,10 +39,11 @@ DROPPED = "injected fault: dropped on the way"
 
 @asynccontextmanager
 async def subscribed_agent(
-    tmp_path: Path, hub: Hub, sink_url: str
+    tmp_path: Path, hub: Hub, sink_url: str, transport: httpx.AsyncBaseTransport | None = None
 ) -> AsyncIterator[tuple[AgentRuntime, httpx.AsyncClient]]:
     """The agent subscribed on the hub (a MasonHub orderEvent callback to its receiver), and
-    an HTTP client whose requests reach the agent's port app in-process."""
+    an HTTP client whose requests reach the agent's port app in-process. `transport`: the
+    agent's way to the hub (default: the hub's app in-process)."""
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=hub.app), base_url=BASE_URLS["masonhub"]
     ) as client:
@@ -71,7 +73,7 @@ async def subscribed_agent(
     runtime = await open_runtime(
         parse_config(raw, {}),
         {"HUB_TOKEN": hub.token},
-        transport=httpx.ASGITransport(app=hub.app),
+        transport=transport or httpx.ASGITransport(app=hub.app),
         state_dir=tmp_path,
     )
     assert runtime.receiver is not None
@@ -156,3 +158,30 @@ async def test_dropped_webhooks_are_reconciled_by_polling_each_version_applied_o
         assert await webhooks.replay(caller, sub.id, since_ms=0) == 60
         await deliver()
         assert await applied_changes(runtime.sink) == ledger
+
+
+async def test_a_delivery_carrying_the_order_is_applied_without_fetching_it(
+    tmp_path: Path, hub: Hub
+) -> None:
+    """The hub's orderEvent carries the order at its version (`data.order`): the agent applies
+    that document, version-checked, and makes no `GET /orders/{id}`; of two deliveries of one
+    order in a batch, the later one's document is applied."""
+    to_hub = Intercept(httpx.ASGITransport(app=hub.app))
+    async with subscribed_agent(tmp_path, hub, f"sqlite:///{tmp_path}/r.db", to_hub) as (
+        runtime,
+        to_agent,
+    ):
+        engine, feed = runtime.engines["masonhub"], runtime.inbox_feeds["masonhub"]
+        dispatcher = Dispatcher(hub.store, WebhookStore(hub.store), http=to_agent)
+        (order,) = await hub.create_orders(1)
+        for _ in range(2):
+            hub.clock.advance(10)
+            await hub.advance_order(order.id)
+            assert await dispatcher.run_once() == 1
+        # Both deliveries wait in the inbox; the first carries version 2, the second 3.
+        counts = await engine.sync_feed(feed)
+        assert (counts.applied, counts.duplicates) == (1, 0)
+        assert (await runtime.sink.load_versions("masonhub", "order")) == {order.id: 3}
+        fetches = [r for r in to_hub.requests if r.url.path.endswith(f"/orders/{order.id}")]
+        assert fetches == []
+        assert await applied_changes(runtime.sink) == [("order", order.id, 3)]
