@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 
 from ordersync.domain import NewOrder, OrderStatus
+from ordersync.errors import InvalidTransition
 from ordersync.hub.webhooks import Dispatcher
 from ordersync.store.store import Principal, Store
 from ordersync.store.webhooks import WebhookStore
@@ -131,3 +133,28 @@ async def test_a_slow_receiver_does_not_hold_back_other_orders(hub_db_url: str) 
         endpoint.release.set()
         await until(lambda: len(endpoint.received()) == 5, "the held order's versions")
         assert [v for o, v in endpoint.received() if o == slow] == [1, 2]
+
+
+async def test_commit_listeners_hear_commits_only_and_cannot_fail_a_write(
+    hub_db_url: str,
+) -> None:
+    """`Store.on_commit`: called once per committed write, not for one rolled back; a listener
+    that raises does not turn a committed write into an error; once forgotten, not called."""
+    store = await Store.open(hub_db_url)
+    try:
+        warehouse = await store.authenticate(await store.create_token("acme", "warehouse"))
+        heard: list[int] = []
+        forget = store.on_commit(lambda: heard.append(1))
+        store.on_commit(lambda: 1 / 0)
+        order_id = await create(store, warehouse, "L-1")
+        assert heard == [1]
+        with pytest.raises(InvalidTransition):  # fulfilled straight from open: refused
+            await store.transition_order(
+                warehouse, warehouse.account_id, order_id, OrderStatus.FULFILLED
+            )
+        assert heard == [1]
+        forget()
+        await create(store, warehouse, "L-2")
+        assert heard == [1]
+    finally:
+        await store.close()

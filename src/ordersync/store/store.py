@@ -246,13 +246,17 @@ class Store:
                     "rolled back; retry it"
                 ) from None
             raise
-        for listener in self._commit_listeners:
-            listener()
+        for listener in list(self._commit_listeners):
+            # The write is committed: a failing listener must not turn it into an error
+            # answer (the client would retry a write that was made).
+            with contextlib.suppress(Exception):
+                listener()
 
     def on_commit(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener()` after every write transaction this store commits (in this
         process; other processes' writes are not seen); returns the function that stops it.
-        A listener must not block: it runs on the writer's task, after its commit."""
+        A listener must not block: it runs on the writer's task, after its commit (what it
+        raises is ignored)."""
         self._commit_listeners.append(listener)
         return lambda: self._commit_listeners.remove(listener)
 
