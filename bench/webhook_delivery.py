@@ -28,7 +28,8 @@ from ordersync.store.webhooks import WebhookStore
 ADMIN = os.environ.get("ORDERSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def run(n: int, workers: int) -> None:
+def run(n: int, workers: int) -> tuple[int, int, float]:
+    """Deliver n orders with `workers` workers; (deliveries, distinct webhook-ids, seconds)."""
     with fresh_pg_database(ADMIN) as db:
 
         async def make_tokens() -> list[str]:
@@ -75,6 +76,7 @@ def run(n: int, workers: int) -> None:
                 f"workers={workers} delivered={len(ids)} distinct={len(set(ids))} "
                 f"seconds={seconds:.2f} rate={n / seconds:.0f}/s"
             )
+            return len(ids), len(set(ids)), seconds
 
 
 if __name__ == "__main__":

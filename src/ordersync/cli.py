@@ -57,8 +57,20 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="Where the SQLite files go.")] = Path("demo-data"),
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 42,
     faults: Annotated[
-        bool, typer.Option(help="Inject errors, 429s, latency, resets and late commits.")
+        bool,
+        typer.Option(help="Inject errors, 429s, latency, resets, late commits and lost webhooks."),
     ] = False,
+    webhooks: Annotated[
+        bool,
+        typer.Option(
+            help="Subscribe the agent's webhook receiver on the hub (polling reconciles);"
+            " --no-webhooks: polling only, every second. Not for hubrise (its callback feed)."
+        ),
+    ] = True,
+    agent_port: Annotated[
+        int | None,
+        typer.Option(help="The agent's port (webhook receiver, /status) [default: --port + 1]."),
+    ] = None,
     dialect: Annotated[
         str,
         typer.Option(
@@ -99,6 +111,8 @@ def demo(
         faults=faults,
         dialect=dialect,
         force=force,
+        webhooks=webhooks,
+        agent_port=agent_port,
     )
     try:
         code = main_exit_code(settings)

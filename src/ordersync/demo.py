@@ -1,9 +1,13 @@
 """`ordersync demo`: the hub with its warehouse simulator and the agent mirroring it, on
 embedded SQLite, in one process; then the proof that the mirror equals the source.
 
-Timeline: serve the hub and start the simulator; run the agent against it with a live progress
-display for `duration` seconds (or until Ctrl-C); pause the simulator; let the agent drain; and
-compare every (id, version) on both sides.
+Timeline: subscribe the agent's webhook receiver on the hub (MasonHub: `orderEvent` and both
+resolutions; Tradecloud: its order webhook; HubRise keeps its callback feed); serve the hub and
+start the simulator; run the agent against it (its receiver on `agent_port`) with a live
+progress display for `duration` seconds (or until Ctrl-C): webhooks keep the replica fresh,
+polling every `interval` seconds reconciles what they missed, and the display counts what each
+applied; pause the simulator; let the agent drain; and compare every (id, version) on both
+sides, and the resolutions the hub made with those the agent received.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import orjson
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -25,8 +30,15 @@ from sqlalchemy import func, select
 from ordersync import loops
 from ordersync.agent.config import AgentConfig, SinkConfig, SourceConfig
 from ordersync.agent.errors import AgentError
+from ordersync.agent.inbox import STREAM as WEBHOOK_STREAM
+from ordersync.agent.inbox import webhook_inbox
 from ordersync.agent.platforms import PLATFORMS
-from ordersync.agent.runner import AgentRuntime, open_runtime, run_sources
+from ordersync.agent.runner import (
+    AgentRuntime,
+    open_runtime,
+    run_sources,
+    serving_observability,
+)
 from ordersync.domain import now_ms
 from ordersync.embedded import serving
 from ordersync.errors import ConfigurationError, PortInUse, WouldOverwrite
@@ -34,7 +46,9 @@ from ordersync.hub.app import create_app
 from ordersync.hub.faults import FaultSettings, late_commit_clock
 from ordersync.hub.settings import HubSettings
 from ordersync.logs import configure_logging
-from ordersync.store.store import Store
+from ordersync.store.store import Principal, Store
+from ordersync.store.tables import changes
+from ordersync.store.webhooks import WebhookStore
 
 TOKEN_ENV = "ORDERSYNC_DEMO_TOKEN"
 CONNECTION = "erp-agent"
@@ -42,6 +56,14 @@ CONNECTION = "erp-agent"
 # a location producing more than ~6 events per second cannot be followed within it.
 MARKER = ".ordersync-demo"  # in a data directory the demo made
 DEFAULT_RATE = {"masonhub": 5.0, "tradecloud": 5.0, "hubrise": 0.5}
+# What the demo subscribes the agent's receiver to, per dialect. HubRise keeps one callback
+# per connection, and the agent's HubRise source already follows it (passive events): no
+# active callback there.
+WEBHOOK_TYPES = {
+    "masonhub": ("orderEvent", "orderUpdateResolution", "orderCancelResolution"),
+    "tradecloud": ("orderEvent",),
+}
+RESOLUTION_TYPES = ("orderUpdateResolution", "orderCancelResolution")
 
 
 @dataclass(frozen=True)
@@ -53,9 +75,24 @@ class DemoSettings:
     seed: int = 42
     faults: bool = False
     force: bool = False  # delete hub.db and erp-replica.db in data_dir even if not a demo's
-    interval: float = 1.0
+    interval: float = 5.0  # polling: the reconciliation beside the webhooks
     lookback: float = 5.0
     dialect: str = "masonhub"  # masonhub | tradecloud | hubrise
+    webhooks: bool = True  # the agent's receiver subscribed on the hub (not on hubrise)
+    agent_port: int | None = None  # the receiver's port; default port + 1
+
+    @property
+    def takes_webhooks(self) -> bool:
+        return self.webhooks and self.dialect in WEBHOOK_TYPES
+
+    @property
+    def receiver_port(self) -> int:
+        return self.agent_port or self.port + 1
+
+    @property
+    def interval_s(self) -> float:
+        """Polling every `interval`; without webhooks, every second as before."""
+        return self.interval if self.takes_webhooks else min(self.interval, 1.0)
 
 
 @dataclass(frozen=True)
@@ -69,10 +106,25 @@ class Proof:
     applied: int  # versions the agent applied
     applied_twice: int  # applied versions beyond the distinct (id, version) pairs
     duplicates_dropped: int
+    by_webhook: int = 0  # of `applied`: by the webhooks stream (the rest by polling)
+    hub_resolutions: int = 0  # update and cancel requests the hub resolved
+    resolutions_received: int = 0  # their callbacks in the agent's inbox
+    resolutions_lost: int = 0  # callbacks the hub dropped on purpose (--faults)
+
+    @property
+    def resolutions_hold(self) -> bool:
+        # A callback lost on the way has nothing polling it back yet: the agent's push
+        # (request status polling) will. Until then the lost ones are named, not counted.
+        return self.resolutions_received + self.resolutions_lost >= self.hub_resolutions
 
     @property
     def holds(self) -> bool:
-        return self.missed == 0 and self.extra == 0 and self.applied_twice == 0
+        return (
+            self.missed == 0
+            and self.extra == 0
+            and self.applied_twice == 0
+            and self.resolutions_hold
+        )
 
     def line(self) -> str:
         verdict = "versions equal" if self.holds else "MISMATCH"
@@ -80,14 +132,18 @@ class Proof:
             f"proof: hub {self.hub_orders} orders / {self.hub_shipments} shipments; replica "
             f"{self.replica_orders} / {self.replica_shipments}; {verdict}; "
             f"missed {self.missed}; applied twice {self.applied_twice} "
-            f"({self.applied} versions applied, {self.duplicates_dropped} repeats dropped)"
+            f"({self.applied} versions applied: {self.by_webhook} by webhook, "
+            f"{self.applied - self.by_webhook} by polling; {self.duplicates_dropped} repeats "
+            f"dropped); resolutions: hub {self.hub_resolutions}, received "
+            f"{self.resolutions_received}"
+            + (f", lost on the way {self.resolutions_lost}" if self.resolutions_lost else "")
         )
 
 
 async def run_demo(settings: DemoSettings, console: Console) -> int:
     if settings.rate is None:
         settings = replace(settings, rate=DEFAULT_RATE.get(settings.dialect, 5.0))
-    _port_free(settings.port)  # before any file is deleted
+    _ports_free(settings)  # before any file is deleted
     hub_db, replica_db = _fresh_files(settings.data_dir, force=settings.force)
     faults = FaultSettings.demo(settings.seed) if settings.faults else FaultSettings()
     # The hub app uses the store it is given as is: late commits come from the store's clock.
@@ -109,6 +165,15 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
             f"unknown dialect {settings.dialect!r}; use {', '.join(PLATFORMS)}"
         )
     base_url = f"http://127.0.0.1:{settings.port}{PLATFORMS[settings.dialect].api_root}"
+    agent_port = settings.receiver_port
+    secrets: list[str] = []
+    if settings.takes_webhooks:
+        secrets = await _subscribe(
+            app.state.webhooks,
+            await store.authenticate(token),
+            settings.dialect,
+            f"http://127.0.0.1:{agent_port}/webhooks/{settings.dialect}",
+        )
     config = AgentConfig(
         sources=[
             SourceConfig(
@@ -117,22 +182,27 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
                 base_url=base_url,
                 token_env=TOKEN_ENV,
                 connection_name=CONNECTION,
-                interval=settings.interval,
+                interval=settings.interval_s,
                 lookback=settings.lookback,
+                webhook_secrets=secrets,
             )
         ],
         sink=SinkConfig(url=f"sqlite:///{replica_db}"),
+        port=agent_port if secrets else None,
     )
     try:
         async with serving(app, "127.0.0.1", settings.port):
-            _introduce(console, settings, base_url, token, hub_db, replica_db)
+            _introduce(console, settings, base_url, token, hub_db, replica_db, agent_port)
             runtime = await open_runtime(config, {TOKEN_ENV: token})
             try:
-                await _mirror_live(runtime, app.state.warehouse, settings, console)
-                app.state.warehouse.pause()
-                console.print("\nsimulator paused; draining the agent ...")
-                await _drain(runtime, console)
-                proof = await _prove(store, account_id, runtime, settings.dialect)
+                async with serving_observability(runtime, config.port):
+                    await erp_pushes(runtime, console)
+                    await _mirror_live(runtime, app.state.warehouse, settings, console)
+                    app.state.warehouse.pause()
+                    console.print("\nsimulator paused; draining the agent ...")
+                    await _drain(runtime, console)
+                    await _await_resolutions(store, account_id, runtime)
+                proof = await _prove(store, account_id, runtime, settings)
             finally:
                 await runtime.close()
     finally:
@@ -141,13 +211,43 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
     return 0 if proof.holds else 1
 
 
-def _port_free(port: int) -> None:
+async def _subscribe(
+    webhooks: WebhookStore, principal: Principal, dialect: str, url: str
+) -> list[str]:
+    """Subscribe `url` on the hub to what the demo's dialect sends; the signing secrets (the
+    agent accepts a delivery signed with any of them)."""
+    secrets = []
+    for message_type in WEBHOOK_TYPES[dialect]:
+        _, secret = await webhooks.create(principal, dialect, url, message_type)
+        secrets.append(secret)
+    return secrets
+
+
+async def erp_pushes(runtime: AgentRuntime, console: Console) -> None:
+    """The ERP's direction: where "the ERP pushes some orders and cancels" goes.
+
+    `ordersync agent push` (another branch) creates, updates and cancels orders on the platform
+    with idempotency keys and tracks each request to its resolution. Once it exists, the demo
+    starts it here as a task beside `_mirror_live`: a few of its own orders created, a few
+    cancels (some of orders already packed, so that both resolution outcomes show). Their
+    resolutions come back as callbacks (subscribed above) and the proof counts them. Until
+    then the demo shows one direction and this does nothing."""
+    del runtime, console
+
+
+def _ports_free(settings: DemoSettings) -> None:
+    _port_free(settings.port)
+    if settings.takes_webhooks:
+        _port_free(settings.receiver_port, "--agent-port")
+
+
+def _port_free(port: int, option: str = "--port") -> None:
     try:
         socket.create_server(("127.0.0.1", port)).close()
     except OSError as exc:
         raise PortInUse(
             f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; another program uses "
-            f"port {port}: choose a free one with --port (nothing was deleted)"
+            f"port {port}: choose a free one with {option} (nothing was deleted)"
         ) from None
 
 
@@ -179,18 +279,28 @@ def _introduce(
     token: str,
     hub_db: Path,
     replica_db: Path,
+    agent_port: int,
 ) -> None:
-    faults = " with injected faults (errors, 429s, latency, resets, late commits)"
+    faults = " with injected faults (errors, 429s, latency, resets, late commits, lost webhooks)"
     console.print(
         f"[bold]hub[/bold] {base_url} on {hub_db}, simulating {settings.rate:g} "
         f"orders/s{faults if settings.faults else ''}",
         soft_wrap=True,
     )
-    console.print(
-        f"[bold]agent[/bold] mirroring it into {replica_db} every "
-        f"{settings.interval:g} s (lookback {settings.lookback:g} s)",
-        soft_wrap=True,
-    )
+    if settings.takes_webhooks:
+        console.print(
+            f"[bold]agent[/bold] mirroring it into {replica_db}: webhooks to "
+            f"http://127.0.0.1:{agent_port}/webhooks/{settings.dialect} keep it fresh, "
+            f"polling every {settings.interval_s:g} s reconciles (lookback "
+            f"{settings.lookback:g} s)",
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"[bold]agent[/bold] mirroring it into {replica_db} every "
+            f"{settings.interval_s:g} s (lookback {settings.lookback:g} s)",
+            soft_wrap=True,
+        )
     curl = PLATFORMS[settings.dialect].curl.format(
         token=token, base_url=base_url, connection=CONNECTION
     )
@@ -228,16 +338,19 @@ async def _mirror_live(
 
 
 def _counters(runtime: AgentRuntime) -> dict[str, float]:
-    totals = {"applied": 0.0, "duplicates": 0.0, "calls": 0.0}
+    totals = {"applied": 0.0, "duplicates": 0.0, "calls": 0.0, "by_webhook": 0.0}
     lag = 0.0
     for state in runtime.status():
         totals["applied"] += state.totals.applied
         totals["duplicates"] += state.totals.duplicates
+        if state.stream == WEBHOOK_STREAM:
+            totals["by_webhook"] += state.totals.applied
         lag = max(lag, (state.lag_ms or 0) / 1000)
     totals["calls"] = sum(engine.source.api_calls for engine in runtime.engines.values())
     totals["lag"] = lag
     totals["retries"] = _sum_samples(runtime, "ordersync_agent_retries")
     totals["throttled"] = _sum_samples(runtime, "ordersync_agent_rate_limit_hits")
+    totals["received"] = _sum_samples(runtime, "ordersync_agent_webhooks_received")
     return totals
 
 
@@ -258,6 +371,9 @@ def _progress(runtime: AgentRuntime, warehouse: object, elapsed: float) -> Table
         "orders created",
         "moves",
         "versions applied",
+        "by webhook",
+        "by poll",
+        "webhooks",
         "repeats dropped",
         "lag (s)",
         "API calls",
@@ -269,6 +385,9 @@ def _progress(runtime: AgentRuntime, warehouse: object, elapsed: float) -> Table
         str(getattr(warehouse, "created", 0)),
         str(getattr(warehouse, "moves", 0)),
         f"{c['applied']:.0f}",
+        f"{c['by_webhook']:.0f}",
+        f"{c['applied'] - c['by_webhook']:.0f}",
+        f"{c['received']:.0f}",
         f"{c['duplicates']:.0f}",
         f"{c['lag']:.1f}",
         f"{c['calls']:.0f}",
@@ -282,7 +401,8 @@ def _plain_progress(runtime: AgentRuntime, warehouse: object, elapsed: float) ->
     c = _counters(runtime)
     return (
         f"{elapsed:4.0f} s: {getattr(warehouse, 'created', 0)} orders created, "
-        f"{c['applied']:.0f} versions applied, lag {c['lag']:.1f} s, {c['calls']:.0f} "
+        f"{c['applied']:.0f} versions applied ({c['by_webhook']:.0f} by webhook, "
+        f"{c['applied'] - c['by_webhook']:.0f} by poll), lag {c['lag']:.1f} s, {c['calls']:.0f} "
         f"calls, {c['retries']:.0f} retries, {c['throttled']:.0f} 429s"
     )
 
@@ -293,8 +413,10 @@ async def _drain(runtime: AgentRuntime, console: Console, attempts: int = 10) ->
     for _ in range(attempts * 3):
         try:
             applied = 0
-            for engine in runtime.engines.values():
+            for name, engine in runtime.engines.items():
                 applied += (await engine.run_cycle()).applied
+                if (feed := runtime.inbox_feeds.get(name)) is not None:
+                    applied += (await engine.sync_feed(feed)).applied
         except AgentError as exc:
             console.print(f"drain cycle failed, retrying: {escape(str(exc))}", style="yellow")
             continue
@@ -303,9 +425,72 @@ async def _drain(runtime: AgentRuntime, console: Console, attempts: int = 10) ->
             return
 
 
-async def _prove(store: Store, account_id: int, runtime: AgentRuntime, source: str) -> Proof:
+async def _hub_resolutions(store: Store, account_id: int) -> int:
+    """Update and cancel requests the hub resolved for the account (each a `request` event)."""
+    async with store.reader.connect() as conn:
+        count = await conn.scalar(
+            select(func.count())
+            .select_from(changes)
+            .where(changes.c.account_id == account_id, changes.c.entity_kind == "request")
+        )
+    return int(count or 0)
+
+
+async def _resolutions_received(runtime: AgentRuntime) -> int:
+    """Resolution callbacks in the agent's webhook inbox (bodies are kept a day)."""
+    from ordersync.agent.sinks.sql import SqlSink
+
+    if runtime.receiver is None or not isinstance(runtime.sink, SqlSink):
+        return 0
+    async with runtime.sink.engine.connect() as conn:
+        bodies = (await conn.execute(select(webhook_inbox.c.body))).scalars()
+        return sum(1 for body in bodies if _message_type(body) in RESOLUTION_TYPES)
+
+
+def _message_type(body: str) -> str | None:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return document.get("message_type") if isinstance(document, dict) else None
+
+
+async def _resolutions_lost(store: Store) -> int:
+    """Resolution callbacks the hub dropped on purpose (`--faults`: `webhook_drop_rate`)."""
+    from ordersync.store.tables import webhook_attempts, webhook_deliveries
+
+    a, d = webhook_attempts.c, webhook_deliveries.c
+    async with store.reader.connect() as conn:
+        bodies = (
+            await conn.execute(
+                select(d.body)
+                .join(webhook_attempts, a.delivery_id == d.id)
+                .where(a.error.like("injected fault%"))
+            )
+        ).scalars()
+        return sum(1 for body in bodies if _message_type(body) in RESOLUTION_TYPES)
+
+
+async def _await_resolutions(
+    store: Store, account_id: int, runtime: AgentRuntime, seconds: float = 10.0
+) -> None:
+    """Give the hub's delivery a few seconds to bring the last resolutions' callbacks."""
+    if runtime.receiver is None:
+        return
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        wanted = await _hub_resolutions(store, account_id) - await _resolutions_lost(store)
+        if await _resolutions_received(runtime) >= wanted:
+            return
+        await asyncio.sleep(0.25)
+
+
+async def _prove(
+    store: Store, account_id: int, runtime: AgentRuntime, settings: DemoSettings
+) -> Proof:
     from ordersync.agent.sinks.sql import SqlSink, applied_versions
 
+    source = settings.dialect
     sink = runtime.sink
     assert isinstance(sink, SqlSink)
     hub = {kind: await store.versions(account_id, kind) for kind in ("order", "shipment")}
@@ -332,13 +517,17 @@ async def _prove(store: Store, account_id: int, runtime: AgentRuntime, source: s
         int(c["applied"]),
         int(c["applied"]) - distinct,
         int(c["duplicates"]),
+        by_webhook=int(c["by_webhook"]),
+        hub_resolutions=await _hub_resolutions(store, account_id),
+        resolutions_received=await _resolutions_received(runtime),
+        resolutions_lost=await _resolutions_lost(store),
     )
 
 
 def main_exit_code(settings: DemoSettings) -> int:
     """Run the demo with its JSON log (one line per API call) in `data_dir/demo.log`."""
     console = Console() if sys.stdout.isatty() else Console(width=120)
-    _port_free(settings.port)
+    _ports_free(settings)
     _fresh_files(settings.data_dir, force=settings.force)  # refuses before the log is opened
     log_path = settings.data_dir / "demo.log"
     with log_path.open("w") as log_file:

@@ -11,6 +11,7 @@ from pathlib import Path
 from ordersync.agent.records import Cursor
 from ordersync.agent.sinks.checkpoint_file import CheckpointFile
 from tests.acceptance.test_demo_and_agent_cli import ORDERSYNC
+from tests.support import free_port
 
 SOURCE = """
 [[sources]]
@@ -112,6 +113,24 @@ def test_demo_on_a_busy_port_deletes_nothing(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         code, line = ordersync("demo", "--port", str(port), "--data-dir", str(data))
     assert code == 5 and f"127.0.0.1:{port}" in line and "nothing was deleted" in line
+    assert (data / "hub.db").read_text() == "an earlier demo's hub"
+
+
+def test_demo_with_its_receiver_port_busy_deletes_nothing(tmp_path: Path) -> None:
+    """The agent's webhook receiver needs a port too (--agent-port, default --port + 1): a
+    busy one is named before anything is deleted."""
+    data = tmp_path / "demo-data"
+    data.mkdir()
+    (data / ".ordersync-demo").write_text("")
+    (data / "hub.db").write_text("an earlier demo's hub")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, line = ordersync(
+            "demo", "--port", str(free_port()), "--agent-port", str(port), "--data-dir", str(data)
+        )
+    assert code == 5 and f"127.0.0.1:{port}" in line and "--agent-port" in line
     assert (data / "hub.db").read_text() == "an earlier demo's hub"
 
 

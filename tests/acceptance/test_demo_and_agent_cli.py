@@ -27,7 +27,8 @@ PROOF = re.compile(
 @pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
 def test_demo_ends_with_the_proof(tmp_path: Path, faults: bool) -> None:
     """`ordersync demo` mirrors a simulated warehouse and proves replica == hub, even with
-    injected errors, 429s, resets and late commits."""
+    injected errors, 429s, resets, late commits and lost webhooks; webhooks apply most
+    versions, polling reconciles."""
     args = [
         *ORDERSYNC,
         "demo",
@@ -48,6 +49,11 @@ def test_demo_ends_with_the_proof(tmp_path: Path, faults: bool) -> None:
     assert hub_orders >= 40 and hub_orders == replica_orders
     assert hub_shipments == replica_shipments
     assert '"endpoint": "/orders"' in (tmp_path / "demo.log").read_text()
+    paths = re.search(r"(\d+) versions applied: (\d+) by webhook, (\d+) by polling", result.stdout)
+    assert paths, result.stdout
+    applied, by_webhook, by_polling = map(int, paths.groups())
+    assert by_webhook > 0 and by_webhook + by_polling == applied
+    assert "resolutions: hub 0, received 0" in result.stdout
 
 
 def write_config(path: Path, base_url: str, port: int | None = None, **extra: str) -> Path:

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
+from ordersync.domain.inventory import StockUnit
 from ordersync.domain.lifecycle import OrderStatus
+from ordersync.domain.orders import OrderShort
 from ordersync.hub.app import create_app
 from ordersync.hub.settings import HubSettings
-from ordersync.domain.inventory import StockUnit
-from ordersync.domain.orders import OrderShort
 from ordersync.store.inventory import InventoryStore
 from ordersync.store.store import Store
 from tests.support import fresh_pg_database

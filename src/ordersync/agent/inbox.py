@@ -65,6 +65,11 @@ log = structlog.get_logger("ordersync.agent.inbox")
 STREAM = "webhooks"  # the inbox feed's stream: its position is the inbox's done mark
 RETENTION_MS = 24 * 3600 * 1000
 BATCH = 50  # rows per batch: their entities are fetched concurrently
+# A drained inbox moves its position's time to now ("drained as of") only when the time is
+# older than this, and done rows are pruned at most this often: each is a write transaction
+# on the replica, where the receiver's inserts wait for the write lock.
+QUIET_MS = 1000
+PRUNE_EVERY_MS = 60_000
 Entity = tuple[str, str]  # (kind, id)
 RESOLUTION_MESSAGES = ("orderUpdateResolution", "orderCancelResolution")
 
@@ -249,6 +254,33 @@ async def fetch_entity(
     return None
 
 
+def carried_document(
+    source: Any, dialect: str, kind: str, entity_id: str, body: bytes
+) -> Record | None:
+    """The entity as the delivery carries it whole, or None (then it is fetched): the
+    ordersync hub's MasonHub `orderEvent` has the order at its version in `data.order` and a
+    shipment's event the shipment in `data.shipments`. MasonHub's own callbacks carry neither.
+    A document that is not the named entity, or not readable, is not used."""
+    if dialect != "masonhub":
+        return None
+    data = orjson.loads(body).get("data")
+    if not isinstance(data, dict):
+        return None
+    candidates = [data.get("order")] if kind == "order" else data.get("shipments")
+    for document in candidates if isinstance(candidates, list) else ():
+        if not isinstance(document, dict) or str(document.get("id")) != entity_id:
+            continue
+        if "version" not in document or "updated_at" not in document:
+            return None
+        try:
+            if isinstance(source, MasonHubSource):
+                return source.record(kind, document)  # echo marking included
+            return parse_record(kind, document)
+        except AgentError:
+            return None
+    return None
+
+
 class InboxFeed:
     """The `webhooks` stream of one source: pending inbox rows, their entities fetched."""
 
@@ -274,6 +306,7 @@ class InboxFeed:
         self.metrics = metrics
         self.clock = clock
         self.batch = batch
+        self._pruned_at: int | None = None
 
     @property
     def name(self) -> str:
@@ -287,8 +320,10 @@ class InboxFeed:
             if not rows:
                 self.metrics.inbox_depth.labels(self.name).set(0)
                 since = 0 if position is None else position.updated_at_ms
-                # Nothing pending: drained as of now (the lag's base), same rows done.
-                position = Cursor(max(self.clock(), since), _seq_id(seq_of(position)))
+                # Nothing pending: drained as of now (the lag's base), same rows done; a
+                # position moved less than QUIET_MS ago stays (no commit for it).
+                if position is None or self.clock() - since >= QUIET_MS:
+                    position = Cursor(max(self.clock(), since), _seq_id(seq_of(position)))
                 yield Batch([], position, 0, caught_up=True)
                 return
             records = await self._fetch(rows)
@@ -314,7 +349,12 @@ class InboxFeed:
             self.poll_wake.set()  # a delivery naming nothing we can fetch: poll instead
         fetched = await asyncio.gather(
             *(
-                fetch_entity(self.source, self.dialect, kind, ident, body)
+                self._entity(
+                    kind,
+                    ident,
+                    body,
+                    carried_document(self.source, self.dialect, kind, ident, body),
+                )
                 for (kind, ident), body in named.items()
             )
         )
@@ -345,6 +385,17 @@ class InboxFeed:
                 self.name, data["id"], state, reason or (None if state == RESOLVED else "failed")
             )
 
+    async def _entity(
+        self, kind: str, ident: str, body: bytes, carried: Record | None
+    ) -> Record | None:
+        """The delivered document when the (signed) delivery carries the whole entity at a
+        version, else the platform's current state, fetched. Either way only a newer version
+        than the replica holds is applied."""
+        if carried is not None:
+            self.metrics.webhooks_carried.labels(self.name).inc()
+            return carried
+        return await fetch_entity(self.source, self.dialect, kind, ident, body)
+
     async def _settled(self, rows: list[InboxRow], last: Cursor) -> None:
         """After the batch's commit: its events are applied (or were duplicates)."""
         now = self.clock()
@@ -356,7 +407,9 @@ class InboxFeed:
             self.metrics.inbox_depth.labels(self.name).set(
                 await self.inbox.depth(self.name, seq_of(last))
             )
-            await self.inbox.prune(self.name, seq_of(last))
+            if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_MS:
+                self._pruned_at = now
+                await self.inbox.prune(self.name, seq_of(last))
 
 
 async def run_inbox(

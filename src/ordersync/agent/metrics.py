@@ -149,6 +149,12 @@ class AgentMetrics:
             ["source", "reason"],
             registry=r,
         )
+        self.webhooks_carried = Counter(
+            "ordersync_agent_webhooks_carried",
+            "Webhook entities applied from the delivered document (no fetch by id)",
+            ["source"],
+            registry=r,
+        )
         self.inbox_depth = Gauge(
             "ordersync_agent_webhook_inbox_depth",
             "Webhook events received and not yet applied",

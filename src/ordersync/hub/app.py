@@ -79,7 +79,9 @@ def create_app(settings: HubSettings, store: Store | None = None) -> FastAPI:
     # Deletes idempotency keys past their retention (at least 24 hours by default).
     key_pruner = KeyPruner(hub_store.writer, lambda: hub_store.clock(), settings.idempotency_hours)
     webhooks = WebhookStore(hub_store, schedule_s=settings.webhook_retry_schedule_s)
-    dispatcher = Dispatcher(hub_store, webhooks, timeout_s=settings.webhook_timeout_s)
+    dispatcher = Dispatcher(
+        hub_store, webhooks, timeout_s=settings.webhook_timeout_s, faults=settings.faults
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -330,7 +330,8 @@ def hub_serve(
             " throttle, slow, resets, late) and/or KEY=VALUE items, comma-separated, later"
             " ones winning: error=RATE (503), throttle=RATE (429), retry-after=S, latency=MS"
             " (up to), reset=RATE (dropped mid-response), late=RATE, late-ms=MS (commits"
-            " stamped in the past), seed=N. RATE is 0..1 or a percentage: demo,latency=0 or"
+            " stamped in the past), webhook-drop=RATE (webhooks lost on the way), seed=N."
+            " RATE is 0..1 or a percentage: demo,latency=0 or"
             " error=5%,throttle=10%.",
         ),
     ] = None,

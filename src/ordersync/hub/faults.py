@@ -1,9 +1,9 @@
 """Fault injection: the imperfections a real platform has, on demand (off by default).
 
 Integrations must survive server errors, 429 bursts, slow responses, connections dropped
-mid-response and commits that become visible late. Tests, benchmarks, `ordersync demo
---faults` and `ordersync hub serve --faults PROFILE|SPEC` turn these on; `FaultSettings()`
-with its defaults injects nothing.
+mid-response, commits that become visible late and webhooks that never arrive. Tests,
+benchmarks, `ordersync demo --faults` and `ordersync hub serve --faults PROFILE|SPEC` turn
+these on; `FaultSettings()` with its defaults injects nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ class FaultSettings:
     reset_rate: float = 0.0  # share whose connection drops mid-response
     late_commit_rate: float = 0.0  # share of writes stamped up to late_commit_ms in the past
     late_commit_ms: int = 0
+    # Share of webhook deliveries lost on the way: the hub's dispatcher records them delivered
+    # without sending them (as a platform whose request vanished behind a proxy that answered
+    # 2xx, or that gave up on it). Only polling brings those changes (`hub/webhooks.py`).
+    webhook_drop_rate: float = 0.0
     seed: int | None = None
 
     @classmethod
@@ -41,6 +45,7 @@ class FaultSettings:
             reset_rate=0.02,
             late_commit_rate=0.05,
             late_commit_ms=1500,
+            webhook_drop_rate=0.05,
             seed=seed,
         )
 
@@ -74,7 +79,11 @@ class FaultSettings:
 
     @property
     def any(self) -> bool:
-        return self.any_http or bool(self.late_commit_rate and self.late_commit_ms)
+        return (
+            self.any_http
+            or bool(self.late_commit_rate and self.late_commit_ms)
+            or bool(self.webhook_drop_rate)
+        )
 
     @property
     def any_http(self) -> bool:
@@ -100,6 +109,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "reset": ("reset_rate", "rate"),
     "late": ("late_commit_rate", "rate"),
     "late-ms": ("late_commit_ms", "int"),
+    "webhook-drop": ("webhook_drop_rate", "rate"),
     "seed": ("seed", "int"),
 }
 

@@ -27,6 +27,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ import structlog
 from ordersync.domain import format_rfc3339, parse_rfc3339_ms
 from ordersync.domain.inventory_item import InventoryItem
 from ordersync.errors import NotFound
+from ordersync.hub.faults import FaultSettings
 from ordersync.store.events import LogEvent
 from ordersync.store.hubrise import Event, HubRiseStore
 from ordersync.store.requests import RequestStore
@@ -59,6 +61,8 @@ from ordersync.wire.tradecloud import render_order, render_shipment
 log = structlog.get_logger("ordersync.hub")
 
 CLAIM_BATCH = 50
+MIN_IDLE_S = 0.02  # the first nap of an idle dispatcher; doubled up to the settings' interval
+IN_FLIGHT = 2  # rounds whose POSTs may be out at once (4 measured slower on PostgreSQL)
 TIMEOUT_S = 15.0
 MESSAGE_NAMESPACE = uuid.UUID("6f1c2a52-8d1e-4c61-9a3c-0d6f3c1b7e10")
 
@@ -191,6 +195,11 @@ class Renderer:
                 "status": doc.get("status"),
                 "shipments": doc.get("shipments", []),
                 "shorts": doc.get("shorts", []),
+                # ordersync extension: the order at this version, as `GET /orders/{id}` shows
+                # it, so a receiver can apply it without fetching it (MasonHub sends no such
+                # field; a receiver without it fetches). A shipment's own event carries its
+                # document in `shipments` already.
+                "order": doc,
             }
         elif event.kind == "inventory":
             # The SKU's sku_snapshot at this version: absolute counts, never deltas.
@@ -315,6 +324,7 @@ class Dispatcher:
         http: httpx.AsyncClient | None = None,
         timeout_s: float = TIMEOUT_S,
         batch: int = CLAIM_BATCH,
+        faults: FaultSettings | None = None,
     ) -> None:
         self.store = store
         self.webhooks = webhooks
@@ -322,19 +332,30 @@ class Dispatcher:
         self.http = http
         self.timeout_s = timeout_s
         self.batch = batch
+        self.drop_rate = faults.webhook_drop_rate if faults is not None else 0.0
+        self._drops = random.Random(faults.seed if faults is not None else None)
 
     async def run_once(self) -> int:
         """One round; how many deliveries were attempted."""
+        claims = await self.claim_due()
+        if claims:
+            await self.deliver(claims)
+        return len(claims)
+
+    async def claim_due(self) -> list[Claim]:
+        """A round's first half: materialise new events, lease the due deliveries."""
         subs = await self.webhooks.active()
         if not subs:
-            return 0  # reads only: an idle hub takes no write lock (SQLite has one)
+            return []  # reads only: an idle hub takes no write lock (SQLite has one)
+        queued = 0
         for sub in subs:
-            await self.webhooks.materialise_one(sub, self.render)
-        if not await self.webhooks.any_due():
-            return 0
-        claims = await self.webhooks.claim(self.batch)
-        if not claims:
-            return 0
+            queued += await self.webhooks.materialise_one(sub, self.render)
+        if not queued and not await self.webhooks.any_due():
+            return []  # (rows just queued are due: no need to look)
+        return await self.webhooks.claim(self.batch)
+
+    async def deliver(self, claims: Sequence[Claim]) -> None:
+        """A round's second half: POST the claimed deliveries concurrently, settle them."""
         owned = self.http is None
         http = self.http or httpx.AsyncClient(timeout=self.timeout_s)
         try:
@@ -356,10 +377,13 @@ class Dispatcher:
                     outcome=final,
                     error=result.error,
                 )
-        return len(claims)
 
     async def send(self, http: httpx.AsyncClient, claim: Claim) -> Result:
         """POST one claimed delivery; what came of it (settled by the caller, in a batch)."""
+        if self.drop_rate and self._drops.random() < self.drop_rate:
+            # Injected fault (`FaultSettings.webhook_drop_rate`): lost on the way, and the hub
+            # believes it arrived. Its attempt row says so.
+            return Result(claim, "delivered", None, 0, "injected fault: dropped on the way")
         timestamp = self.store.clock() // 1000
         started = time.monotonic()
         status: int | None = None
@@ -387,27 +411,84 @@ class Dispatcher:
             await self.render.hubrise.acknowledge(caller, claim.event_id)
 
     async def run_forever(
-        self, interval_s: float, *, retention_ms: int | None = None, prune_every_s: float = 300
+        self,
+        interval_s: float,
+        *,
+        retention_ms: int | None = None,
+        prune_every_s: float = 300,
+        min_idle_s: float = MIN_IDLE_S,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
-        """The background task: a round, then sleep when there was nothing to send; every
+        """The background task, until cancelled. Rounds overlap: once a round's deliveries
+        are claimed (leased, committed) their POSTs go out in a task of their own and the next
+        round starts, up to `in_flight` rounds sending at once, so that a slow receiver does
+        not hold back the events committed meanwhile (order per entity still holds: an event
+        is claimed only when no earlier one of its entity is pending, and a leased one is).
+        With nothing to claim the loop naps: a commit of this process's store ends the nap
+        at once (`Store.on_commit`: a change made through this hub, or a settled delivery
+        that frees the next event of its entity, goes out without waiting), else after
+        `min_idle_s`, doubled after each idle round up to `interval_s` (other processes'
+        changes are found this way). After a wake the naps start again from 20 ms: what the
+        wake announced may be held back by the log's frontier a little longer. Every
         `prune_every_s` the settled rows older than `retention_ms` go. Errors are logged and
-        retried next round; committed state makes a crash lose nothing."""
+        retried next round; committed state makes a crash lose nothing (a lease left by a
+        cancelled send expires and the event is sent again)."""
         next_prune = time.monotonic() + prune_every_s
-        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-            self.http = http
-            while True:
-                sent = 0
-                try:
-                    if retention_ms is not None and time.monotonic() >= next_prune:
-                        next_prune = time.monotonic() + prune_every_s
-                        await self.webhooks.prune(retention_ms)
-                    sent = await self.run_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("webhook_round_failed", error=repr(exc))
-                if sent == 0:
-                    await asyncio.sleep(interval_s)
+        wake = asyncio.Event()
+        me = asyncio.current_task()
+
+        def woken() -> None:
+            # Not by this loop's own materialise and claim commits: they are its round's.
+            if asyncio.current_task() is not me:
+                wake.set()
+
+        forget = self.store.on_commit(woken)
+        shortest = min(min_idle_s, interval_s)
+        idle_s = shortest
+        sending: set[asyncio.Task[None]] = set()
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+                self.http = http
+                while True:
+                    wake.clear()  # before the round: a commit during it means one more round
+                    claims: list[Claim] = []
+                    try:
+                        if retention_ms is not None and time.monotonic() >= next_prune:
+                            next_prune = time.monotonic() + prune_every_s
+                            await self.webhooks.prune(retention_ms)
+                        claims = await self.claim_due()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("webhook_round_failed", error=repr(exc))
+                    if claims:
+                        task = asyncio.ensure_future(self._deliver_logged(claims))
+                        sending.add(task)
+                        task.add_done_callback(sending.discard)
+                        idle_s = shortest
+                        if len(sending) >= in_flight:
+                            await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), idle_s)
+                    # Woken: the next round comes at once, and if the change is not found yet
+                    # (above the frontier) the one after that 20 ms later, doubling.
+                    idle_s = (
+                        min(MIN_IDLE_S, interval_s)
+                        if wake.is_set()
+                        else min(idle_s * 2, interval_s)
+                    )
+        finally:
+            forget()
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+
+    async def _deliver_logged(self, claims: Sequence[Claim]) -> None:
+        try:
+            await self.deliver(claims)
+        except Exception as exc:  # the leases expire and the events go out again
+            log.warning("webhook_round_failed", error=repr(exc))
 
 
 def _outcome(dialect: str, status: int | None) -> str:

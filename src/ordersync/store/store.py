@@ -178,6 +178,9 @@ class Store:
         # Measures how long a write transaction took (the deadline); tests replace it. Not
         # `clock`: that one stamps versions and may be faked, skewed or made to lag on purpose.
         self.elapsed_ms: Callable[[], float] = lambda: time.monotonic() * 1000
+        # Called after each write transaction of this process commits (`on_commit`): the
+        # webhook dispatcher wakes on them instead of waiting for its next idle round.
+        self._commit_listeners: list[Callable[[], None]] = []
         # SQLite: listings read through plain sqlite3 connections, at most one thread hop.
         self._sqlite_reads = (
             SqliteReadPool(url, reader.dialect) if url.backend == "sqlite" else None
@@ -243,6 +246,19 @@ class Store:
                     "rolled back; retry it"
                 ) from None
             raise
+        for listener in list(self._commit_listeners):
+            # The write is committed: a failing listener must not turn it into an error
+            # answer (the client would retry a write that was made).
+            with contextlib.suppress(Exception):
+                listener()
+
+    def on_commit(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` after every write transaction this store commits (in this
+        process; other processes' writes are not seen); returns the function that stops it.
+        A listener must not block: it runs on the writer's task, after its commit (what it
+        raises is ignored)."""
+        self._commit_listeners.append(listener)
+        return lambda: self._commit_listeners.remove(listener)
 
     async def migrate(self) -> None:
         """Create or upgrade the tables."""

@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, select
 from ordersync.agent.client import exact_json
 from ordersync.agent.config import SourceConfig
 from ordersync.agent.factory import open_engine
-from ordersync.agent.inbox import fetch_entity
+from ordersync.agent.inbox import carried_document, fetch_entity
 from ordersync.agent.outbox import push_outbox
 from ordersync.agent.push import PushFileError, PushReport, parse_lines, push
 from ordersync.agent.retry import RetryPolicy
@@ -540,6 +540,10 @@ async def test_pushed_changes_come_back_marked_as_echoes(
         foreign = await fetch_entity(agent.source, dialect, "order", orders["E-2"]["id"], b"")
         assert again is not None and again.echo and again.version == 2
         assert foreign is not None and not foreign.echo
+        if dialect == "masonhub":  # a webhook carrying the order is marked as its fetch is
+            body = orjson.dumps({"message_type": "orderEvent", "data": {"order": orders["E-1"]}})
+            carried = carried_document(agent.source, dialect, "order", orders["E-1"]["id"], body)
+            assert carried is not None and carried.echo
     engine = create_engines(parse_database_url(replica))[1]
     async with engine.connect() as conn:
         rows = await conn.execute(select(replica_orders.c.id, replica_orders.c.data))
