@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ordersync.errors import OrdersyncError
 
 
@@ -92,6 +94,16 @@ def _short(exc: BaseException) -> str:
 
 class SinkError(AgentError):
     pass
+
+
+@contextmanager
+def replica_errors(what: str) -> Iterator[None]:
+    """A database or file error inside as a `SinkError` saying `what` failed, with the
+    error's first line: it fails one cycle (or one push), never the process."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        raise SinkError(f"{what}: {str(exc).splitlines()[0]}") from exc
 
 
 class SinkRejected(SinkError):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -45,12 +45,18 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordersync.agent.client import ApiClient
 from ordersync.agent.engine import SyncEngine, wait_first
-from ordersync.agent.errors import AgentError, AuthError, RequestAborted, RequestRejected, SinkError
+from ordersync.agent.errors import (
+    AgentError,
+    AuthError,
+    RequestAborted,
+    RequestRejected,
+    SinkError,
+    replica_errors,
+)
 from ordersync.agent.feeds import Batch, MayFetch
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.outbox import FAILED, RESOLVED, Outbox
@@ -130,17 +136,10 @@ class Inbox:
     @classmethod
     async def open(cls, engine: AsyncEngine, **kwargs: Any) -> Inbox:
         inbox = cls(engine, **kwargs)
-        with inbox._translated("cannot create the webhook inbox"):
+        with replica_errors("cannot create the webhook inbox"):
             async with engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
         return inbox
-
-    @contextlib.contextmanager
-    def _translated(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except (SQLAlchemyError, OSError) as exc:
-            raise SinkError(f"{what}: {str(exc).splitlines()[0]}") from exc
 
     async def store(
         self, source: str, event_id: str, entities: Sequence[Entity], body: bytes
@@ -148,7 +147,7 @@ class Inbox:
         """Insert the event; False if the source already has that id (a replay)."""
         c = webhook_inbox.c
         async with self._lock:
-            with self._translated(f"cannot store a webhook of {source} in the inbox"):
+            with replica_errors(f"cannot store a webhook of {source} in the inbox"):
                 async with self.engine.begin() as conn:
                     if self._last_stamp is None:
                         stamped = await conn.execute(select(func.max(c.received_at_ms)))
@@ -174,7 +173,7 @@ class Inbox:
 
     async def pending(self, source: str, after_seq: int, limit: int = BATCH) -> list[InboxRow]:
         c = webhook_inbox.c
-        with self._translated(f"cannot read the webhook inbox of {source}"):
+        with replica_errors(f"cannot read the webhook inbox of {source}"):
             async with self.engine.connect() as conn:
                 rows = await conn.execute(
                     select(c.seq, c.event_id, c.received_at_ms, c.entities, c.body)
@@ -196,7 +195,7 @@ class Inbox:
     async def depth(self, source: str, after_seq: int) -> int:
         """Events received and not yet applied."""
         c = webhook_inbox.c
-        with self._translated(f"cannot count the webhook inbox of {source}"):
+        with replica_errors(f"cannot count the webhook inbox of {source}"):
             async with self.engine.connect() as conn:
                 count = await conn.execute(
                     select(func.count()).where(c.source == source, c.seq > after_seq)
@@ -206,7 +205,7 @@ class Inbox:
     async def prune(self, source: str, done_seq: int) -> None:
         """Forget applied events older than the retention (their ids may be reused then)."""
         c = webhook_inbox.c
-        with self._translated(f"cannot prune the webhook inbox of {source}"):
+        with replica_errors(f"cannot prune the webhook inbox of {source}"):
             async with self.engine.begin() as conn:
                 await conn.execute(
                     delete(webhook_inbox).where(

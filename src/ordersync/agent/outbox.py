@@ -17,8 +17,7 @@ change when the sync reads it back (README, "Pushing orders").
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ordersync.agent.errors import SinkError
+from ordersync.agent.errors import replica_errors
 from ordersync.domain.timestamps import now_ms
 
 PENDING, ACCEPTED, RESOLVED, FAILED = "pending", "accepted", "resolved", "failed"
@@ -105,17 +104,10 @@ class Outbox:
     @classmethod
     async def open(cls, engine: AsyncEngine, **kwargs: Any) -> Outbox:
         outbox = cls(engine, **kwargs)
-        with outbox._translated("cannot create the push outbox"):
+        with replica_errors("cannot create the push outbox"):
             async with engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
         return outbox
-
-    @contextlib.contextmanager
-    def _translated(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except (SQLAlchemyError, OSError) as exc:
-            raise SinkError(f"{what}: {str(exc).splitlines()[0]}") from exc
 
     async def record(self, source: str, rows: Sequence[NewRow]) -> list[OutboxRow]:
         """Insert the rows not there yet (`pending`), in one transaction; every row of `rows`
@@ -123,7 +115,7 @@ class Outbox:
         c = push_outbox.c
         stamp = self.clock()
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        with self._translated(f"cannot record the push of {source} in the outbox"):
+        with replica_errors(f"cannot record the push of {source} in the outbox"):
             async with self.engine.begin() as conn:
                 if rows:
                     await conn.execute(
@@ -151,7 +143,7 @@ class Outbox:
         """The rows of these keys, in the order of `keys`."""
         c = push_outbox.c
         found: dict[str, OutboxRow] = {}
-        with self._translated(f"cannot read the push outbox of {source}"):
+        with replica_errors(f"cannot read the push outbox of {source}"):
             async with self.engine.connect() as conn:
                 for start in range(0, len(keys), 500):
                     chunk = list(keys[start : start + 500])
@@ -198,7 +190,7 @@ class Outbox:
         values: dict[str, Any] = {"state": state, "updated_at_ms": self.clock()}
         if reason is not None:
             values["reason"] = reason
-        with self._translated(f"cannot update the push outbox of {source}"):
+        with replica_errors(f"cannot update the push outbox of {source}"):
             async with self.engine.begin() as conn:
                 result = await conn.execute(
                     update(push_outbox)
@@ -212,14 +204,14 @@ class Outbox:
         statement = update(push_outbox).where(c.seq == row.seq)
         if only_open:
             statement = statement.where(c.state.not_in(FINAL))
-        with self._translated(f"cannot update the push outbox of {row.source}"):
+        with replica_errors(f"cannot update the push outbox of {row.source}"):
             async with self.engine.begin() as conn:
                 await conn.execute(statement.values(updated_at_ms=self.clock(), **values))
 
     async def counts(self, source: str) -> dict[str, int]:
         """Rows per state of one source (for `agent status`)."""
         c = push_outbox.c
-        with self._translated(f"cannot count the push outbox of {source}"):
+        with replica_errors(f"cannot count the push outbox of {source}"):
             async with self.engine.connect() as conn:
                 result = await conn.execute(
                     select(c.state, func.count()).where(c.source == source).group_by(c.state)
@@ -229,7 +221,7 @@ class Outbox:
     async def answered_versions(self, source: str) -> set[tuple[str, int]]:
         """(order id, version) of every change the platform answered to a push of `source`."""
         c = push_outbox.c
-        with self._translated(f"cannot read the push outbox of {source}"):
+        with replica_errors(f"cannot read the push outbox of {source}"):
             async with self.engine.connect() as conn:
                 result = await conn.execute(
                     select(c.order_id, c.version).where(
