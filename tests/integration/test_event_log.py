@@ -52,7 +52,10 @@ class Hub:
 def hub(hub_db_url: str) -> Iterator[Hub]:
     on_store(hub_db_url, lambda s: s.ensure_account("bootstrap"))  # migrates
     store = Store.connect(hub_db_url)
-    with serve_in_thread(create_app(HubSettings(db_url=hub_db_url), store)) as base_url:
+    # The tests write with clocks of their own, years back: the hub's own pruning (real clock)
+    # must not race them, so its retention is longer than that; tests prune explicitly.
+    settings = HubSettings(db_url=hub_db_url, event_retention_days=36_500)
+    with serve_in_thread(create_app(settings, store)) as base_url:
         yield Hub(base_url, hub_db_url, store)
 
 
