@@ -160,7 +160,7 @@ class Proof:
     hub_fulfillment: Fulfillment = Fulfillment()
     replica_fulfillment: Fulfillment = Fulfillment()
     echoes: int = 0  # versions of our own pushes recognised when they came back
-    requests: Requests = Requests()
+    requests: Requests | None = None  # None: the demo pushed nothing (not MasonHub)
 
     @property
     def resolutions_hold(self) -> bool:
@@ -175,7 +175,7 @@ class Proof:
             and self.extra == 0
             and self.applied_twice == 0
             and self.resolutions_hold
-            and self.requests.hold
+            and (self.requests is None or self.requests.hold)
             and self.hub_fulfillment == self.replica_fulfillment
         )
 
@@ -197,9 +197,13 @@ class Proof:
             + (f", lost on the way {self.resolutions_lost}" if self.resolutions_lost else "")
             + f"\nfulfillment: orders split over several shipments: hub {hub.split}, replica "
             f"{replica.split}; orders with shorts: hub {hub.short}, replica {replica.short}"
-            f"\nrequests: hub resolved {r.hub_resolved} ({r.hub_failed} failed), open "
-            f"{r.hub_open}; outbox resolved {r.outbox_resolved}, unsettled {r.unsettled}; "
-            f"echoes {self.echoes}"
+            + (
+                "\nrequests: none pushed"
+                if r is None
+                else f"\nrequests: hub resolved {r.hub_resolved} ({r.hub_failed} failed), open "
+                f"{r.hub_open}; outbox resolved {r.outbox_resolved}, unsettled {r.unsettled}"
+            )
+            + f"; echoes {self.echoes}"
         )
 
 
@@ -617,7 +621,7 @@ async def _prove(
         hub_fulfillment=await _hub_fulfillment(store, account_id),
         replica_fulfillment=await _replica_fulfillment(sink, source),
         echoes=int(c["echoes"]),
-        requests=await _requests(store, account_id, sink, source) if erp.enabled else Requests(),
+        requests=await _requests(store, account_id, sink, source) if erp.enabled else None,
     )
 
 
