@@ -274,6 +274,7 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
                 async with serving_observability(runtime, config.port):
                     await _mirror_live(runtime, app.state.warehouse, settings, console, erp)
                     app.state.warehouse.pause()
+                    await app.state.warehouse.settled()  # a receipt may be committing
                     console.print(
                         "\nsimulator paused; settling the ERP's pushes and draining the agent ..."
                     )
