@@ -155,6 +155,7 @@ class Proof:
     hub_resolutions: int = 0  # update and cancel requests the hub resolved
     resolutions_received: int = 0  # their callbacks in the agent's inbox
     resolutions_lost: int = 0  # callbacks the hub dropped on purpose (--faults)
+    callbacks: bool = True  # resolution callbacks subscribed (not with --no-webhooks)
     hub_inventory: int | None = None  # SKUs; None: the dialect has no inventory stream
     replica_inventory: int = 0
     hub_fulfillment: Fulfillment = Fulfillment()
@@ -166,6 +167,8 @@ class Proof:
     def resolutions_hold(self) -> bool:
         # A callback lost on the way is not redelivered: the push polls the request's status
         # instead (`requests`). The lost ones are named, not counted.
+        if not self.callbacks:  # nothing to receive: the push polled them (`requests`)
+            return True
         return self.resolutions_received + self.resolutions_lost >= self.hub_resolutions
 
     @property
@@ -192,8 +195,12 @@ class Proof:
             f"missed {self.missed}; applied twice {self.applied_twice} "
             f"({self.applied} versions applied: {self.by_webhook} by webhook, "
             f"{self.applied - self.by_webhook} by polling; {self.duplicates_dropped} repeats "
-            f"dropped); resolutions: hub {self.hub_resolutions}, received "
-            f"{self.resolutions_received}"
+            f"dropped); resolutions: hub {self.hub_resolutions}, "
+            + (
+                f"received {self.resolutions_received}"
+                if self.callbacks
+                else "no callbacks subscribed (polled by the push)"
+            )
             + (f", lost on the way {self.resolutions_lost}" if self.resolutions_lost else "")
             + f"\nfulfillment: orders split over several shipments: hub {hub.split}, replica "
             f"{replica.split}; orders with shorts: hub {hub.short}, replica {replica.short}"
@@ -617,6 +624,7 @@ async def _prove(
         hub_resolutions=await _hub_resolutions(store, account_id),
         resolutions_received=await _resolutions_received(runtime),
         resolutions_lost=await _resolutions_lost(store),
+        callbacks=runtime.receiver is not None and source in WEBHOOK_TYPES,
         hub_inventory=len(hub["inventory"]) if has_inventory else None,
         replica_inventory=len(replica["inventory"]) if has_inventory else 0,
         hub_fulfillment=await _hub_fulfillment(store, account_id),
