@@ -199,7 +199,8 @@ class Proof:
             + (
                 f"received {self.resolutions_received}"
                 if self.callbacks
-                else "no callbacks subscribed (polled by the push)"
+                else "no callbacks subscribed"
+                + (" (polled by the push)" if self.hub_resolutions else "")
             )
             + (f", lost on the way {self.resolutions_lost}" if self.resolutions_lost else "")
             + f"\nfulfillment: orders split over several shipments: hub {hub.split}, replica "
