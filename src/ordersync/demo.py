@@ -424,8 +424,7 @@ async def _mirror_live(
         restore_signals()
         if not pushes.done():
             pushes.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pushes
+        await asyncio.gather(pushes, return_exceptions=True)  # its failure, if any, is raised
         stop_agent.set()
         await agent
 
