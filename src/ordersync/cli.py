@@ -85,8 +85,10 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """Hub + warehouse simulator + agent on embedded SQLite, then the proof that the replica
-    equals the hub: every (id, version) present, none applied twice."""
+    """Hub + warehouse simulator + agent on embedded SQLite, the ERP pushing orders, an update
+    and cancels (MasonHub), then the proof that the replica equals the hub: every (id, version)
+    of orders, shipments and inventory present, none applied twice, the splits and shorts in
+    the replica, every update and cancel resolution in the ERP's outbox."""
     from ordersync.agent.platforms import PLATFORMS
     from ordersync.demo import DemoSettings, main_exit_code
 

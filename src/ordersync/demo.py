@@ -1,13 +1,18 @@
 """`ordersync demo`: the hub with its warehouse simulator and the agent mirroring it, on
 embedded SQLite, in one process; then the proof that the mirror equals the source.
 
-Timeline: subscribe the agent's webhook receiver on the hub (MasonHub: `orderEvent` and both
-resolutions; Tradecloud: its order webhook; HubRise keeps its callback feed); serve the hub and
-start the simulator; run the agent against it (its receiver on `agent_port`) with a live
-progress display for `duration` seconds (or until Ctrl-C): webhooks keep the replica fresh,
-polling every `interval` seconds reconciles what they missed, and the display counts what each
-applied; pause the simulator; let the agent drain; and compare every (id, version) on both
-sides, and the resolutions the hub made with those the agent received.
+Timeline: subscribe the agent's webhook receiver on the hub (MasonHub: `orderEvent`, both
+resolutions and `skuInventoryChange`; Tradecloud: its order webhook; HubRise keeps its callback
+feed); serve the hub and start the simulator (the warehouse: stock receipts, allocation, splits
+and shorts); run the agent against it (orders, shipments and, where the dialect has it,
+inventory; its receiver on `agent_port`) with a live progress display for `duration` seconds
+(or until Ctrl-C): webhooks keep the replica fresh, polling every `interval` seconds
+reconciles what they missed, and the display counts what each applied. Meanwhile the ERP side
+(`demo_erp.py`, MasonHub) pushes orders of its own, an update and cancels through the push
+library call; they come back as echoes. Then pause the simulator; let the pushes settle and the
+agent drain; and compare every (id, version) of orders, shipments and inventory on both sides,
+the splits and shorts the hub made with those the replica holds, and the update and cancel
+requests the hub resolved with the outbox rows the replica resolved.
 """
 
 from __future__ import annotations
@@ -19,19 +24,22 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import orjson
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 
-from ordersync import loops
+from ordersync import kinds, loops
 from ordersync.agent.config import AgentConfig, SinkConfig, SourceConfig
 from ordersync.agent.errors import AgentError
 from ordersync.agent.inbox import STREAM as WEBHOOK_STREAM
 from ordersync.agent.inbox import webhook_inbox
+from ordersync.agent.outbox import FAILED, FINAL, RESOLVED, push_outbox
 from ordersync.agent.platforms import PLATFORMS
 from ordersync.agent.runner import (
     AgentRuntime,
@@ -39,6 +47,7 @@ from ordersync.agent.runner import (
     run_sources,
     serving_observability,
 )
+from ordersync.demo_erp import ErpPushes
 from ordersync.domain import now_ms
 from ordersync.embedded import serving
 from ordersync.errors import ConfigurationError, PortInUse, WouldOverwrite
@@ -46,8 +55,16 @@ from ordersync.hub.app import create_app
 from ordersync.hub.faults import FaultSettings, late_commit_clock
 from ordersync.hub.settings import HubSettings
 from ordersync.logs import configure_logging
+from ordersync.store.inventory import InventoryStore
 from ordersync.store.store import Principal, Store
-from ordersync.store.tables import changes
+from ordersync.store.tables import (
+    changes,
+    order_cancel_requests,
+    order_update_requests,
+    orders,
+    shipments,
+    skus,
+)
 from ordersync.store.webhooks import WebhookStore
 
 TOKEN_ENV = "ORDERSYNC_DEMO_TOKEN"
@@ -60,7 +77,12 @@ DEFAULT_RATE = {"masonhub": 5.0, "tradecloud": 5.0, "hubrise": 0.5}
 # per connection, and the agent's HubRise source already follows it (passive events): no
 # active callback there.
 WEBHOOK_TYPES = {
-    "masonhub": ("orderEvent", "orderUpdateResolution", "orderCancelResolution"),
+    "masonhub": (
+        "orderEvent",
+        "orderUpdateResolution",
+        "orderCancelResolution",
+        "skuInventoryChange",
+    ),
     "tradecloud": ("orderEvent",),
 }
 RESOLUTION_TYPES = ("orderUpdateResolution", "orderCancelResolution")
@@ -96,6 +118,29 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class Fulfillment:
+    """Orders shipped in several shipments (splits) and orders with shorts, on one side."""
+
+    split: int = 0
+    short: int = 0
+
+
+@dataclass(frozen=True)
+class Requests:
+    """The ERP's update and cancel requests: resolved on the hub, and in the replica's outbox."""
+
+    hub_resolved: int = 0  # success or failed on the hub
+    hub_failed: int = 0  # of hub_resolved
+    hub_open: int = 0  # still pending on the hub
+    outbox_resolved: int = 0  # outbox rows of a request, resolved or failed
+    unsettled: int = 0  # resolved on the hub, the outbox not (or not the same way)
+
+    @property
+    def hold(self) -> bool:
+        return self.hub_open == 0 and self.unsettled == 0
+
+
+@dataclass(frozen=True)
 class Proof:
     hub_orders: int
     hub_shipments: int
@@ -110,11 +155,20 @@ class Proof:
     hub_resolutions: int = 0  # update and cancel requests the hub resolved
     resolutions_received: int = 0  # their callbacks in the agent's inbox
     resolutions_lost: int = 0  # callbacks the hub dropped on purpose (--faults)
+    callbacks: bool = True  # resolution callbacks subscribed (not with --no-webhooks)
+    hub_inventory: int | None = None  # SKUs; None: the dialect has no inventory stream
+    replica_inventory: int = 0
+    hub_fulfillment: Fulfillment = Fulfillment()
+    replica_fulfillment: Fulfillment = Fulfillment()
+    echoes: int = 0  # versions of our own pushes recognised when they came back
+    requests: Requests | None = None  # None: the demo pushed nothing (not MasonHub)
 
     @property
     def resolutions_hold(self) -> bool:
-        # A callback lost on the way has nothing polling it back yet: the agent's push
-        # (request status polling) will. Until then the lost ones are named, not counted.
+        # A callback lost on the way is not redelivered: the push polls the request's status
+        # instead (`requests`). The lost ones are named, not counted.
+        if not self.callbacks:  # nothing to receive: the push polled them (`requests`)
+            return True
         return self.resolutions_received + self.resolutions_lost >= self.hub_resolutions
 
     @property
@@ -124,19 +178,40 @@ class Proof:
             and self.extra == 0
             and self.applied_twice == 0
             and self.resolutions_hold
+            and (self.requests is None or self.requests.hold)
+            and self.hub_fulfillment == self.replica_fulfillment
         )
 
     def line(self) -> str:
         verdict = "versions equal" if self.holds else "MISMATCH"
+        has_inventory = self.hub_inventory is not None
+        hub_inventory = f" / {self.hub_inventory} inventory" if has_inventory else ""
+        replica_inventory = f" / {self.replica_inventory}" if has_inventory else ""
+        hub, replica, r = self.hub_fulfillment, self.replica_fulfillment, self.requests
         return (
-            f"proof: hub {self.hub_orders} orders / {self.hub_shipments} shipments; replica "
-            f"{self.replica_orders} / {self.replica_shipments}; {verdict}; "
+            f"proof: hub {self.hub_orders} orders / {self.hub_shipments} shipments"
+            f"{hub_inventory}; replica {self.replica_orders} / {self.replica_shipments}"
+            f"{replica_inventory}; {verdict}; "
             f"missed {self.missed}; applied twice {self.applied_twice} "
             f"({self.applied} versions applied: {self.by_webhook} by webhook, "
             f"{self.applied - self.by_webhook} by polling; {self.duplicates_dropped} repeats "
-            f"dropped); resolutions: hub {self.hub_resolutions}, received "
-            f"{self.resolutions_received}"
+            f"dropped); resolutions: hub {self.hub_resolutions}, "
+            + (
+                f"received {self.resolutions_received}"
+                if self.callbacks
+                else "no callbacks subscribed"
+                + (" (polled by the push)" if self.hub_resolutions else "")
+            )
             + (f", lost on the way {self.resolutions_lost}" if self.resolutions_lost else "")
+            + f"\nfulfillment: orders split over several shipments: hub {hub.split}, replica "
+            f"{replica.split}; orders with shorts: hub {hub.short}, replica {replica.short}"
+            + (
+                "\nrequests: none pushed"
+                if r is None
+                else f"\nrequests: hub resolved {r.hub_resolved} ({r.hub_failed} failed), open "
+                f"{r.hub_open}; outbox resolved {r.outbox_resolved}, unsettled {r.unsettled}"
+            )
+            + f"; echoes {self.echoes}"
         )
 
 
@@ -181,7 +256,8 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
                 dialect=settings.dialect,
                 base_url=base_url,
                 token_env=TOKEN_ENV,
-                connection_name=CONNECTION,
+                connection_name=CONNECTION,  # our own pushes come back marked as echoes
+                streams=list(kinds.streams(settings.dialect)),  # inventory where it exists
                 interval=settings.interval_s,
                 lookback=settings.lookback,
                 webhook_secrets=secrets,
@@ -190,23 +266,37 @@ async def run_demo(settings: DemoSettings, console: Console) -> int:
         sink=SinkConfig(url=f"sqlite:///{replica_db}"),
         port=agent_port if secrets else None,
     )
+    stock = InventoryStore(store)
+    erp = ErpPushes(
+        config.sources[0],
+        token,
+        config.sink.url,
+        settings.seed,
+        lambda: stock.has_catalogue(account_id),
+    )
     try:
         async with serving(app, "127.0.0.1", settings.port):
             _introduce(console, settings, base_url, token, hub_db, replica_db, agent_port)
             runtime = await open_runtime(config, {TOKEN_ENV: token})
             try:
                 async with serving_observability(runtime, config.port):
-                    await erp_pushes(runtime, console)
-                    await _mirror_live(runtime, app.state.warehouse, settings, console)
+                    await _mirror_live(runtime, app.state.warehouse, settings, console, erp)
                     app.state.warehouse.pause()
-                    console.print("\nsimulator paused; draining the agent ...")
+                    await app.state.warehouse.settled()  # a receipt may be committing
+                    console.print(
+                        "\nsimulator paused; settling the ERP's pushes and draining the agent ..."
+                    )
+                    await erp.settle()
                     await _drain(runtime, console)
                     await _await_resolutions(store, account_id, runtime)
-                proof = await _prove(store, account_id, runtime, settings)
+                proof = await _prove(store, account_id, runtime, settings, erp)
             finally:
                 await runtime.close()
     finally:
         await store.close()
+    console.print(erp.summary(), soft_wrap=True)
+    for outcome in erp.outcomes():
+        console.print(escape(outcome), soft_wrap=True)
     console.print(proof.line(), style="bold green" if proof.holds else "bold red", soft_wrap=True)
     return 0 if proof.holds else 1
 
@@ -221,18 +311,6 @@ async def _subscribe(
         _, secret = await webhooks.create(principal, dialect, url, message_type)
         secrets.append(secret)
     return secrets
-
-
-async def erp_pushes(runtime: AgentRuntime, console: Console) -> None:
-    """The ERP's direction: where "the ERP pushes some orders and cancels" goes.
-
-    `ordersync agent push` (another branch) creates, updates and cancels orders on the platform
-    with idempotency keys and tracks each request to its resolution. Once it exists, the demo
-    starts it here as a task beside `_mirror_live`: a few of its own orders created, a few
-    cancels (some of orders already packed, so that both resolution outcomes show). Their
-    resolutions come back as callbacks (subscribed above) and the proof counts them. Until
-    then the demo shows one direction and this does nothing."""
-    del runtime, console
 
 
 def _ports_free(settings: DemoSettings) -> None:
@@ -308,16 +386,23 @@ def _introduce(
 
 
 async def _mirror_live(
-    runtime: AgentRuntime, warehouse: object, settings: DemoSettings, console: Console
+    runtime: AgentRuntime,
+    warehouse: object,
+    settings: DemoSettings,
+    console: Console,
+    erp: ErpPushes,
 ) -> None:
-    stop_demo, stop_agent = asyncio.Event(), asyncio.Event()
+    """The agent and the ERP's pushes run while the display shows them, until `duration` or
+    Ctrl-C; then the pushes under way finish (the second one is skipped if not started)."""
+    stop_demo, stop_agent, ending = asyncio.Event(), asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     restore_signals = loops.on_stop_signals(loop, stop_demo.set)
     agent = asyncio.create_task(run_sources(runtime, stop_agent))
+    pushes = asyncio.create_task(erp.run(ending, settings.duration / 2))
     started = time.monotonic()
     try:
         with Live(
-            _progress(runtime, warehouse, 0.0),
+            _progress(runtime, warehouse, 0.0, erp),
             console=console,
             refresh_per_second=4,
             transient=False,
@@ -327,20 +412,28 @@ async def _mirror_live(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_demo.wait(), 0.25)
                 elapsed = time.monotonic() - started
-                live.update(_progress(runtime, warehouse, elapsed))
+                live.update(_progress(runtime, warehouse, elapsed, erp))
                 if not console.is_terminal and elapsed - last_plain >= 10:
                     last_plain = elapsed
-                    console.print(_plain_progress(runtime, warehouse, elapsed))
+                    console.print(_plain_progress(runtime, warehouse, elapsed, erp))
+            ending.set()
+            await pushes  # the push under way follows its requests to their resolutions
+            live.update(_progress(runtime, warehouse, time.monotonic() - started, erp))
     finally:
+        ending.set()
         restore_signals()
+        if not pushes.done():
+            pushes.cancel()
+        await asyncio.gather(pushes, return_exceptions=True)  # its failure, if any, is raised
         stop_agent.set()
         await agent
 
 
 def _counters(runtime: AgentRuntime) -> dict[str, float]:
-    totals = {"applied": 0.0, "duplicates": 0.0, "calls": 0.0, "by_webhook": 0.0}
+    totals = {"applied": 0.0, "duplicates": 0.0, "calls": 0.0, "by_webhook": 0.0, "echoes": 0.0}
     lag = 0.0
     for state in runtime.status():
+        totals["echoes"] = max(totals["echoes"], float(state.echoes))  # one count per source
         totals["applied"] += state.totals.applied
         totals["duplicates"] += state.totals.duplicates
         if state.stream == WEBHOOK_STREAM:
@@ -364,7 +457,7 @@ def _sum_samples(runtime: AgentRuntime, name: str) -> float:
     )
 
 
-def _progress(runtime: AgentRuntime, warehouse: object, elapsed: float) -> Table:
+def _progress(runtime: AgentRuntime, warehouse: object, elapsed: float, erp: ErpPushes) -> Group:
     c = _counters(runtime)
     table = Table(title=f"ordersync demo - {elapsed:4.0f} s", title_justify="left")
     for column in (
@@ -394,16 +487,20 @@ def _progress(runtime: AgentRuntime, warehouse: object, elapsed: float) -> Table
         f"{c['retries']:.0f}",
         f"{c['throttled']:.0f}",
     )
-    return table
+    pushed = f"{erp.summary()}; echoes {c['echoes']:.0f}"
+    return Group(table, Text(pushed), *(Text(o) for o in erp.outcomes()))
 
 
-def _plain_progress(runtime: AgentRuntime, warehouse: object, elapsed: float) -> str:
+def _plain_progress(
+    runtime: AgentRuntime, warehouse: object, elapsed: float, erp: ErpPushes
+) -> str:
     c = _counters(runtime)
     return (
         f"{elapsed:4.0f} s: {getattr(warehouse, 'created', 0)} orders created, "
         f"{c['applied']:.0f} versions applied ({c['by_webhook']:.0f} by webhook, "
         f"{c['applied'] - c['by_webhook']:.0f} by poll), lag {c['lag']:.1f} s, {c['calls']:.0f} "
-        f"calls, {c['retries']:.0f} retries, {c['throttled']:.0f} 429s"
+        f"calls, {c['retries']:.0f} retries, {c['throttled']:.0f} 429s; {erp.summary()}; "
+        f"echoes {c['echoes']:.0f}"
     )
 
 
@@ -486,15 +583,20 @@ async def _await_resolutions(
 
 
 async def _prove(
-    store: Store, account_id: int, runtime: AgentRuntime, settings: DemoSettings
+    store: Store,
+    account_id: int,
+    runtime: AgentRuntime,
+    settings: DemoSettings,
+    erp: ErpPushes,
 ) -> Proof:
     from ordersync.agent.sinks.sql import SqlSink, applied_versions
 
     source = settings.dialect
     sink = runtime.sink
     assert isinstance(sink, SqlSink)
-    hub = {kind: await store.versions(account_id, kind) for kind in ("order", "shipment")}
-    replica = {kind: await sink.load_versions(source, kind) for kind in ("order", "shipment")}
+    names = [kinds.by_stream(stream).name for stream in config_streams(runtime)]
+    hub = {kind: await _hub_versions(store, account_id, kind) for kind in names}
+    replica = {kind: await sink.load_versions(source, kind) for kind in names}
     missed = sum(1 for kind in hub for i, v in hub[kind].items() if replica[kind].get(i, 0) < v)
     extra = sum(1 for kind in hub for i, v in replica[kind].items() if hub[kind].get(i, 0) < v)
     async with sink.engine.connect() as conn:
@@ -507,6 +609,7 @@ async def _prove(
             or 0
         )
     c = _counters(runtime)
+    has_inventory = "inventory" in hub
     return Proof(
         len(hub["order"]),
         len(hub["shipment"]),
@@ -521,6 +624,104 @@ async def _prove(
         hub_resolutions=await _hub_resolutions(store, account_id),
         resolutions_received=await _resolutions_received(runtime),
         resolutions_lost=await _resolutions_lost(store),
+        callbacks=runtime.receiver is not None and source in WEBHOOK_TYPES,
+        hub_inventory=len(hub["inventory"]) if has_inventory else None,
+        replica_inventory=len(replica["inventory"]) if has_inventory else 0,
+        hub_fulfillment=await _hub_fulfillment(store, account_id),
+        replica_fulfillment=await _replica_fulfillment(sink, source),
+        echoes=int(c["echoes"]),
+        requests=await _requests(store, account_id, sink, source) if erp.enabled else None,
+    )
+
+
+def config_streams(runtime: AgentRuntime) -> list[str]:
+    return [stream for s in runtime.config.sources for stream in s.streams]
+
+
+async def _hub_versions(store: Store, account_id: int, kind: str) -> dict[str, int]:
+    """Every id of `kind` in the account with its version (inventory: each SKU's)."""
+    if kind != "inventory":
+        return await store.versions(account_id, kind)
+    async with store.reader.connect() as conn:
+        rows = await conn.execute(
+            select(skus.c.id, skus.c.version).where(skus.c.account_id == account_id)
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+
+async def _hub_fulfillment(store: Store, account_id: int) -> Fulfillment:
+    """The hub's orders with several shipments, and with shorts (its stored documents are
+    compact JSON: a non-empty list reads `[{`)."""
+    async with store.reader.connect() as conn:
+        per_order = (
+            select(shipments.c.order_id)
+            .where(shipments.c.account_id == account_id)
+            .group_by(shipments.c.order_id)
+            .having(func.count() > 1)
+            .subquery()
+        )
+        split = await conn.scalar(select(func.count()).select_from(per_order))
+        short = await conn.scalar(
+            select(func.count())
+            .select_from(orders)
+            .where(orders.c.account_id == account_id, orders.c.doc.contains('"shorts":[{'))
+        )
+    return Fulfillment(int(split or 0), int(short or 0))
+
+
+async def _replica_fulfillment(sink: Any, source: str) -> Fulfillment:
+    """The same, read from the replica: its shipments grouped by order id, and the `shorts`
+    of its orders' documents as received."""
+    from ordersync.agent.sinks.sql import orders as replica_orders
+    from ordersync.agent.sinks.sql import shipments as replica_shipments
+
+    s, o = replica_shipments.c, replica_orders.c
+    async with sink.engine.connect() as conn:
+        per_order = (
+            select(s.order_id)
+            .where(s.source == source)
+            .group_by(s.order_id)
+            .having(func.count() > 1)
+            .subquery()
+        )
+        split = await conn.scalar(select(func.count()).select_from(per_order))
+        documents = (await conn.execute(select(o.data).where(o.source == source))).scalars()
+        short = sum(1 for data in documents if _has_shorts(data))
+    return Fulfillment(int(split or 0), short)
+
+
+def _has_shorts(data: str) -> bool:
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(document, dict) and bool(document.get("shorts"))
+
+
+async def _requests(store: Store, account_id: int, sink: Any, source: str) -> Requests:
+    """The update and cancel requests the hub resolved, against the push outbox's rows of
+    them in the replica: each resolved the same way (success = resolved, failed = failed)."""
+    hub: dict[str, str] = {}
+    async with store.reader.connect() as conn:
+        for table in (order_update_requests, order_cancel_requests):
+            rows = await conn.execute(
+                select(table.c.id, table.c.status).where(table.c.account_id == account_id)
+            )
+            hub.update({str(i): str(status) for i, status in rows})
+    c = push_outbox.c
+    async with sink.engine.connect() as conn:
+        rows = await conn.execute(
+            select(c.request_id, c.state).where(c.source == source, c.request_id.is_not(None))
+        )
+        outbox = {str(i): str(state) for i, state in rows}
+    resolved = {i: status for i, status in hub.items() if status in ("success", "failed")}
+    expected = {"success": RESOLVED, "failed": FAILED}
+    return Requests(
+        hub_resolved=len(resolved),
+        hub_failed=sum(1 for status in resolved.values() if status == "failed"),
+        hub_open=len(hub) - len(resolved),
+        outbox_resolved=sum(1 for state in outbox.values() if state in FINAL),
+        unsettled=sum(1 for i, status in resolved.items() if outbox.get(i) != expected[status]),
     )
 
 

@@ -18,22 +18,37 @@ from tests.support import cli_token, free_port, hub_process, order_payload
 
 ORDERSYNC = [sys.executable, "-m", "ordersync.cli"]
 PROOF = re.compile(
-    r"proof: hub (\d+) orders / (\d+) shipments; replica (\d+) / (\d+); "
-    r"versions equal; missed 0; applied twice 0"
+    r"proof: hub (\d+) orders / (\d+) shipments / (\d+) inventory; replica (\d+) / (\d+) / "
+    r"(\d+); versions equal; missed 0; applied twice 0"
+)
+FULFILLMENT = re.compile(
+    r"orders split over several shipments: hub (\d+), replica (\d+); "
+    r"orders with shorts: hub (\d+), replica (\d+)"
+)
+PUSHES = re.compile(
+    r"ERP pushes: (\d+) lines \(8 creates, 2 updates, 2 cancels\): (\d+) resolved, "
+    r"(\d+) accepted, (\d+) failed, (\d+) pending"
+)
+REQUESTS = re.compile(
+    r"requests: hub resolved (\d+) \((\d+) failed\), open 0; outbox resolved (\d+), "
+    r"unsettled 0; echoes (\d+)"
 )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
 def test_demo_ends_with_the_proof(tmp_path: Path, faults: bool) -> None:
-    """`ordersync demo` mirrors a simulated warehouse and proves replica == hub, even with
-    injected errors, 429s, resets, late commits and lost webhooks; webhooks apply most
-    versions, polling reconciles."""
+    """`ordersync demo` mirrors a simulated warehouse (orders, shipments, inventory) while the
+    ERP pushes orders, an update and cancels, and proves replica == hub, even with injected
+    errors, 429s, resets, late commits and lost webhooks: webhooks apply most versions, polling
+    reconciles; the splits and shorts the warehouse made are in the replica; every update and
+    cancel request the hub resolved is resolved the same way in the ERP's outbox; the ERP's own
+    orders come back marked as echoes."""
     args = [
         *ORDERSYNC,
         "demo",
         "--duration",
-        "8",
+        "12",
         "--rate",
         "10",
         "--port",
@@ -45,15 +60,35 @@ def test_demo_ends_with_the_proof(tmp_path: Path, faults: bool) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     match = PROOF.search(result.stdout)
     assert match, result.stdout
-    hub_orders, hub_shipments, replica_orders, replica_shipments = map(int, match.groups())
+    hub_orders, hub_shipments, hub_skus, replica_orders, replica_shipments, replica_skus = map(
+        int, match.groups()
+    )
     assert hub_orders >= 40 and hub_orders == replica_orders
     assert hub_shipments == replica_shipments
+    assert hub_skus == replica_skus == 200  # the simulator's catalogue, mirrored
     assert '"endpoint": "/orders"' in (tmp_path / "demo.log").read_text()
     paths = re.search(r"(\d+) versions applied: (\d+) by webhook, (\d+) by polling", result.stdout)
     assert paths, result.stdout
     applied, by_webhook, by_polling = map(int, paths.groups())
     assert by_webhook > 0 and by_webhook + by_polling == applied
-    assert "resolutions: hub 0, received 0" in result.stdout
+    split = FULFILLMENT.search(result.stdout)
+    assert split, result.stdout
+    hub_split, replica_split, hub_short, replica_short = map(int, split.groups())
+    assert hub_split == replica_split and hub_short == replica_short
+    assert hub_short >= 1  # ERP-0005 asks for more than the stock: it ships short
+    pushes = PUSHES.findall(result.stdout)  # the progress shows them too: the last is final
+    assert pushes, result.stdout
+    lines, resolved, accepted, failed, pending = map(int, pushes[-1])
+    assert lines == 12 and accepted == pending == 0 and resolved + failed == lines
+    assert resolved >= 8  # every create, at least
+    assert "update ERP-0002: resolved" in result.stdout
+    assert "cancel ERP-0003: resolved" in result.stdout
+    assert "update ERP-0003: failed: " in result.stdout  # canceled: refused, with the reason
+    requests = REQUESTS.search(result.stdout)
+    assert requests, result.stdout
+    hub_resolved, _, outbox_resolved, echoes = map(int, requests.groups())
+    assert hub_resolved >= 2 and outbox_resolved >= hub_resolved
+    assert echoes >= 1  # the ERP's own orders, recognised when they came back
 
 
 def write_config(path: Path, base_url: str, port: int | None = None, **extra: str) -> Path:

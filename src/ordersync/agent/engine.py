@@ -276,7 +276,16 @@ class SyncEngine:
             await walk.aclose()  # type: ignore[attr-defined]
             for page in pending:  # leaving on an error: each batch sent still ends, whole
                 with contextlib.suppress(Exception):
-                    await page.outcome
+                    result = await page.outcome
+                    # Committed: counted, or `applied` says less than the replica took.
+                    counts.applied += result.applied
+                    counts.duplicates += result.duplicates
+                    self.metrics.records_applied.labels(self.source.name, stream).inc(
+                        result.applied
+                    )
+                    self.metrics.duplicates_dropped.labels(self.source.name, stream).inc(
+                        result.duplicates
+                    )
         if last is not None and last.caught_up:
             self._caught_up(stream, state, last.view_as_of_ms)
 

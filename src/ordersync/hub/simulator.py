@@ -127,6 +127,8 @@ class Warehouse:
         self._next_discovery = 0.0
         self._task: asyncio.Task[None] | None = None
         self._paused = asyncio.Event()
+        self._idle = asyncio.Event()  # clear while a tick's work (a receipt, steps) runs
+        self._idle.set()
 
     @classmethod
     async def start(cls, store: Store, settings: HubSettings) -> Warehouse:
@@ -155,6 +157,11 @@ class Warehouse:
         """Stop creating and moving orders (the demo's drain phase); `stop()` ends the task."""
         self._paused.set()
 
+    async def settled(self) -> None:
+        """Once paused: wait for the tick under way (a stock receipt may be committing) to end,
+        so that nothing is written after this returns."""
+        await self._idle.wait()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -167,6 +174,7 @@ class Warehouse:
             await asyncio.sleep(tick)
             if self._paused.is_set():
                 continue
+            self._idle.clear()
             try:
                 due_creations = int((self.monotonic() - started) * self.rate) - self._created_here
                 if due_creations > 0:
@@ -176,6 +184,8 @@ class Warehouse:
                 log.warning("simulator_step_failed", error=str(exc))
             except Exception as exc:  # a busy database must not kill the simulator
                 log.warning("simulator_step_failed", error=repr(exc))
+            finally:
+                self._idle.set()
 
     _created_here = 0
 
@@ -426,6 +436,11 @@ class Simulation:
     def pause(self) -> None:
         if self.warehouse is not None:
             self.warehouse.pause()
+
+    async def settled(self) -> None:
+        """After `pause`: nothing is written once this returns (Warehouse.settled)."""
+        if self.warehouse is not None:
+            await self.warehouse.settled()
 
     @property
     def created(self) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from ordersync.agent.engine import EngineSettings, SyncEngine
+from ordersync.agent.errors import SourceError
 from ordersync.agent.metrics import AgentMetrics
 from ordersync.agent.records import ApplyResult, Cursor, FetchedPage, Kind, Record
 
@@ -260,3 +262,38 @@ async def test_a_failure_after_a_commit_leaves_no_page_in_flight() -> None:
         raise AssertionError("the hook did not fire")
     assert sink.sent == 2
     assert sink.ended == sink.sent, "a page sent to the sink was still in flight"
+
+
+async def test_a_page_committed_while_leaving_on_an_error_is_counted() -> None:
+    """The next page's request fails while the page before it is still committing: that page
+    commits, and the stream's applied count says so (it is what `agent status` and the demo's
+    proof compare with the replica's ledger)."""
+
+    class FailingSecondFetch(ListSource):
+        async def fetch_page(
+            self,
+            stream: str,
+            since_ms: int,
+            offset: int,
+            limit: int,
+            *,
+            summary: bool = False,
+            after_id: str | None = None,
+        ) -> FetchedPage:
+            if self.calls >= 1:
+                self.calls += 1
+                raise SourceError("the platform is down")
+            return await super().fetch_page(stream, since_ms, offset, limit, summary=summary)
+
+    records = [rec(1_000 + i, f"r{i:03}") for i in range(25)]
+    sink = PipelinedMemorySink()
+    engine = SyncEngine(
+        FailingSecondFetch(records, server_time_ms=100_000),
+        sink,
+        settings=EngineSettings(lookback_ms=0, page_size=10),
+        metrics=AgentMetrics(CollectorRegistry()),
+    )
+    with pytest.raises(SourceError):
+        await engine.run_cycle()
+    assert len(sink.held) == 10, "the first page was committed"
+    assert engine.status()[0].totals.applied == 10
