@@ -149,7 +149,11 @@ def test_a_standby_agent_takes_over_after_sigkill_missing_nothing_applying_nothi
             wait_for("B serves /status", lambda: bool(status(port)))
         quiet_since = now_ms()
         with hub_on(hub_db, hub_port):
-            wait_for("B catches up on the quiet hub", lambda: synced_since(port, quiet_since))
+            # A cycle that ends after `quiet_since` may have read its pages before the last
+            # writes committed; the one after it began once the hub was quiet.
+            wait_for("B syncs on the quiet hub", lambda: synced_since(port, quiet_since))
+            caught_up_since = now_ms()
+            wait_for("B catches up on the quiet hub", lambda: synced_since(port, caught_up_since))
             b.send_signal(signal.SIGTERM)
             b.wait(60)
     finally:
