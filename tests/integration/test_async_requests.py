@@ -16,10 +16,12 @@ import pytest
 from sqlalchemy import func, select
 
 from ordersync.domain import OrderStatus, format_rfc3339
+from ordersync.domain.inventory import StockUnit
 from ordersync.domain.lifecycle import next_status
 from ordersync.hub.app import create_app
 from ordersync.hub.settings import HubSettings
 from ordersync.store.hubrise import HubRiseStore
+from ordersync.store.inventory import InventoryStore
 from ordersync.store.requests import RequestStore
 from ordersync.store.store import Store
 from ordersync.store.tables import changes
@@ -238,6 +240,35 @@ async def test_update_records_are_refused_one_by_one(hub: Hub) -> None:
     assert {m["field_name"] for m in partial["messages"]} >= {"order_type", "line_items"}
     # Only the accepted record is stored.
     assert len(await hub.listing("order_update_requests")) == 1
+
+
+async def test_an_update_naming_a_sku_outside_the_catalogue_is_refused_or_fails(
+    hub: Hub,
+) -> None:
+    """Once the account has a catalogue, an update naming another SKU is refused in its
+    record's result (the field named); one accepted before the catalogue existed fails at
+    resolution with the reason, the order untouched."""
+    (order,) = await hub.create("u-9")
+    early = await hub.api.post(
+        "/api/v1/order_update_requests", json=[replacement("u-9", shipping_provider="DHL")]
+    )
+    early_id = early.json()["results"][0]["id"]
+    await InventoryStore(hub.store).set_stock(
+        None, hub.account_id, [StockUnit("SKU-1", "WH-EAST", available=5)]
+    )
+    late = await hub.api.post("/api/v1/order_update_requests", json=[replacement("u-9")])
+    (refused,) = late.json()["results"]
+    assert refused["status"] == "failure" and refused["id"] is None
+    assert [m["field_name"] for m in refused["messages"]] == [
+        "line_items.1.sku_customer_identifier"
+    ]
+    assert "SKU-2" in refused["messages"][0]["errors"][0]
+
+    assert await hub.resolve() == 1
+    (listed,) = await hub.listing("order_update_requests", id=early_id)
+    assert listed["status"] == "failed"
+    assert listed["reason"].startswith("422") and "SKU-2" in listed["reason"]
+    assert (await hub.order(order["id"]))["shipping_provider"] == "UPS"
 
 
 @pytest.mark.parametrize("body", [{}, [], [{"customer_identifier": "x"}] * 31])

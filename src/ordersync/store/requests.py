@@ -43,7 +43,7 @@ from ordersync.domain.orders import OrderLine
 from ordersync.errors import InvalidTransition, NotFound
 from ordersync.store.events import allocate_event_ids
 from ordersync.store.idempotency import settle
-from ordersync.store.store import Principal, Store
+from ordersync.store.store import Principal, Store, unknown_sku_errors, unknown_skus
 from ordersync.store.tables import (
     accounts,
     changes,
@@ -143,6 +143,12 @@ class RequestStore:
                 reason = not_updatable_reason(OrderStatus(str(row.status)))
                 if reason is not None:
                     results.append(RequestItem(identifier, errors=(("status", reason),)))
+                    continue
+                unknown = await unknown_skus(conn, principal.account_id, [item])
+                if unknown:
+                    results.append(
+                        RequestItem(identifier, errors=tuple(unknown_sku_errors(item, unknown)))
+                    )
                     continue
                 request_id = str(uuid.uuid4())
                 stamp = self.store.clock()
@@ -376,6 +382,12 @@ class RequestStore:
             if kind == UPDATE:
                 await _not_superseded(conn, request)
                 replacement = NewOrder.model_validate_json(request.doc)
+                # The catalogue may have changed since the request was accepted.
+                if unknown := await unknown_skus(conn, int(request.account_id), [replacement]):
+                    raise _NotUpdatable(
+                        f"422: unknown SKU {', '.join(sorted(unknown))}: not in this"
+                        " account's catalogue"
+                    )
                 await self.store.update_order(
                     principal,
                     int(request.account_id),

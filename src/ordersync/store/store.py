@@ -622,13 +622,13 @@ class Store:
         account_id = principal.account_id
         results: list[CreateResult] = []
         candidates: dict[str, tuple[int, Order, int]] = {}  # identifier -> (index, order, stamp)
-        unknown = await _unknown_skus(conn, account_id, items)
+        unknown = await unknown_skus(conn, account_id, items)
         for index, item in enumerate(items):
             identifier = item.customer_identifier
             if not _storable(identifier):
                 results.append(_unstorable(identifier))
                 continue
-            if unknown and (refused := _unknown_sku_errors(item, unknown)):
+            if unknown and (refused := unknown_sku_errors(item, unknown)):
                 results.append(CreateResult(identifier, errors=refused))
                 continue
             if identifier in candidates:  # the first of a batch wins, as if sent one by one
@@ -1017,7 +1017,7 @@ def _dialect_insert(conn: AsyncConnection, table: Any) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-async def _unknown_skus(
+async def unknown_skus(
     conn: AsyncConnection, account_id: int, items: Sequence[NewOrder]
 ) -> set[str]:
     """The SKUs of `items` not in the account's catalogue; none when it has no catalogue (an
@@ -1034,7 +1034,7 @@ async def _unknown_skus(
     return wanted - {str(r[0]) for r in known}
 
 
-def _unknown_sku_errors(item: NewOrder, unknown: set[str]) -> list[tuple[str, str]]:
+def unknown_sku_errors(item: NewOrder, unknown: set[str]) -> list[tuple[str, str]]:
     return [
         (
             f"line_items.{i}.sku_customer_identifier",
