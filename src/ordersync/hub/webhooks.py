@@ -469,8 +469,12 @@ class Dispatcher:
                         if len(sending) >= in_flight:
                             await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
                         continue
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancel that arrives as the wake does, and the loop would then nap on
+                    # (a hub shutting down, or a test's teardown, waited for an hour).
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), idle_s)
+                        async with asyncio.timeout(idle_s):
+                            await wake.wait()
                     # Woken: the next round comes at once, and if the change is not found yet
                     # (above the frontier) the one after that 20 ms later, doubling.
                     idle_s = (
