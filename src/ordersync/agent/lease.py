@@ -219,6 +219,11 @@ class PostgresLocks:
         return count == len(self._keys)
 
     async def release(self) -> None:
+        # Unlock first: closing the connection ends the session, but the server lets go of
+        # its locks a moment later, and a standby polling then would still find them held.
+        if self._conn is not None:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await self._conn.execute(text("SELECT pg_advisory_unlock_all()"))
         await self._drop_connection()  # ending the session frees its advisory locks
         await self._engine.dispose()
 
