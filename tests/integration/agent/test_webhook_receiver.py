@@ -308,12 +308,17 @@ async def test_a_webhook_is_applied_without_waiting_for_the_poll_interval(
             stop.set()
             await running
         row = webhooks_row(runtime)
-        assert (row["applied"], row["webhooks_received"]) == (1, 1)
-        assert row["inbox_depth"] == 0
+        assert row["webhooks_received"] == 1 and row["inbox_depth"] == 0
+        # HubRise: the delivery also wakes the callback-events feed, which may apply the same
+        # version first; either way it was applied once, without waiting for the interval.
+        assert row["applied"] == 1 or (dialect == "hubrise" and row["applied"] == 0)
         changes = await applied_changes(runtime.sink)
         assert changes.count(("order", order.id, 2)) == 1
         metrics = (await port.get("/metrics")).text
-        assert f'ordersync_agent_webhook_apply_seconds_count{{source="{dialect}"}} 1.0' in metrics
+        assert (
+            f'ordersync_agent_webhook_apply_seconds_count{{source="{dialect}"}} 1.0' in metrics
+            or row["applied"] == 0
+        )
         assert 'data-field="inbox_depth">0<' in (await port.get("/")).text
 
 
